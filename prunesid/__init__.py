@@ -6,6 +6,16 @@ Public API::
     sel = select_tokens(hidden_states, cls_attention, num_tokens=64)
 """
 from .config import DEFAULT_CONFIG, PruneSIDConfig
+from .dynamic import allocate_budgets, dynamic_budget, information_score
 from .result import Selection
+from .selection import select_tokens
 
-__all__ = ["Selection", "PruneSIDConfig", "DEFAULT_CONFIG"]
+__all__ = [
+    "select_tokens",
+    "Selection",
+    "PruneSIDConfig",
+    "DEFAULT_CONFIG",
+    "allocate_budgets",
+    "dynamic_budget",
+    "information_score",
+]

@@ -1,0 +1,96 @@
+"""Information-aware dynamic compression ratio (paper Eq. 7; absent from the reference code).
+
+An image's information is φ = 1 − ρ, with ρ the mean pairwise cosine similarity of its
+patches: a flat, repetitive image has ρ near 1 and little to say; a varied one has a
+larger φ and gets more tokens.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .config import DEFAULT_MIN_TOKENS
+from .nms import redundancy_from_units, unit_patches
+
+
+def information_score(hidden_states: torch.Tensor) -> torch.Tensor:
+    """Float32 ``[B]``: φ = 1 − ρ of each image (``hidden_states`` is ``[B, 1+N, D]``, CLS first)."""
+    if hidden_states.dim() != 3 or hidden_states.shape[1] < 2:
+        raise ValueError(f"hidden_states must be [B, 1+N, D] with N >= 1, got {tuple(hidden_states.shape)}")
+    return 1.0 - redundancy_from_units(unit_patches(hidden_states))
+
+
+def allocate_budgets(
+    phi: torch.Tensor | Sequence[float],
+    total: int,
+    floor: int = DEFAULT_MIN_TOKENS,
+    ceiling: int = 577,
+) -> torch.Tensor:
+    """Long ``[F]``: per-image budgets ∝ φ that sum exactly to ``total``, each in [floor, ceiling].
+
+    For a set of images, crops or video frames sharing ``total`` tokens. Budgets are found
+    by water-filling: images whose proportional share falls outside the bounds are pinned
+    to the bound and the rest share what is left; the integer parts are then completed by
+    largest remainder (ties → earlier image), so the sum is exact and deterministic.
+    """
+    phi_t = torch.as_tensor(phi, dtype=torch.float64).flatten()
+    count = phi_t.numel()
+    if count == 0:
+        raise ValueError("allocate_budgets needs at least one image")
+    if not torch.isfinite(phi_t).all():
+        raise ValueError("information scores must be finite")
+    if not isinstance(total, int) or isinstance(total, bool):
+        raise ValueError(f"total must be an int, got {type(total).__name__}")
+    if floor > ceiling:
+        raise ValueError(f"floor ({floor}) is above ceiling ({ceiling})")
+    if not count * floor <= total <= count * ceiling:
+        raise ValueError(
+            f"a total of {total} tokens cannot be split over {count} images with {floor} to "
+            f"{ceiling} tokens each (allowed total: {count * floor} to {count * ceiling})"
+        )
+    weight = phi_t.clamp(min=1e-6)  # φ ≤ 0 (all patches identical) still gets the floor
+    pinned_low = torch.zeros(count, dtype=torch.bool)
+    pinned_high = torch.zeros(count, dtype=torch.bool)
+    share = torch.zeros(count, dtype=torch.float64)
+    for _ in range(count + 1):  # each pass pins at least one image or stops
+        free = ~(pinned_low | pinned_high)
+        left = total - floor * int(pinned_low.sum()) - ceiling * int(pinned_high.sum())
+        share = torch.where(pinned_low, float(floor), torch.where(pinned_high, float(ceiling), 0.0))
+        if free.any():
+            share[free] = left * weight[free] / weight[free].sum()
+        newly_low = free & (share < floor)
+        newly_high = free & (share > ceiling)
+        if not (newly_low.any() or newly_high.any()):
+            break
+        pinned_low |= newly_low
+        pinned_high |= newly_high
+    budgets = share.floor().long().clamp(floor, ceiling)
+    short = total - int(budgets.sum())
+    remainder = share - share.floor()
+    remainder[budgets >= ceiling] = -1.0  # never push past the ceiling
+    order = torch.sort(remainder, descending=True, stable=True).indices
+    budgets[order[:short]] += 1
+    return budgets
+
+
+def dynamic_budget(
+    phi: float,
+    mean_budget: int,
+    phi_ref: float,
+    floor: int = DEFAULT_MIN_TOKENS,
+    ceiling: int = 577,
+) -> int:
+    """Budget of a single image against a reference φ: round(K̄ · φ / φ_ref) in [floor, ceiling].
+
+    ``phi_ref`` is the mean φ of a calibration set for the model, so that over images like
+    the calibration set the average budget stays ``mean_budget``.
+    """
+    if not (phi_ref > 0 and float(phi_ref) < float("inf")):
+        raise ValueError(f"phi_ref must be a positive number, got {phi_ref}")
+    if mean_budget < 1:
+        raise ValueError(f"mean_budget must be positive, got {mean_budget}")
+    if phi != phi:  # NaN
+        raise ValueError("phi is NaN")
+    raw = round(mean_budget * max(float(phi), 0.0) / float(phi_ref))
+    return int(min(max(raw, floor), ceiling))
