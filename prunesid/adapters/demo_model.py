@@ -1,0 +1,135 @@
+"""Tiny random-weight LLaVA models, built offline and saved like a hub checkpoint.
+
+Same architectures as the real ones (CLIP tower at 336 px / patch 14, so 24×24 = 576
+patches + CLS per view; Llama language model), only narrow and shallow, so every test
+and the app's fallback run in seconds on a CPU. They are written once to a cache folder
+and then loaded through the ordinary ``from_pretrained`` path, like a real model.
+No tokenizer file ships offline, so the tokenizer is a character vocabulary with byte
+fallback: it encodes any text.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEMO_SEED = 0
+"""Weights are drawn from this seed inside ``fork_rng``: identical on every machine, and
+the caller's global RNG is left untouched."""
+
+LLAVA15_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+"""The text of llava-hf's ``chat_template.json`` (renders ``USER: <image>\\nWhat? ASSISTANT:``)."""
+
+_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+               image_size=336, patch_size=14)  # 24×24 grid like CLIP-L/336; depth ≥ 3 so layer −2 ≠ the last
+_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, max_position_embeddings=4096)
+
+
+def cache_root() -> Path:
+    """``$PRUNESID_CACHE`` or ``~/.cache/prunesid-studio``."""
+    return Path(os.environ.get("PRUNESID_CACHE") or Path.home() / ".cache" / "prunesid-studio")
+
+
+def demo_model_path(family: str = "llava") -> Path:
+    """Folder of the tiny demo checkpoint of ``family``, built on first use."""
+    folder = cache_root() / f"tiny-{family.replace('_', '-')}-v2"
+    if not (folder / "config.json").exists():
+        _build_atomically(family, folder)
+    return folder
+
+
+def _build_atomically(family: str, folder: Path) -> None:
+    # Build in a sibling temp folder and rename, so a concurrent reader never sees half a model.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        save_demo_model(family, tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process won the race; its copy is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def demo_tokenizer():
+    """A Llama tokenizer over characters with byte fallback, plus ``<pad>``, ``<image>``, ``<video>``."""
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for ch in ["▁"] + list(string.ascii_letters + string.digits + string.punctuation):
+        vocab.setdefault(ch, len(vocab))
+    tok = LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.add_tokens(["<image>", "<video>"], special_tokens=True)
+    return tok
+
+
+def save_demo_model(family: str, folder: Path) -> None:
+    """Build the tiny ``family`` model with random weights and save model + processor to ``folder``."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    tok = demo_tokenizer()
+    vision = CLIPVisionConfig(**_VISION)
+    text = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=1, eos_token_id=2, **_TEXT)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    if family == "llava":
+        model, processor = _llava(vision, text, tok, image_id)
+    elif family == "llava_next":
+        model, processor = _llava_next(vision, text, tok, image_id)
+    else:
+        raise ValueError(f"no demo model for family {family!r}")
+    model.generation_config.pad_token_id = tok.pad_token_id
+    # Random weights favour the 256 byte-fallback ids, which decode to "�"; keep answers readable.
+    model.generation_config.suppress_tokens = list(range(3, 3 + 256))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def _seeded(build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMO_SEED)
+        return build().eval()
+
+
+def _llava(vision, text, tok, image_id):
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id, image_seq_length=576,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = _seeded(lambda: LlavaForConditionalGeneration(cfg))
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA15_CHAT_TEMPLATE)
+    return model, processor
+
+
+def _llava_next(vision, text, tok, image_id):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # llava-v1.6 defaults
+    cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                          image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+                          vision_feature_select_strategy="default")
+    model = _seeded(lambda: LlavaNextForConditionalGeneration(cfg))
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA15_CHAT_TEMPLATE)
+    return model, processor

@@ -1,0 +1,122 @@
+"""Greedy generation from precomputed visual features, with stage timings.
+
+Visual tokens reach the language model through transformers' ``mm_encoder_outputs``: the
+prompt holds exactly as many ``<image>`` placeholders as there are feature rows, and the
+features replace them. With all features that is the model's ordinary path (token-identical
+to ``model.generate(**processor_outputs)``); with K kept rows the model sees exactly K.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageClock:
+    """Times the first forward call of a model (prefill) apart from the later ones (decode)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.calls = 0
+        self.prefill_s = 0.0
+        self._start = 0.0
+        self.prefill_end = 0.0
+
+    def _pre(self, module, args, kwargs):
+        if self.calls == 0:
+            synchronize(self.device)
+            self._start = time.perf_counter()
+
+    def _post(self, module, args, kwargs, output):
+        if self.calls == 0:
+            synchronize(self.device)
+            self.prefill_end = time.perf_counter()
+            self.prefill_s = self.prefill_end - self._start
+        self.calls += 1
+
+
+@contextmanager
+def stage_clock(model: torch.nn.Module, device: torch.device) -> Iterator[StageClock]:
+    """Forward hooks on ``model`` for the ``with`` block only."""
+    clock = StageClock(device)
+    handles = [model.register_forward_pre_hook(clock._pre, with_kwargs=True),
+               model.register_forward_hook(clock._post, with_kwargs=True)]
+    try:
+        yield clock
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def shrink_placeholders(input_ids: torch.Tensor, token_id: int, full_counts: Sequence[int],
+                        kept_counts: Sequence[int]) -> torch.Tensor:
+    """Keep the first ``kept_counts[i]`` placeholders of each image's run; the rest of the prompt is unchanged.
+
+    Args:
+        input_ids: ``[1, L]`` prompt whose ``token_id`` runs have ``full_counts[i]`` tokens per image, in order.
+
+    Returns:
+        ``[1, L − Σ(full − kept)]``.
+    """
+    ids = input_ids[0]
+    is_placeholder = ids == token_id
+    full = torch.as_tensor(list(full_counts), dtype=torch.long)
+    kept = torch.as_tensor(list(kept_counts), dtype=torch.long)
+    if int(is_placeholder.sum()) != int(full.sum()):
+        raise ValueError(f"the prompt holds {int(is_placeholder.sum())} placeholders, the images need {int(full.sum())}")
+    ordinal = torch.cumsum(is_placeholder.long(), 0) - 1  # index among all placeholders
+    starts = torch.cumsum(full, 0) - full
+    image = torch.searchsorted(torch.cumsum(full, 0), ordinal.clamp(min=0), right=True).clamp(max=len(full) - 1)
+    within = ordinal - starts[image]
+    keep = ~is_placeholder | (within < kept.to(ids.device)[image])
+    return ids[keep][None]
+
+
+@dataclass
+class GenerationRun:
+    """One greedy run: new token ids, first-step logits and timings."""
+
+    tokens: torch.Tensor
+    """Long ``[T_new]``: generated ids (prompt excluded)."""
+    first_logits: torch.Tensor
+    """Float32 ``[vocab]``: logits of the first answer token (from the prefill)."""
+    prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+
+
+@torch.inference_mode()
+def greedy_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: Sequence[torch.Tensor] | torch.Tensor,
+                    *, modality: str = "image", max_new_tokens: int = 64, **model_kwargs) -> GenerationRun:
+    """Greedy decoding with ``features`` in place of the prompt's placeholders.
+
+    Args:
+        input_ids: ``[1, L]`` with exactly as many placeholders as feature rows.
+        features: a list of ``[T_i, D_text]`` per image (``modality="image"``) or a
+            ``[1, T, D_text]`` tensor (``"video"``); projected, any dtype.
+    """
+    device = model.device
+    input_ids = input_ids.to(device)
+    outputs = BaseModelOutputWithPooling(pooler_output=features)
+    with stage_clock(model, device) as clock:
+        synchronize(device)
+        start = time.perf_counter()
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                             mm_encoder_outputs={modality: outputs}, do_sample=False, num_beams=1,
+                             max_new_tokens=max_new_tokens, output_logits=True, return_dict_in_generate=True,
+                             **model_kwargs)
+        synchronize(device)
+        end = time.perf_counter()
+    return GenerationRun(tokens=out.sequences[0, input_ids.shape[1]:].cpu(), first_logits=out.logits[0][0].float().cpu(),
+                         prompt_tokens=input_ids.shape[1], prefill_s=clock.prefill_s,
+                         decode_s=end - (clock.prefill_end or start))

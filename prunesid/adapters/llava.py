@@ -1,0 +1,73 @@
+"""LLaVA-1.5 family: one 336 px view per image (24×24 patches + CLS), 576 tokens each.
+
+Full path ("default" strategy): the 576 patch rows, CLS dropped, in raster order.
+Pruned path (the reference): the K kept rows of the tower output — CLS included — in the
+selection's order, so the language model sees exactly K tokens per image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """Where one tower view (an image, an AnyRes base/crop, or a frame) comes from.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in the original image's pixels: the region the view's
+    24×24 patch grid covers (for a crop, its part of the AnyRes canvas mapped back; it can
+    reach past the image where the canvas is padded).
+    """
+
+    image: int
+    kind: str  # "image" | "base" | "crop" | "frame"
+    box: tuple[float, float, float, float]
+    crop_row: int = 0
+    crop_col: int = 0
+
+
+class LlavaAdapter:
+    """Pre-processing and feature packing for ``LlavaForConditionalGeneration``."""
+
+    family = "llava"
+
+    def __init__(self, model: torch.nn.Module, processor):
+        self.model = model
+        self.processor = processor
+        vision = model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        self.grid = (side, side)
+        self.num_patches = side * side
+        self.image_token_id = model.config.image_token_id
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
+        """``[1, 3, S, S]`` pixel values of one image and its single view."""
+        pixels = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        width, height = image.size
+        return pixels, [ViewInfo(image=0, kind="image", box=_center_crop_box(width, height))]
+
+    def placeholder_counts(self, views: list[list[ViewInfo]], image_sizes: list[tuple[int, int]]) -> list[int]:
+        """Placeholders the processor writes per image (576 each)."""
+        return [self.num_patches for _ in views]
+
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[T, D_vision]`` → ``[T, D_text]`` through the multimodal projector."""
+        projector = self.model.model.multi_modal_projector
+        return projector(rows.to(self.model.device, self.model.dtype))
+
+    def full_features(self, hidden: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
+        """Per image ``[576, D_text]``: exactly what ``get_image_features`` returns."""
+        return [self.project(h[0, 1:]) for h in hidden]
+
+    def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes) -> list[torch.Tensor]:
+        """Per image ``[K_i, D_text]``: the kept tower rows (CLS included) in selection order."""
+        return [self.project(h[0, k[0].to(h.device)]) for h, k in zip(hidden, keep)]
+
+
+def _center_crop_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The square the CLIP processor keeps (resize shortest edge, then centre crop)."""
+    side = min(width, height)
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    return (x0, y0, x0 + side, y0 + side)

@@ -1,0 +1,140 @@
+"""Load a LLaVA-family model and its processor by hub id, local folder or demo id.
+
+Everything goes through ``from_pretrained`` (no ``trust_remote_code``); the offline demo
+models are ordinary checkpoints in a cache folder. Failures become a
+:class:`ModelLoadError` whose message says what to do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .demo_model import demo_model_path
+from .registry import FAMILY_BY_MODEL_TYPE, demo_spec
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message explains why and what to try."""
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its processor, and how it was loaded."""
+
+    model: torch.nn.Module
+    processor: object
+    family: str
+    model_id: str
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+    is_demo: bool
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was requested but no CUDA GPU is visible; pass device='cpu' or None.")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Default: bf16 on CUDA when supported (else fp16); fp32 on CPU. CPU accepts fp32 or bf16."""
+    if isinstance(dtype, str):
+        names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+        dtype = names[dtype]
+    if dtype is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if device.type == "cpu" and dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"on the CPU use float32 or bfloat16, not {dtype}")
+    return dtype
+
+
+def load_model(model_id_or_path: str, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Load ``model_id_or_path`` (hub id, local folder, or a ``demo/...`` id) ready for inference.
+
+    Raises:
+        ModelLoadError: missing files, no network, unsupported architecture, out of memory.
+        ValueError: a dtype that does not fit the device.
+    """
+    if not model_id_or_path or not model_id_or_path.strip():
+        raise ModelLoadError("no model given: pass a hub id such as 'llava-hf/llava-1.5-7b-hf', a local folder, "
+                             "or the offline demo id 'demo/tiny-llava-1.5'.")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    spec = demo_spec(model_id_or_path)
+    path = str(demo_model_path(spec.family)) if spec else model_id_or_path
+    family = _family_of(path, model_id_or_path)
+    model = _load_weights(family, path, model_id_or_path, device, dtype)
+    processor = _load_processor(path, model_id_or_path)
+    return LoadedModel(model, processor, family, model_id_or_path, path, device, dtype, is_demo=spec is not None)
+
+
+def _family_of(path: str, name: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_not_found_message(name, err)) from err
+    family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
+    if family is None:
+        raise ModelLoadError(f"{name!r} is a {config.model_type!r} model; this app supports LLaVA-1.5, LLaVA-NeXT and "
+                             f"LLaVA-NeXT-Video checkpoints in the transformers format (e.g. 'llava-hf/llava-1.5-7b-hf').")
+    if getattr(config.vision_config, "model_type", None) != "clip_vision_model":
+        raise ModelLoadError(f"{name!r} has a {config.vision_config.model_type!r} vision tower; PruneSID needs a CLIP "
+                             "tower with a CLS token.")
+    return family
+
+
+def _model_class(family: str):
+    import transformers
+
+    return {"llava": transformers.LlavaForConditionalGeneration,
+            "llava_next": transformers.LlavaNextForConditionalGeneration,
+            "llava_next_video": transformers.LlavaNextVideoForConditionalGeneration}[family]
+
+
+def _load_weights(family, path, name, device, dtype):
+    try:
+        model = _model_class(family).from_pretrained(path, dtype=dtype, device_map=None)
+        return model.to(device).eval()
+    except torch.OutOfMemoryError as err:
+        raise ModelLoadError(f"out of memory loading {name!r} on {device} in {dtype}: free memory, choose a smaller "
+                             "model, use bf16/fp16, or the offline demo model 'demo/tiny-llava-1.5'.") from err
+    except RuntimeError as err:
+        if "out of memory" in str(err).lower() or "not enough memory" in str(err).lower():
+            raise ModelLoadError(f"out of memory loading {name!r} on {device} in {dtype}: free memory, choose a "
+                                 "smaller model, or use the offline demo model 'demo/tiny-llava-1.5'.") from err
+        raise ModelLoadError(f"could not load the weights of {name!r}: {err}") from err
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_not_found_message(name, err)) from err
+
+
+def _load_processor(path, name):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, AttributeError, ImportError) as err:
+        raise ModelLoadError(f"could not load the processor of {name!r} ({type(err).__name__}: {err}). The folder "
+                             "needs the tokenizer and image-processor files saved by `processor.save_pretrained`.") from err
+
+
+def _not_found_message(name: str, err: Exception) -> str:
+    where = "local folder" if Path(name).exists() else "hub id"
+    return (f"could not load {name!r} as a {where} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "Check the spelling; if you are offline, download it first (`huggingface-cli download <id>`) or pass the "
+            "path of a local folder holding config.json, the weights and the processor files; or use the offline "
+            "demo model 'demo/tiny-llava-1.5'.")
