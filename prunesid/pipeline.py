@@ -149,8 +149,13 @@ class Pipeline:
         """Mean φ of the calibration images for this model (computed once, cached on disk)."""
         if self._phi_ref is None:
             key = f"{self.loaded.path}|{self.loaded.dtype}"
-            self._phi_ref = phi_reference(key, lambda ims: information_score(self.encode(ims).hidden_states))
+            self._phi_ref = phi_reference(key, self._information_uncached)
         return self._phi_ref
+
+    def _information_uncached(self, images: list[Image.Image]) -> torch.Tensor:
+        # Calibration images must not evict the user's images from the feature cache.
+        pixels = torch.cat([self.adapter.preprocess(im)[0] for im in images])
+        return information_score(encode_views(self.model, pixels)[0].cpu())
 
     # --- features ------------------------------------------------------------------------
     def encode(self, images: Sequence[Image.Image]) -> EncodedImages:

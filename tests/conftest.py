@@ -1,0 +1,57 @@
+"""Shared fixtures: the tiny offline demo models, built once per test session.
+
+``PRUNESID_CACHE`` points at a session temp folder (unless already set, e.g. to reuse a
+warm cache locally), and the hub is switched offline: nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    """The folder the demo models are written to (``$PRUNESID_CACHE``)."""
+    previous = os.environ.get("PRUNESID_CACHE")
+    folder = previous or str(tmp_path_factory.mktemp("prunesid-cache"))
+    os.environ["PRUNESID_CACHE"] = folder
+    yield folder
+    if previous is None:
+        os.environ.pop("PRUNESID_CACHE", None)
+
+
+@pytest.fixture(scope="session")
+def llava_pipeline(demo_cache):
+    """The tiny LLaVA-1.5 demo pipeline (CPU, fp32)."""
+    from prunesid.pipeline import DEMO_MODEL_ID, load_pipeline
+
+    return load_pipeline(DEMO_MODEL_ID, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def llava_next_pipeline(demo_cache):
+    """The tiny LLaVA-NeXT demo pipeline (CPU, fp32)."""
+    from prunesid.pipeline import load_pipeline
+    from prunesid.adapters.registry import DEMO_NEXT_MODEL_ID
+
+    return load_pipeline(DEMO_NEXT_MODEL_ID, device="cpu")
+
+
+def make_image(seed: int, height: int = 300, width: int = 400) -> Image.Image:
+    """A deterministic RGB test image: coloured blocks plus a little noise."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.random((6, 8, 3)).repeat(height // 6 + 1, 0).repeat(width // 8 + 1, 1)[:height, :width]
+    pixels = 0.8 * blocks + 0.2 * rng.random((height, width, 3))
+    return Image.fromarray((pixels * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Three distinct test images (landscape, portrait, square)."""
+    return [make_image(0), make_image(1, 400, 260), make_image(2, 336, 336)]
