@@ -6,6 +6,7 @@ larger φ and gets more tokens.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -30,9 +31,9 @@ def allocate_budgets(
     """Long ``[F]``: per-image budgets ∝ φ that sum exactly to ``total``, each in [floor, ceiling].
 
     For a set of images, crops or video frames sharing ``total`` tokens. Budgets are found
-    by water-filling: images whose proportional share falls outside the bounds are pinned
-    to the bound and the rest share what is left; the integer parts are then completed by
-    largest remainder (ties → earlier image), so the sum is exact and deterministic.
+    by water-filling (``clamp(λ·φ, floor, ceiling)`` with λ set so the shares sum to
+    ``total``); the integer parts are then completed by largest remainder (ties → earlier
+    image), so the sum is exact and deterministic.
     """
     phi_t = torch.as_tensor(phi, dtype=torch.float64).flatten()
     count = phi_t.numel()
@@ -40,7 +41,7 @@ def allocate_budgets(
         raise ValueError("allocate_budgets needs at least one image")
     if not torch.isfinite(phi_t).all():
         raise ValueError("information scores must be finite")
-    if not isinstance(total, int) or isinstance(total, bool):
+    if not isinstance(total, numbers.Integral) or isinstance(total, bool):
         raise ValueError(f"total must be an int, got {type(total).__name__}")
     if floor > ceiling:
         raise ValueError(f"floor ({floor}) is above ceiling ({ceiling})")
@@ -50,23 +51,18 @@ def allocate_budgets(
             f"{ceiling} tokens each (allowed total: {count * floor} to {count * ceiling})"
         )
     weight = phi_t.clamp(min=1e-6)  # φ ≤ 0 (all patches identical) still gets the floor
-    pinned_low = torch.zeros(count, dtype=torch.bool)
-    pinned_high = torch.zeros(count, dtype=torch.bool)
-    share = torch.zeros(count, dtype=torch.float64)
-    for _ in range(count + 1):  # each pass pins at least one image or stops
-        free = ~(pinned_low | pinned_high)
-        left = total - floor * int(pinned_low.sum()) - ceiling * int(pinned_high.sum())
-        share = torch.where(pinned_low, float(floor), torch.where(pinned_high, float(ceiling), 0.0))
-        if free.any():
-            share[free] = left * weight[free] / weight[free].sum()
-        newly_low = free & (share < floor)
-        newly_high = free & (share > ceiling)
-        if not (newly_low.any() or newly_high.any()):
-            break
-        pinned_low |= newly_low
-        pinned_high |= newly_high
+    # Water-filling: share_i = clamp(λ·φ_i, floor, ceiling), with λ such that Σ share = total.
+    # Σ share is monotone in λ, so bisection finds it (to float64 precision in ~100 halvings).
+    low, high = 0.0, float(ceiling) / float(weight.min())
+    for _ in range(200):
+        middle = (low + high) / 2
+        if float((middle * weight).clamp(floor, ceiling).sum()) < total:
+            low = middle
+        else:
+            high = middle
+    share = (high * weight).clamp(floor, ceiling)
     budgets = share.floor().long().clamp(floor, ceiling)
-    short = total - int(budgets.sum())
+    short = max(total - int(budgets.sum()), 0)
     remainder = share - share.floor()
     remainder[budgets >= ceiling] = -1.0  # never push past the ceiling
     order = torch.sort(remainder, descending=True, stable=True).indices

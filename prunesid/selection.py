@@ -152,9 +152,12 @@ def _budget_tensor(num_tokens: Budget, batch: int, device: torch.device) -> torc
     if isinstance(num_tokens, torch.Tensor):
         if num_tokens.is_floating_point() or num_tokens.dtype == torch.bool or num_tokens.is_complex():
             raise ValueError(f"num_tokens must hold integers, got dtype {num_tokens.dtype}")
-        values = num_tokens.flatten().tolist() if num_tokens.dim() > 0 else [int(num_tokens)]
+        if num_tokens.dim() == 0:
+            values = [int(num_tokens)] * batch
+        else:
+            values = num_tokens.flatten().tolist()
     elif isinstance(num_tokens, numbers.Integral) and not isinstance(num_tokens, bool):
-        values = [int(num_tokens)]
+        values = [int(num_tokens)] * batch
     elif isinstance(num_tokens, Sequence) and not isinstance(num_tokens, (str, bytes)):
         values = list(num_tokens)
         for value in values:
@@ -162,8 +165,6 @@ def _budget_tensor(num_tokens: Budget, batch: int, device: torch.device) -> torc
                 raise ValueError(f"num_tokens must be integers, got {value!r}")
     else:
         raise ValueError(f"num_tokens must be an int or one int per batch row, got {num_tokens!r}")
-    if len(values) == 1:
-        values = values * batch
     if len(values) != batch:
         raise ValueError(f"got {len(values)} budgets for a batch of {batch} rows")
     low = min(int(v) for v in values)
