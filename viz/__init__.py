@@ -1,0 +1,55 @@
+"""Pictures of a PruneSID selection: pure functions, arrays and Selections in, arrays or
+matplotlib Figures out. No UI code here (the app wires these to Gradio components).
+
+Overlays (uint8 ``H x W x 3`` in, uint8 out; see :mod:`viz.overlays` for conventions):
+    draw_kept_tokens, draw_groups, group_masks, group_annotations, draw_nms, draw_importance
+Charts (matplotlib Figures) and video helpers:
+    plot_group_budgets, plot_dynamic_ratio, complexity_label, plot_frame_budgets, contact_sheet
+Geometry and colours:
+    PatchGrid (patch index <-> pixel rectangle), group_colors / group_hex
+"""
+from .grid import PatchGrid, as_rgb_uint8
+from .overlays import (
+    GroupAnnotations,
+    draw_groups,
+    draw_importance,
+    draw_kept_tokens,
+    draw_nms,
+    group_annotations,
+    group_label,
+    group_masks,
+)
+from .palette import KEPT_HEX, group_colors, group_hex
+from .plots import (
+    complexity_label,
+    contact_sheet,
+    figure_to_array,
+    plot_dynamic_ratio,
+    plot_frame_budgets,
+    plot_group_budgets,
+)
+from .selection_row import SelectionRow, selection_row
+
+__all__ = [
+    "PatchGrid",
+    "as_rgb_uint8",
+    "GroupAnnotations",
+    "draw_groups",
+    "draw_importance",
+    "draw_kept_tokens",
+    "draw_nms",
+    "group_annotations",
+    "group_label",
+    "group_masks",
+    "KEPT_HEX",
+    "group_colors",
+    "group_hex",
+    "complexity_label",
+    "contact_sheet",
+    "figure_to_array",
+    "plot_dynamic_ratio",
+    "plot_frame_budgets",
+    "plot_group_budgets",
+    "SelectionRow",
+    "selection_row",
+]

@@ -1,0 +1,234 @@
+"""Matplotlib charts (Agg backend, no pyplot state) and the video contact sheet.
+
+Figures are created with :class:`matplotlib.figure.Figure` directly, not ``pyplot``, so
+nothing is registered globally: there is no figure to close and no leak when many
+are drawn (``gr.Plot`` accepts them as they are). Use :func:`figure_to_array` to
+rasterise one for a file or a test.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; harmless if another backend was already chosen by the app
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from prunesid.result import Selection
+
+from ._draw import label_inplace
+from .grid import as_rgb_uint8
+from .palette import group_colors_float
+from .selection_row import selection_row
+
+FONT_SIZE = 11
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.tick_params(labelsize=FONT_SIZE - 1)
+    ax.grid(axis="y", alpha=0.3, linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Uint8 ``[H, W, 3]`` rendering of a figure (for saving, tests or a gallery)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+# ---- 5. per-group budgets ------------------------------------------------------------------
+def plot_group_budgets(selection: Selection, row: int = 0, *, max_groups: int = 160) -> Figure:
+    """Per PSCA group (x, in the palette's colours): its size c_g and how many distinct
+    tokens survive NMS n_g (top), and how many tokens it keeps k_g (bottom).
+
+    n_g <= c_g always, so the top panel draws n_g as a solid bar inside the pale c_g
+    bar. k_g gets its own panel because it is a handful while c_g can be ~100.
+    """
+    sr = selection_row(selection, row)
+    g = min(sr.num_groups, max_groups)
+    x = np.arange(1, g + 1)
+    colors = group_colors_float(g)
+    width = min(12.0, max(6.0, 0.11 * g + 3.0))
+    fig = _figure(width, 4.6)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    top.bar(x, sr.group_size[:g], color=colors, alpha=0.3, width=0.85, edgecolor=colors, linewidth=0.8)
+    top.bar(x, sr.group_survivors[:g], color=colors, width=0.55)
+    top.set_ylabel("patches", fontsize=FONT_SIZE)
+    top.set_title(
+        f"Tokens per semantic group: {sr.num_tokens - 1} patch tokens kept from {sr.num_patches}",
+        fontsize=FONT_SIZE + 1,
+    )
+    gray = (0.45, 0.45, 0.45)
+    top.set_ylim(0, max(1, int(sr.group_size[:g].max())) * 1.35)  # headroom for the legend
+    top.legend(
+        handles=[
+            Patch(facecolor=gray, alpha=0.3, edgecolor=gray, label="patches in the group (c_g)"),
+            Patch(facecolor=gray, label="distinct after removing near-duplicates (n_g)"),
+        ],
+        fontsize=FONT_SIZE - 1,
+        frameon=False,
+        loc="upper right",
+        ncols=2,
+    )
+    bottom.bar(x, sr.group_budget[:g], color=colors, width=0.7)
+    bottom.set_ylabel("tokens kept (k_g)", fontsize=FONT_SIZE)
+    bottom.set_xlabel("semantic group (PSCA component, strongest first)", fontsize=FONT_SIZE)
+    bottom.yaxis.get_major_locator().set_params(integer=True)
+    for ax in (top, bottom):
+        _style(ax)
+        ax.set_xlim(0.3, g + 0.7)
+    if g <= 40:
+        bottom.set_xticks(x)
+    else:
+        bottom.xaxis.get_major_locator().set_params(integer=True)
+    if g < sr.num_groups:
+        bottom.text(1.0, -0.45, f"first {g} of {sr.num_groups} groups", transform=bottom.transAxes, ha="right")
+    return fig
+
+
+# ---- 6. dynamic ratio ----------------------------------------------------------------------
+def complexity_label(phi: float, reference_phis: Sequence[float]) -> str:
+    """``"low"``, ``"medium"`` or ``"high"``: the image's φ against the reference tertiles."""
+    ref = np.asarray(reference_phis, dtype=np.float64)
+    if ref.size == 0:
+        raise ValueError("need at least one reference φ")
+    lo, hi = np.percentile(ref, [100 / 3, 200 / 3])
+    return "low" if phi < lo else ("high" if phi > hi else "medium")
+
+
+def plot_dynamic_ratio(
+    phi: float,
+    reference_phis: Sequence[float],
+    budget: int,
+    *,
+    mean_budget: int | None = None,
+    bins: int = 20,
+    label: str = "this image",
+) -> Figure:
+    """Where this image's information score φ = 1 − ρ sits among reference images, and
+    the token budget it was given.
+
+    A histogram of ``reference_phis`` (e.g. a calibration set), a marker at ``phi``
+    annotated with ``budget``. With ``mean_budget`` (K̄) the top axis also shows the
+    budget any φ would get under K = K̄ · φ / mean(reference φ).
+    """
+    ref = np.asarray(reference_phis, dtype=np.float64)
+    if ref.size == 0:
+        raise ValueError("need at least one reference φ")
+    fig = _figure(6.4, 3.3)
+    ax = fig.subplots()
+    lo = min(ref.min(), phi)
+    hi = max(ref.max(), phi)
+    span = max(hi - lo, 1e-3)
+    edges = np.linspace(lo - 0.05 * span, hi + 0.05 * span, bins + 1)
+    counts, _, _ = ax.hist(ref, bins=edges, color="#9DB4C8", edgecolor="white")
+    ax.set_ylim(0, max(counts.max(), 1) * 1.45)  # headroom for the label
+    ax.axvline(phi, color="#D55E00", linewidth=2.2)
+    level = complexity_label(phi, ref)
+    ax.annotate(
+        f"{label}: φ = {phi:.3f} ({level} complexity)\n→ {budget} tokens",
+        xy=(phi, ax.get_ylim()[1] * 0.97),
+        xytext=(8 if phi < edges.mean() else -8, 0),
+        textcoords="offset points",
+        ha="left" if phi < edges.mean() else "right",
+        va="top",
+        fontsize=FONT_SIZE,
+        color="#8A3A00",
+        bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="#D55E00", alpha=0.9),
+    )
+    ax.set_xlabel("information score φ = 1 − mean patch similarity (higher = more varied image)", fontsize=FONT_SIZE)
+    ax.set_ylabel(f"reference images (of {ref.size})", fontsize=FONT_SIZE)
+    ax.set_title("How complex is this image? More varied images get more tokens", fontsize=FONT_SIZE + 1)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if mean_budget is not None:
+        phi_ref = float(ref.mean())
+        if phi_ref > 0:
+            top = ax.secondary_xaxis(
+                "top", functions=(lambda p: mean_budget * p / phi_ref, lambda k: k * phi_ref / mean_budget)
+            )
+            top.set_xlabel(f"tokens for that φ (mean budget {mean_budget})", fontsize=FONT_SIZE - 1)
+            top.tick_params(labelsize=FONT_SIZE - 1)
+    _style(ax)
+    return fig
+
+
+def plot_frame_budgets(
+    budgets: Sequence[int],
+    *,
+    phis: Sequence[float] | None = None,
+    times: Sequence[float] | None = None,
+) -> Figure:
+    """Tokens given to each sampled video frame (bars), optionally with each frame's
+    information score φ (line, right axis). x = frame time in seconds when ``times``
+    is given, else the frame number."""
+    b = np.asarray(budgets, dtype=np.float64)
+    if b.size == 0:
+        raise ValueError("need at least one frame budget")
+    x = np.arange(1, b.size + 1)
+    fig = _figure(max(5.0, min(10.0, 0.5 * b.size + 3.0)), 3.2)
+    ax = fig.subplots()
+    bars = ax.bar(x, b, color="#0072B2", width=0.7)
+    ax.bar_label(bars, labels=[str(int(v)) for v in b], fontsize=FONT_SIZE - 2, padding=2)
+    ax.set_ylabel("tokens", fontsize=FONT_SIZE)
+    ax.set_title(f"Tokens per video frame ({int(b.sum())} in total; busier frames get more)", fontsize=FONT_SIZE + 1)
+    ax.set_xticks(x)
+    if times is not None:
+        t = np.asarray(times, dtype=np.float64)
+        ax.set_xticklabels([f"{v:.1f}s" for v in t])
+        ax.set_xlabel("frame time", fontsize=FONT_SIZE)
+    else:
+        ax.set_xlabel("frame", fontsize=FONT_SIZE)
+    ax.set_ylim(0, b.max() * 1.18)
+    _style(ax)
+    if phis is not None:
+        ax2 = ax.twinx()
+        ax2.plot(x, np.asarray(phis, dtype=np.float64), color="#D55E00", marker="o", linewidth=1.8)
+        ax2.set_ylabel("information φ", color="#D55E00", fontsize=FONT_SIZE)
+        ax2.tick_params(axis="y", colors="#D55E00", labelsize=FONT_SIZE - 1)
+        ax2.spines[["top"]].set_visible(False)
+    return fig
+
+
+def contact_sheet(
+    images: Sequence[np.ndarray],
+    labels: Sequence[str] | None = None,
+    *,
+    cols: int = 4,
+    pad: int = 6,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Tile per-frame overlays into one uint8 image, row by row, ``cols`` per row.
+
+    Tiles of different sizes are placed top-left in cells as large as the largest
+    tile. ``labels`` (e.g. ``"t=1.5s · 42 tokens"``) are drawn as chips on each tile.
+    """
+    if len(images) == 0:
+        raise ValueError("contact_sheet needs at least one image")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"got {len(labels)} labels for {len(images)} images")
+    tiles = [as_rgb_uint8(im).copy() for im in images]
+    th = max(t.shape[0] for t in tiles)
+    tw = max(t.shape[1] for t in tiles)
+    cols = max(1, min(cols, len(tiles)))
+    rows = -(-len(tiles) // cols)
+    sheet = np.empty((rows * th + (rows + 1) * pad, cols * tw + (cols + 1) * pad, 3), dtype=np.uint8)
+    sheet[...] = background
+    for i, t in enumerate(tiles):
+        if labels is not None:
+            label_inplace(t, labels[i], scale=max(0.8, tw / 336))
+        r, c = divmod(i, cols)
+        y, x = pad + r * (th + pad), pad + c * (tw + pad)
+        sheet[y : y + t.shape[0], x : x + t.shape[1]] = t
+    return sheet
