@@ -1,0 +1,305 @@
+"""Safe loading of user images and videos for the app and the API.
+
+Every problem a user can cause (a corrupt file, a text file renamed ``.jpg``, a
+decompression bomb, an empty video) raises :class:`MediaError`, a ``ValueError``
+with a message meant for a person. Harmless surprises (an RGBA image, an animated
+GIF, a huge photo) are fixed and reported as short ``notes`` the UI can show.
+
+Decisions:
+
+* **Transparency** is composited on white (what a viewer shows), not dropped to black.
+* **16-bit** images are scaled by their *dtype range* (value / 257), not stretched to
+  their min/max, so a dark 16-bit image stays dark.
+* **EXIF orientation** is applied, so a phone photo is upright as the user sees it.
+* **Tiny images** (a side < :data:`MIN_SIDE` px) are refused: the tower resizes to
+  336 px, and upscaling a handful of pixels 40x would show PruneSID choosing among
+  copies of the same few pixels, which teaches nothing.
+* **Huge images** are downscaled so the longest side is :data:`MAX_SIDE` (the tower
+  sees 336 px anyway); images over :data:`MAX_PIXELS` are refused before decoding.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+MIN_SIDE = 8
+"""Smallest accepted image side in pixels (see module docstring)."""
+MAX_SIDE = 2048
+"""Longer images are downscaled to this longest side (6x the 336 px tower input)."""
+MAX_PIXELS = 64_000_000
+"""Refuse images with more pixels than this (≈ 8000 x 8000) before decoding them:
+an image of this size costs ~200 MB as RGB; PIL's own bomb limit is ~179 MP."""
+MAX_VIDEO_FRAMES = 32
+"""Upper bound on frames sampled from one video, whatever the caller asks."""
+MAX_VIDEO_BYTES = 200 * 1024 * 1024
+"""Refuse video files larger than this (the demo samples a few frames anyway)."""
+
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+
+class MediaError(ValueError):
+    """An input image or video that cannot be used; the message says why, for a person."""
+
+
+# ---- images ---------------------------------------------------------------------------------
+def load_image(source: ImageInput) -> tuple[Image.Image, list[str]]:
+    """Open ``source`` (a path, raw bytes, a PIL image or an ``H x W (x C)`` array) as an
+    upright 8-bit RGB PIL image no larger than :data:`MAX_SIDE`.
+
+    Returns ``(image, notes)``: ``notes`` are short sentences about what was changed
+    (e.g. "Transparent areas were filled with white."), empty when nothing was.
+
+    Raises:
+        MediaError: missing/corrupt/non-image files, decompression bombs, images with
+            a side below :data:`MIN_SIDE`, arrays of an unusable shape or dtype.
+    """
+    notes: list[str] = []
+    if isinstance(source, np.ndarray):
+        img = _from_array(source)
+    elif isinstance(source, Image.Image):
+        img = source
+    elif isinstance(source, (bytes, bytearray)):
+        img = _open(io.BytesIO(source), "the uploaded data")
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise MediaError(f"No image file at '{path}'.")
+        if path.stat().st_size == 0:
+            raise MediaError(f"'{path.name}' is empty (0 bytes).")
+        img = _open(path, f"'{path.name}'")
+    else:
+        raise MediaError(f"Expected an image file, PIL image or array, got {type(source).__name__}.")
+
+    _check_pixels(img.size)
+    if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
+        notes.append(f"Animated image: using the first of its {img.n_frames} frames.")
+        img.seek(0)
+    try:
+        upright = ImageOps.exif_transpose(img)
+        if upright is not None and upright is not img:
+            if _exif_orientation(img) not in (None, 1):
+                notes.append("Rotated upright using the photo's EXIF orientation.")
+            img = upright
+        img = _to_rgb(img, notes)
+    except MediaError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
+        raise MediaError(f"The image could not be decoded; the file may be damaged ({exc}).") from exc
+
+    w, h = img.size
+    if min(w, h) < MIN_SIDE:
+        raise MediaError(
+            f"The image is {w}x{h} px; PruneSID needs at least {MIN_SIDE} px on each side "
+            "(the model looks at 336x336, so tiny images have nothing to prune)."
+        )
+    if max(w, h) > MAX_SIDE:
+        f = MAX_SIDE / max(w, h)
+        new = (max(1, round(w * f)), max(1, round(h * f)))
+        img = img.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        notes.append(f"Large image ({w}x{h}) downscaled to {new[0]}x{new[1]}; the model sees 336x336 anyway.")
+    return img, notes
+
+
+def _open(fp, name: str) -> Image.Image:
+    """``Image.open`` + full decode, turning PIL's many failure modes into MediaError."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; we want our
+            # own, lower limit to decide, with a readable message.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            _check_pixels(img.size)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaError(
+            f"{name} is too large to open safely (a 'decompression bomb' guard tripped; "
+            f"limit {MAX_PIXELS / 1e6:.0f} megapixels)."
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise MediaError(f"{name} is not an image format we can read (try PNG, JPEG or WebP).") from exc
+    except MediaError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise MediaError(f"{name} could not be decoded; the file may be damaged or truncated ({exc}).") from exc
+    return img
+
+
+def _check_pixels(size: tuple[int, int]) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise MediaError(
+            f"The image is {w}x{h} px ({w * h / 1e6:.0f} megapixels), over the {MAX_PIXELS / 1e6:.0f} MP limit; "
+            "please upload a smaller version."
+        )
+
+
+def _exif_orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # malformed EXIF must not stop the load
+        return None
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    """An ``H x W``, ``H x W x 1/3/4`` array (uint8, uint16, bool or float in 0..1) as PIL."""
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise MediaError(f"An image array must be H x W or H x W x 3/4; got shape {a.shape}.")
+    if a.size == 0:
+        raise MediaError("The image array is empty.")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype == np.uint16:
+        a = _u16_to_u8(a)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise MediaError("The image array contains NaN or infinite values.")
+        scale = 255.0 if a.max() <= 1.0 else 1.0  # floats in 0..1, else already 0..255
+        a = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        if a.min() < 0 or a.max() > 255:
+            raise MediaError(f"Integer image values must be 0..255 for dtype {a.dtype}; got {a.min()}..{a.max()}.")
+        a = a.astype(np.uint8)
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[a.shape[2] if a.ndim == 3 else 2]
+    return Image.fromarray(np.ascontiguousarray(a), mode=mode) if mode != "L" else Image.fromarray(a)
+
+
+def _u16_to_u8(a: np.ndarray) -> np.ndarray:
+    """Full-range 16-bit -> 8-bit: 65535 -> 255, rounding (x / 257 is exact for 257·k)."""
+    return np.clip(np.round(a.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy() if img.readonly else img
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img)
+        if mode == "I" and a.max() <= 255:  # 8-bit data stored in 32-bit ints (e.g. some PNGs)
+            gray = np.clip(a, 0, 255).astype(np.uint8)
+        else:
+            gray = _u16_to_u8(np.clip(a, 0, 65535))
+            notes.append("16-bit image converted to 8 bits.")
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(a) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.nan_to_num(a) * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:  # some pixel is not opaque
+            notes.append("Transparent areas were filled with white.")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "CMYK":
+        notes.append("CMYK image converted to RGB.")
+    return img.convert("RGB")
+
+
+# ---- video ----------------------------------------------------------------------------------
+def load_video(
+    path: str | os.PathLike, max_frames: int = 8
+) -> tuple[list[Image.Image], float, float, list[str]]:
+    """Sample up to ``max_frames`` frames uniformly over a video with OpenCV.
+
+    Frames are taken at the centres of ``max_frames`` equal time slices (never the
+    very first black frame or the last partial one), converted to RGB and passed
+    through :func:`load_image`'s size rules.
+
+    Returns ``(frames, fps, duration_s, notes)``.
+
+    Raises:
+        MediaError: missing, empty, over-sized or unreadable files, videos with no
+            decodable frame, ``max_frames`` < 1.
+    """
+    import cv2
+
+    if not isinstance(max_frames, int) or max_frames < 1:
+        raise MediaError(f"max_frames must be a positive integer, got {max_frames!r}.")
+    notes: list[str] = []
+    if max_frames > MAX_VIDEO_FRAMES:
+        notes.append(f"At most {MAX_VIDEO_FRAMES} frames are sampled (asked for {max_frames}).")
+        max_frames = MAX_VIDEO_FRAMES
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"No video file at '{p}'.")
+    size = p.stat().st_size
+    if size == 0:
+        raise MediaError(f"'{p.name}' is empty (0 bytes).")
+    if size > MAX_VIDEO_BYTES:
+        raise MediaError(f"'{p.name}' is {size / 2**20:.0f} MB; the limit is {MAX_VIDEO_BYTES / 2**20:.0f} MB.")
+
+    cap = cv2.VideoCapture(str(p))
+    try:
+        if not cap.isOpened():
+            raise MediaError(f"'{p.name}' could not be opened as a video (try MP4 with H.264).")
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if count <= 0:
+            # Some containers do not store a frame count: decode once to count.
+            count = 0
+            while cap.grab():
+                count += 1
+            cap.release()
+            cap = cv2.VideoCapture(str(p))
+        if count <= 0:
+            raise MediaError(f"'{p.name}' contains no video frames.")
+        if not (0 < fps < 1000):
+            notes.append("The video does not state its frame rate; assuming 25 fps.")
+            fps = 25.0
+        duration = count / fps
+        take = min(max_frames, count)
+        # Centre of each of `take` equal slices: uniform, and avoids the first/last frame.
+        wanted = np.unique(np.floor((np.arange(take) + 0.5) * count / take).astype(int))
+        if count > take:
+            notes.append(f"Sampled {len(wanted)} of {count} frames ({duration:.1f} s) evenly.")
+        frames = _read_frames(cap, wanted, count)
+    finally:
+        cap.release()
+    if not frames:
+        raise MediaError(f"No frame of '{p.name}' could be decoded; the file may be damaged.")
+    if len(frames) < len(wanted):
+        notes.append(f"{len(wanted) - len(frames)} sampled frame(s) could not be decoded and were skipped.")
+    loaded = [load_image(f) for f in frames]
+    notes.extend(loaded[0][1])  # the same size rule applies to every frame; report it once
+    return [img for img, _ in loaded], fps, duration, notes
+
+
+SEQUENTIAL_DECODE_LIMIT = 900
+"""Videos up to this many frames (30 s at 30 fps) are decoded frame by frame, which is
+exact; longer ones seek to each sampled frame, which is faster but may land on a
+nearby frame for some codecs."""
+
+
+def _read_frames(cap, wanted: np.ndarray, count: int) -> list[np.ndarray]:
+    """Decode frames ``wanted`` (sorted ascending) as RGB arrays, skipping undecodable ones."""
+    import cv2
+
+    out: list[np.ndarray] = []
+
+    def keep(ok: bool, bgr) -> None:
+        if ok and bgr is not None and bgr.size:
+            out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+    if count <= SEQUENTIAL_DECODE_LIMIT:
+        targets = set(int(i) for i in wanted)
+        for i in range(int(wanted[-1]) + 1):  # loop over decoded frames
+            if not cap.grab():
+                break
+            if i in targets:
+                keep(*cap.retrieve())
+    else:
+        for i in wanted:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+            keep(*cap.read())
+    return out
