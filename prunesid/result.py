@@ -30,7 +30,8 @@ class Selection:
     group in NMS-pick order (the reference's order). Rows with a smaller budget are
     padded with ``-1`` at the end."""
     num_tokens: torch.Tensor
-    """Long ``[B]``: the budget of each row (CLS included) = valid entries of ``keep``."""
+    """Long ``[B]``: visual tokens handed to the LLM per row (CLS included) = valid
+    entries of ``keep`` plus merged tokens (if any)."""
     group: torch.Tensor
     """Long ``[B, N]``: PSCA group of each patch (0 = the largest principal component)."""
     num_groups: torch.Tensor
@@ -57,6 +58,12 @@ class Selection:
     """Float32 ``[B]``: information score 1 − rho (drives the dynamic ratio)."""
     method: str = "prunesid"
     """Name of the rule that produced this selection."""
+    merged_tokens: torch.Tensor | None = None
+    """Optional float ``[B, M, D]``: extra tokens built from dropped patches (e.g.
+    VisionZip's contextual tokens), in the tower's feature space, handed to the LLM after
+    the kept rows. None for pure selection rules like PruneSID."""
+    merged_into: torch.Tensor | None = None
+    """Optional long ``[B, N]``: which merged token each patch was folded into, -1 if none."""
 
     @property
     def batch_size(self) -> int:
@@ -77,8 +84,9 @@ class Selection:
         return mask
 
     def keep_row(self, row: int) -> torch.Tensor:
-        """Long ``[num_tokens[row]]``: the valid tower indices of one row."""
-        return self.keep[row, : int(self.num_tokens[row])]
+        """Long: the valid (non-padding) tower indices of one row, in emission order."""
+        indices = self.keep[row]
+        return indices[indices >= 0]
 
     def cpu(self) -> "Selection":
         """A copy with every tensor on the CPU (cheap to cache and to draw)."""
@@ -102,4 +110,5 @@ class Selection:
             "rho": float(self.rho[row]),
             "tau": float(self.tau[row]),
             "phi": float(self.phi[row]),
+            "merged_tokens": 0 if self.merged_tokens is None else int(self.merged_tokens.shape[1]),
         }
