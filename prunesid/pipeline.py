@@ -220,7 +220,7 @@ class Pipeline:
 
         budgets = self.budgets(feats, num_tokens, dynamic)
         start = time.perf_counter()
-        sel = select(feats.hidden_states, feats.cls_attention, budgets)
+        sel = select(feats.hidden_states, feats.cls_attention, self.adapter.selection_budgets(feats.views, budgets))
         selection_s = time.perf_counter() - start
 
         per_image = [feats.view_rows(i) for i in range(len(images))]
@@ -228,7 +228,7 @@ class Pipeline:
         keep = [[sel.keep_row(int(r)) for r in rows] for rows in per_image]
         with torch.inference_mode():
             full_feats, project_full_s = _timed(lambda: self.adapter.full_features(hidden, feats.image_sizes), self.loaded.device)
-            pruned_feats, project_pruned_s = _timed(lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes), self.loaded.device)
+            pruned_feats, project_pruned_s = _timed(lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full_feats), self.loaded.device)
 
         input_ids = self._prompt_ids(images, question)
         full_counts = [f.shape[0] for f in full_feats]

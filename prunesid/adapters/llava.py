@@ -48,9 +48,9 @@ class LlavaAdapter:
         width, height = image.size
         return pixels, [ViewInfo(image=0, kind="image", box=_center_crop_box(width, height))]
 
-    def placeholder_counts(self, views: list[list[ViewInfo]], image_sizes: list[tuple[int, int]]) -> list[int]:
-        """Placeholders the processor writes per image (576 each)."""
-        return [self.num_patches for _ in views]
+    def selection_budgets(self, views: list[ViewInfo], budgets: list[int]) -> list[int]:
+        """Budgets handed to the selection (CLS included): the view budgets themselves."""
+        return list(budgets)
 
     def project(self, rows: torch.Tensor) -> torch.Tensor:
         """``[T, D_vision]`` → ``[T, D_text]`` through the multimodal projector."""
@@ -61,7 +61,8 @@ class LlavaAdapter:
         """Per image ``[576, D_text]``: exactly what ``get_image_features`` returns."""
         return [self.project(h[0, 1:]) for h in hidden]
 
-    def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes) -> list[torch.Tensor]:
+    def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes,
+                        full: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per image ``[K_i, D_text]``: the kept tower rows (CLS included) in selection order."""
         return [self.project(h[0, k[0].to(h.device)]) for h, k in zip(hidden, keep)]
 

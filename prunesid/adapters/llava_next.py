@@ -1,0 +1,108 @@
+"""LLaVA-NeXT (AnyRes) family: a 336 px base view plus a grid of 336 px crops per image.
+
+Full path: transformers' own packing — base 24×24 in raster order, then the crop grid
+merged into one ``(rows·24) × (cols·24)`` map, unpadded to the image's aspect, with one
+``image_newline`` token after every map row.
+
+Pruned path (ALGORITHM.md, LLaVA-NeXT): every view gets its own budget.
+* base view: its kept tower rows, CLS included, in the selection's order (as LLaVA-1.5);
+* crops: a crop has no place for its CLS on the map, so a crop with budget K is selected
+  with K + 1 (CLS + K patches) and the CLS dropped; its kept patches are restored **in
+  raster order on the unpadded map**, each map row that keeps a token ending with the
+  newline token. (The reference code puts crop tokens at the wrong positions and drops the
+  newlines; this is the intended behaviour.) Kept patches that fall in the padding that
+  unpadding removes are dropped, so a crop can hand over a few fewer than K.
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from transformers.image_processing_utils import select_best_resolution
+
+from .llava import LlavaAdapter, ViewInfo
+
+NEWLINE = -1
+"""Marker of a newline slot in a packed layout (real slots hold ``crop · N + patch``)."""
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    """Pre-processing and feature packing for ``LlavaNextForConditionalGeneration``."""
+
+    family = "llava_next"
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
+        """``[V, 3, S, S]`` views of one image (base first, then crops row-major) and where each sits."""
+        out = self.processor.image_processor(images=[image], return_tensors="pt")
+        rows, cols = self._crop_grid(image.height, image.width)
+        pixels = out["pixel_values"][0, : 1 + rows * cols]
+        views = [ViewInfo(0, "base", (0.0, 0.0, float(image.width), float(image.height)))]
+        views += [ViewInfo(0, "crop", self._crop_box(image, r, c), r, c) for r in range(rows) for c in range(cols)]
+        return pixels, views
+
+    def _crop_grid(self, height: int, width: int) -> tuple[int, int]:
+        size = self.model.config.vision_config.image_size
+        best_h, best_w = select_best_resolution((height, width), self.model.config.image_grid_pinpoints)
+        return best_h // size, best_w // size
+
+    def _crop_box(self, image: Image.Image, row: int, col: int) -> tuple[float, float, float, float]:
+        # The processor fits the image into the best resolution (aspect kept), pads it centred,
+        # and cuts S×S crops; map the crop's canvas square back to image pixels.
+        size = self.model.config.vision_config.image_size
+        rows, cols = self._crop_grid(image.height, image.width)
+        scale = min(cols * size / image.width, rows * size / image.height)
+        pad_x = (cols * size - image.width * scale) / 2
+        pad_y = (rows * size - image.height * scale) / 2
+        x0, y0 = (col * size - pad_x) / scale, (row * size - pad_y) / scale
+        return (x0, y0, x0 + size / scale, y0 + size / scale)
+
+    def selection_budgets(self, views: list[ViewInfo], budgets: list[int]) -> list[int]:
+        """Budgets handed to the selection: a crop's CLS is dropped later, so it gets one more."""
+        return [min(b + (v.kind == "crop"), self.num_patches + 1) for v, b in zip(views, budgets)]
+
+    def _pack(self, per_view: torch.Tensor, image_size: tuple[int, int], newline: torch.Tensor) -> torch.Tensor:
+        """transformers' packing of ``[V, N, C]`` per-view rows of one image → ``[T, C]``."""
+        packed, _ = self.model.model.pack_image_features(
+            [per_view], torch.tensor([image_size]), vision_feature_select_strategy="default", image_newline=newline)
+        return packed[0]
+
+    def layout(self, num_views: int, image_size: tuple[int, int]) -> torch.Tensor:
+        """Long ``[T]``: for each packed slot of one image, ``view · N + patch`` or ``NEWLINE``.
+
+        The first N slots are the base view (view 0); the crop slots follow the unpadded map.
+        """
+        ids = torch.arange(num_views * self.num_patches, dtype=torch.float64).view(num_views, self.num_patches, 1)
+        return self._pack(ids, image_size, torch.tensor([float(NEWLINE)], dtype=torch.float64))[:, 0].long()
+
+    def full_features(self, hidden: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
+        """Per image ``[T_i, D_text]``: exactly what ``get_image_features`` returns."""
+        newline = self.model.model.image_newline
+        return [self._pack(self.project(h[:, 1:]), size, newline) for h, size in zip(hidden, image_sizes)]
+
+    def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes,
+                        full: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image: base kept rows (selection order) + kept crop patches in map raster order with newlines.
+
+        ``full`` are the full path's packed features: the crop part is gathered from them.
+        """
+        out = []
+        for h, kept, size, packed in zip(hidden, keep, image_sizes, full):
+            base = self.project(h[0, kept[0].to(h.device)])
+            crops = packed[self.num_patches:]  # the crop map, newlines included
+            out.append(torch.cat([base, crops[self.crop_keep_mask(kept, size).to(crops.device)]]))
+        return out
+
+    def crop_keep_mask(self, keep: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Bool ``[T_crops]`` over the full path's crop slots: kept patches, plus the newline of every
+        map row that keeps at least one patch."""
+        num_views = len(keep)
+        kept = torch.zeros(num_views * self.num_patches, dtype=torch.bool)
+        for view in range(1, num_views):  # a handful of crops, not tokens
+            patches = keep[view].cpu()
+            patches = patches[patches > 0] - 1  # drop CLS, tower → patch index
+            kept[view * self.num_patches + patches] = True
+        slots = self.layout(num_views, image_size)[self.num_patches:]
+        is_newline = slots == NEWLINE
+        mask = torch.where(is_newline, False, kept[slots.clamp(min=0)])
+        row = torch.cumsum(is_newline.long(), 0) - is_newline.long()  # map row of every slot
+        row_has_kept = torch.zeros(int(is_newline.sum()), dtype=torch.bool).index_put_((row[mask],), torch.tensor(True))
+        return mask | (is_newline & row_has_kept[row])

@@ -1,0 +1,86 @@
+"""LLaVA-NeXT (AnyRes) adapter on the tiny random-weight demo model: full-path parity and
+the restoration of kept crop tokens in raster order on the unpadded map with newlines."""
+from __future__ import annotations
+
+import torch
+
+from prunesid import select_tokens
+from tests.conftest import make_image
+
+QUESTION = "Describe the image."
+
+
+def _prefill_embeds(pipe, images, k, **kwargs):
+    calls = []
+    handle = pipe.model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw["inputs_embeds"].detach().clone()), with_kwargs=True)
+    try:
+        result = pipe.compare(images, QUESTION, k, max_new_tokens=2, **kwargs)
+    finally:
+        handle.remove()
+    return result, [c for c in calls if c.shape[1] > 1]
+
+
+def test_full_path_equals_plain_generate(llava_next_pipeline):
+    pipe, image = llava_next_pipeline, make_image(5, 300, 500)
+    result = pipe.compare([image], QUESTION, 64, max_new_tokens=8)
+    inputs = pipe.prompt_inputs([image], QUESTION)
+    plain = pipe.model.generate(**inputs, do_sample=False, max_new_tokens=8)
+    assert result.full_tokens == plain[0, inputs["input_ids"].shape[1]:].tolist()
+    assert result.visual_tokens_full == int((inputs["input_ids"] == pipe.adapter.image_token_id).sum())
+
+
+def test_kept_crop_tokens_are_restored_in_raster_order_with_newlines(llava_next_pipeline):
+    pipe, k = llava_next_pipeline, 48
+    image = make_image(6, 600, 600)  # best resolution 672×672: 2×2 crops, nothing to unpad
+    feats = pipe.encode([image])
+    assert [v.kind for v in feats.views] == ["base", "crop", "crop", "crop", "crop"]
+    result, prefills = _prefill_embeds(pipe, [image], k)
+    sel = select_tokens(feats.hidden_states, feats.cls_attention, [k, k + 1, k + 1, k + 1, k + 1])
+    assert torch.equal(result.selection.keep, sel.keep)
+
+    # Expected, built independently of transformers' packer: a 48×48 map of (crop, patch).
+    side = 24
+    kept = sel.kept_patches[1:].view(2, 2, side, side).permute(0, 2, 1, 3).reshape(2 * side, 2 * side)
+    crop = (torch.arange(2 * side)[:, None] // side) * 2 + torch.arange(2 * side)[None] // side
+    patch = (torch.arange(2 * side)[:, None] % side) * side + torch.arange(2 * side)[None] % side
+    project = pipe.model.model.multi_modal_projector
+    rows = []
+    for y in range(2 * side):  # 48 map rows
+        if kept[y].any():
+            rows.append(project(feats.hidden_states[1 + crop[y, kept[y]], 1 + patch[y, kept[y]]]))
+            rows.append(pipe.model.model.image_newline[None])
+    expected = torch.cat([project(feats.hidden_states[0, sel.keep_row(0)])] + rows)
+
+    full_ids = pipe.prompt_inputs([image], QUESTION)["input_ids"][0]
+    start = int((full_ids == pipe.adapter.image_token_id).nonzero()[0])
+    assert result.visual_tokens_pruned == expected.shape[0] == k + 4 * k + int(kept.any(1).sum())
+    torch.testing.assert_close(prefills[1][0, start:start + expected.shape[0]], expected)
+    assert prefills[1].shape[1] == result.prompt_tokens["pruned"] == len(full_ids) - 5 * 576 - 48 + expected.shape[0]
+
+
+def test_padded_image_keeps_raster_order_and_drops_padding(llava_next_pipeline):
+    pipe, k = llava_next_pipeline, 64
+    image = make_image(7, 300, 500)  # 336×672 canvas, padded left and right
+    feats = pipe.encode([image])
+    result = pipe.compare([image], QUESTION, k, max_new_tokens=2)
+    full = pipe.adapter.full_features([feats.hidden_states], feats.image_sizes)[0]
+    keep = [result.selection.keep_row(i) for i in range(len(feats.views))]
+    pruned = pipe.adapter.pruned_features([feats.hidden_states], [keep], feats.image_sizes, [full])[0]
+    crops_full, crops_pruned = full[576:], pruned[k:]
+    # Every restored crop token is a token of the full crop map, found in increasing order,
+    # and each map row that keeps a patch ends with the newline.
+    newline = (crops_pruned == pipe.model.model.image_newline).all(-1)
+    match = (crops_pruned[:, None, :] == crops_full[None]).all(-1)  # [T', T]
+    position = match.float().argmax(1)[~newline]
+    assert match.any(1).all() and (position.diff() > 0).all()
+    assert newline[-1] and not (newline[1:] & newline[:-1]).any() and 0 < int(newline.sum()) <= 24
+    assert result.visual_tokens_pruned == pruned.shape[0] <= k + 2 * k + 24
+
+
+def test_dynamic_ratio_shares_the_total_across_base_and_crops(llava_next_pipeline):
+    pipe, k = llava_next_pipeline, 40
+    image = make_image(8, 600, 600)
+    result = pipe.compare([image], QUESTION, k, dynamic=True, max_new_tokens=2)
+    assert len(result.budgets) == 5 and sum(result.budgets) == 5 * k
+    assert result.selection.num_tokens.tolist() == [result.budgets[0]] + [b + 1 for b in result.budgets[1:]]
