@@ -140,19 +140,21 @@ def colorbar_band(
     lo, hi = _fmt(vmin), ("≥ " if clipped else "") + _fmt(vmax)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     w_lo, w_hi = probe.textlength(lo, font=f), probe.textlength(hi, font=f)
-    height = pad * 3 + fsize + bar_h
+    # Labels beside the bar when there is room, else under its ends (narrow images).
+    beside = width - 4 * pad - w_lo - w_hi >= 60 * scale
+    height = pad * 3 + fsize + bar_h + (0 if beside else fsize + pad)
     band = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(band)
     draw.text((width / 2, pad + fsize / 2), title, fill=(20, 20, 20), font=f, anchor="mm")
-    bx0 = int(pad * 2 + w_lo)
-    bx1 = int(width - pad * 2 - w_hi)
+    bx0, bx1 = (int(pad * 2 + w_lo), int(width - pad * 2 - w_hi)) if beside else (pad, width - pad)
     by0 = pad * 2 + fsize
     ramp = colormaps[cmap](np.linspace(0, 1, max(2, bx1 - bx0)))[:, :3]
     strip = np.repeat((ramp * 255).round().astype(np.uint8)[None], bar_h, axis=0)
     band.paste(Image.fromarray(strip), (bx0, by0))
     draw.rectangle((bx0 - 1, by0 - 1, bx1, by0 + bar_h), outline=(60, 60, 60), width=1)
-    draw.text((pad, by0 + bar_h / 2), lo, fill=(20, 20, 20), font=f, anchor="lm")
-    draw.text((width - pad, by0 + bar_h / 2), hi, fill=(20, 20, 20), font=f, anchor="rm")
+    ty = by0 + bar_h / 2 if beside else by0 + bar_h + pad / 2 + fsize / 2
+    draw.text((pad, ty), lo, fill=(20, 20, 20), font=f, anchor="lm")
+    draw.text((width - pad, ty), hi, fill=(20, 20, 20), font=f, anchor="rm")
     return np.asarray(band)
 
 
