@@ -32,7 +32,7 @@ from .adapters.registry import DEMO_MODEL_ID, ModelSpec, list_models
 from .result import Selection
 
 __all__ = ["load_pipeline", "Pipeline", "EncodedImages", "CompareResult", "DEMO_MODEL_ID", "ModelLoadError",
-           "ModelSpec", "list_models"]
+           "ModelSpec", "list_models", "video_frames"]
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor, "int | Sequence[int] | torch.Tensor"], Selection]
 """A selection rule with ``select_tokens``'s signature (PruneSID or a baseline)."""
@@ -226,9 +226,10 @@ class Pipeline:
         per_image = [feats.view_rows(i) for i in range(len(images))]
         hidden = [feats.hidden_states[rows] for rows in per_image]
         keep = [[sel.keep_row(int(r)) for r in rows] for rows in per_image]
+        merged = None if sel.merged_tokens is None else [[_merged_row(sel, int(r)) for r in rows] for rows in per_image]
         with torch.inference_mode():
             full_feats, project_full_s = _timed(lambda: self.adapter.full_features(hidden, feats.image_sizes), self.loaded.device)
-            pruned_feats, project_pruned_s = _timed(lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full_feats), self.loaded.device)
+            pruned_feats, project_pruned_s = _timed(lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full_feats, merged), self.loaded.device)
 
         input_ids = self._prompt_ids(images, question)
         full_counts = [f.shape[0] for f in full_feats]
@@ -278,6 +279,14 @@ def load_pipeline(model_id_or_path: str, device: str | None = None, dtype=None) 
     return Pipeline(load_model(model_id_or_path, device, dtype))
 
 
+def video_frames(path, num_frames: int = 8) -> list[Image.Image]:
+    """``num_frames`` RGB frames sampled uniformly over a video file with OpenCV (``prunesid.media``)."""
+    from .media import load_video
+
+    frames, _fps, _duration, _notes = load_video(path, max_frames=num_frames)
+    return frames
+
+
 def _adapter_for(loaded: LoadedModel):
     if loaded.family == "llava":
         return LlavaAdapter(loaded.model, loaded.processor)
@@ -286,6 +295,12 @@ def _adapter_for(loaded: LoadedModel):
     if loaded.family == "llava_next":
         return LlavaNextAdapter(loaded.model, loaded.processor)
     raise ModelLoadError(f"the {loaded.family!r} family is not wired into the pipeline yet")
+
+
+def _merged_row(sel: Selection, row: int) -> torch.Tensor:
+    """``[M_row, D]``: a row's merged tokens (its budget minus its kept indices; padding dropped)."""
+    count = int(sel.num_tokens[row]) - sel.keep_row(row).numel()
+    return sel.merged_tokens[row, :count]
 
 
 def _chat_text(processor, num_images: int, question: str) -> str:

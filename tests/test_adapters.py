@@ -176,3 +176,25 @@ def test_registry_lists_first_class_models():
     assert ids["llava-hf/llava-1.5-7b-hf"] == "llava"
     assert ids["llava-hf/llava-v1.6-vicuna-7b-hf"] == ids["llava-hf/llava-v1.6-mistral-7b-hf"] == "llava_next"
     assert any(spec.is_demo for spec in list_models())
+
+
+def test_merged_tokens_of_a_baseline_follow_the_kept_rows(llava_pipeline, images):
+    pipe, k = llava_pipeline, 32
+
+    def keep_and_merge(hidden, cls, budget):  # VisionZip-like: K−2 kept rows + 2 merged tokens
+        sel = select_tokens(hidden, cls, k - 2)
+        merged = torch.stack([hidden[:, 1:289].mean(1), hidden[:, 289:].mean(1)], dim=1)  # [B, 2, D]
+        return type(sel)(**{**sel.__dict__, "merged_tokens": merged, "num_tokens": sel.num_tokens + 2})
+
+    feats = pipe.encode(images[:1])
+    calls, handle = _lm_inputs(pipe.model)
+    try:
+        result = pipe.compare(images[:1], QUESTION, k, max_new_tokens=2, selection=keep_and_merge)
+    finally:
+        handle.remove()
+    assert result.visual_tokens_pruned == k
+    ids = pipe.prompt_inputs(images[:1], QUESTION)["input_ids"]
+    end = int((ids[0] == pipe.adapter.image_token_id).nonzero()[0]) + k
+    merged = torch.stack([feats.hidden_states[0, 1:289].mean(0), feats.hidden_states[0, 289:].mean(0)])
+    prefill = [c for c in calls if c.shape[1] > 1][1]
+    torch.testing.assert_close(prefill[0, end - 2:end], pipe.model.model.multi_modal_projector(merged))

@@ -62,9 +62,16 @@ class LlavaAdapter:
         return [self.project(h[0, 1:]) for h in hidden]
 
     def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes,
-                        full: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per image ``[K_i, D_text]``: the kept tower rows (CLS included) in selection order."""
-        return [self.project(h[0, k[0].to(h.device)]) for h, k in zip(hidden, keep)]
+                        full: list[torch.Tensor], merged: list[list[torch.Tensor | None]] | None = None
+                        ) -> list[torch.Tensor]:
+        """Per image ``[K_i, D_text]``: the kept tower rows (CLS included) in selection order, then the
+        merged tokens of a merge-based baseline (``merged[i][0]``, ``[M, D_vision]``) if any."""
+        out = []
+        for i, (h, k) in enumerate(zip(hidden, keep)):
+            rows = h[0, k[0].to(h.device)]
+            extra = merged[i][0] if merged else None
+            out.append(self.project(rows if extra is None else torch.cat([rows, extra.to(rows)])))
+        return out
 
 
 def _center_crop_box(width: int, height: int) -> tuple[float, float, float, float]:

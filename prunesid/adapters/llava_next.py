@@ -79,16 +79,24 @@ class LlavaNextAdapter(LlavaAdapter):
         return [self._pack(self.project(h[:, 1:]), size, newline) for h, size in zip(hidden, image_sizes)]
 
     def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes,
-                        full: list[torch.Tensor]) -> list[torch.Tensor]:
+                        full: list[torch.Tensor], merged: list[list[torch.Tensor | None]] | None = None
+                        ) -> list[torch.Tensor]:
         """Per image: base kept rows (selection order) + kept crop patches in map raster order with newlines.
 
         ``full`` are the full path's packed features: the crop part is gathered from them.
+        Merged tokens of a merge-based baseline (no map position) follow the base view's
+        kept rows for the base, and the crop map for the crops.
         """
         out = []
-        for h, kept, size, packed in zip(hidden, keep, image_sizes, full):
-            base = self.project(h[0, kept[0].to(h.device)])
+        for i, (h, kept, size, packed) in enumerate(zip(hidden, keep, image_sizes, full)):
+            extra = merged[i] if merged else [None] * len(kept)
+            base_rows = h[0, kept[0].to(h.device)]
+            if extra[0] is not None:
+                base_rows = torch.cat([base_rows, extra[0].to(base_rows)])
             crops = packed[self.num_patches:]  # the crop map, newlines included
-            out.append(torch.cat([base, crops[self.crop_keep_mask(kept, size).to(crops.device)]]))
+            parts = [self.project(base_rows), crops[self.crop_keep_mask(kept, size).to(crops.device)]]
+            parts += [self.project(e) for e in extra[1:] if e is not None]
+            out.append(torch.cat(parts))
         return out
 
     def crop_keep_mask(self, keep: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
