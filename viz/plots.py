@@ -60,22 +60,22 @@ def plot_group_budgets(selection: Selection, row: int = 0, *, max_groups: int = 
     g = min(sr.num_groups, max_groups)
     x = np.arange(1, g + 1)
     colors = group_colors_float(g)
-    width = min(12.0, max(6.0, 0.11 * g + 3.0))
+    width = min(12.0, max(7.0, 0.11 * g + 3.0))
     fig = _figure(width, 4.6)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     top.bar(x, sr.group_size[:g], color=colors, alpha=0.3, width=0.85, edgecolor=colors, linewidth=0.8)
     top.bar(x, sr.group_survivors[:g], color=colors, width=0.55)
     top.set_ylabel("patches", fontsize=FONT_SIZE)
     top.set_title(
-        f"Tokens per semantic group: {sr.num_tokens - 1} patch tokens kept from {sr.num_patches}",
+        f"Tokens per PSCA group ({sr.num_tokens - 1} of {sr.num_patches} patches kept)",
         fontsize=FONT_SIZE + 1,
     )
     gray = (0.45, 0.45, 0.45)
     top.set_ylim(0, max(1, int(sr.group_size[:g].max())) * 1.35)  # headroom for the legend
     top.legend(
         handles=[
-            Patch(facecolor=gray, alpha=0.3, edgecolor=gray, label="patches in the group (c_g)"),
-            Patch(facecolor=gray, label="distinct after removing near-duplicates (n_g)"),
+            Patch(facecolor=gray, alpha=0.3, edgecolor=gray, label="group size c_g"),
+            Patch(facecolor=gray, label="left after NMS n_g"),
         ],
         fontsize=FONT_SIZE - 1,
         frameon=False,
