@@ -30,8 +30,7 @@ def group_bounds(
     lower = sizes.clamp(max=1)
     cap = cap_per_64 * torch.div(budget + 63, 64, rounding_mode="floor")  # 5·⌈K/64⌉
     upper = torch.minimum(torch.minimum(cap[:, None], sizes), survivors)
-    n = int(sizes.sum(dim=1).max())
-    steps = torch.arange(n + 1, device=sizes.device)  # candidate t
+    steps = torch.arange(int(budget.max()) + 1, device=sizes.device)  # candidate t (t ≤ K suffices)
     raised = torch.minimum(upper[:, None, :] + steps[None, :, None], sizes[:, None, :])  # (B, T, G)
     enough = raised.sum(dim=-1) >= budget[:, None]  # (B, T)
     t = enough.to(torch.int8).argmax(dim=1)  # first t that suffices
