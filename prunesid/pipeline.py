@@ -155,7 +155,8 @@ class Pipeline:
     def _information_uncached(self, images: list[Image.Image]) -> torch.Tensor:
         # Calibration images must not evict the user's images from the feature cache.
         pixels = torch.cat([self.adapter.preprocess(im)[0] for im in images])
-        return information_score(encode_views(self.model, pixels)[0].cpu())
+        hidden, _ = self.adapter.postprocess(*encode_views(self.model, pixels))
+        return information_score(hidden.cpu())
 
     # --- features ------------------------------------------------------------------------
     def encode(self, images: Sequence[Image.Image]) -> EncodedImages:
@@ -169,7 +170,7 @@ class Pipeline:
             counts = [p.shape[0] for p in pixels]
             synchronize(self.loaded.device)
             start = time.perf_counter()
-            hidden, cls = encode_views(self.model, torch.cat(pixels))
+            hidden, cls = self.adapter.postprocess(*encode_views(self.model, torch.cat(pixels)))
             synchronize(self.loaded.device)
             vision_s = time.perf_counter() - start
             for i, h, a, v in zip(missing, hidden.cpu().split(counts), cls.cpu().split(counts), views):
@@ -179,7 +180,8 @@ class Pipeline:
             self._cache.move_to_end(k)
         while len(self._cache) > max(FEATURE_CACHE_SIZE, len(set(keys))):
             self._cache.popitem(last=False)
-        views = [ViewInfo(i, v.kind, v.box, v.crop_row, v.crop_col) for i, e in enumerate(entries) for v in e[2]]
+        media = (lambda i: 0) if self.adapter.one_clip else (lambda i: i)  # frames of a clip share one run
+        views = [ViewInfo(media(i), v.kind, v.box, v.crop_row, v.crop_col) for i, e in enumerate(entries) for v in e[2]]
         return EncodedImages(
             hidden_states=torch.cat([e[0] for e in entries]), cls_attention=torch.cat([e[1] for e in entries]),
             views=views, image_sizes=[(im.height, im.width) for im in images], vision_s=vision_s,
@@ -223,7 +225,7 @@ class Pipeline:
         sel = select(feats.hidden_states, feats.cls_attention, self.adapter.selection_budgets(feats.views, budgets))
         selection_s = time.perf_counter() - start
 
-        per_image = [feats.view_rows(i) for i in range(len(images))]
+        per_image = [feats.view_rows(i) for i in range(1 if self.adapter.one_clip else len(images))]
         hidden = [feats.hidden_states[rows] for rows in per_image]
         keep = [[sel.keep_row(int(r)) for r in rows] for rows in per_image]
         merged = None if sel.merged_tokens is None else [[_merged_row(sel, int(r)) for r in rows] for rows in per_image]
@@ -234,8 +236,11 @@ class Pipeline:
         input_ids = self._prompt_ids(images, question)
         full_counts = [f.shape[0] for f in full_feats]
         pruned_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, full_counts, [f.shape[0] for f in pruned_feats])
-        full = greedy_generate(self.model, input_ids, full_feats, max_new_tokens=max_new_tokens)
-        pruned = greedy_generate(self.model, pruned_ids, pruned_feats, max_new_tokens=max_new_tokens)
+        as_input = (lambda f: f) if self.adapter.modality == "image" else (lambda f: torch.cat(f)[None])  # video: [1, T, D]
+        run = lambda ids, f: greedy_generate(self.model, ids, as_input(f), modality=self.adapter.modality,
+                                              max_new_tokens=max_new_tokens)
+        full = run(input_ids, full_feats)
+        pruned = run(pruned_ids, pruned_feats)
 
         timings = {
             "full": _timing(vision_s, 0.0, project_full_s, full.prefill_s, full.decode_s),
@@ -254,9 +259,9 @@ class Pipeline:
             full_tokens=full.tokens.tolist(), pruned_tokens=pruned.tokens.tolist())
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
-        """What the processor gives for the chat prompt (input_ids, pixel_values, ...): the plain path."""
-        text = _chat_text(self.processor, len(images), question)
-        return self.processor(images=list(images), text=text, return_tensors="pt")
+        """What the processor gives for the chat prompt (input_ids, pixel_values, ...): the plain path.
+        For LLaVA-NeXT-Video the images are the frames of one clip (``pixel_values_videos``)."""
+        return self.adapter.prompt_inputs(list(images), question)
 
     def _prompt_ids(self, images, question) -> torch.Tensor:
         # The processor expands each <image> to the full placeholder run; its pixels are not used.
@@ -291,9 +296,12 @@ def _adapter_for(loaded: LoadedModel):
     if loaded.family == "llava":
         return LlavaAdapter(loaded.model, loaded.processor)
     from .adapters.llava_next import LlavaNextAdapter
+    from .adapters.llava_next_video import LlavaNextVideoAdapter
 
     if loaded.family == "llava_next":
         return LlavaNextAdapter(loaded.model, loaded.processor)
+    if loaded.family == "llava_next_video":
+        return LlavaNextVideoAdapter(loaded.model, loaded.processor)
     raise ModelLoadError(f"the {loaded.family!r} family is not wired into the pipeline yet")
 
 
@@ -301,14 +309,6 @@ def _merged_row(sel: Selection, row: int) -> torch.Tensor:
     """``[M_row, D]``: a row's merged tokens (its budget minus its kept indices; padding dropped)."""
     count = int(sel.num_tokens[row]) - sel.keep_row(row).numel()
     return sel.merged_tokens[row, :count]
-
-
-def _chat_text(processor, num_images: int, question: str) -> str:
-    content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
-    conversation = [{"role": "user", "content": content}]
-    if getattr(processor, "chat_template", None):
-        return processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return "USER: " + "<image>\n" * num_images + question + " ASSISTANT:"  # LLaVA-1.5's format
 
 
 def _timed(fn, device):

@@ -55,3 +55,12 @@ def make_image(seed: int, height: int = 300, width: int = 400) -> Image.Image:
 def images():
     """Three distinct test images (landscape, portrait, square)."""
     return [make_image(0), make_image(1, 400, 260), make_image(2, 336, 336)]
+
+
+@pytest.fixture(scope="session")
+def llava_next_video_pipeline(demo_cache):
+    """The tiny LLaVA-NeXT-Video demo pipeline (CPU, fp32)."""
+    from prunesid.pipeline import load_pipeline
+    from prunesid.adapters.registry import DEMO_NEXT_VIDEO_MODEL_ID
+
+    return load_pipeline(DEMO_NEXT_VIDEO_MODEL_ID, device="cpu")

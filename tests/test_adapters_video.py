@@ -31,3 +31,30 @@ def test_frames_are_answered_as_a_multi_image_prompt(llava_pipeline, clip_path):
     assert sum(result.budgets) == result.visual_tokens_pruned == 4 * k
     assert result.prompt_tokens["full"] - result.prompt_tokens["pruned"] == 4 * 576 - 4 * k
     assert len(set(result.budgets)) > 1  # frames differ in information, so in budget
+
+
+def test_next_video_full_path_equals_plain_generate(llava_next_video_pipeline, clip_path):
+    pipe = llava_next_video_pipeline
+    frames = video_frames(clip_path, num_frames=3)
+    result = pipe.compare(frames, "What moves?", 16, max_new_tokens=6)
+    inputs = pipe.prompt_inputs(frames, "What moves?")
+    plain = pipe.model.generate(**inputs, do_sample=False, max_new_tokens=6)
+    assert result.full_tokens == plain[0, inputs["input_ids"].shape[1]:].tolist()
+    assert pipe.grid == (12, 12) and result.visual_tokens_full == 3 * 144
+
+
+def test_next_video_selects_on_pooled_tokens_and_hands_over_k_per_frame(llava_next_video_pipeline, clip_path):
+    import torch
+
+    pipe, k = llava_next_video_pipeline, 20
+    frames = video_frames(clip_path, num_frames=3)
+    feats = pipe.encode(frames)
+    assert feats.hidden_states.shape == (3, 145, 64) and feats.cls_attention.shape == (3, 144)
+    assert [v.kind for v in feats.views] == ["frame"] * 3 and {v.image for v in feats.views} == {0}
+    inputs = pipe.prompt_inputs(frames, "What moves?")
+    with torch.no_grad():
+        expected = pipe.model.model.get_video_features(inputs["pixel_values_videos"]).pooler_output[0]  # [3·144, D]
+    torch.testing.assert_close(pipe.adapter.full_features([feats.hidden_states], None)[0], expected)
+    result = pipe.compare(frames, "What moves?", k, dynamic=True, max_new_tokens=2)
+    assert result.visual_tokens_pruned == sum(result.budgets) == 3 * k
+    assert result.prompt_tokens["full"] - result.prompt_tokens["pruned"] == 3 * 144 - 3 * k

@@ -91,6 +91,8 @@ def save_demo_model(family: str, folder: Path) -> None:
         model, processor = _llava(vision, text, tok, image_id)
     elif family == "llava_next":
         model, processor = _llava_next(vision, text, tok, image_id)
+    elif family == "llava_next_video":
+        model, processor = _llava_next_video(vision, text, tok, image_id)
     else:
         raise ValueError(f"no demo model for family {family!r}")
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -133,3 +135,15 @@ def _llava_next(vision, text, tok, image_id):
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA15_CHAT_TEMPLATE)
     return model, processor
+
+
+def _llava_next_video(vision, text, tok, image_id):
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    # Video processors need torchvision; the folder holds the tokenizer only and frames are
+    # preprocessed with the CLIP image processor (see loading.frame_processor).
+    cfg = LlavaNextVideoConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                               video_token_index=tok.convert_tokens_to_ids("<video>"), spatial_pool_mode="average",
+                               spatial_pool_stride=2, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = _seeded(lambda: LlavaNextVideoForConditionalGeneration(cfg))
+    return model, tok

@@ -32,6 +32,10 @@ class LlavaAdapter:
     """Pre-processing and feature packing for ``LlavaForConditionalGeneration``."""
 
     family = "llava"
+    modality = "image"
+    """Key of ``mm_encoder_outputs`` the features go to."""
+    one_clip = False
+    """True when all the images given are the frames of one clip (one placeholder run)."""
 
     def __init__(self, model: torch.nn.Module, processor):
         self.model = model
@@ -41,6 +45,20 @@ class LlavaAdapter:
         self.grid = (side, side)
         self.num_patches = side * side
         self.image_token_id = model.config.image_token_id
+        """The placeholder id the features replace."""
+
+    def postprocess(self, hidden: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tower outputs → the rows PruneSID selects from (identity for images)."""
+        return hidden, cls
+
+    def prompt_inputs(self, images: list[Image.Image], question: str) -> dict:
+        """The processor's outputs for the chat prompt (``input_ids`` with full placeholder runs, pixels)."""
+        content = [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]
+        if getattr(self.processor, "chat_template", None):
+            text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        else:
+            text = "USER: " + "<image>\n" * len(images) + question + " ASSISTANT:"  # LLaVA-1.5's format
+        return self.processor(images=images, text=text, return_tensors="pt")
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
         """``[1, 3, S, S]`` pixel values of one image and its single view."""

@@ -77,7 +77,7 @@ def load_model(model_id_or_path: str, device: str | torch.device | None = None,
     path = str(demo_model_path(spec.family)) if spec else model_id_or_path
     family = _family_of(path, model_id_or_path)
     model = _load_weights(family, path, model_id_or_path, device, dtype)
-    processor = _load_processor(path, model_id_or_path)
+    processor = frame_processor(path, model) if family == "llava_next_video" else _load_processor(path, model_id_or_path)
     return LoadedModel(model, processor, family, model_id_or_path, path, device, dtype, is_demo=spec is not None)
 
 
@@ -130,6 +130,28 @@ def _load_processor(path, name):
     except (OSError, ValueError, AttributeError, ImportError) as err:
         raise ModelLoadError(f"could not load the processor of {name!r} ({type(err).__name__}: {err}). The folder "
                              "needs the tokenizer and image-processor files saved by `processor.save_pretrained`.") from err
+
+
+@dataclass
+class FrameProcessor:
+    """Tokenizer + per-frame CLIP preprocessing for LLaVA-NeXT-Video (its video processor needs torchvision)."""
+
+    tokenizer: object
+    image_processor: object
+
+
+def frame_processor(path: str, model: torch.nn.Module) -> FrameProcessor:
+    """Frames are resized (shortest edge) and centre-cropped to the tower's size with CLIP's statistics,
+    as ``LlavaNextVideoVideoProcessor`` does."""
+    from transformers import AutoTokenizer, CLIPImageProcessorPil
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load the tokenizer from {path!r}: {err}") from err
+    size = model.config.vision_config.image_size
+    return FrameProcessor(tokenizer, CLIPImageProcessorPil(size={"shortest_edge": size},
+                                                           crop_size={"height": size, "width": size}))
 
 
 def _not_found_message(name: str, err: Exception) -> str:

@@ -38,6 +38,8 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("llava-hf/LLaVA-NeXT-Video-7B-hf", "llava_next_video", "LLaVA-NeXT-Video 7B (144 tokens per frame)"),
     ModelSpec(DEMO_MODEL_ID, "llava", "Offline demo: tiny LLaVA-1.5, random weights", is_demo=True),
     ModelSpec(DEMO_NEXT_MODEL_ID, "llava_next", "Offline demo: tiny LLaVA-NeXT, random weights", is_demo=True),
+    ModelSpec(DEMO_NEXT_VIDEO_MODEL_ID, "llava_next_video", "Offline demo: tiny LLaVA-NeXT-Video, random weights",
+              is_demo=True),
 )
 
 
