@@ -31,7 +31,7 @@ from .adapters.loading import LoadedModel, ModelLoadError, load_model
 from .adapters.registry import DEMO_MODEL_ID, ModelSpec, list_models
 from .result import Selection
 
-__all__ = ["load_pipeline", "Pipeline", "EncodedImages", "CompareResult", "DEMO_MODEL_ID", "ModelLoadError",
+__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "DEMO_MODEL_ID", "ModelLoadError",
            "ModelSpec", "list_models", "video_frames"]
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor, "int | Sequence[int] | torch.Tensor"], Selection]
@@ -282,6 +282,18 @@ def load_pipeline(model_id_or_path: str, device: str | None = None, dtype=None) 
         ModelLoadError: the model cannot be loaded; the message says what to do.
     """
     return Pipeline(load_model(model_id_or_path, device, dtype))
+
+
+def load_pipeline_or_demo(model_id_or_path: str, device: str | None = None, dtype=None) -> tuple[Pipeline, str | None]:
+    """Like :func:`load_pipeline`, but falls back to the offline demo model when loading fails.
+
+    Returns the pipeline and ``None``, or the demo pipeline and the reason the requested model
+    was not loaded (for the app to show).
+    """
+    try:
+        return load_pipeline(model_id_or_path, device, dtype), None
+    except ModelLoadError as err:
+        return load_pipeline(DEMO_MODEL_ID, device, dtype), f"{err} — showing the offline demo model instead."
 
 
 def video_frames(path, num_frames: int = 8) -> list[Image.Image]:

@@ -198,3 +198,50 @@ def test_merged_tokens_of_a_baseline_follow_the_kept_rows(llava_pipeline, images
     merged = torch.stack([feats.hidden_states[0, 1:289].mean(0), feats.hidden_states[0, 289:].mean(0)])
     prefill = [c for c in calls if c.shape[1] > 1][1]
     torch.testing.assert_close(prefill[0, end - 2:end], pipe.model.model.multi_modal_projector(merged))
+
+
+def test_no_hooks_or_patches_are_left_behind(llava_pipeline, images):
+    from transformers import LlavaForConditionalGeneration
+
+    def hooks():  # transformers installs its own output-capturing hooks; ours must come and go
+        return [(name, list(m._forward_hooks), list(m._forward_pre_hooks))
+                for name, m in llava_pipeline.model.named_modules()]
+
+    llava_pipeline.encode(images[:1])
+    before_class, before_hooks = dict(vars(LlavaForConditionalGeneration)), hooks()
+    from tests.conftest import make_image
+
+    fresh = make_image(11)  # not cached: the tower and its CLS hooks run
+    llava_pipeline.compare([images[0], fresh], QUESTION, 16, max_new_tokens=2)
+    assert not llava_pipeline.encode([fresh]).vision_s
+    assert dict(vars(LlavaForConditionalGeneration)) == before_class and hooks() == before_hooks
+
+
+def test_demo_model_leaves_the_global_rng_alone(tmp_path):
+    from prunesid.adapters.demo_model import save_demo_model
+
+    state = torch.get_rng_state()
+    save_demo_model("llava", tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_missing_folder_and_fallback_to_demo(demo_cache, tmp_path):
+    from prunesid.pipeline import DEMO_MODEL_ID, load_pipeline_or_demo
+
+    with pytest.raises(ModelLoadError, match="there is no folder"):
+        load_pipeline(str(tmp_path / "missing"))
+    pipe, note = load_pipeline_or_demo(str(tmp_path / "missing"), device="cpu")
+    assert pipe.is_demo and pipe.model_id == DEMO_MODEL_ID and "demo" in note
+
+
+def test_dtype_and_device_resolution():
+    from prunesid.adapters.loading import resolve_dtype, resolve_device
+
+    cpu = torch.device("cpu")
+    assert resolve_device("cpu") == cpu and resolve_dtype(None, cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        resolve_dtype(torch.float16, cpu)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA"):
+            resolve_device("cuda")

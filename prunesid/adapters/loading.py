@@ -155,6 +155,10 @@ def frame_processor(path: str, model: torch.nn.Module) -> FrameProcessor:
 
 
 def _not_found_message(name: str, err: Exception) -> str:
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        return (f"there is no folder {name!r}. Pass an existing local folder (holding config.json, the weights and "
+                "the processor files), a hub id such as 'llava-hf/llava-1.5-7b-hf', or the offline demo model "
+                "'demo/tiny-llava-1.5'.")
     where = "local folder" if Path(name).exists() else "hub id"
     return (f"could not load {name!r} as a {where} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
             "Check the spelling; if you are offline, download it first (`huggingface-cli download <id>`) or pass the "
