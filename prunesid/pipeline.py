@@ -60,6 +60,8 @@ class EncodedImages:
     """Seconds of tower work for the views that were not cached (0 when all were)."""
     cached: list[bool]
     """Per image: its features came from the cache."""
+    tower_s: list[float]
+    """Per image: seconds its tower pass took when it ran (a share of the batch's pass)."""
 
     def view_rows(self, image: int) -> torch.Tensor:
         """Long: the view rows of one image, in order (base first for NeXT)."""
@@ -185,7 +187,7 @@ class Pipeline:
         return EncodedImages(
             hidden_states=torch.cat([e[0] for e in entries]), cls_attention=torch.cat([e[1] for e in entries]),
             views=views, image_sizes=[(im.height, im.width) for im in images], vision_s=vision_s,
-            cached=[i not in missing for i in range(len(images))])
+            cached=[i not in missing for i in range(len(images))], tower_s=[e[3] for e in entries])
 
     # --- budgets ---------------------------------------------------------------------------
     def budgets(self, feats: EncodedImages, num_tokens: int, dynamic: bool = False) -> list[int]:
@@ -215,33 +217,36 @@ class Pipeline:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         select = selection or select_tokens
+        images = _check_images(images)
         feats = self.encode(images)
-        images = list(images)
-        cached = all(feats.cached)
-        vision_s = sum(self._cache[_image_key(im)][3] for im in images)
-
+        device = self.loaded.device
         budgets = self.budgets(feats, num_tokens, dynamic)
-        start = time.perf_counter()
-        sel = select(feats.hidden_states, feats.cls_attention, self.adapter.selection_budgets(feats.views, budgets))
-        selection_s = time.perf_counter() - start
 
+        def choose():  # on the model's device: the selection's linear algebra is fastest there
+            return select(feats.hidden_states.to(device), feats.cls_attention.to(device),
+                          self.adapter.selection_budgets(feats.views, budgets))
+
+        sel, selection_s = _timed(choose, device)
         per_image = [feats.view_rows(i) for i in range(1 if self.adapter.one_clip else len(images))]
-        hidden = [feats.hidden_states[rows] for rows in per_image]
+        hidden = [feats.hidden_states[rows].to(device) for rows in per_image]
         keep = [[sel.keep_row(int(r)) for r in rows] for rows in per_image]
         merged = None if sel.merged_tokens is None else [[_merged_row(sel, int(r)) for r in rows] for rows in per_image]
         with torch.inference_mode():
-            full_feats, project_full_s = _timed(lambda: self.adapter.full_features(hidden, feats.image_sizes), self.loaded.device)
-            pruned_feats, project_pruned_s = _timed(lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full_feats, merged), self.loaded.device)
+            full_feats, project_full_s = _timed(lambda: self.adapter.full_features(hidden, feats.image_sizes), device)
+            pruned_feats, project_pruned_s = _timed(
+                lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full_feats, merged), device)
 
         input_ids = self._prompt_ids(images, question)
         full_counts = [f.shape[0] for f in full_feats]
-        pruned_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, full_counts, [f.shape[0] for f in pruned_feats])
-        as_input = (lambda f: f) if self.adapter.modality == "image" else (lambda f: torch.cat(f)[None])  # video: [1, T, D]
+        pruned_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, full_counts,
+                                         [f.shape[0] for f in pruned_feats])
+        as_input = (lambda f: f) if self.adapter.modality == "image" else (lambda f: torch.cat(f)[None])  # video: [1,T,D]
         run = lambda ids, f: greedy_generate(self.model, ids, as_input(f), modality=self.adapter.modality,
                                               max_new_tokens=max_new_tokens)
         full = run(input_ids, full_feats)
         pruned = run(pruned_ids, pruned_feats)
 
+        vision_s = sum(feats.tower_s)
         timings = {
             "full": _timing(vision_s, 0.0, project_full_s, full.prefill_s, full.decode_s),
             "pruned": _timing(vision_s, selection_s, project_pruned_s, pruned.prefill_s, pruned.decode_s),
@@ -255,7 +260,7 @@ class Pipeline:
             fidelity=first_token_kl(full.first_logits, pruned.first_logits),
             first_token_agrees=bool(full.first_logits.argmax() == pruned.first_logits.argmax()),
             same_answer=full.tokens.tolist() == pruned.tokens.tolist(), budgets=budgets, selection=sel.cpu(),
-            model_id=self.model_id, family=self.family, features_cached=cached,
+            model_id=self.model_id, family=self.family, features_cached=all(feats.cached),
             full_tokens=full.tokens.tolist(), pruned_tokens=pruned.tokens.tolist())
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
