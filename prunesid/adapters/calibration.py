@@ -8,6 +8,7 @@ once per model and kept in ``phi_ref.json`` in the cache folder.
 from __future__ import annotations
 
 import json
+import os
 from typing import Callable
 
 import numpy as np
@@ -36,5 +37,7 @@ def phi_reference(key: str, compute: Callable[[list[Image.Image]], torch.Tensor]
     if key not in table:
         table[key] = float(compute(calibration_images()).float().mean())
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=1, sort_keys=True))
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # write then rename: readers never see half a file
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, path)
     return table[key]
