@@ -1,0 +1,239 @@
+"""The page: inputs on the left, PruneSID's views and the two answers on the right.
+
+``build_demo()`` wires components to :mod:`studio.handlers`; it loads no model.
+``LAUNCH_KWARGS`` holds what Gradio 6 takes at launch (theme, CSS, upload limit).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import gradio as gr
+
+from . import handlers as H
+from .components import GroupImage, SafeImage, SafeVideo
+from .models import MANAGER, model_choices
+from .views import KEPT_CAPTION, budget_label
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+PRESETS = (64, 128, 192)
+
+HEADER = """# ✂️ PruneSID Studio
+**PruneSID** (ICLR 2026, [arXiv 2603.09480](https://arxiv.org/abs/2603.09480)) hands a LLaVA model only
+*K* of its 576 visual tokens: it sorts the image patches into **semantic groups**, keeps each group's most
+important patch and drops its **near-duplicates**, and gives **busier images more tokens**. Upload an image,
+pick *K*, and see what is kept and what it costs the answer."""
+
+ABOUT = """
+**Kept tokens.** The model sees your picture as a 24 × 24 grid of patches (336 × 336 px). Bright, outlined cells
+are the tokens handed to the language model; dimmed cells are dropped. *K* counts the CLS token, as the paper does.
+
+**Semantic groups (PSCA).** PruneSID splits the patches into ⌊K/4⌋ groups with a principal-component analysis of
+the patch features: each patch joins the component it loads on most. Colours are groups; hover a legend entry to
+see only that group; white dots are kept tokens. Groups are *feature* groups, so one group can be spread over the image.
+
+**NMS.** Inside a group, PruneSID takes the most important patch, drops the patches too similar to it
+(cosine similarity above τ = (K/32)·ρ), and repeats. Each line joins a dropped near-duplicate to the pick that
+replaced it. Filled discs are picks that were kept, rings are picks the group's budget had no room for.
+
+**Importance.** How much the CLS token attends to each patch in the layer LLaVA uses (brighter = more important).
+A few very bright "artifact" patches are common in CLIP; the colour scale is clipped at the 99th percentile.
+
+**Per-group budget.** For each group: its size, how many distinct patches survive NMS, and how many tokens it keeps.
+Groups with more distinct content get more of the budget.
+
+**Dynamic ratio.** φ = 1 − ρ, where ρ is the mean similarity between patches: a plain image has low φ, a busy one
+high φ. With the toggle on, an image gets K × φ / φ_ref tokens (φ_ref = the mean φ of a small calibration set for this
+model); video frames share the total in proportion to φ.
+
+**Answers.** Both runs decode greedily from the same vision features. *Prefill* is the first language-model pass over
+the prompt, the part pruning shortens; *total* adds the vision tower, the token selection and decoding.
+*Fidelity* is KL(p_full ‖ p_pruned) of the first answer token, in nats: 0 means pruning did not change what the model
+was about to say.
+
+**Video.** Up to 6 frames are sampled evenly (6 × 576 tokens still fit LLaVA-1.5's 4096-token context for the full
+answer) and asked about together as a multi-image prompt.
+
+**Honest numbers.** Timings are measured on this machine; on a CPU they say little about a GPU. The paper's published
+accuracy figures (e.g. 95.9% of full accuracy at 64 tokens on LLaVA-1.5-7B) are the paper's, not measured here.
+Scripted use: `gradio_client` → `Client(url).predict(handle_file("img.png"), "question", 64, api_name="/analyze")`.
+"""
+
+CSS = """
+#banner p { margin: 0; }
+#banner:has(p) { background: #fff4d6; border: 1px solid #e8b34a; border-radius: 8px; padding: 8px 12px; }
+#status p, #stale p { margin: 0; font-size: 0.92em; }
+#budget-label p { margin: -4px 0 0 0; font-size: 0.92em; }
+.answer textarea { font-size: 1.02em !important; }
+#summary p { margin: 0; }
+"""
+
+LAUNCH_KWARGS = dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, max_file_size="100mb",
+                     footer_links=["api", "gradio", "settings"])
+"""Keyword arguments for ``demo.launch`` (Gradio 6 takes theme and CSS there)."""
+QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=32)
+"""``demo.queue``: one job per event at a time (one model), at most 32 waiting users."""
+
+
+def _examples() -> list[list[str]]:
+    questions = {
+        "cat.jpg": "What animal is this and what is it doing?",
+        "astronaut.jpg": "What is the person wearing?",
+        "coffee.jpg": "What drink is shown?",
+        "rocket.jpg": "What is happening in this picture?",
+        "hubble_deep_field.jpg": "How many galaxies can you see, roughly?",
+    }
+    return [[str(ASSETS / name), q] for name, q in questions.items() if (ASSETS / name).exists()]
+
+
+def build_demo() -> gr.Blocks:
+    """The whole page (no model is loaded here)."""
+    with gr.Blocks(title="PruneSID Studio", analytics_enabled=False) as demo:
+        gr.Markdown(HEADER)
+        banner = gr.Markdown(H.banner_text(), elem_id="banner")
+        with gr.Tabs():
+            with gr.Tab("Explore PruneSID", id="explore"):
+                inputs = _explore_tab(demo, banner)
+            if importlib.util.find_spec("studio.compare_tab") is not None:
+                with gr.Tab("Compare methods", id="compare"):
+                    _compare_tab(*inputs)
+        with gr.Accordion("About / how to read these views", open=False):
+            gr.Markdown(ABOUT)
+        _api(demo)
+        demo.load(H.on_load, None, [banner], api_visibility="private", queue=False)
+    return demo
+
+
+def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
+    kind = gr.State("image")
+    state = gr.State(None)
+    with gr.Row(equal_height=False):
+        # ---- inputs -----------------------------------------------------------------------------
+        with gr.Column(scale=4, min_width=330):
+            with gr.Tabs():
+                with gr.Tab("Image", id="image") as image_tab:
+                    image = SafeImage(type="filepath", label="Image", sources=["upload", "clipboard"], height=260,
+                                      elem_id="image")
+                with gr.Tab("Video", id="video") as video_tab:
+                    video = SafeVideo(label="Video (up to 6 frames are sampled)", sources=["upload"],
+                                      include_audio=True, height=260, elem_id="video")
+            question = gr.Textbox(H.DEFAULT_QUESTION, label="Question", lines=2, max_length=H.MAX_QUESTION_CHARS,
+                                  elem_id="question")
+            with gr.Tabs():
+                with gr.Tab("Image examples"):
+                    gr.Examples(_examples(), inputs=[image, question], label=None, examples_per_page=5)
+                if (ASSETS / "pan_zoom.mp4").exists():
+                    with gr.Tab("Video example"):
+                        gr.Examples([[str(ASSETS / "pan_zoom.mp4"), "What does the camera do?"]],
+                                    inputs=[video, question], label=None)
+            model = gr.Dropdown(model_choices(), value=MANAGER.state.requested, allow_custom_value=True,
+                                label="Model (hub id, local folder, or the offline demo)", elem_id="model")
+            budget = gr.Slider(2, 577, value=H.DEFAULT_BUDGET, step=1, label="Visual tokens kept (K)",
+                               elem_id="budget")
+            budget_md = gr.Markdown(budget_label(H.DEFAULT_BUDGET), elem_id="budget-label")
+            with gr.Row():
+                presets = [gr.Button(str(k), size="sm", elem_id=f"preset-{k}") for k in PRESETS]
+                preset_all = gr.Button("all 577", size="sm", elem_id="preset-all")
+            dynamic = gr.Checkbox(False, label="Dynamic ratio: more tokens for more complex images", elem_id="dynamic")
+            with gr.Accordion("Generation", open=False):
+                max_new = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens", elem_id="max-new")
+            run = gr.Button("Run: draw the views and answer twice", variant="primary", elem_id="run")
+            status = gr.Markdown(elem_id="status")
+        # ---- views and answers ----------------------------------------------------------------------
+        with gr.Column(scale=7, min_width=480):
+            summary = gr.Markdown("*Upload an image or pick an example to see what PruneSID keeps.*",
+                                  elem_id="summary")
+            with gr.Tabs():
+                with gr.Tab("Kept tokens", id="tab-kept"):
+                    kept = gr.ImageSlider(label="original ↔ kept tokens", type="numpy", format="png",
+                                          max_height=520, elem_id="kept", show_label=False)
+                    gr.Markdown(KEPT_CAPTION)
+                with gr.Tab("Semantic groups", id="tab-groups"):
+                    groups = GroupImage(format="png", show_legend=True, height=560, elem_id="groups",
+                                        show_label=False)
+                    groups_note = gr.Markdown()
+                with gr.Tab("NMS", id="tab-nms"):
+                    nms = gr.Image(format="png", show_label=False, elem_id="nms", height=600, interactive=False)
+                with gr.Tab("Importance", id="tab-importance"):
+                    importance = gr.Image(format="png", show_label=False, elem_id="importance", height=600,
+                                          interactive=False)
+                with gr.Tab("Per-group budget", id="tab-chart"):
+                    group_chart = gr.Plot(format="png", show_label=False, elem_id="group-chart")
+                with gr.Tab("Dynamic ratio", id="tab-dynamic"):
+                    dynamic_text = gr.Markdown(elem_id="dynamic-text")
+                    dynamic_chart = gr.Plot(format="png", show_label=False, elem_id="dynamic-chart")
+                    frame_chart = gr.Plot(format="png", show_label=False, visible=False, elem_id="frame-chart")
+            frame = gr.Slider(1, 6, value=1, step=1, label="Frame", visible=False, elem_id="frame")
+            gallery = gr.Gallery(label="Kept tokens per frame", columns=3, height="auto", format="png",
+                                 visible=False, elem_id="gallery", object_fit="contain")
+            gr.Markdown("### Answers: all tokens vs PruneSID")
+            stale = gr.Markdown(H.stale_note(None), elem_id="stale")
+            with gr.Row(equal_height=True):
+                with gr.Column():
+                    full_head = gr.Markdown("#### Full · 576 visual tokens", elem_id="full-head")
+                    full_answer = gr.Textbox(show_label=False, lines=3, interactive=False, elem_id="full-answer",
+                                             elem_classes="answer", placeholder="(not run yet)")
+                    full_stats = gr.Markdown(elem_id="full-stats")
+                with gr.Column():
+                    pruned_head = gr.Markdown(f"#### PruneSID · {H.DEFAULT_BUDGET} visual tokens",
+                                              elem_id="pruned-head")
+                    pruned_answer = gr.Textbox(show_label=False, lines=3, interactive=False,
+                                               elem_id="pruned-answer", elem_classes="answer",
+                                               placeholder="(not run yet)")
+                    pruned_stats = gr.Markdown(elem_id="pruned-stats")
+            fidelity = gr.Markdown(elem_id="fidelity")
+
+    comp = dict(state=state, status=status, kept=kept, groups=groups, groups_note=groups_note, nms=nms,
+                importance=importance, group_chart=group_chart, dynamic_chart=dynamic_chart,
+                dynamic_text=dynamic_text, summary=summary, gallery=gallery, frame_chart=frame_chart, frame=frame,
+                stale=stale, full_head=full_head, full_answer=full_answer, full_stats=full_stats,
+                pruned_head=pruned_head, pruned_answer=pruned_answer, pruned_stats=pruned_stats, fidelity=fidelity)
+    view_out = [comp[k] for k in H.VIEW_KEYS]
+    answer_out = [comp[k] for k in H.ANSWER_KEYS]
+    private = dict(api_visibility="private")
+
+    image_tab.select(lambda: "image", None, kind, queue=False, **private)
+    video_tab.select(lambda: "video", None, kind, queue=False, **private)
+    for source, name in ((image, "image"), (video, "video")):
+        source.change(H.on_media(name), [source, model, budget, dynamic, state], [kind] + view_out,
+                      show_progress="minimal", **private).then(H.on_load, None, [banner], **private)
+
+    run.click(H.on_prepare, [kind, image, video, model, budget, dynamic, frame, state], view_out,
+              show_progress="minimal", concurrency_id="model", **private
+              ).then(H.on_answer, [state, question, budget, dynamic, max_new], answer_out,
+                     concurrency_id="model", **private
+                     ).then(H.on_load, None, [banner], **private)
+
+    reselect_in = [state, budget, dynamic, frame, kind, image, video, model]
+    budget.change(budget_label, budget, budget_md, queue=False, show_progress="hidden", **private)
+    budget.release(H.on_reselect, reselect_in, view_out, show_progress="minimal", trigger_mode="always_last",
+                   **private)
+    for button, k in [(b, k) for b, k in zip(presets, PRESETS)] + [(preset_all, 577)]:
+        button.click(lambda k=k: (k, budget_label(k)), None, [budget, budget_md], queue=False, **private
+                     ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **private)
+    dynamic.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **private)
+    frame.release(H.on_view, [state, frame], view_out, show_progress="minimal", **private)
+    model.input(H.on_model_change, model, [banner, model, state], show_progress="full",
+                concurrency_id="model", **private)
+    return image, question, budget
+
+
+def _compare_tab(image, question, budget) -> None:
+    """The methods engineer's tab (``studio/compare_tab.py``), if it has landed."""
+    from studio.compare_tab import build_compare_tab
+
+    build_compare_tab(image, question, budget, lambda: MANAGER.get())
+
+
+def _api(demo: gr.Blocks) -> None:
+    """``/analyze``: (image file, question, budget) → JSON, for ``gradio_client`` (hidden on the page)."""
+    with gr.Row(visible=False):
+        api_image = SafeImage(type="filepath", label="image")
+        api_question = gr.Textbox(label="question")
+        api_budget = gr.Number(label="budget", precision=0, value=H.DEFAULT_BUDGET)
+        api_out = gr.JSON(label="result")
+        api_button = gr.Button("analyze")
+    api_button.click(H.analyze_endpoint, [api_image, api_question, api_budget], api_out, api_name="analyze",
+                     api_description="Selection and both answers (all tokens vs PruneSID) for one image, as JSON.",
+                     concurrency_id="model")

@@ -1,0 +1,141 @@
+"""Which model the app uses: loaded lazily (or in a background thread), once per process.
+
+The picker offers the hub checkpoints and the offline demo model. When the chosen model
+cannot be loaded (no network, no GPU memory, a typo) the app falls back to the tiny demo
+model and says so in a banner, with the reason.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from prunesid.pipeline import DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline
+
+from .runtime import log
+
+ENV_MODEL = "PRUNESID_MODEL"
+"""Environment variable naming the model to load at start (hub id, local folder or demo id)."""
+
+
+def default_model_id() -> str:
+    """``$PRUNESID_MODEL``; else LLaVA-1.5-7B when a CUDA GPU is visible; else the offline demo."""
+    if os.environ.get(ENV_MODEL):
+        return os.environ[ENV_MODEL].strip()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "llava-hf/llava-1.5-7b-hf"
+    except Exception:  # pragma: no cover - torch import problems surface elsewhere
+        pass
+    return DEMO_MODEL_ID
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """``(label, model id)`` pairs for the picker, real checkpoints first."""
+    return [(f"{s.description} — {s.model_id}" if not s.is_demo else s.description, s.model_id) for s in list_models()]
+
+
+@dataclass
+class ModelState:
+    """What the page shows about the model in use."""
+
+    requested: str
+    active: str | None = None
+    is_demo: bool = False
+    fallback_reason: str | None = None
+    loading: bool = False
+    phi_ref: float | None = None
+    reference_phis: list[float] = field(default_factory=list)
+
+
+class ModelManager:
+    """Holds at most one loaded :class:`Pipeline` (a 7B model fills a GPU) and switches on request."""
+
+    def __init__(self, model_id: str | None = None):
+        self._lock = threading.RLock()
+        self._pipe: Pipeline | None = None
+        self.state = ModelState(requested=model_id or default_model_id())
+
+    # --- loading -------------------------------------------------------------------------
+    def get(self, model_id: str | None = None, progress=None) -> Pipeline:
+        """The pipeline for ``model_id`` (default: the last requested), loading it if needed.
+
+        Falls back to the demo model when loading fails; raises :class:`ModelLoadError` only
+        if even the demo model cannot be built.
+        """
+        with self._lock:
+            wanted = (model_id or self.state.requested or DEMO_MODEL_ID).strip()
+            if self._pipe is not None and wanted in (self.state.active, self.state.requested):
+                return self._pipe
+            self.state.requested = wanted
+            self.state.loading = True
+            try:
+                self._load(wanted, progress)
+            finally:
+                self.state.loading = False
+            return self._pipe
+
+    def _load(self, wanted: str, progress) -> None:
+        if progress is not None:
+            progress(0.05, desc=f"Loading {wanted} (first use only)…")
+        self._pipe = None  # free the old model before loading the next one
+        try:
+            pipe = load_pipeline(wanted)
+            reason = None
+        except (ModelLoadError, ValueError, OSError) as err:
+            if wanted == DEMO_MODEL_ID:
+                raise ModelLoadError(f"the offline demo model could not be built: {err}") from err
+            log.warning("could not load %s, falling back to the demo model: %s", wanted, err)
+            reason = f"{wanted} could not be loaded: {err}"
+            if progress is not None:
+                progress(0.3, desc="Falling back to the offline demo model…")
+            pipe = load_pipeline(DEMO_MODEL_ID)
+        if progress is not None:
+            progress(0.6, desc="Calibrating the dynamic ratio (once per model)…")
+        phis = reference_phis(pipe)
+        self._pipe = pipe
+        self.state.active = pipe.model_id
+        self.state.is_demo = pipe.is_demo
+        self.state.fallback_reason = reason
+        self.state.phi_ref = float(pipe.phi_ref)
+        self.state.reference_phis = phis
+
+    def preload_in_background(self) -> threading.Thread:
+        """Start loading the requested model now, so the first Run does not wait for it."""
+
+        def work():
+            try:
+                self.get()
+            except Exception:  # shown to the user on first use instead
+                log.exception("background model load failed")
+
+        thread = threading.Thread(target=work, name="prunesid-model-preload", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def loaded(self) -> Pipeline | None:
+        return self._pipe
+
+
+def reference_phis(pipe: Pipeline) -> list[float]:
+    """φ of each calibration image for this model (the distribution φ_ref is the mean of).
+
+    Encoded outside the pipeline's feature cache so the user's images are not evicted.
+    """
+    import torch
+
+    from prunesid import information_score
+    from prunesid.adapters.calibration import calibration_images
+    from prunesid.adapters.features import encode_views
+
+    pixels = torch.cat([pipe.adapter.preprocess(im)[0] for im in calibration_images()])
+    with torch.inference_mode():
+        hidden, _ = encode_views(pipe.model, pixels)
+    return [float(v) for v in information_score(hidden.cpu())]
+
+
+MANAGER = ModelManager()
+"""The process-wide model holder the app's handlers use."""

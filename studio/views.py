@@ -1,0 +1,150 @@
+"""Turn an :class:`~studio.session.Analysis` into the pictures and text of every view.
+
+Pure functions over arrays: no Gradio here, so the handlers and the slider benchmark
+share exactly this code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import viz
+from viz.palette import KEPT_HEX
+
+from .session import Analysis
+
+DISPLAY = 504
+"""Pixel side of the main overlays (21 px per patch: the 24×24 grid stays crisp)."""
+THUMB = 336
+"""Pixel side of the per-frame overlays in the video gallery."""
+MAX_GROUP_ANNOTATIONS = 32
+"""Groups shown as separate, hoverable legend entries; smaller ones are pooled (K ≥ 132)."""
+OTHER_GROUPS_HEX = "#9a9a9a"
+
+
+@dataclass
+class Views:
+    """Everything the right-hand column shows for one view (image, frame or crop)."""
+
+    kept: tuple[np.ndarray, np.ndarray]  # (original, kept overlay), same size, for ImageSlider
+    groups: tuple[np.ndarray, list[tuple[np.ndarray, str]], dict[str, str]]
+    nms: np.ndarray
+    importance: np.ndarray
+    group_chart: object  # matplotlib Figure
+    dynamic_chart: object  # matplotlib Figure
+    dynamic_text: str
+    summary: str
+    groups_note: str
+
+
+def budget_label(k: int, num_patches: int = 576) -> str:
+    """``"64 tokens = 11.1% of 576 (9.0× compression)"`` (K counts the CLS token, as in the paper)."""
+    k = int(k)
+    if k >= num_patches + 1:
+        return f"**{k} tokens** = all {num_patches} patches + CLS: **no pruning**"
+    return f"**{k} tokens** = {100 * k / num_patches:.1f}% of {num_patches} (**{num_patches / k:.1f}× compression**)"
+
+
+def render(analysis: Analysis, view: int = 0) -> Views:
+    """All views of tower view ``view`` under the analysis's current selection."""
+    sel = analysis.selection
+    if sel is None:
+        raise ValueError("nothing selected yet")
+    view = max(0, min(int(view), analysis.num_views - 1))
+    pixels = analysis.view_pixels[view]
+    grid = analysis.grid
+    kept_overlay = viz.draw_kept_tokens(pixels, sel, view, size=DISPLAY, grid_shape=grid, legend=False)
+    original = viz.PatchGrid.for_display(DISPLAY, *grid).fit(pixels)
+    groups, note = _group_annotations(pixels, sel, view, grid)
+    nms = viz.draw_nms(pixels, sel, view, size=DISPLAY, grid_shape=grid)
+    importance = viz.draw_importance(pixels, sel, view, size=DISPLAY, grid_shape=grid, mark_kept=True,
+                                     title="importance = attention from the CLS token (kept tokens outlined)")
+    group_chart = viz.plot_group_budgets(sel, view)
+    dyn_chart, dyn_text = _dynamic(analysis, view)
+    return Views(kept=(original, kept_overlay), groups=groups, nms=nms, importance=importance,
+                 group_chart=group_chart, dynamic_chart=dyn_chart, dynamic_text=dyn_text,
+                 summary=summary(analysis, view), groups_note=note)
+
+
+def _group_annotations(pixels, sel, view, grid):
+    ann = viz.group_annotations(pixels, sel, view, size=DISPLAY, grid_shape=grid)
+    items, colors = list(ann.annotations), dict(ann.color_map)
+    note = (f"{len(items)} non-empty groups. Hover a legend entry to see only that group; "
+            "white dots are the kept tokens.")
+    if len(items) > MAX_GROUP_ANNOTATIONS:
+        items.sort(key=lambda it: -int(it[1].split(":")[1].split()[0]))  # by size (label "group g: c patches…")
+        head, tail = items[:MAX_GROUP_ANNOTATIONS - 1], items[MAX_GROUP_ANNOTATIONS - 1:]
+        head.sort(key=lambda it: int(it[1].split(":")[0].split()[1]))
+        pooled = np.maximum.reduce([m for m, _ in tail])
+        size = sum(int(lbl.split(":")[1].split()[0]) for _, lbl in tail)
+        label = f"{len(tail)} smaller groups: {size} patches"
+        items = head + [(pooled, label)]
+        colors = {lbl: colors[lbl] for _, lbl in head} | {label: OTHER_GROUPS_HEX}
+        note = (f"{len(ann.annotations)} non-empty groups: the {len(head)} largest have their own legend entry, "
+                f"the other {len(tail)} are pooled in grey (the per-group chart lists them all).")
+    return (ann.base, items, colors), note
+
+
+def _dynamic(analysis: Analysis, view: int):
+    sel = analysis.selection
+    phi = float(sel.phi[view])
+    budget = int(sel.num_tokens[view])
+    refs = analysis.reference_phis or [analysis.phi_ref]
+    label = "this frame" if analysis.kind == "video" else "this image"
+    fig = viz.plot_dynamic_ratio(phi, refs, budget, mean_budget=analysis.budget, label=label)
+    level = viz.complexity_label(phi, refs)
+    would = _single_image_budget(phi, analysis)
+    if analysis.num_views > 1 and analysis.dynamic:
+        text = (f"**Dynamic ratio on.** The {analysis.num_views} {'frames' if analysis.kind == 'video' else 'views'} "
+                f"share {analysis.budget} × {analysis.num_views} = {sum(analysis.budgets)} tokens in proportion to "
+                f"their information φ; {label} (φ = {phi:.3f}, {level} complexity) got **{budget}**.")
+    elif analysis.dynamic:
+        text = (f"**Dynamic ratio on.** φ = 1 − ρ = {phi:.3f} ({level} complexity; reference mean φ_ref = "
+                f"{analysis.phi_ref:.3f}). Budget = round({analysis.budget} × φ / φ_ref) = **{budget} tokens** "
+                f"instead of {analysis.budget}.")
+    else:
+        text = (f"**Dynamic ratio off**: every image gets {analysis.budget} tokens. {label.capitalize()} has "
+                f"φ = {phi:.3f} ({level} complexity); with the dynamic ratio it would get **{would}** tokens.")
+    return fig, text + (" *(Demo model: its φ values are not meaningful.)*" if analysis.is_demo else "")
+
+
+def _single_image_budget(phi: float, analysis: Analysis) -> int:
+    from prunesid import dynamic_budget
+
+    return dynamic_budget(phi, analysis.budget, analysis.phi_ref, ceiling=analysis.num_patches + 1)
+
+
+def summary(analysis: Analysis, view: int = 0) -> str:
+    """One line of numbers under the views: tokens, groups, ρ, τ and how long selecting took."""
+    sel = analysis.selection
+    k = int(sel.num_tokens[view])
+    groups = int(sel.num_groups[view])
+    picks = int((sel.nms_rank[view] >= 0).sum())
+    where = f" ({analysis.view_label(view)})" if analysis.num_views > 1 else ""
+    return (f"**{k} of {analysis.num_patches + 1} tokens kept**{where}: {groups} semantic groups, "
+            f"{picks} patches survive NMS (similarity threshold τ = {float(sel.tau[view]):.3f}, "
+            f"mean similarity ρ = {float(sel.rho[view]):.3f}). Selected in {analysis.selection_ms:.0f} ms "
+            f"from cached features.")
+
+
+def gallery(analysis: Analysis) -> list[tuple[np.ndarray, str]]:
+    """Per view (frame or crop): the kept-token overlay with a caption, for ``gr.Gallery``."""
+    sel = analysis.selection
+    return [(viz.draw_kept_tokens(analysis.view_pixels[v], sel, v, size=THUMB, grid_shape=analysis.grid, legend=False),
+             f"{analysis.view_label(v)} · {int(sel.num_tokens[v])} tokens") for v in range(analysis.num_views)]
+
+
+def frame_chart(analysis: Analysis):
+    """Tokens per frame (bars) and each frame's φ (line); None for a single view."""
+    if analysis.num_views < 2:
+        return None
+    sel = analysis.selection
+    times = None
+    if analysis.kind == "video" and analysis.frame_times and len(analysis.frame_times) == analysis.num_views:
+        times = analysis.frame_times
+    return viz.plot_frame_budgets([int(v) for v in sel.num_tokens], phis=[float(v) for v in sel.phi], times=times)
+
+
+KEPT_CAPTION = (f"Drag the handle: left is the picture the model sees (336 × 336), right keeps only the "
+                f"tokens handed to the language model (outlined in {KEPT_HEX}); dropped patches are dimmed.")
