@@ -1,0 +1,136 @@
+"""The one registry of token-selection methods: PruneSID and the baselines, one signature.
+
+Every ``fn`` is ``fn(hidden_states [B, 1+N, D], cls_attention [B, N], num_tokens, *,
+generator=None, **options) -> Selection``. ``num_tokens`` counts every token handed to the
+LLM (CLS included when the method keeps it; merged tokens included), so at one budget every
+method gives the LLM the same number of visual tokens — except ``prunesid-dyn``, whose
+budget is a mean over images by design. Budgets above what a method can give are clamped
+(1 + N with CLS, N without).
+
+    from prunesid.methods import list_methods, get_method
+    for spec in list_methods():
+        sel = spec.fn(hidden, attention, 64, generator=torch.Generator().manual_seed(0))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..result import Selection
+from . import divprune, grid, prunesid_rules, random_select, topk, visionzip, vispruner
+
+SelectFn = Callable[..., Selection]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One selection method: what to call and where it comes from."""
+
+    name: str
+    """Registry key (also ``Selection.method``)."""
+    label: str
+    """Display name."""
+    fn: SelectFn
+    paper: str
+    """Citation (or "—" for simple baselines)."""
+    code_url: str
+    """The public code the rule follows ("" if none)."""
+    keeps_cls: bool
+    """Whether the CLS token is among the tokens handed to the LLM (by default)."""
+    notes: str
+    """The rule in one or two sentences."""
+    deviations: tuple[str, ...] = field(default_factory=tuple)
+    """Where this implementation departs from the public code, and why."""
+    merges: bool = False
+    """Whether some tokens are merged from dropped patches (``Selection.merged_tokens``)."""
+    randomized: bool = False
+    """Whether the result depends on the ``generator``."""
+
+    def to_dict(self) -> dict:
+        """JSON-ready description (no callable)."""
+        return {"name": self.name, "label": self.label, "paper": self.paper, "code_url": self.code_url,
+                "keeps_cls": self.keeps_cls, "merges": self.merges, "randomized": self.randomized,
+                "notes": self.notes, "deviations": list(self.deviations)}
+
+
+PRUNESID_PAPER = "Fang et al., Prune Redundancy, Preserve Essence (PruneSID), ICLR 2026, arXiv 2603.09480"
+PRUNESID_CODE = "https://github.com/ZhengyaoFang/PruneSID"
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            "prunesid", "PruneSID", prunesid_rules.prunesid_select, PRUNESID_PAPER, PRUNESID_CODE, True,
+            "PSCA groups (top principal components), intra-group NMS by CLS attention, budget split over groups.",
+            ("Exact PCA instead of the reference's randomised torch.pca_lowrank (same semantics, deterministic; "
+             "pca='randomized' reproduces the reference's scheme with an explicit generator).",
+             "At least one PSCA group for budgets below 4 (the reference crashes there)."),
+        ),
+        MethodSpec(
+            "prunesid-dyn", "PruneSID-Dyn", prunesid_rules.prunesid_dynamic_select, PRUNESID_PAPER, PRUNESID_CODE,
+            True,
+            "PruneSID with the information-aware dynamic ratio: budget ∝ φ = 1 − ρ (mean budget = num_tokens).",
+            ("The dynamic ratio is in the paper only (absent from the reference code); single images are scaled "
+             "by φ / φ_ref with φ_ref from a calibration set (pass phi_ref=); without it a batch shares its total ∝ φ.",
+             "Hands over its own budget per image, not exactly num_tokens."),
+        ),
+        MethodSpec(
+            "random", "Random", random_select.random_select, "—", "", True,
+            "CLS plus uniformly random patches, drawn from the generator passed in (default seed 0).",
+        ),
+        MethodSpec(
+            "grid", "Uniform grid", grid.grid_select, "—", "", False,
+            "num_tokens patches on an evenly spaced lattice (64 → every 3rd cell, 8 × 8); content ignored.",
+            ("No CLS by default (keep_cls=True to spend a slot on it): a purely spatial baseline.",),
+        ),
+        MethodSpec(
+            "topk", "CLS-attention top-k", topk.topk_select,
+            "importance-only baseline (cf. VisionZip's dominant tokens; FasterVLM, Zhang et al. 2024)", "", True,
+            "CLS plus the patches with the largest CLS attention at layer −2 (heads summed).",
+            ("Ties go to the lower patch index.",),
+        ),
+        MethodSpec(
+            "visionzip", "VisionZip", visionzip.visionzip_select,
+            "Yang et al., VisionZip: Longer is Better but Not Necessary in VLMs, CVPR 2025",
+            "https://github.com/dvlab-research/VisionZip", True,
+            "CLS + dominant patches by CLS attention, the rest merged into contextual tokens "
+            "(evenly spaced targets + the mean of their most similar patches).",
+            ("Budget split contextual = round(K·10/64) (the paper's 54+10 / 108+20 / 162+30) for any K.",
+             "Similarity on the layer −2 hidden states, not the layer −2 attention keys (not cached); "
+             "metric= accepts the keys.",
+             "Ties to the lower index; float32 arithmetic."),
+            merges=True,
+        ),
+        MethodSpec(
+            "divprune", "DivPrune", divprune.divprune_select,
+            "Alvar et al., DivPrune: Diversity-based Visual Token Pruning for LMMs, CVPR 2025",
+            "https://github.com/vbdi/divprune", False,
+            "Greedy max-min diversity: repeatedly add the patch farthest (1 − cos) from the chosen set.",
+            ("Distances on the tower's layer −2 patch states, not on the projected tokens (features= accepts them).",
+             "Budget as a count instead of SUBSET_RATIO.",
+             "Diagonal and already-picked tokens masked (differs only for exact duplicates)."),
+        ),
+        MethodSpec(
+            "vispruner", "VisPruner", vispruner.vispruner_select,
+            "Zhang et al., Beyond Text-Visual Attention: Exploiting Visual Cues for Effective Token Pruning "
+            "in VLMs (VisPruner), ICCV 2025",
+            "https://github.com/Theia-4869/VisPruner", False,
+            "Half the budget by CLS attention, the other half left after iterative duplicate removal "
+            "(alternate matching, 8 per round) among the rest.",
+            ("Odd residual lengths handled (the code fails on them).", "Stable tie-breaking."),
+        ),
+    )
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec registered under ``name``; ValueError listing the known names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown selection method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def list_methods() -> list[MethodSpec]:
+    """Every registered method, PruneSID first."""
+    return list(METHODS.values())
