@@ -45,11 +45,13 @@ FEATURE_CACHE_SIZE = 8
 class EncodedImages:
     """Vision-tower outputs of a list of images, one row per tower view.
 
-    ``V`` views: one per image for LLaVA-1.5, base + crops per image for LLaVA-NeXT.
+    ``V`` views: one per image for LLaVA-1.5, base + crops per image for LLaVA-NeXT, one per
+    frame for LLaVA-NeXT-Video (all frames form one clip, ``image`` 0).
     """
 
     hidden_states: torch.Tensor
-    """``[V, 1+N, D]`` layer −2 states (CPU, model dtype), CLS first."""
+    """``[V, 1+N, D]`` layer −2 states (CPU, model dtype), CLS first. N = 576 for LLaVA-1.5 and
+    NeXT views; for NeXT-Video the 2×2-pooled frame tokens (N = 144, the tower's CLS in front)."""
     cls_attention: torch.Tensor
     """Float32 ``[V, N]``: CLS → patch attention of that layer, heads summed."""
     views: list[ViewInfo]
