@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -62,16 +63,21 @@ class GroupImage(gr.AnnotatedImage):
 
         base, annotations = value[0], value[1]
         colors = value[2] if len(value) > 2 else (self.color_map or {})
-        base = np.ascontiguousarray(base, dtype=np.uint8)
-        base_path = processing_utils.save_img_array_to_cache(base, cache_dir=self.GRADIO_CACHE, format="png")
+        if isinstance(base, (str, Path)):
+            base_path = str(base)
+            with Image.open(base_path) as im:
+                w, h = im.size
+        else:
+            base = np.ascontiguousarray(base, dtype=np.uint8)
+            base_path = png_file(base, self.GRADIO_CACHE)
+            h, w = base.shape[:2]
         sections = []
-        h, w = base.shape[:2]
         for mask, label in annotations:
             rgba = np.zeros((h, w, 4), dtype=np.uint8)
             rgba[..., :3] = _hex_rgb(colors.get(label, "#ff0000"))
             rgba[..., 3] = np.clip(np.asarray(mask, dtype=np.float32) * 255.0, 0, 255).astype(np.uint8)
             rgba[rgba[..., 3] == 0, :3] = 0
-            sections.append(Annotation(image=FileData(path=_save_png(rgba, self.GRADIO_CACHE)), label=label))
+            sections.append(Annotation(image=FileData(path=png_file(rgba, self.GRADIO_CACHE)), label=label))
         return AnnotatedImageData(image=FileData(path=str(utils.abspath(base_path))), annotations=sections)
 
 
@@ -80,14 +86,20 @@ def _hex_rgb(value: str) -> tuple[int, int, int]:
     return tuple(int(value[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
 
 
-def _save_png(rgba: np.ndarray, cache_dir: str) -> str:
-    """Write ``rgba`` once per content (fast zlib level) and return its absolute path."""
-    digest = hashlib.sha1(rgba.tobytes()).hexdigest()[:20]
-    folder = Path(cache_dir) / "prunesid-masks"
+def png_file(array: np.ndarray, cache_dir: str | None = None) -> str:
+    """Write a uint8 RGB/RGBA array as a PNG once per content and return its absolute path.
+
+    zlib level 1: about 5× faster than PIL's default for these flat-coloured overlays, and
+    the files are still small. Files live in Gradio's cache folder, which it serves.
+    """
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    digest = hashlib.sha1(array.tobytes())
+    digest.update(str(array.shape).encode())
+    folder = Path(cache_dir or utils.get_upload_folder()) / "prunesid-studio"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}.png"
+    path = folder / f"{digest.hexdigest()[:24]}.png"
     if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
-        Image.fromarray(rgba, "RGBA").save(tmp, format="PNG", compress_level=1)
+        tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.png"
+        Image.fromarray(array, "RGBA" if array.shape[-1] == 4 else "RGB").save(tmp, format="PNG", compress_level=1)
         os.replace(tmp, path)
     return str(path.resolve())

@@ -23,6 +23,7 @@ from prunesid.media import MediaError, load_image, load_video
 from prunesid.pipeline import CompareResult, EncodedImages, ModelLoadError, Pipeline
 
 from . import views as V
+from .components import png_file
 from .models import MANAGER, ModelManager
 from .runtime import gpu, limit_blas_threads, log, single_thread
 from .session import Analysis, tower_view
@@ -96,8 +97,7 @@ def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str
     feats = _encode(pipe, images)
     pixels = [tower_view(images[v.image], v.box) for v in feats.views]
     return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo, images=images,
-                    hidden_states=feats.hidden_states, cls_attention=feats.cls_attention, views=feats.views,
-                    view_pixels=pixels, image_sizes=feats.image_sizes, grid=tuple(pipe.grid),
+                    feats=feats, view_pixels=pixels, grid=tuple(pipe.grid),
                     phi_ref=float(manager.state.phi_ref if manager.state.phi_ref is not None else pipe.phi_ref),
                     reference_phis=list(manager.state.reference_phis), vision_s=feats.vision_s,
                     notes=list(notes), frame_times=frame_times)
@@ -111,9 +111,7 @@ def _select_single_thread(hidden, attention, budgets):
 def reselect(analysis: Analysis, budget: Any, dynamic: bool, pipe: Pipeline) -> Analysis:
     """Re-run the selection on the cached features for a new budget / dynamic setting (no model pass)."""
     k = check_budget(budget, analysis.num_patches)
-    feats = EncodedImages(analysis.hidden_states, analysis.cls_attention, analysis.views, analysis.image_sizes,
-                          0.0, [True] * len(analysis.images))
-    budgets = pipe.budgets(feats, k, bool(dynamic))
+    budgets = pipe.budgets(analysis.feats, k, bool(dynamic))
     start = time.perf_counter()
     sel = _select_single_thread(analysis.hidden_states, analysis.cls_attention,
                                 pipe.adapter.selection_budgets(analysis.views, budgets))
@@ -219,21 +217,42 @@ def _empty_views(message: str) -> tuple:
     return tuple(values[k] for k in VIEW_KEYS)
 
 
-def _view_outputs(analysis: Analysis, view: int, status: str) -> tuple:
+PART_OUTPUTS = {"kept": ("kept",), "groups": ("groups", "groups_note"), "nms": ("nms",),
+                "importance": ("importance",), "group_chart": ("group_chart",),
+                "dynamic": ("dynamic_chart", "dynamic_text", "frame_chart")}
+"""Which outputs (``VIEW_KEYS``) each view part fills."""
+
+
+def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> tuple:
+    """Outputs for ``VIEW_KEYS``: the ``parts`` are drawn, the other views are left as they are
+    (and drawn when their tab is opened)."""
     view = max(0, min(int(view or 0), analysis.num_views - 1))
-    r = V.render(analysis, view)
+    key = (analysis.budget, analysis.dynamic, view)
+    drawn = {p: k for p, k in analysis.drawn.items() if k == key} if parts != V.PARTS else {}
+    r = V.render(analysis, view, parts)
+    drawn.update({p: key for p in parts})
+    analysis = replace(analysis, drawn=drawn)
     multi = analysis.num_views > 1
-    values = {
-        "state": analysis, "status": status, "kept": r.kept,
-        "groups": gr.update(value=r.groups, color_map=r.groups[2]), "groups_note": r.groups_note,
-        "nms": r.nms, "importance": r.importance, "group_chart": r.group_chart,
-        "dynamic_chart": r.dynamic_chart, "dynamic_text": r.dynamic_text, "summary": r.summary,
-        "gallery": gr.update(value=V.gallery(analysis), visible=True) if multi else gr.update(value=None, visible=False),
-        "frame_chart": gr.update(value=V.frame_chart(analysis), visible=True) if multi else gr.update(value=None, visible=False),
-        "frame": gr.update(visible=multi, maximum=max(1, analysis.num_views), value=view + 1,
-                           label=f"Show {'frame' if analysis.kind == 'video' else 'view'} (1–{analysis.num_views}) in the views above"),
-        "stale": stale_note(analysis),
-    }
+    values: dict[str, Any] = {k: gr.skip() for k in VIEW_KEYS}
+    values.update(state=analysis, status=status, summary=V.summary(analysis, view), stale=stale_note(analysis))
+    for part in parts:
+        for name in PART_OUTPUTS[part]:
+            values[name] = r[name]
+    # Images go out as PNG files written here (fast zlib level, deduplicated by content).
+    if "kept" in parts:
+        values["kept"] = tuple(png_file(im) for im in r["kept"])
+    for name in ("nms", "importance"):
+        if name in parts:
+            values[name] = png_file(r[name])
+    if "groups" in parts:
+        base, items, colors = r["groups"]
+        values["groups"] = gr.update(value=(png_file(base), items, colors), color_map=colors)
+    if "dynamic" in parts:
+        values["frame_chart"] = gr.update(value=r["frame_chart"], visible=multi)
+    values["gallery"] = gr.update(value=[(png_file(im), c) for im, c in V.gallery(analysis)], visible=True) if multi else gr.update(value=None, visible=False)
+    values["frame"] = gr.update(visible=multi, maximum=max(2, analysis.num_views), value=view + 1,
+                                label=f"{'Frame' if analysis.kind == 'video' else 'View'} shown above "
+                                      f"(1–{analysis.num_views})")
     return tuple(values[k] for k in VIEW_KEYS)
 
 
@@ -286,8 +305,9 @@ def on_prepare(kind: str, image: str | None, video: str | None, model_id: str | 
 
 @_guarded(_empty_views)
 def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, kind: str, image: str | None,
-                video: str | None, model_id: str | None) -> tuple:
-    """Slider release / preset / dynamic toggle: re-select from cached features and redraw (no answers)."""
+                video: str | None, model_id: str | None, active: str = "kept") -> tuple:
+    """Slider release / preset / dynamic toggle: re-select from cached features and redraw the
+    visible view (``active``, one of ``views.PARTS``); no new answers."""
     if state is None:
         if not (image if kind != "video" else video):
             return tuple(gr.skip() for _ in VIEW_KEYS)  # nothing uploaded yet: just move the slider
@@ -295,16 +315,33 @@ def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, k
                                       progress=_no_progress)
     pipe = MANAGER.get(state.model_id)
     analysis = reselect(state, budget, dynamic, pipe)
+    parts = (active,) if active in V.PARTS else V.PARTS
     return _view_outputs(analysis, int(view or 1) - 1, _status(
-        f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.", "ok"))
+        f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.", "ok"), parts)
 
 
 @_guarded(_empty_views)
-def on_view(state: Analysis | None, view: Any) -> tuple:
-    """Frame / view picker: redraw the views for another frame (no new selection)."""
+def on_view(state: Analysis | None, view: Any, active: str = "kept") -> tuple:
+    """Frame / view picker: redraw the visible view for another frame (no new selection)."""
     if state is None:
         return tuple(gr.skip() for _ in VIEW_KEYS)
-    return _view_outputs(state, int(view or 1) - 1, gr.skip())
+    parts = (active,) if active in V.PARTS else V.PARTS
+    return _view_outputs(state, int(view or 1) - 1, gr.skip(), parts)
+
+
+def on_tab(part: str):
+    """A view tab was opened: remember it, and draw it if the slider moved since it was drawn."""
+
+    def handler(state: Analysis | None, view: Any) -> tuple:
+        if state is None or state.selection is None:
+            return (part,) + tuple(gr.skip() for _ in VIEW_KEYS)
+        v = max(0, min(int(view or 1) - 1, state.num_views - 1))
+        if state.drawn.get(part) == (state.budget, state.dynamic, v):
+            return (part,) + tuple(gr.skip() for _ in VIEW_KEYS)
+        return (part,) + _guarded(_empty_views)(_view_outputs)(state, v, gr.skip(), (part,))
+
+    handler.__name__ = f"on_tab_{part}"
+    return handler
 
 
 def _no_progress(*_args, **_kwargs):

@@ -108,6 +108,7 @@ def build_demo() -> gr.Blocks:
 def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     kind = gr.State("image")
     state = gr.State(None)
+    active = gr.State("kept")  # the visible view tab (the slider redraws only that one)
     with gr.Row(equal_height=False):
         # ---- inputs -----------------------------------------------------------------------------
         with gr.Column(scale=4, min_width=330):
@@ -145,22 +146,22 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
             summary = gr.Markdown("*Upload an image or pick an example to see what PruneSID keeps.*",
                                   elem_id="summary")
             with gr.Tabs():
-                with gr.Tab("Kept tokens", id="tab-kept"):
+                with gr.Tab("Kept tokens", id="tab-kept") as tab_kept:
                     kept = gr.ImageSlider(label="original ↔ kept tokens", type="numpy", format="png",
                                           max_height=520, elem_id="kept", show_label=False)
                     gr.Markdown(KEPT_CAPTION)
-                with gr.Tab("Semantic groups", id="tab-groups"):
+                with gr.Tab("Semantic groups", id="tab-groups") as tab_groups:
                     groups = GroupImage(format="png", show_legend=True, height=560, elem_id="groups",
                                         show_label=False)
                     groups_note = gr.Markdown()
-                with gr.Tab("NMS", id="tab-nms"):
+                with gr.Tab("NMS", id="tab-nms") as tab_nms:
                     nms = gr.Image(format="png", show_label=False, elem_id="nms", height=600, interactive=False)
-                with gr.Tab("Importance", id="tab-importance"):
+                with gr.Tab("Importance", id="tab-importance") as tab_importance:
                     importance = gr.Image(format="png", show_label=False, elem_id="importance", height=600,
                                           interactive=False)
-                with gr.Tab("Per-group budget", id="tab-chart"):
+                with gr.Tab("Per-group budget", id="tab-chart") as tab_group_chart:
                     group_chart = gr.Plot(format="png", show_label=False, elem_id="group-chart")
-                with gr.Tab("Dynamic ratio", id="tab-dynamic"):
+                with gr.Tab("Dynamic ratio", id="tab-dynamic") as tab_dynamic:
                     dynamic_text = gr.Markdown(elem_id="dynamic-text")
                     dynamic_chart = gr.Plot(format="png", show_label=False, elem_id="dynamic-chart")
                     frame_chart = gr.Plot(format="png", show_label=False, visible=False, elem_id="frame-chart")
@@ -205,7 +206,12 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                      concurrency_id="model", **private
                      ).then(H.on_load, None, [banner], **private)
 
-    reselect_in = [state, budget, dynamic, frame, kind, image, video, model]
+    view_tabs = dict(kept=tab_kept, groups=tab_groups, nms=tab_nms, importance=tab_importance,
+                     group_chart=tab_group_chart, dynamic=tab_dynamic)
+    for part, tab in view_tabs.items():
+        tab.select(H.on_tab(part), [state, frame], [active] + view_out, show_progress="minimal", **private)
+
+    reselect_in = [state, budget, dynamic, frame, kind, image, video, model, active]
     budget.change(budget_label, budget, budget_md, queue=False, show_progress="hidden", **private)
     budget.release(H.on_reselect, reselect_in, view_out, show_progress="minimal", trigger_mode="always_last",
                    **private)
@@ -213,7 +219,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
         button.click(lambda k=k: (k, budget_label(k)), None, [budget, budget_md], queue=False, **private
                      ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **private)
     dynamic.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **private)
-    frame.release(H.on_view, [state, frame], view_out, show_progress="minimal", **private)
+    frame.release(H.on_view, [state, frame, active], view_out, show_progress="minimal", **private)
     model.input(H.on_model_change, model, [banner, model, state], show_progress="full",
                 concurrency_id="model", **private)
     return image, question, budget

@@ -10,6 +10,7 @@ from PIL import Image
 
 from prunesid import Selection
 from prunesid.adapters.llava import ViewInfo
+from prunesid.pipeline import EncodedImages
 
 TOWER_SIDE = 336
 """Side of the square each tower view is drawn on (the CLIP-L/336 input)."""
@@ -27,11 +28,8 @@ class Analysis:
     model_id: str
     is_demo: bool
     images: list[Image.Image]  # what the model is asked about (1 image, or the sampled frames)
-    hidden_states: torch.Tensor  # [V, 1+N, D] CPU, model dtype
-    cls_attention: torch.Tensor  # float32 [V, N] CPU
-    views: list[ViewInfo]
+    feats: EncodedImages  # the pipeline's tower outputs (CPU tensors): hidden states, CLS attention, views
     view_pixels: list[np.ndarray]  # per view: uint8 [336, 336, 3], the pixels the tower saw
-    image_sizes: list[tuple[int, int]]
     grid: tuple[int, int]
     phi_ref: float
     reference_phis: list[float]
@@ -44,8 +42,23 @@ class Analysis:
     budgets: list[int] = field(default_factory=list)
     selection: Selection | None = None
     selection_ms: float = 0.0
+    drawn: dict = field(default_factory=dict)  # view part -> (budget, dynamic, view) it was drawn for
     # Set by the last answer:
     answered: dict | None = None  # {"budget": K, "dynamic": bool, "question": str}
+
+    @property
+    def hidden_states(self) -> torch.Tensor:
+        """``[V, 1+N, D]`` CPU, model dtype."""
+        return self.feats.hidden_states
+
+    @property
+    def cls_attention(self) -> torch.Tensor:
+        """Float32 ``[V, N]`` CPU."""
+        return self.feats.cls_attention
+
+    @property
+    def views(self) -> list[ViewInfo]:
+        return self.feats.views
 
     @property
     def num_views(self) -> int:

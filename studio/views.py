@@ -23,19 +23,9 @@ MAX_GROUP_ANNOTATIONS = 32
 OTHER_GROUPS_HEX = "#9a9a9a"
 
 
-@dataclass
-class Views:
-    """Everything the right-hand column shows for one view (image, frame or crop)."""
-
-    kept: tuple[np.ndarray, np.ndarray]  # (original, kept overlay), same size, for ImageSlider
-    groups: tuple[np.ndarray, list[tuple[np.ndarray, str]], dict[str, str]]
-    nms: np.ndarray
-    importance: np.ndarray
-    group_chart: object  # matplotlib Figure
-    dynamic_chart: object  # matplotlib Figure
-    dynamic_text: str
-    summary: str
-    groups_note: str
+PARTS = ("kept", "groups", "nms", "importance", "group_chart", "dynamic")
+"""The views, one per tab. The slider redraws only the visible one; the others are drawn
+when their tab is opened (see ``studio.handlers.on_tab``)."""
 
 
 def budget_label(k: int, num_patches: int = 576) -> str:
@@ -46,25 +36,38 @@ def budget_label(k: int, num_patches: int = 576) -> str:
     return f"**{k} tokens** = {100 * k / num_patches:.1f}% of {num_patches} (**{num_patches / k:.1f}× compression**)"
 
 
-def render(analysis: Analysis, view: int = 0) -> Views:
-    """All views of tower view ``view`` under the analysis's current selection."""
+def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
+    """The requested ``parts`` of tower view ``view`` under the analysis's current selection.
+
+    Returns a dict: ``kept`` (original, overlay) for an ImageSlider; ``groups``
+    (base, [(mask, label)], color_map) and ``groups_note``; ``nms`` and ``importance`` images;
+    ``group_chart``, ``dynamic_chart`` (+ ``frame_chart`` for several views) matplotlib
+    Figures and ``dynamic_text``.
+    """
     sel = analysis.selection
     if sel is None:
         raise ValueError("nothing selected yet")
     view = max(0, min(int(view), analysis.num_views - 1))
     pixels = analysis.view_pixels[view]
     grid = analysis.grid
-    kept_overlay = viz.draw_kept_tokens(pixels, sel, view, size=DISPLAY, grid_shape=grid, legend=False)
-    original = viz.PatchGrid.for_display(DISPLAY, *grid).fit(pixels)
-    groups, note = _group_annotations(pixels, sel, view, grid)
-    nms = viz.draw_nms(pixels, sel, view, size=DISPLAY, grid_shape=grid)
-    importance = viz.draw_importance(pixels, sel, view, size=DISPLAY, grid_shape=grid, mark_kept=True,
-                                     title="importance = attention from the CLS token (kept tokens outlined)")
-    group_chart = viz.plot_group_budgets(sel, view)
-    dyn_chart, dyn_text = _dynamic(analysis, view)
-    return Views(kept=(original, kept_overlay), groups=groups, nms=nms, importance=importance,
-                 group_chart=group_chart, dynamic_chart=dyn_chart, dynamic_text=dyn_text,
-                 summary=summary(analysis, view), groups_note=note)
+    out: dict = {}
+    if "kept" in parts:
+        overlay = viz.draw_kept_tokens(pixels, sel, view, size=DISPLAY, grid_shape=grid, legend=False)
+        out["kept"] = (viz.PatchGrid.for_display(DISPLAY, *grid).fit(pixels), overlay)
+    if "groups" in parts:
+        out["groups"], out["groups_note"] = _group_annotations(pixels, sel, view, grid)
+    if "nms" in parts:
+        out["nms"] = viz.draw_nms(pixels, sel, view, size=DISPLAY, grid_shape=grid)
+    if "importance" in parts:
+        out["importance"] = viz.draw_importance(
+            pixels, sel, view, size=DISPLAY, grid_shape=grid, mark_kept=True,
+            title="importance = attention from the CLS token (kept tokens outlined)")
+    if "group_chart" in parts:
+        out["group_chart"] = viz.plot_group_budgets(sel, view)
+    if "dynamic" in parts:
+        out["dynamic_chart"], out["dynamic_text"] = _dynamic(analysis, view)
+        out["frame_chart"] = frame_chart(analysis)
+    return out
 
 
 def _group_annotations(pixels, sel, view, grid):

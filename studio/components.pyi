@@ -1,0 +1,114 @@
+"""Gradio components with the behaviour this app needs, rendered by the stock front end.
+
+* :class:`SafeImage` / :class:`SafeVideo`: uploads are handed over as file paths *without*
+  Gradio opening them, so a corrupt or non-image file reaches our loader
+  (:mod:`prunesid.media`), which explains the problem, instead of failing inside Gradio.
+* :class:`GroupImage`: an ``AnnotatedImage`` whose value carries its own colours
+  (``(base, [(mask, label)], color_map)``) and whose masks are written as fast,
+  lightly compressed PNGs (one per PSCA group, up to 144 groups at K = 577).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from gradio import processing_utils, utils
+from gradio.data_classes import FileData
+from PIL import Image
+
+from gradio.events import Dependency
+
+class SafeImage(gr.Image):
+    """``gr.Image(type="filepath")`` that never decodes the upload itself."""
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        path = getattr(payload, "path", None)
+        if not path:
+            return None
+        return str(path)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class SafeVideo(gr.Video):
+    """``gr.Video`` that passes the uploaded path through without converting it."""
+
+    def get_block_name(self) -> str:
+        return "video"
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        path = getattr(payload, "video", payload)
+        path = getattr(path, "path", None)
+        return str(path) if path else None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class GroupImage(gr.AnnotatedImage):
+    """``gr.AnnotatedImage`` for the PSCA groups (legend hover isolates a group)."""
+
+    def get_block_name(self) -> str:
+        return "annotatedimage"
+
+    def postprocess(self, value):
+        if value is None:
+            return None
+        from gradio.components.annotated_image import Annotation, AnnotatedImageData
+
+        base, annotations = value[0], value[1]
+        colors = value[2] if len(value) > 2 else (self.color_map or {})
+        if isinstance(base, (str, Path)):
+            base_path = str(base)
+            with Image.open(base_path) as im:
+                w, h = im.size
+        else:
+            base = np.ascontiguousarray(base, dtype=np.uint8)
+            base_path = png_file(base, self.GRADIO_CACHE)
+            h, w = base.shape[:2]
+        sections = []
+        for mask, label in annotations:
+            rgba = np.zeros((h, w, 4), dtype=np.uint8)
+            rgba[..., :3] = _hex_rgb(colors.get(label, "#ff0000"))
+            rgba[..., 3] = np.clip(np.asarray(mask, dtype=np.float32) * 255.0, 0, 255).astype(np.uint8)
+            rgba[rgba[..., 3] == 0, :3] = 0
+            sections.append(Annotation(image=FileData(path=png_file(rgba, self.GRADIO_CACHE)), label=label))
+        return AnnotatedImageData(image=FileData(path=str(utils.abspath(base_path))), annotations=sections)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _hex_rgb(value: str) -> tuple[int, int, int]:
+    value = value.lstrip("#")
+    return tuple(int(value[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def _save_png(rgba: np.ndarray, cache_dir: str) -> str:
+    """Write ``rgba`` once per content (fast zlib level) and return its absolute path."""
+    digest = hashlib.sha1(rgba.tobytes()).hexdigest()[:20]
+    folder = Path(cache_dir) / "prunesid-masks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}.png"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
+        Image.fromarray(rgba, "RGBA").save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    return str(path.resolve())
