@@ -102,6 +102,16 @@ class ModelManager:
         self.state.phi_ref = float(pipe.phi_ref)
         self.state.reference_phis = phis
 
+    def install(self, pipe: Pipeline) -> None:
+        """Use an already loaded pipeline (tests, notebooks) instead of loading one."""
+        with self._lock:
+            self._pipe = pipe
+            self.state.requested = self.state.active = pipe.model_id
+            self.state.is_demo = pipe.is_demo
+            self.state.fallback_reason = None
+            self.state.phi_ref = float(pipe.phi_ref)
+            self.state.reference_phis = reference_phis(pipe)
+
     def preload_in_background(self) -> threading.Thread:
         """Start loading the requested model now, so the first Run does not wait for it."""
 
