@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -177,8 +178,10 @@ def _friendly(err: BaseException) -> str:
 
 def _warn(message: str) -> None:
     try:
-        gr.Warning(message)
-    except Exception:  # outside a request (tests): the status line carries it
+        with warnings.catch_warnings():  # outside a request (tests) Gradio would also warn
+            warnings.simplefilter("ignore", UserWarning)
+            gr.Warning(message)
+    except Exception:  # the status line carries the message anyway
         pass
 
 

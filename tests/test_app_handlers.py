@@ -1,0 +1,268 @@
+"""The app's handlers on the tiny offline demo model: views, answers, the /analyze JSON, and
+that bad input gives a message, never an exception."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from studio import handlers as H  # noqa: E402
+from studio import views as V  # noqa: E402
+from studio.models import MANAGER, ModelManager  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+CAT = str(ASSETS / "cat.jpg")
+VIDEO = ASSETS / "pan_zoom.mp4"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_model(llava_pipeline):
+    """The app's model holder uses the session's demo pipeline (no second load)."""
+    MANAGER.install(llava_pipeline)
+    return llava_pipeline
+
+
+def prepare(path=CAT, budget=64, dynamic=False, kind="image"):
+    image, video = (path, None) if kind == "image" else (None, path)
+    out = H.on_prepare(kind, image, video, None, budget, dynamic, 1, None, progress=H._no_progress)
+    return dict(zip(H.VIEW_KEYS, out))
+
+
+@pytest.fixture(scope="module")
+def cat():
+    out = prepare()
+    assert out["state"] is not None, out["status"]
+    return out
+
+
+def is_skip(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value
+
+
+# ---- inputs are checked with readable messages --------------------------------------------------
+@pytest.mark.parametrize("bad", [1, 578, 10_000, -5, 64.5, "abc", None, float("nan")])
+def test_out_of_range_or_odd_budgets_are_refused_with_a_message(bad):
+    with pytest.raises(ValueError, match="budget"):
+        H.check_budget(bad)
+
+
+@pytest.mark.parametrize("good, k", [(2, 2), (64, 64), (64.0, 64), ("128", 128), (577, 577)])
+def test_budgets_in_range_are_accepted(good, k):
+    assert H.check_budget(good) == k
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, "x" * (H.MAX_QUESTION_CHARS + 1)])
+def test_empty_or_huge_questions_are_refused(bad):
+    with pytest.raises(ValueError, match="question"):
+        H.check_question(bad)
+
+
+def test_budget_label_says_ratio_and_compression():
+    assert V.budget_label(64) == "**64 tokens** = 11.1% of 576 (**9.0× compression**)"
+    assert "no pruning" in V.budget_label(577)
+
+
+# ---- views -------------------------------------------------------------------------------------
+def test_upload_draws_every_view(cat):
+    assert cat["status"].startswith("✅")
+    assert "64 of 577 tokens kept" in cat["summary"]
+    original, kept = cat["kept"]
+    assert Path(original).exists() and Path(kept).exists() and original != kept
+    assert Image.open(kept).size == (V.DISPLAY, V.DISPLAY)
+    groups = cat["groups"]
+    base, annotations, colors = groups["value"]
+    assert len(annotations) == int(cat["state"].selection.num_groups[0]) - int(
+        (cat["state"].selection.group_size[0] == 0).sum())
+    assert set(colors) == {label for _, label in annotations} and groups["color_map"] == colors
+    assert all(m.shape == (V.DISPLAY, V.DISPLAY) for m, _ in annotations)
+    for key in ("nms", "importance"):
+        assert Path(cat[key]).exists()
+    assert cat["group_chart"] is not None and cat["dynamic_chart"] is not None
+    assert "Dynamic ratio off" in cat["dynamic_text"]
+    assert cat["gallery"]["visible"] is False and cat["frame"]["visible"] is False
+
+
+def test_slider_reselects_from_cached_features_and_redraws_only_the_visible_view(cat):
+    state = cat["state"]
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 128, False, 1, "image", None, None, None, "nms")))
+    assert "128 of 577 tokens kept" in out["summary"]
+    assert int(out["state"].selection.num_tokens[0]) == 128
+    assert Path(out["nms"]).exists()
+    assert is_skip(out["kept"]) and is_skip(out["groups"]) and is_skip(out["group_chart"])
+    assert out["state"].drawn == {"nms": (128, False, 0)}
+    assert out["state"].feats is state.feats  # no new tower pass
+    # Opening another tab draws it for the new budget, once.
+    tab = H.on_tab("kept")(out["state"], 1)
+    assert tab[0] == "kept"
+    drawn = dict(zip(H.VIEW_KEYS, tab[1:]))
+    assert Path(drawn["kept"][1]).exists()
+    again = H.on_tab("kept")(drawn["state"], 1)
+    assert all(is_skip(v) for v in again[1:])
+
+
+def test_many_groups_are_pooled_in_the_legend(cat):
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 577, False, 1, "image", None, None, None, "groups")))
+    _, annotations, colors = out["groups"]["value"]
+    assert len(annotations) == V.MAX_GROUP_ANNOTATIONS
+    assert "smaller groups" in annotations[-1][1] and colors[annotations[-1][1]] == V.OTHER_GROUPS_HEX
+    assert "pooled" in out["groups_note"]
+
+
+def test_dynamic_ratio_changes_the_budget_and_says_why(cat):
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 64, True, 1, "image", None, None, None, "dynamic")))
+    state = out["state"]
+    assert state.dynamic and len(state.budgets) == 1
+    assert int(state.selection.num_tokens[0]) == state.budgets[0]
+    assert "Dynamic ratio on" in out["dynamic_text"] and "φ_ref" in out["dynamic_text"]
+
+
+def test_slider_before_any_upload_does_nothing():
+    out = H.on_reselect(None, 100, False, 1, "image", None, None, None, "kept")
+    assert all(is_skip(v) for v in out)
+
+
+# ---- answers -----------------------------------------------------------------------------------
+def test_run_answers_twice_side_by_side(cat):
+    out = dict(zip(H.ANSWER_KEYS, H.on_answer(cat["state"], "What is this?", 64, False, 8,
+                                              progress=H._no_progress)))
+    assert out["full_head"] == "#### Full · 576 visual tokens"
+    assert out["pruned_head"] == "#### PruneSID · 64 visual tokens"
+    assert out["full_answer"] and out["pruned_answer"]
+    assert "prefill" in out["full_stats"] and "faster" in out["pruned_stats"]
+    assert "Fidelity" in out["fidelity"] and "nats" in out["fidelity"] and "Demo model" in out["fidelity"]
+    assert out["stale"] == ""
+    # Moving the slider afterwards flags the answers as made with another budget.
+    moved = dict(zip(H.VIEW_KEYS, H.on_reselect(out["state"], 100, False, 1, "image", None, None, None, "kept")))
+    assert "made with 64 tokens" in moved["stale"]
+
+
+@pytest.mark.parametrize("question", ["", "q" * 5000])
+def test_bad_questions_give_a_message_not_an_exception(cat, question):
+    out = dict(zip(H.ANSWER_KEYS, H.on_answer(cat["state"], question, 64, False, 8, progress=H._no_progress)))
+    assert out["fidelity"].startswith("⚠️") and "question" in out["fidelity"].lower()
+
+
+def test_answer_without_upload_says_what_to_do():
+    out = dict(zip(H.ANSWER_KEYS, H.on_answer(None, "What?", 64, False, 8, progress=H._no_progress)))
+    assert "upload" in out["fidelity"]
+
+
+def test_analyze_returns_json_with_selection_and_both_answers():
+    result = H.analyze(CAT, "What is this?", 64, max_new_tokens=4)
+    json.dumps(result)  # plain JSON types only
+    assert result["model"] == "demo/tiny-llava-1.5" and result["is_demo"] is True
+    assert result["budget"] == 64 and result["selection"]["num_tokens"] == 64
+    assert len(result["selection"]["keep"]) == 64
+    assert result["full"]["visual_tokens"] == 576 and result["pruned"]["visual_tokens"] == 64
+    assert {"first_token_kl_nats", "first_token_agrees", "same_answer"} <= set(result["fidelity"])
+    assert any("not meaningful" in n for n in result["notes"])
+
+
+# ---- bad media ---------------------------------------------------------------------------------
+def _save(tmp_path, name, array=None, mode=None, **kw):
+    path = tmp_path / name
+    img = Image.fromarray(array) if mode is None else Image.fromarray(array, mode)
+    img.save(path, **kw)
+    return str(path)
+
+
+def test_corrupt_and_non_image_files_give_messages(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not an image")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(Path(CAT).read_bytes()[:2000])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for path in (text, truncated, empty, tmp_path / "missing.png"):
+        out = prepare(str(path))
+        assert out["state"] is None and out["status"].startswith("⚠️"), path
+        assert "Traceback" not in out["status"]
+
+
+def test_awkward_images_are_converted_with_notes(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = _save(tmp_path, "gray.png", (rng.random((200, 300)) * 255).astype(np.uint8))
+    rgba_arr = (rng.random((200, 300, 4)) * 255).astype(np.uint8)
+    rgba = _save(tmp_path, "rgba.png", rgba_arr)
+    deep = tmp_path / "deep.png"
+    Image.fromarray((rng.random((200, 300)) * 65535).astype(np.uint16)).save(deep)
+    huge = _save(tmp_path, "huge.png", (rng.random((300, 4200, 3)) * 255).astype(np.uint8))
+    rotated = tmp_path / "rotated.jpg"
+    img = Image.open(CAT)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(rotated, exif=exif)
+    expected = {gray: None, rgba: "Transparent", str(deep): "16-bit", huge: "downscaled", str(rotated): "EXIF"}
+    for path, note in expected.items():
+        out = prepare(path)
+        assert out["state"] is not None, (path, out["status"])
+        if note:
+            assert note in out["status"], (path, out["status"])
+
+
+def test_tiny_image_is_refused_politely(tmp_path):
+    out = prepare(_save(tmp_path, "tiny.png", np.zeros((4, 4, 3), np.uint8)))
+    assert out["state"] is None and "at least" in out["status"]
+
+
+# ---- video -------------------------------------------------------------------------------------
+@pytest.mark.skipif(not VIDEO.exists(), reason="assets/pan_zoom.mp4 is not in the checkout")
+def test_video_samples_frames_and_shares_the_budget():
+    out = prepare(str(VIDEO), budget=64, dynamic=True, kind="video")
+    state = out["state"]
+    assert state is not None, out["status"]
+    assert 2 <= state.num_views <= H.MAX_FRAMES and "frames sampled" in out["status"]
+    assert sum(state.budgets) == 64 * state.num_views
+    assert out["gallery"]["visible"] and len(out["gallery"]["value"]) == state.num_views
+    assert out["frame"]["visible"] and out["frame_chart"]["visible"]
+    shown = dict(zip(H.VIEW_KEYS, H.on_view(state, 3, "kept")))
+    assert "frame 3" in shown["summary"]
+
+
+def test_empty_video_gives_a_message(tmp_path):
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    out = prepare(str(path), kind="video")
+    assert out["state"] is None and "empty" in out["status"]
+
+
+def test_media_cleared_keeps_the_page():
+    out = H.on_media("image")(None, None, 64, False, None, progress=H._no_progress)
+    assert out[0] == "image" and all(is_skip(v) for v in out[1:])
+
+
+# ---- models and errors ----------------------------------------------------------------------------
+def test_unloadable_model_falls_back_to_the_demo_with_a_banner(demo_cache):
+    manager = ModelManager("no-such-org/no-such-model")
+    pipe = manager.get()
+    assert pipe.is_demo and manager.state.fallback_reason
+    banner = H.banner_text(manager)
+    assert "not meaningful" in banner and "no-such-org/no-such-model" in banner
+
+
+def test_demo_banner_is_shown_for_the_demo_model():
+    assert "not meaningful" in H.banner_text(MANAGER)
+
+
+def test_unexpected_errors_become_a_short_generic_message(cat, monkeypatch):
+    def boom(*_a, **_k):
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(H, "reselect", boom)
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 100, False, 1, "image", None, None, None, "kept")))
+    assert out["status"] == "⚠️ " + H.GENERIC_ERROR and "internal detail" not in out["status"]
+
+
+def test_gpu_decorator_is_a_no_op_without_spaces():
+    from studio.runtime import gpu
+
+    def f(x):
+        return x + 1
+
+    assert gpu(30)(f)(1) == 2
