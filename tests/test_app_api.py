@@ -1,0 +1,71 @@
+"""``/analyze`` through ``gradio_client`` against the app launched in-process (offline)."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+gradio_client = pytest.importorskip("gradio_client")
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(llava_pipeline):
+    import app
+    from studio.models import MANAGER
+
+    MANAGER.install(llava_pipeline)
+    app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                    **app.LAUNCH_KWARGS)
+    c = gradio_client.Client(app.demo.local_url, verbose=False)
+    yield c
+    c.close()
+    app.demo.close()
+
+
+def test_only_analyze_is_a_public_endpoint(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(endpoints) == {"/analyze"}
+    params = [p["parameter_name"] for p in endpoints["/analyze"]["parameters"]]
+    assert params == ["image", "question", "budget"]
+
+
+def test_analyze_returns_selection_and_both_answers(client):
+    from gradio_client import handle_file
+
+    result = client.predict(handle_file(str(ASSETS / "cat.jpg")), "What animal is this?", 64, api_name="/analyze")
+    assert result["budget"] == 64 and result["is_demo"] is True
+    sel = result["selection"]
+    assert sel["num_tokens"] == 64 and len(sel["keep"]) == 64 and len(sel["group"]) == 576
+    assert result["full"]["visual_tokens"] == 576 and result["pruned"]["visual_tokens"] == 64
+    assert isinstance(result["full"]["answer"], str) and isinstance(result["pruned"]["answer"], str)
+    assert result["prefill_speedup"] > 0 and "first_token_kl_nats" in result["fidelity"]
+
+
+@pytest.mark.parametrize("budget, message", [(999, "between 2 and 577"), (1, "between 2 and 577")])
+def test_out_of_range_budget_is_a_readable_error(client, budget, message):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(str(ASSETS / "cat.jpg")), "What?", budget, api_name="/analyze")
+
+
+def test_non_image_upload_is_a_readable_error(client, tmp_path):
+    from gradio_client import handle_file
+
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image at all")
+    with pytest.raises(Exception, match="not an image format"):
+        client.predict(handle_file(str(fake)), "What?", 64, api_name="/analyze")
