@@ -77,6 +77,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "random", "Random", random_select.random_select, "—", "", True,
             "CLS plus uniformly random patches, drawn from the generator passed in (default seed 0).",
+            randomized=True,
         ),
         MethodSpec(
             "grid", "Uniform grid", grid.grid_select, "—", "", False,

@@ -1,0 +1,359 @@
+"""Every registered selection method on the synthetic CLIP-like cases: the shared contract
+(exact token counts, valid distinct indices, one signature) and each rule's defining
+property. VisionZip, DivPrune and VisPruner are also checked against literal ports of
+their public code (written here from reading it), at budgets where that code runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunesid import select_tokens
+from prunesid.methods import METHODS, get_method, list_methods
+from prunesid.methods.divprune import divprune_select, max_min_greedy
+from prunesid.methods.grid import grid_patches, grid_select
+from prunesid.methods.prunesid_rules import dynamic_budgets, prunesid_dynamic_select
+from prunesid.methods.random_select import random_select
+from prunesid.methods.topk import topk_select
+from prunesid.methods.visionzip import contextual_count, visionzip_select
+from prunesid.methods.vispruner import vispruner_select
+
+from reference_data import case_tensors, require_reference
+
+SEEDS = (0, 1, 2)
+BUDGETS = (2, 16, 63, 64, 192, 576, 577)
+N = 576
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def case(request):
+    require_reference()
+    return case_tensors(request.param)
+
+
+def _check_contract(sel, budget, spec):
+    keep = sel.keep[0]
+    valid = keep[keep >= 0]
+    assert (keep[: valid.numel()] >= 0).all() and (keep[valid.numel():] == -1).all(), "padding only at the end"
+    assert valid.numel() == len(set(valid.tolist())), "indices are distinct"
+    assert int(valid.min()) >= 0 and int(valid.max()) <= N
+    merged = 0 if sel.merged_tokens is None else int(sel.num_tokens[0]) - valid.numel()
+    assert int(sel.num_tokens[0]) == valid.numel() + merged
+    assert sel.kept_patches.sum() == int((valid > 0).sum())
+    assert bool((valid == 0).any()) == (spec.keeps_cls and budget >= 2) or spec.name == "prunesid-dyn"
+    assert sel.group.shape == (1, N) and sel.importance.shape == (1, N)
+    if not spec.merges:
+        assert sel.merged_tokens is None
+
+
+# ---- the shared contract ---------------------------------------------------------------------
+def test_registry_lists_every_method_once():
+    names = [s.name for s in list_methods()]
+    assert names[0] == "prunesid"
+    assert set(names) == {"prunesid", "prunesid-dyn", "random", "grid", "topk", "visionzip", "divprune", "vispruner"}
+    assert len(names) == len(set(names)) == len(METHODS)
+    for spec in list_methods():
+        assert get_method(spec.name) is spec
+        json.dumps(spec.to_dict())
+        assert spec.label and spec.notes
+    with pytest.raises(ValueError, match="known: prunesid"):
+        get_method("nope")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_hands_over_exactly_num_tokens(case, name):
+    spec = get_method(name)
+    hidden, attention = case
+    for budget in BUDGETS:
+        sel = spec.fn(hidden, attention, budget, generator=torch.Generator().manual_seed(0))
+        assert sel.method == name
+        ceiling = N + 1 if spec.keeps_cls else N
+        if name != "prunesid-dyn":
+            assert int(sel.num_tokens[0]) == min(budget, ceiling), (name, budget)
+        _check_contract(sel, budget, spec)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_is_deterministic_and_batches(name):
+    require_reference()
+    spec = get_method(name)
+    (h0, a0), (h1, a1) = case_tensors(0), case_tensors(1)
+    hidden, attention = torch.cat([h0, h1]), torch.cat([a0, a1])
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    both = spec.fn(hidden, attention, [32, 64], generator=gen())
+    again = spec.fn(hidden, attention, [32, 64], generator=gen())
+    assert torch.equal(both.keep, again.keep)
+    if spec.randomized:
+        return
+    for row, (h, a, k) in enumerate(((h0, a0, 32), (h1, a1, 64))):
+        alone = spec.fn(h, a, k, generator=gen())
+        if name == "prunesid-dyn":  # a batch shares its total in proportion to φ; alone keeps K
+            continue
+        assert torch.equal(both.keep_row(row), alone.keep_row(0)), (name, row)
+        if alone.merged_tokens is not None:
+            m = int(alone.num_tokens[0]) - alone.keep_row(0).numel()
+            assert torch.allclose(both.merged_tokens[row, :m], alone.merged_tokens[0, :m])
+
+
+def test_methods_reject_bad_inputs():
+    require_reference()
+    hidden, attention = case_tensors(0)
+    for spec in list_methods():
+        with pytest.raises(ValueError):
+            spec.fn(hidden, attention, 1)
+        with pytest.raises(ValueError):
+            spec.fn(hidden, attention[:, :-1], 64)
+
+
+# ---- PruneSID wrappers -----------------------------------------------------------------------
+def test_prunesid_wraps_select_tokens(case):
+    hidden, attention = case
+    assert torch.equal(get_method("prunesid").fn(hidden, attention, 64).keep, select_tokens(hidden, attention, 64).keep)
+
+
+def test_dynamic_budget_scales_with_phi():
+    require_reference()
+    hidden, attention = case_tensors(0)
+    phi = float(get_method("prunesid").fn(hidden, attention, 64).phi[0])
+    sel = prunesid_dynamic_select(hidden, attention, 64, phi_ref=phi / 1.5)
+    assert int(sel.num_tokens[0]) == 96
+    assert dynamic_budgets(hidden, 64) == [64]  # a single image without φ_ref keeps K
+    assert dynamic_budgets(hidden, 64, phi_ref=phi) == [64]
+
+
+# ---- simple baselines ------------------------------------------------------------------------
+def test_topk_keeps_the_k_largest(case):
+    hidden, attention = case
+    for budget in (2, 16, 64, 192):
+        sel = topk_select(hidden, attention, budget)
+        kept = sel.kept_patches[0]
+        assert int(kept.sum()) == budget - 1
+        assert attention[0, kept].min() >= attention[0, ~kept].max()
+        assert sel.keep[0, 0] == 0 and torch.equal(sel.keep[0, 1:], sel.keep[0, 1:].sort().values)
+
+
+@pytest.mark.parametrize("m", [1, 2, 9, 16, 36, 63, 64, 100, 144, 191, 500, 575, 576])
+def test_grid_is_evenly_spaced(m):
+    patches = grid_patches(m, 24, 24)
+    assert patches.numel() == m == len(set(patches.tolist()))
+    rows, cols = patches // 24, patches % 24
+    lattice_rows = sorted(set(rows.tolist()))
+    counts = [int((rows == r).sum()) for r in lattice_rows]
+    assert max(counts) - min(counts) <= 1, "patches split evenly over lattice rows"
+    edges = [lattice_rows[0]] + [b - a for a, b in zip(lattice_rows, lattice_rows[1:])] + [23 - lattice_rows[-1]]
+    inner = edges[1:-1] or [0]
+    assert max(inner) - min(inner) <= 1, "lattice rows evenly spaced"
+    for r in lattice_rows:
+        c = sorted(cols[rows == r].tolist())
+        gaps = [b - a for a, b in zip(c, c[1:])]
+        if gaps:
+            assert max(gaps) - min(gaps) <= 1, "columns evenly spaced within a row"
+        assert abs(c[0] - (23 - c[-1])) <= 1 + (24 // len(c)) // 2, "centred"
+
+
+def test_grid_64_is_the_8x8_lattice_of_every_third_cell(case):
+    hidden, attention = case
+    sel = grid_select(hidden, attention, 64)
+    kept = sel.kept_patches[0].view(24, 24)
+    expected = torch.zeros(24, 24, dtype=torch.bool)
+    expected[1::3, 1::3] = True
+    assert torch.equal(kept, expected)
+    assert int(grid_select(hidden, attention, 65, keep_cls=True).kept_patches.sum()) == 64
+
+
+def test_random_is_reproducible_with_a_generator(case):
+    hidden, attention = case
+    a = random_select(hidden, attention, 64, generator=torch.Generator().manual_seed(3))
+    b = random_select(hidden, attention, 64, generator=torch.Generator().manual_seed(3))
+    c = random_select(hidden, attention, 64, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.keep, b.keep) and not torch.equal(a.keep, c.keep)
+    assert torch.equal(random_select(hidden, attention, 64).keep, random_select(hidden, attention, 64).keep)
+    gen = torch.Generator().manual_seed(3)
+    first, second = random_select(hidden, attention, 64, generator=gen), random_select(hidden, attention, 64, generator=gen)
+    assert not torch.equal(first.keep, second.keep), "the generator advances"
+
+
+def test_random_covers_patches_uniformly():
+    require_reference()
+    hidden, attention = case_tensors(0)
+    gen = torch.Generator().manual_seed(0)
+    counts = sum(random_select(hidden, attention, 145, generator=gen).kept_patches[0].long() for _ in range(200))
+    expected = 200 * 144 / 576  # 50
+    assert counts.float().mean() == pytest.approx(expected)
+    assert counts.min() > 20 and counts.max() < 85
+
+
+# ---- DivPrune ------------------------------------------------------------------------------------
+def divprune_reference(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Literal port of vbdi/divprune ``DivPrune`` (one image, [N, D]) + its final sort."""
+    norm = features / features.norm(dim=1, keepdim=True)
+    cosine_matrix = 1.0 - norm @ norm.t()
+    s = torch.empty(k, dtype=torch.long)
+    for i in range(k):
+        m2 = cosine_matrix if i == 0 else torch.index_select(cosine_matrix, 0, s[:i])
+        scores = torch.topk(m2, 2, dim=0, largest=False).values[1, :] if i == 0 else torch.min(m2, dim=0).values
+        s[i] = torch.argmax(scores)
+    return s.sort().values
+
+
+def test_divprune_matches_its_public_code(case):
+    hidden, attention = case
+    for k in (16, 64, 192):
+        ours = divprune_select(hidden, attention, k).keep[0] - 1
+        assert torch.equal(ours, divprune_reference(hidden[0, 1:].float(), k)), k
+
+
+def test_divprune_is_greedy_max_min(case):
+    hidden, attention = case
+    units = F.normalize(hidden[:, 1:].float(), dim=-1)
+    distance = 1.0 - units @ units.transpose(1, 2)
+    picks = max_min_greedy(distance, 64)[0]
+    d = distance[0]
+    nearest = d.masked_fill(torch.eye(N, dtype=torch.bool), float("inf")).amin(dim=0)
+    assert nearest[picks[0]] == nearest.max()
+    for i in range(1, 64):
+        to_set = d[picks[:i]].amin(dim=0)
+        to_set[picks[:i]] = float("-inf")
+        assert to_set[picks[i]] == to_set.max(), f"pick {i} maximises the distance to the chosen set"
+    chosen = set(picks.tolist())
+    assert chosen == set((divprune_select(hidden, attention, 64).keep[0] - 1).tolist())
+
+    def min_pairwise(idx):
+        sub = d[idx][:, idx] + torch.eye(len(idx)) * 10
+        return float(sub.min())
+
+    ours = min_pairwise(picks)
+    for seed in range(5):
+        other = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:64]
+        assert ours > min_pairwise(other)
+    for name in ("prunesid", "topk", "grid", "vispruner"):
+        kept = get_method(name).fn(hidden, attention, 64).kept_patches[0].nonzero().squeeze(1)
+        assert ours >= min_pairwise(kept), name
+
+
+# ---- VisionZip -----------------------------------------------------------------------------------
+def visionzip_reference(hidden_states, attention, dominant, contextual):
+    """Literal port of dvlab-research/VisionZip ``CLIPVisionTower_VisionZip.forward`` after the
+    tower (metric = hidden states; ``dominant`` counts CLS as in ``visionzip(model, dominant=...)``)."""
+    metric = hidden_states
+    dominant_num = dominant - 1
+    b, t, d = hidden_states.shape
+    topk_indices = attention.topk(dominant_num, dim=1).indices + 1
+    all_indices = torch.cat([torch.zeros((b, 1), dtype=topk_indices.dtype), topk_indices], dim=1)
+    mask = torch.ones_like(hidden_states[:, :, 0], dtype=torch.bool).scatter_(1, all_indices, False)
+    dominant_tokens = hidden_states.masked_select(~mask.unsqueeze(-1)).view(b, dominant_num + 1, d)
+    metric_filtered = metric[mask].view(b, t - (dominant_num + 1), metric.shape[2])
+    hidden_filtered = hidden_states.masked_select(mask.unsqueeze(-1)).view(b, t - (dominant_num + 1), d)
+    metric_normalized = metric_filtered / metric_filtered.norm(dim=-1, keepdim=True)
+    length = metric_normalized.shape[1]
+    step = max(1, length // contextual)
+    target_indices = torch.arange(0, length, step)[:contextual]
+    target_tokens = metric_normalized[:, target_indices, :]
+    others = ~torch.isin(torch.arange(length), target_indices)
+    similarity = torch.bmm(metric_normalized[:, others, :], target_tokens.transpose(1, 2))
+    assign_one_hot = torch.zeros(b, int(others.sum()), contextual, dtype=hidden_filtered.dtype)
+    assign_one_hot.scatter_(2, similarity.argmax(dim=2).unsqueeze(-1), 1)
+    counts = assign_one_hot.sum(dim=1).clamp(min=1).unsqueeze(-1)
+    aggregated = torch.bmm(assign_one_hot.transpose(1, 2), hidden_filtered[:, others, :]) / counts
+    contextual_tokens = hidden_filtered[:, target_indices, :] + aggregated
+    return torch.cat([dominant_tokens, contextual_tokens], dim=1), all_indices
+
+
+@pytest.mark.parametrize("budget,dominant,contextual", [(64, 54, 10), (128, 108, 20), (192, 162, 30)])
+def test_visionzip_matches_its_public_code(case, budget, dominant, contextual):
+    hidden, attention = case
+    assert contextual_count(budget, N) == contextual
+    sel = visionzip_select(hidden, attention, budget)
+    tokens = torch.cat([hidden[0, sel.keep_row(0)], sel.merged_tokens[0]])
+    expected, indices = visionzip_reference(hidden, attention, dominant, contextual)
+    assert torch.equal(sel.keep_row(0), indices[0].sort().values)
+    assert torch.allclose(tokens, expected[0], atol=1e-5)
+
+
+def test_visionzip_dominant_and_contextual(case):
+    hidden, attention = case
+    sel = visionzip_select(hidden, attention, 64)
+    keep, merged_into = sel.keep_row(0), sel.merged_into[0]
+    assert keep[0] == 0 and keep.numel() == 54 and sel.merged_tokens.shape[1] == 10
+    dominant = keep[1:] - 1
+    assert torch.equal(dominant, torch.sort(attention[0], descending=True).indices[:53].sort().values)
+    assert (merged_into[dominant] == -1).all()
+    rest = torch.ones(N, dtype=torch.bool)
+    rest[dominant] = False
+    assert (merged_into[rest] >= 0).all() and set(merged_into[rest].tolist()) == set(range(10))
+    # Each contextual token = its target's state + the mean of the patches assigned to it (the code's rule).
+    remaining = rest.nonzero().squeeze(1)
+    step = remaining.numel() // 10
+    targets = remaining[torch.arange(0, remaining.numel(), step)[:10]]
+    assert torch.equal(merged_into[targets], torch.arange(10))
+    for slot in range(10):
+        members = (merged_into == slot).nonzero().squeeze(1)
+        members = members[members != targets[slot]]
+        mean = hidden[0, 1 + members].float().mean(dim=0) if members.numel() else torch.zeros(hidden.shape[-1])
+        assert torch.allclose(sel.merged_tokens[0, slot].float(), hidden[0, 1 + targets[slot]].float() + mean, atol=1e-5)
+
+
+def test_visionzip_options():
+    require_reference()
+    hidden, attention = case_tensors(0)
+    none = visionzip_select(hidden, attention, 64, contextual=0)
+    assert none.merged_tokens is None and torch.equal(none.keep, topk_select(hidden, attention, 64).keep)
+    keys = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(visionzip_select(hidden, attention, 64, metric=keys).merged_into,
+                           visionzip_select(hidden, attention, 64).merged_into)
+
+
+# ---- VisPruner -----------------------------------------------------------------------------------
+def vispruner_reference(features, attention, visual_token_num, important_ratio=0.5):
+    """Literal port of Theia-4869/VisPruner ``encode_images`` selection ([B, N, C] patch states).
+
+    One change: its ``argsort`` calls break ties stably (the code leaves tie order to the
+    sort kernel; the synthetic cases do have exactly tied duplicate scores)."""
+    b, n, c = features.shape
+    important_token_num = int(visual_token_num * important_ratio)
+    diverse_token_num = visual_token_num - important_token_num
+    token_indices = attention.argsort(dim=-1, descending=True, stable=True)
+    important_indices = token_indices[:, :important_token_num]
+    residual_indices = token_indices[:, important_token_num:]
+    image_normalized = features / features.norm(dim=-1, keepdim=True)
+    while diverse_token_num > 0:
+        r_len = residual_indices.shape[1]
+        r = min(8, r_len - diverse_token_num)
+        if r <= 0:
+            break
+        residual_tokens = image_normalized[torch.arange(b).unsqueeze(-1).expand(-1, r_len), residual_indices]
+        a, bb = residual_tokens[..., ::2, :], residual_tokens[..., 1::2, :]
+        scores = (a @ bb.transpose(-1, -2)).max(dim=-1).values
+        distinct_indices = scores.argsort(dim=-1, descending=True, stable=True)[:, r:]
+        residual_indices = torch.cat([
+            residual_indices[..., ::2][torch.arange(b).unsqueeze(-1).expand(-1, r_len // 2 - r), distinct_indices],
+            residual_indices[..., 1::2]], dim=-1)
+    selected = torch.cat([important_indices, residual_indices], dim=-1) if diverse_token_num > 0 else important_indices
+    mask = torch.zeros(b, n, dtype=torch.bool)
+    mask.scatter_(1, selected, True)
+    return mask
+
+
+@pytest.mark.parametrize("budget", [16, 64, 128, 192])
+def test_vispruner_matches_its_public_code(case, budget):
+    hidden, attention = case
+    ours = vispruner_select(hidden, attention, budget).kept_patches
+    assert torch.equal(ours, vispruner_reference(hidden[:, 1:].float(), attention, budget))
+
+
+def test_vispruner_important_plus_diverse(case):
+    hidden, attention = case
+    for budget in (63, 64, 200):  # 63: odd residual, which the public code cannot run
+        sel = vispruner_select(hidden, attention, budget)
+        kept = sel.kept_patches[0]
+        assert int(kept.sum()) == budget and not bool((sel.keep_row(0) == 0).any())
+        important = torch.sort(attention[0], descending=True, stable=True).indices[: budget // 2]
+        assert kept[important].all()
+    # The other half comes from the non-important patches (what survives duplicate removal).
+    order = torch.sort(attention[0], descending=True, stable=True).indices
+    kept = vispruner_select(hidden, attention, 64).kept_patches[0]
+    assert int(kept[order[32:]].sum()) == 32
+    assert torch.equal(vispruner_select(hidden, attention, 64, important_ratio=1.0).kept_patches,
+                       topk_select(hidden, attention, 64, keep_cls=False).kept_patches)
