@@ -4,6 +4,11 @@ The tower stays on its fast attention kernel (sdpa): the CLS row is rebuilt from
 query/key projections of that one layer, captured by forward hooks that are removed on
 exit. It equals eager ``attentions[layer][:, :, 0, 1:].sum(1)`` and costs one
 ``[H, 1, 1+N]`` product, against +10–40 % for switching the tower to eager attention.
+
+Measured (``benchmarks/prefill.py``, CLIP ViT-L/14-336 widths, 24 layers, random weights,
+fp32, 2 CPU threads, min of 5 interleaved runs): plain sdpa pass 3.13 s, with the hooks
+2.92 s (no measurable overhead: below the run-to-run noise), eager + ``output_attentions``
+3.60 s (+15 %).
 """
 from __future__ import annotations
 
