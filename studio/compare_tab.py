@@ -307,6 +307,7 @@ def on_compare(get_pipeline: GetPipeline):
         if out["full_answer"] is not None:
             status += f"  \n**All 576 tokens answer:** {out['full_answer']}"
         return out["gallery"], out["table"], status, out["json"]
+    handler.__name__ = "on_compare"
     return handler
 
 
@@ -317,6 +318,7 @@ def on_stability(get_pipeline: GetPipeline):
         except Exception as err:  # noqa: BLE001
             return gr.skip(), gr.skip(), _fail(err, "stability"), gr.skip()
         return out["overlay"], out["figure"], out["markdown"], out["json"]
+    handler.__name__ = "on_stability"
     return handler
 
 
@@ -329,6 +331,7 @@ def on_sweep(get_pipeline: GetPipeline):
             return gr.skip(), _fail(err, "sweep"), gr.skip()
         d = out["json"]
         return out["figure"], f"Sweep over {len(d['budgets'])} budgets × {len(d['methods'])} methods in {d['seconds']:.1f} s.", d
+    handler.__name__ = "on_sweep"
     return handler
 
 

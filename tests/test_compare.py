@@ -1,0 +1,309 @@
+"""Comparison, stability and sweep computations (synthetic cases), the published figures,
+the comparison pictures, and the Compare tab's handlers and JSON endpoints (tiny demo model)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from prunesid.compare import (
+    budget_sweep,
+    compare_methods,
+    coverage,
+    jaccard,
+    jaccard_matrix,
+    method_fn,
+    stability,
+    sweep_selections,
+    take_row,
+)
+from prunesid.methods import get_method, list_methods
+from prunesid.published import (
+    LLAVA_15_7B,
+    LLAVA_NEXT_7B,
+    NOT_REPORTED,
+    PUBLISHED,
+    published_budgets,
+    published_figure,
+    published_label,
+)
+from viz import figure_to_array
+from viz.compare import comparison_sheet, draw_keep_frequency, method_overlays, plot_budget_sweep, plot_stability
+
+from reference_data import case_tensors, require_reference
+
+
+@pytest.fixture(scope="module")
+def case():
+    require_reference()
+    return case_tensors(0)
+
+
+# ---- compare_methods -----------------------------------------------------------------------------
+def test_compare_methods_runs_the_whole_registry(case):
+    hidden, attention = case
+    runs = compare_methods(hidden, attention, 64)
+    assert [r.name for r in runs] == [s.name for s in list_methods()]
+    for r in runs:
+        assert r.selection.method == r.name and r.seconds >= 0
+        if r.name != "prunesid-dyn":
+            assert r.tokens() == 64
+        d = r.to_dict()
+        json.dumps(d)
+        assert d["method"] == r.name and d["label"] == r.label
+    by_name = {r.name: r for r in runs}
+    assert by_name["prunesid"].published.relative_accuracy == 95.9
+    assert by_name["visionzip"].to_dict()["merged_tokens"] == 10
+    assert by_name["random"].to_dict()["published"] == NOT_REPORTED
+    # Fresh generator per method: the result does not depend on which methods run before.
+    alone = compare_methods(hidden, attention, 64, ["random"])[0]
+    assert torch.equal(alone.selection.keep, by_name["random"].selection.keep)
+
+
+def test_method_fn_binds_seed_and_options(case):
+    hidden, attention = case
+    fn = method_fn("random", seed=5)
+    assert torch.equal(fn(hidden, attention, 32).keep, fn(hidden, attention, 32).keep)
+    assert not torch.equal(fn(hidden, attention, 32).keep, method_fn("random", seed=6)(hidden, attention, 32).keep)
+    phi = float(get_method("prunesid").fn(hidden, attention, 64).phi[0])
+    dyn = method_fn("prunesid-dyn", options={"prunesid-dyn": {"phi_ref": phi / 2}})
+    assert int(dyn(hidden, attention, 64).num_tokens[0]) == 128
+    with pytest.raises(ValueError):
+        compare_methods(hidden, attention, 64, [])
+    with pytest.raises(ValueError, match="unknown selection method"):
+        compare_methods(hidden, attention, 64, ["bogus"])
+
+
+# ---- stability -------------------------------------------------------------------------------------
+def test_jaccard_basics():
+    a = torch.tensor([1, 1, 0, 0], dtype=torch.bool)
+    b = torch.tensor([0, 1, 1, 0], dtype=torch.bool)
+    assert jaccard(a, a) == 1.0 and jaccard(a, b) == pytest.approx(1 / 3)
+    assert jaccard(torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)) == 1.0
+    m = jaccard_matrix(torch.stack([a, b, a]))
+    assert np.allclose(m, m.T) and np.allclose(np.diag(m), 1) and m[0, 2] == 1.0
+
+
+def test_stability_numbers(case):
+    hidden, attention = case
+    result = stability(hidden, attention, 64, seeds=(0, 1, 2, 3))
+    assert result.exact_repeat == 1.0
+    assert result.jaccard_vs_exact.shape == (4,) and result.pairwise.shape == (4, 4)
+    assert ((result.jaccard_vs_exact >= 0) & (result.jaccard_vs_exact <= 1)).all()
+    assert ((result.pairwise >= 0) & (result.pairwise <= 1)).all()
+    assert np.allclose(np.diag(result.pairwise), 1) and np.allclose(result.pairwise, result.pairwise.T)
+    assert 0 <= result.mean_pairwise <= 1 and 0 <= result.mean_vs_exact <= 1
+    assert result.mean_vs_exact < 1.0, "the randomised PCA moves the kept set on CLIP-like cases"
+    assert result.keep_frequency.shape == (576,) and result.exact_kept.sum() == 63
+    assert np.isclose(result.keep_frequency.sum(), 63)
+    again = stability(hidden, attention, 64, seeds=(0, 1, 2, 3))
+    assert np.array_equal(again.jaccard_vs_exact, result.jaccard_vs_exact), "each seed is reproducible"
+    json.dumps(result.to_dict())
+    with pytest.raises(ValueError):
+        stability(hidden, attention, 64, seeds=())
+
+
+# ---- sweep -------------------------------------------------------------------------------------------
+def test_sweep_rows_equal_single_calls(case):
+    hidden, attention = case
+    budgets = (16, 64, 192)
+    sweeps = sweep_selections(hidden, attention, budgets, ["prunesid", "visionzip", "divprune", "random", "prunesid-dyn"])
+    for name, sel in sweeps.items():
+        assert sel.batch_size == len(budgets)
+        for i, k in enumerate(budgets):
+            alone = method_fn(name)(hidden, attention, k)
+            row = take_row(sel, i)
+            if name == "random":  # one generator draws all rows of the batch at once
+                assert int(row.num_tokens[0]) == k
+                continue
+            assert torch.equal(row.keep, alone.keep), (name, k)
+            if alone.merged_tokens is not None:
+                assert torch.allclose(row.merged_tokens, alone.merged_tokens)
+
+
+def test_budget_sweep_coverage_and_fidelity_callback(case):
+    hidden, attention = case
+    calls = []
+
+    def fidelity(name, k, sel):
+        calls.append((name, k, sel.batch_size, int(sel.num_tokens[0])))
+        return 1.0 / k
+
+    seen = []
+    result = budget_sweep(hidden, attention, (577, 16, 64), ["prunesid", "grid", "topk"], fidelity=fidelity,
+                          fidelity_metric="test", progress=lambda f, d: seen.append(f))
+    assert result.budgets == (16, 64, 577)
+    assert result.tokens["grid"] == [16, 64, 576] and result.tokens["prunesid"] == [16, 64, 577]
+    for name in result.methods:
+        cov = result.coverage[name]
+        assert all(0 <= c <= 1 + 1e-6 for c in cov) and cov[-1] == pytest.approx(1.0)
+        assert result.fidelity[name] == [1 / 16, 1 / 64, 1 / 577]
+    assert len(calls) == 9 and all(c[2] == 1 for c in calls)
+    assert seen == sorted(seen) and 0 <= seen[0] and seen[-1] <= 1
+    json.dumps(result.to_dict())
+    assert budget_sweep(hidden, attention, (16,), ["grid"]).fidelity is None
+
+
+def test_coverage_counts_merged_tokens(case):
+    hidden, attention = case
+    sel = get_method("visionzip").fn(hidden, attention, 64)
+    without = get_method("visionzip").fn(hidden, attention, 64, contextual=0)
+    assert float(coverage(hidden, sel)[0]) > 0 and float(coverage(hidden, without)[0]) > 0
+    everything = get_method("grid").fn(hidden, attention, 576)
+    assert float(coverage(hidden, everything)[0]) == pytest.approx(1.0)
+
+
+# ---- published figures -------------------------------------------------------------------------------
+def test_published_figures_are_sourced_and_exact():
+    assert published_figure("prunesid", 64).relative_accuracy == 95.9
+    assert published_figure("prunesid-dyn", 64).relative_accuracy == 96.3
+    assert published_figure("visionzip", 64).relative_accuracy == 94.0
+    assert published_figure("divprune", 64).relative_accuracy == 94.6
+    assert published_figure("prunesid", 160, LLAVA_NEXT_7B).relative_accuracy == 92.8
+    assert published_figure("vispruner", 64) is None and published_figure("prunesid", 65) is None
+    assert published_label("random", 64) == NOT_REPORTED
+    assert "95.9%" in published_label("prunesid", 64) and "PruneSID paper" in published_label("prunesid", 64)
+    assert published_budgets(LLAVA_15_7B) == [64, 192]
+    for fig in PUBLISHED:
+        assert fig.source and fig.method in {s.name for s in list_methods()}
+        assert 0 < fig.relative_accuracy <= 100
+
+
+# ---- pictures ---------------------------------------------------------------------------------------
+def test_comparison_pictures(case):
+    hidden, attention = case
+    runs = compare_methods(hidden, attention, 64, ["prunesid", "visionzip", "grid"])
+    image = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    tiles = method_overlays(image, [(r.label, r.selection) for r in runs], size=336)
+    assert [t[1].split(" · ")[0] for t in tiles] == ["PruneSID", "VisionZip", "Uniform grid"]
+    assert "10 merged" in tiles[1][1] and all(t[0].dtype == np.uint8 and t[0].shape[1] == 336 for t in tiles)
+    sheet = comparison_sheet(image, [(r.label, r.selection) for r in runs], cols=2)
+    assert sheet.ndim == 3 and sheet.shape[1] > 2 * 336
+    freq = draw_keep_frequency(image, np.linspace(0, 1, 576), np.arange(576) % 7 == 0, size=336)
+    assert freq.shape[1] == 336 and freq.shape[0] > 336
+    fig = plot_stability([0.8, 0.7], np.array([[1, 0.6], [0.6, 1]]), [0, 1])
+    assert figure_to_array(fig).ndim == 3
+    fig = plot_budget_sweep([16, 64], {"A": [0.1, 0.05], "B": [0.2, float("nan")]}, ylabel="KL", marks=[64],
+                            ax_extra=("coverage", {"A": [0.8, 0.9], "B": [0.7, 0.9]}))
+    assert len(fig.axes) == 2
+    with pytest.raises(ValueError):
+        plot_budget_sweep([16, 64], {"A": [0.1]}, ylabel="KL")
+
+
+# ---- the tab (tiny offline demo model) ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    from PIL import Image
+
+    from conftest import make_image
+
+    path = tmp_path_factory.mktemp("compare") / "blocks.png"
+    make_image(3).save(path)
+    return str(path)
+
+
+def test_compare_view_with_answers(llava_pipeline, image_path):
+    from studio.compare_tab import TABLE_HEADERS, compare_view
+
+    out = compare_view(image_path, "What is this?", 64, ["prunesid", "visionzip", "divprune"], lambda: llava_pipeline,
+                       answers=True, max_new_tokens=2)
+    assert len(out["gallery"]) == 3 and len(out["table"]) == 3
+    assert all(len(row) == len(TABLE_HEADERS) for row in out["table"])
+    d = json.loads(json.dumps(out["json"]))
+    assert [m["method"] for m in d["methods"]] == ["prunesid", "visionzip", "divprune"]
+    assert [m["tokens"] for m in d["methods"]] == [64, 64, 64]
+    assert d["methods"][0]["published"]["relative_accuracy"] == 95.9
+    assert d["methods"][1]["merged_tokens"] == 10
+    assert all(m["fidelity"] >= 0 and isinstance(m["answer"], str) for m in d["methods"])
+    assert d["budget"] == 64 and d["published_budgets"] == [64, 192]
+
+
+def test_compare_view_without_answers_and_errors(llava_pipeline, image_path):
+    from prunesid.media import MediaError
+    from studio.compare_tab import compare_view, parse_budgets, stability_view, sweep_view
+
+    get = lambda: llava_pipeline  # noqa: E731
+    out = compare_view(image_path, "", 32, None, get, answers=False)
+    assert len(out["table"]) == len(list_methods()) and out["json"]["full_answer"] is None
+    with pytest.raises(MediaError):
+        compare_view(None, "q", 64, None, get, answers=False)
+    with pytest.raises(ValueError, match="between 2 and 577"):
+        compare_view(image_path, "q", 1000, None, get, answers=False)
+    with pytest.raises(ValueError, match="question is empty"):
+        compare_view(image_path, " ", 64, None, get)
+    with pytest.raises(ValueError, match="No method"):
+        compare_view(image_path, "q", 64, [], get, answers=False)
+    with pytest.raises(ValueError, match="seeds"):
+        stability_view(image_path, 64, 1, get)
+    with pytest.raises(ValueError):
+        sweep_view(image_path, "q", "16, abc", None, get)
+    assert parse_budgets("64; 16, 64") == [16, 64]
+
+
+def test_stability_and_sweep_views(llava_pipeline, image_path):
+    from studio.compare_tab import stability_view, sweep_view
+
+    get = lambda: llava_pipeline  # noqa: E731
+    st = stability_view(image_path, 64, 3, get)
+    assert st["json"]["exact_repeat_jaccard"] == 1.0 and len(st["json"]["jaccard_vs_exact"]) == 3
+    assert st["overlay"].dtype == np.uint8 and "Exact PCA" in st["markdown"]
+    sw = sweep_view(image_path, "What is this?", "16, 64", ["prunesid", "grid"], get, mark=64)
+    d = json.loads(json.dumps(sw["json"]))
+    assert d["budgets"] == [16, 64] and d["fidelity_metric"] == "first_token_kl_nats"
+    assert all(v >= 0 for vs in d["fidelity"].values() for v in vs)
+    assert d["published"]["prunesid"]["64"] == 95.9 and d["published"]["grid"]["16"] == NOT_REPORTED
+    assert len(sw["figure"].axes) == 2
+    no_model = sweep_view(image_path, "", "16, 64", ["grid"], get, with_model=False)
+    assert no_model["json"]["fidelity"] is None
+
+
+def test_handlers_never_raise(llava_pipeline, image_path):
+    from studio.compare_tab import on_compare, on_stability, on_sweep
+
+    get = lambda: llava_pipeline  # noqa: E731
+    nothing = lambda *a, **k: None  # noqa: E731
+    out = on_compare(get)(None, "q", 64, None, False, 4, progress=nothing)
+    assert "No image yet" in out[2]
+    out = on_stability(get)(image_path, "many", 4, progress=nothing)
+    assert out[2].startswith("⚠️")
+    out = on_sweep(get)(image_path, "q", "", ["grid"], False, 64, progress=nothing)
+    assert out[1].startswith("⚠️")
+
+    def broken():
+        raise RuntimeError("boom")
+
+    out = on_compare(broken)(image_path, "q", 64, None, False, 4, progress=nothing)
+    assert "went wrong" in out[2] and "boom" not in out[2]
+    gallery, table, status, raw = on_compare(get)(image_path, "q", 64, ["grid", "topk"], False, 4, progress=nothing)
+    assert len(gallery) == 2 and len(table) == 2 and raw["budget"] == 64
+
+
+def test_compare_endpoint_with_gradio_client(llava_pipeline, image_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    import gradio as gr
+
+    from studio.compare_tab import build_compare_tab
+
+    with gr.Blocks() as demo:
+        image = gr.Image(type="filepath")
+        question = gr.Textbox("What is this?")
+        budget = gr.Slider(2, 577, 64, step=1)
+        with gr.Tab("Compare methods"):
+            build_compare_tab(image, question, budget, lambda: llava_pipeline)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        out = client.predict(gradio_client.handle_file(image_path), "What is this?", 64, "prunesid, grid", False,
+                             api_name="/compare")
+        assert [m["method"] for m in out["methods"]] == ["prunesid", "grid"]
+        assert out["methods"][0]["published"]["relative_accuracy"] == 95.9
+        assert out["methods"][1]["published"] == NOT_REPORTED
+        assert out["budget"] == 64 and out["published_budgets"] == [64, 192]
+        with pytest.raises(Exception, match="between 2 and 577"):
+            client.predict(gradio_client.handle_file(image_path), "q", 9999, "", False, api_name="/compare")
+        client.close()
+    finally:
+        demo.close()
