@@ -83,10 +83,12 @@ class GroupImage(gr.AnnotatedImage):
             h, w = base.shape[:2]
         sections = []
         for mask, label in annotations:
-            rgba = np.zeros((h, w, 4), dtype=np.uint8)
-            rgba[..., :3] = _hex_rgb(colors.get(label, "#ff0000"))
-            rgba[..., 3] = np.clip(np.asarray(mask, dtype=np.float32) * 255.0, 0, 255).astype(np.uint8)
-            rgba[rgba[..., 3] == 0, :3] = 0
+            alpha = np.asarray(mask, dtype=np.float32)
+            rgba = np.empty((h, w, 4), dtype=np.uint8)
+            np.multiply(alpha, 255.0, out=alpha)
+            np.clip(alpha, 0, 255, out=alpha)
+            rgba[..., 3] = alpha  # float -> uint8 cast on assignment
+            rgba[..., :3] = (rgba[..., 3:] > 0) * np.array(_hex_rgb(colors.get(label, "#ff0000")), dtype=np.uint8)
             sections.append(Annotation(image=FileData(path=png_file(rgba, self.GRADIO_CACHE)), label=label))
         return AnnotatedImageData(image=FileData(path=str(utils.abspath(base_path))), annotations=sections)
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING

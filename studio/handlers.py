@@ -208,7 +208,7 @@ def _guarded(empty: Callable[[str], tuple]):
 
 
 def _status(text: str, kind: str = "info") -> str:
-    icon = {"info": "ℹ️", "warn": "⚠️", "ok": "✅"}[kind]
+    icon = {"info": "ℹ", "warn": "⚠", "ok": "✓"}[kind]  # text symbols: they render without an emoji font
     return f"{icon} {text}"
 
 
@@ -265,7 +265,7 @@ def stale_note(analysis: Analysis | None) -> str:
         return "*Press **Run** to compare the answers with all tokens and with PruneSID's.*"
     a = analysis.answered
     if a["budget"] != analysis.budget or a["dynamic"] != analysis.dynamic:
-        return (f"⚠️ *The answers below were made with {a['budget']} tokens"
+        return (f"⚠ *The answers below were made with {a['budget']} tokens"
                 f"{' (dynamic)' if a['dynamic'] else ''}; the views now show {analysis.budget}. "
                 "Press **Run** to answer again.*")
     return ""
@@ -411,12 +411,12 @@ def banner_text(manager: ModelManager = MANAGER) -> str:
         return f"⏳ Loading **{s.requested}**… the first run waits for it."
     if s.active is None:
         if s.requested.startswith("demo/"):
-            return ("⚠️ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
+            return ("⚠ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
                     "they only show how PruneSID and this app work. Pick a LLaVA checkpoint for real results.")
         return f"Model **{s.requested}** loads on first use."
     if s.is_demo:
         why = f" ({s.fallback_reason})" if s.fallback_reason else ""
-        return ("⚠️ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
+        return ("⚠ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
                 f"they only show how PruneSID and this app work.{why}")
     return f"Model: **{s.active}**"
 
@@ -432,9 +432,9 @@ def on_model_change(model_id: str, progress=gr.Progress()) -> tuple:
     return banner_text(), gr.update(value=pipe.model_id), None
 
 
-def on_load() -> tuple:
-    """Page load: show the banner for whatever model is (or will be) in use."""
-    return (banner_text(),)
+def on_load() -> str:
+    """Page load (and after each run): the banner for whatever model is (or will be) in use."""
+    return banner_text()
 
 
 __all__ = [n for n in dir() if n.startswith(("on_", "check_", "load_media", "encode", "reselect", "answer",

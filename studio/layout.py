@@ -121,13 +121,6 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                                       include_audio=True, height=260, elem_id="video")
             question = gr.Textbox(H.DEFAULT_QUESTION, label="Question", lines=2, max_length=H.MAX_QUESTION_CHARS,
                                   elem_id="question")
-            with gr.Tabs():
-                with gr.Tab("Image examples"):
-                    gr.Examples(_examples(), inputs=[image, question], label=None, examples_per_page=5)
-                if (ASSETS / "pan_zoom.mp4").exists():
-                    with gr.Tab("Video example"):
-                        gr.Examples([[str(ASSETS / "pan_zoom.mp4"), "What does the camera do?"]],
-                                    inputs=[video, question], label=None)
             model = gr.Dropdown(model_choices(), value=MANAGER.state.requested, allow_custom_value=True,
                                 label="Model (hub id, local folder, or the offline demo)", elem_id="model")
             budget = gr.Slider(2, 577, value=H.DEFAULT_BUDGET, step=1, label="Visual tokens kept (K)",
@@ -141,6 +134,13 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                 max_new = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens", elem_id="max-new")
             run = gr.Button("Run: draw the views and answer twice", variant="primary", elem_id="run")
             status = gr.Markdown(elem_id="status")
+            with gr.Tabs():
+                with gr.Tab("Image examples"):
+                    gr.Examples(_examples(), inputs=[image, question], label="Examples: click one, then Run", examples_per_page=5)
+                if (ASSETS / "pan_zoom.mp4").exists():
+                    with gr.Tab("Video example"):
+                        gr.Examples([[str(ASSETS / "pan_zoom.mp4"), "What does the camera do?"]],
+                                    inputs=[video, question], label=None)
         # ---- views and answers ----------------------------------------------------------------------
         with gr.Column(scale=7, min_width=480):
             summary = gr.Markdown("*Upload an image or pick an example to see what PruneSID keeps.*",

@@ -149,5 +149,6 @@ def frame_chart(analysis: Analysis):
     return viz.plot_frame_budgets([int(v) for v in sel.num_tokens], phis=[float(v) for v in sel.phi], times=times)
 
 
-KEPT_CAPTION = (f"Drag the handle: left is the picture the model sees (336 × 336), right keeps only the "
-                f"tokens handed to the language model (outlined in {KEPT_HEX}); dropped patches are dimmed.")
+KEPT_CAPTION = ("Drag the handle: on the left, the picture the model sees (336 × 336 px, 24 × 24 patches); on the "
+                "right, only the tokens handed to the language model stay bright (outlined in yellow); dropped "
+                "patches are dimmed.")

@@ -70,7 +70,7 @@ def test_budget_label_says_ratio_and_compression():
 
 # ---- views -------------------------------------------------------------------------------------
 def test_upload_draws_every_view(cat):
-    assert cat["status"].startswith("✅")
+    assert cat["status"].startswith("✓")
     assert "64 of 577 tokens kept" in cat["summary"]
     original, kept = cat["kept"]
     assert Path(original).exists() and Path(kept).exists() and original != kept
@@ -145,7 +145,7 @@ def test_run_answers_twice_side_by_side(cat):
 @pytest.mark.parametrize("question", ["", "q" * 5000])
 def test_bad_questions_give_a_message_not_an_exception(cat, question):
     out = dict(zip(H.ANSWER_KEYS, H.on_answer(cat["state"], question, 64, False, 8, progress=H._no_progress)))
-    assert out["fidelity"].startswith("⚠️") and "question" in out["fidelity"].lower()
+    assert out["fidelity"].startswith("⚠") and "question" in out["fidelity"].lower()
 
 
 def test_answer_without_upload_says_what_to_do():
@@ -181,7 +181,7 @@ def test_corrupt_and_non_image_files_give_messages(tmp_path):
     empty.write_bytes(b"")
     for path in (text, truncated, empty, tmp_path / "missing.png"):
         out = prepare(str(path))
-        assert out["state"] is None and out["status"].startswith("⚠️"), path
+        assert out["state"] is None and out["status"].startswith("⚠"), path
         assert "Traceback" not in out["status"]
 
 
@@ -256,7 +256,7 @@ def test_unexpected_errors_become_a_short_generic_message(cat, monkeypatch):
 
     monkeypatch.setattr(H, "reselect", boom)
     out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 100, False, 1, "image", None, None, None, "kept")))
-    assert out["status"] == "⚠️ " + H.GENERIC_ERROR and "internal detail" not in out["status"]
+    assert out["status"] == "⚠ " + H.GENERIC_ERROR and "internal detail" not in out["status"]
 
 
 def test_gpu_decorator_is_a_no_op_without_spaces():

@@ -1,0 +1,121 @@
+"""The page in a real browser (Debian's chromium via Playwright, offline): upload an example,
+run, move the slider, open every view, and check that the views and both answers appear.
+
+Screenshots go to pytest's tmp folder and are copied to /tmp/app_screens/ for a person to look at.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHROMIUM = "/usr/bin/chromium"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SCREENS = Path("/tmp/app_screens")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(llava_pipeline):
+    import app
+    from studio.models import MANAGER
+
+    MANAGER.install(llava_pipeline)
+    app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                    **app.LAUNCH_KWARGS)
+    yield app.demo.local_url
+    app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        # Offline safety net: nothing may leave the machine.
+        context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def shot(page, tmp_path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENS / path.name)
+    return path
+
+
+def text_of(page, selector: str) -> str:
+    return page.locator(selector).inner_text()
+
+
+def test_upload_run_slide_and_read_every_view(page, app_url, tmp_path):
+    page.goto(app_url)
+    page.wait_for_selector("#run")
+    assert "not meaningful" in text_of(page, "#banner")  # the demo model says so
+
+    page.set_input_files("#image input[type=file]", str(ASSETS / "cat.jpg"))
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('64 of 577 tokens kept')")
+    page.wait_for_selector("#kept img")
+    page.fill("#question textarea", "What animal is this?")
+    page.click("#run")
+    page.wait_for_function(
+        "() => document.querySelector('#pruned-answer textarea').value.length > 0"
+        " && document.querySelector('#fidelity').innerText.includes('Fidelity')")
+    assert page.input_value("#full-answer textarea")
+    assert "576 visual tokens" in text_of(page, "#full-head")
+    assert "64 visual tokens" in text_of(page, "#pruned-head")
+    assert "faster" in text_of(page, "#pruned-stats")
+    shot(page, tmp_path, "1-answers")
+
+    # Move the slider (its number box, then release): the views redraw, the answers are flagged.
+    page.fill("#budget input[type=number]", "128")
+    page.locator("#budget input[type=number]").press("Tab")  # blur = release
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('128 of 577 tokens kept')")
+    assert "22.2% of 576" in text_of(page, "#budget-label")
+    page.wait_for_function("() => document.querySelector('#stale').innerText.includes('made with 64 tokens')")
+    shot(page, tmp_path, "2-slider-128")
+
+    # A preset button does the same.
+    page.click("#preset-192")
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('192 of 577 tokens kept')")
+
+    for tab, selector in [("Semantic groups", "#groups img"), ("NMS", "#nms img"), ("Importance", "#importance img"),
+                          ("Per-group budget", "#group-chart img"), ("Dynamic ratio", "#dynamic-chart img")]:
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_selector(selector)
+        shot(page, tmp_path, "3-" + tab.lower().replace(" ", "-"))
+    assert "φ" in text_of(page, "#dynamic-text")
+
+
+def test_bad_upload_shows_a_message_not_a_traceback(page, app_url, tmp_path):
+    page.goto(app_url)
+    page.wait_for_selector("#run")
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image")
+    page.set_input_files("#image input[type=file]", str(fake))
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('not an image format')")
+    body = page.inner_text("body")
+    assert "Traceback" not in body
+    shot(page, tmp_path, "4-bad-upload")
