@@ -164,7 +164,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     selection_s = time.perf_counter() - start
     total = sum(sel_budgets)
     gallery = method_overlays(prep.pixels, [(r.label, r.selection) for r in runs], size=336,
-                              grid_shape=tuple(prep.pipe.grid))
+                              grid_shape=tuple(prep.pipe.grid), legend=False)  # the caption says it all
     results = {}
     if answers:
         fns = {r.name: method_fn(r.spec, options=prep.options()) for r in runs}
@@ -193,6 +193,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
         "published": published_table(prep.model), "notes": prep.notes,
     }
     return {"gallery": gallery, "table": table, "json": summary, "full_answer": full_answer,
+            "full_tokens": next(iter(results.values())).visual_tokens_full if results else None,
             "selection_ms": 1000 * selection_s}
 
 
@@ -305,7 +306,7 @@ def on_compare(get_pipeline: GetPipeline):
             return gr.skip(), gr.skip(), _fail(err, "compare"), gr.skip()
         status = f"Selection with {len(out['table'])} methods: {out['selection_ms']:.0f} ms (features cached)."
         if out["full_answer"] is not None:
-            status += f"  \n**All 576 tokens answer:** {out['full_answer']}"
+            status += f"  \n**Answer with all {out['full_tokens']} visual tokens:** {out['full_answer']}"
         return out["gallery"], out["table"], status, out["json"]
     handler.__name__ = "on_compare"
     return handler
@@ -388,24 +389,24 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     with gr.Tabs():
         with gr.Tab("Side by side", id="compare-side"):
             gallery = gr.Gallery(label="Kept tokens per method", columns=4, format="png", object_fit="contain",
-                                 height="auto", elem_id="compare-gallery")
+                                 height=None, allow_preview=True, elem_id="compare-gallery")
             table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str"] * len(TABLE_HEADERS), wrap=True,
                                  interactive=False, elem_id="compare-table")
         with gr.Tab("Stability", id="compare-stability-tab"):
             seeds = gr.Slider(2, MAX_SEEDS, len(DEFAULT_STABILITY_SEEDS), step=1, label="Seeds of the randomised PCA",
                               elem_id="compare-seeds")
             stability_md = gr.Markdown()
-            with gr.Row():
+            with gr.Row(equal_height=False):
                 frequency = gr.Image(label="How often each patch is kept (white outline: exact PCA)", format="png",
-                                     interactive=False, elem_id="compare-frequency")
-                stability_plot = gr.Plot(label="Jaccard of kept sets", elem_id="compare-stability-plot")
+                                     interactive=False, scale=2, elem_id="compare-frequency")
+                stability_plot = gr.Plot(show_label=False, scale=3, elem_id="compare-stability-plot")
         with gr.Tab("Budget sweep", id="compare-sweep-tab"):
             with gr.Row():
                 sweep_budgets = gr.Textbox(", ".join(str(k) for k in DEFAULT_SWEEP_BUDGETS), label="Budgets",
                                            scale=3, elem_id="compare-budgets")
                 with_model = gr.Checkbox(True, label="Fidelity from the model (2 prefills per point)", scale=2,
                                          elem_id="compare-with-model")
-            sweep_plot = gr.Plot(label="Fidelity against budget", elem_id="compare-sweep-plot")
+            sweep_plot = gr.Plot(show_label=False, elem_id="compare-sweep-plot")
     with gr.Accordion("Raw numbers (JSON)", open=False):
         raw = gr.JSON(elem_id="compare-json")
     with gr.Accordion("Methods, sources and deviations", open=False):

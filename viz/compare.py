@@ -88,9 +88,10 @@ def method_overlays(
     *,
     size: int | None = 336,
     grid_shape: tuple[int, int] | None = None,
+    legend: bool = True,
 ) -> list[tuple[np.ndarray, str]]:
-    """``(overlay, caption)`` per method, ready for a gallery."""
-    return [(draw_method_tokens(image, sel, row, size=size, grid_shape=grid_shape, legend=True),
+    """``(overlay, caption)`` per method, ready for a gallery (``legend``: a key under each)."""
+    return [(draw_method_tokens(image, sel, row, size=size, grid_shape=grid_shape, legend=legend),
              token_caption(label, sel, row)) for label, sel in labelled]
 
 
