@@ -281,6 +281,8 @@ def sweep_selections(
     h = hidden_states[row : row + 1].expand(len(budgets), -1, -1)
     a = cls_attention[row : row + 1].expand(len(budgets), -1)
     out = {}
+    options = {name: {key: _row_copies(v, hidden_states.shape[0], row, len(budgets)) for key, v in opts.items()}
+               for name, opts in (options or {}).items()}
     for spec in _specs(methods):
         select = method_fn(spec, seed=seed, options=options)
         if spec.name == "prunesid-dyn" and "phi_ref" not in (options or {}).get(spec.name, {}):
@@ -289,6 +291,14 @@ def sweep_selections(
         else:
             out[spec.name] = select(h, a, budgets)
     return out
+
+
+def _row_copies(value, batch: int, row: int, copies: int):
+    """A per-row tensor option (``[B, ...]``, e.g. DivPrune's ``features``) cut to ``row`` and repeated
+    ``copies`` times, to go with the sweep's copies of that row; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == batch:
+        return value[row : row + 1].expand(copies, *value.shape[1:])
+    return value
 
 
 def _stack_rows(rows: list[Selection]) -> Selection:

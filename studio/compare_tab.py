@@ -12,11 +12,15 @@ Three layers, as in :mod:`studio.handlers`:
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections import OrderedDict
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import gradio as gr
+import torch
 
 from prunesid.compare import (
     DEFAULT_STABILITY_SEEDS,
@@ -117,8 +121,15 @@ class _Prepared:
         self.pixels = tower_view(self.image, self.feats.views[0].box)
         self.model = FAMILY_MODEL.get(self.pipe.family, LLAVA_15_7B)
 
+    @cached_property
     def options(self) -> dict:
-        return {"prunesid-dyn": {"phi_ref": float(self.pipe.phi_ref)}}
+        """Per-method options: φ_ref for the dynamic ratio; DivPrune on the *projected* tokens, as its code
+        prunes the LLM's input embeddings (the registry default, tower states, is for model-free use)."""
+        options = {"prunesid-dyn": {"phi_ref": float(self.pipe.phi_ref)}}
+        projected = _projected(self.pipe, self.feats.hidden_states)
+        if projected is not None:
+            options["divprune"] = {"features": projected}
+        return options
 
     def selection_budgets(self, k: int) -> list[int]:
         return list(self.pipe.adapter.selection_budgets(self.feats.views, self.pipe.budgets(self.feats, k)))
@@ -127,6 +138,33 @@ class _Prepared:
 @gpu(duration=60)
 def _encode(pipe: Pipeline, images: list):
     return pipe.encode(images)
+
+
+_PROJECTED: OrderedDict[str, torch.Tensor] = OrderedDict()
+PROJECTED_CACHE_SIZE = 8
+
+
+def _projected(pipe: Pipeline, hidden: torch.Tensor) -> torch.Tensor | None:
+    """Float32 CPU ``[V, N, D_text]``: the patch rows through the model's projector (cached by content),
+    or None if the adapter has no projector call."""
+    project = getattr(getattr(pipe, "adapter", None), "project", None)
+    if project is None:
+        return None
+    key = f"{pipe.model_id}|{tuple(hidden.shape)}|" + hashlib.sha1(hidden.float().contiguous().numpy().tobytes()).hexdigest()
+    if key not in _PROJECTED:
+        _PROJECTED[key] = _project(project, hidden)
+        while len(_PROJECTED) > PROJECTED_CACHE_SIZE:
+            _PROJECTED.popitem(last=False)
+    _PROJECTED.move_to_end(key)
+    return _PROJECTED[key]
+
+
+@gpu(duration=60)
+def _project(project, hidden: torch.Tensor) -> torch.Tensor:
+    v, tokens, d = hidden.shape
+    with torch.inference_mode():
+        rows = project(hidden[:, 1:].reshape(-1, d))  # (V·N, D_text)
+    return rows.float().cpu().reshape(v, tokens - 1, -1).clone()
 
 
 @gpu(duration=180)
@@ -157,17 +195,18 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     sel_budgets = prep.selection_budgets(k)
     if progress is not None:
         progress(0.2, desc="Selecting tokens with every method…")
+    options = prep.options  # DivPrune's projected tokens: one projector pass, cached per image
     start = time.perf_counter()
     with single_thread():
         runs = compare_methods(prep.feats.hidden_states, prep.feats.cls_attention, sel_budgets, names,
-                               options=prep.options(), model=prep.model)
+                               options=prep.options, model=prep.model)
     selection_s = time.perf_counter() - start
     total = sum(sel_budgets)
     gallery = method_overlays(prep.pixels, [(r.label, r.selection) for r in runs], size=336,
                               grid_shape=tuple(prep.pipe.grid), legend=False)  # the caption says it all
     results = {}
     if answers:
-        fns = {r.name: method_fn(r.spec, options=prep.options()) for r in runs}
+        fns = {r.name: method_fn(r.spec, options=prep.options) for r in runs}
         results = _answers(prep.pipe, prep.image, question, k, fns, int(max_new_tokens), progress)
     full_answer = next(iter(results.values())).full_answer if results else None
 
@@ -244,7 +283,7 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
     points = parse_budgets(budgets, prep.pipe.num_patches)
     fidelity = None
     if with_model:
-        options = prep.options()
+        options = prep.options
 
         def fidelity(name, k, _selection):  # the pipeline re-selects (deterministically) on all views
             return prep.pipe.compare([prep.image], question, k, selection=method_fn(name, options=options),
@@ -282,7 +321,7 @@ def _published_text(method: str, k: int, model: str):
 @gpu(duration=300)
 def _sweep(prep: _Prepared, points, names, fidelity, report):
     return budget_sweep(prep.feats.hidden_states, prep.feats.cls_attention, points, names, fidelity=fidelity,
-                        fidelity_metric="first_token_kl_nats" if fidelity else None, options=prep.options(),
+                        fidelity_metric="first_token_kl_nats" if fidelity else None, options=prep.options,
                         progress=report)
 
 

@@ -307,3 +307,25 @@ def test_compare_endpoint_with_gradio_client(llava_pipeline, image_path):
         client.close()
     finally:
         demo.close()
+
+
+def test_sweep_passes_per_row_options(case):
+    hidden, attention = case
+    features = torch.randn(1, 576, 64, generator=torch.Generator().manual_seed(0))
+    options = {"divprune": {"features": features}}
+    sel = sweep_selections(hidden, attention, (16, 64), ["divprune"], options=options)["divprune"]
+    alone = get_method("divprune").fn(hidden, attention, 64, features=features)
+    assert torch.equal(take_row(sel, 1).keep, alone.keep)
+    assert not torch.equal(alone.keep, get_method("divprune").fn(hidden, attention, 64).keep)
+
+
+def test_tab_runs_divprune_on_projected_tokens(llava_pipeline, image_path):
+    from studio.compare_tab import _Prepared
+
+    prep = _Prepared(image_path, lambda: llava_pipeline)
+    features = prep.options["divprune"]["features"]
+    hidden = prep.feats.hidden_states
+    assert features.shape[:2] == (hidden.shape[0], hidden.shape[1] - 1)
+    with torch.inference_mode():
+        expected = llava_pipeline.adapter.project(hidden[0, 1:]).float().cpu()
+    assert torch.allclose(features[0], expected, atol=1e-5)
