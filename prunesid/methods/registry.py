@@ -107,7 +107,8 @@ METHODS: dict[str, MethodSpec] = {
             "Alvar et al., DivPrune: Diversity-based Visual Token Pruning for LMMs, CVPR 2025",
             "https://github.com/vbdi/divprune", False,
             "Greedy max-min diversity: repeatedly add the patch farthest (1 − cos) from the chosen set.",
-            ("Distances on the tower's layer −2 patch states, not on the projected tokens (features= accepts them).",
+            ("By default distances on the tower's layer −2 patch states; the code uses the projected tokens "
+             "(features= accepts them; the app's Compare tab passes the projector's output).",
              "Budget as a count instead of SUBSET_RATIO.",
              "Diagonal and already-picked tokens masked (differs only for exact duplicates)."),
         ),
