@@ -8,7 +8,9 @@ Three layers, as in :mod:`studio.handlers`:
 * core steps (:func:`compare_view`, :func:`stability_view`, :func:`sweep_view`) that raise
   ValueError / MediaError / ModelLoadError with a message for a person; tests call these;
 * ``on_*`` handlers that never raise (a ``gr.Warning`` and a status line instead);
-* JSON endpoints for ``gradio_client``: ``/compare``, ``/compare_stability``, ``/compare_sweep``.
+* JSON endpoints for ``gradio_client``: ``/compare`` (public: every method at one budget, with the
+  published figures), and, callable but left out of the API page to keep it small,
+  ``/compare_stability`` (image, budget, seeds) and ``/compare_sweep`` (image, question, budgets, methods).
 """
 from __future__ import annotations
 
@@ -485,12 +487,12 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         concurrency_id="model")
     api_stability.click(
         _endpoint(lambda im, k, s: stability_view(im, k, s, get_pipeline)["json"], "compare_stability"),
-        [api_image, api_budget, api_seeds], api_out, api_name="compare_stability",
+        [api_image, api_budget, api_seeds], api_out, api_name="compare_stability", api_visibility="undocumented",
         api_description="Jaccard of PruneSID's kept set: randomised PCA (one run per seed) vs exact, as JSON.",
         concurrency_id="model")
     api_sweep.click(
         _endpoint(lambda im, q, b, ms: sweep_view(im, q, b, check_methods(_api_methods(ms)), get_pipeline)["json"],
                   "compare_sweep"),
-        [api_image, api_question, api_budgets, api_methods], api_out, api_name="compare_sweep",
+        [api_image, api_question, api_budgets, api_methods], api_out, api_name="compare_sweep", api_visibility="undocumented",
         api_description="Per method and budget: tokens, feature coverage and first-token KL, as JSON.",
         concurrency_id="model")

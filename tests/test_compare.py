@@ -329,3 +329,28 @@ def test_tab_runs_divprune_on_projected_tokens(llava_pipeline, image_path):
     with torch.inference_mode():
         expected = llava_pipeline.adapter.project(hidden[0, 1:]).float().cpu()
     assert torch.allclose(features[0], expected, atol=1e-5)
+
+
+def test_stability_and_sweep_endpoints(llava_pipeline, image_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    import gradio as gr
+
+    from studio.compare_tab import build_compare_tab
+
+    with gr.Blocks() as demo:
+        image = gr.Image(type="filepath")
+        build_compare_tab(image, gr.Textbox("q"), gr.Slider(2, 577, 64, step=1), lambda: llava_pipeline)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/compare"}
+        st = client.predict(gradio_client.handle_file(image_path), 64, 3, api_name="/compare_stability")
+        assert st["exact_repeat_jaccard"] == 1.0 and len(st["seeds"]) == 3
+        sw = client.predict(gradio_client.handle_file(image_path), "What is this?", "16, 64", "grid, divprune",
+                            api_name="/compare_sweep")
+        assert sw["methods"] == ["grid", "divprune"] and sw["budgets"] == [16, 64]
+        assert sw["published"]["divprune"]["64"] == 94.6
+        client.close()
+    finally:
+        demo.close()
