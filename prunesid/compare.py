@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from functools import partial
 from typing import Callable, Iterable, Sequence
 
 import numpy as np

@@ -195,8 +195,6 @@ def test_comparison_pictures(case):
 # ---- the tab (tiny offline demo model) ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_path(tmp_path_factory):
-    from PIL import Image
-
     from conftest import make_image
 
     path = tmp_path_factory.mktemp("compare") / "blocks.png"
