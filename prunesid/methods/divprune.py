@@ -53,7 +53,7 @@ def max_min_greedy(distance: torch.Tensor, k: int) -> torch.Tensor:
 
 def _core(hidden_states, cls_attention, k, *, features):
     n = cls_attention.shape[1]
-    source = hidden_states[:, 1:] if features is None else features
+    source = hidden_states[:, 1:] if features is None else features.to(hidden_states.device)
     units = F.normalize(source.float(), dim=-1)  # (B, N, D)
     distance = 1.0 - units @ units.transpose(1, 2)  # (B, N, N)
     picks = max_min_greedy(distance, min(k, n))

@@ -70,7 +70,7 @@ def _core(hidden_states, cls_attention, k, *, contextual, metric):
     is_target[targets] = True
     others = (~is_target).nonzero().squeeze(1)  # (R − c,)
 
-    source = hidden_states[:, 1:] if metric is None else metric[:, 1:]
+    source = hidden_states[:, 1:] if metric is None else metric[:, 1:].to(device)
     units = F.normalize(source.float().gather(1, rest[..., None].expand(-1, -1, source.shape[-1])), dim=-1)  # (B, R, D')
     assign = (units[:, others] @ units[:, targets].transpose(1, 2)).argmax(dim=-1)  # (B, R − c) target slot
 
