@@ -201,14 +201,14 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     start = time.perf_counter()
     with single_thread():
         runs = compare_methods(prep.feats.hidden_states, prep.feats.cls_attention, sel_budgets, names,
-                               options=prep.options, model=prep.model)
+                               options=options, model=prep.model)
     selection_s = time.perf_counter() - start
     total = sum(sel_budgets)
     gallery = method_overlays(prep.pixels, [(r.label, r.selection) for r in runs], size=336,
                               grid_shape=tuple(prep.pipe.grid), legend=False)  # the caption says it all
     results = {}
     if answers:
-        fns = {r.name: method_fn(r.spec, options=prep.options) for r in runs}
+        fns = {r.name: method_fn(r.spec, options=options) for r in runs}
         results = _answers(prep.pipe, prep.image, question, k, fns, int(max_new_tokens), progress)
     full_answer = next(iter(results.values())).full_answer if results else None
 
