@@ -28,9 +28,11 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    MANAGER.preload_in_background()
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **LAUNCH_KWARGS)
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), prevent_thread_lock=True,
+                **LAUNCH_KWARGS)
+    MANAGER.preload_in_background()  # after the page is up, so the first visitor isn't kept waiting
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class SafeVideo(gr.Video):
 class GroupImage(gr.AnnotatedImage):
     """``gr.AnnotatedImage`` for the PSCA groups (legend hover isolates a group)."""
 
+    info = None  # AnnotatedImage never sets it, but Gradio's config refresh after an update reads it
+
     def get_block_name(self) -> str:
         return "annotatedimage"
 

@@ -464,3 +464,4 @@ def analyze_endpoint(image: str | None, question: str | None, budget: float | in
     except Exception:
         log.exception("unexpected error in /analyze")
         raise gr.Error(GENERIC_ERROR) from None
+

@@ -18,6 +18,9 @@ from .views import KEPT_CAPTION, budget_label
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 PRESETS = (64, 128, 192)
+# Examples are not cached: they fill the inputs and the upload handler draws the views at once
+# (answers on Run). Gradio 6.31's lazy example cache fails on outputs that are component updates
+# (the group legend's colours, the video gallery's visibility), see the report of issue 5.
 
 HEADER = """# ✂️ PruneSID Studio
 **PruneSID** (ICLR 2026, [arXiv 2603.09480](https://arxiv.org/abs/2603.09480)) hands a LLaVA model only
@@ -136,7 +139,8 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
             status = gr.Markdown(elem_id="status")
             with gr.Tabs():
                 with gr.Tab("Image examples"):
-                    gr.Examples(_examples(), inputs=[image, question], label="Examples: click one, then Run", examples_per_page=5)
+                    gr.Examples(_examples(), inputs=[image, question],
+                                                 label="Examples: click one, then Run", examples_per_page=5)
                 if (ASSETS / "pan_zoom.mp4").exists():
                     with gr.Tab("Video example"):
                         gr.Examples([[str(ASSETS / "pan_zoom.mp4"), "What does the camera do?"]],

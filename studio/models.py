@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 from prunesid.pipeline import DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline
@@ -80,6 +81,7 @@ class ModelManager:
     def _load(self, wanted: str, progress) -> None:
         if progress is not None:
             progress(0.05, desc=f"Loading {wanted} (first use only)…")
+        start = time.perf_counter()
         self._pipe = None  # free the old model before loading the next one
         try:
             pipe = load_pipeline(wanted)
@@ -101,6 +103,8 @@ class ModelManager:
         self.state.fallback_reason = reason
         self.state.phi_ref = float(pipe.phi_ref)
         self.state.reference_phis = phis
+        log.info("model %s ready in %.1f s%s", pipe.model_id, time.perf_counter() - start,
+                 f" (fallback: {reason})" if reason else "")
 
     def install(self, pipe: Pipeline) -> None:
         """Use an already loaded pipeline (tests, notebooks) instead of loading one."""

@@ -125,9 +125,11 @@ def summary(analysis: Analysis, view: int = 0) -> str:
     groups = int(sel.num_groups[view])
     picks = int((sel.nms_rank[view] >= 0).sum())
     where = f" ({analysis.view_label(view)})" if analysis.num_views > 1 else ""
-    return (f"**{k} of {analysis.num_patches + 1} tokens kept**{where}: {groups} semantic groups, "
-            f"{picks} patches survive NMS (similarity threshold τ = {float(sel.tau[view]):.3f}, "
-            f"mean similarity ρ = {float(sel.rho[view]):.3f}). Selected in {analysis.selection_ms:.0f} ms "
+    tau = float(sel.tau[view])
+    nms = (f"{picks} patches survive NMS (similarity threshold τ = (K/32)·ρ = {tau:.3f}"
+           + (", so at this budget nothing is suppressed)" if tau >= 1 else ")"))
+    return (f"**{k} of {analysis.num_patches + 1} tokens kept**{where}: {groups} semantic groups, {nms}; "
+            f"mean similarity ρ = {float(sel.rho[view]):.3f}. Selected in {analysis.selection_ms:.0f} ms "
             f"from cached features.")
 
 

@@ -66,6 +66,12 @@ def shot(page, tmp_path, name: str) -> Path:
     return path
 
 
+def wait_idle(page) -> None:
+    """Until no component shows Gradio's "processing" overlay (views are drawn lazily per tab)."""
+    page.wait_for_timeout(150)
+    page.wait_for_function("() => !document.body.innerText.includes('processing |')")
+
+
 def text_of(page, selector: str) -> str:
     return page.locator(selector).inner_text()
 
@@ -87,6 +93,7 @@ def test_upload_run_slide_and_read_every_view(page, app_url, tmp_path):
     assert "576 visual tokens" in text_of(page, "#full-head")
     assert "64 visual tokens" in text_of(page, "#pruned-head")
     assert "faster" in text_of(page, "#pruned-stats")
+    wait_idle(page)
     shot(page, tmp_path, "1-answers")
 
     # Move the slider (its number box, then release): the views redraw, the answers are flagged.
@@ -95,6 +102,7 @@ def test_upload_run_slide_and_read_every_view(page, app_url, tmp_path):
     page.wait_for_function("() => document.querySelector('#summary').innerText.includes('128 of 577 tokens kept')")
     assert "22.2% of 576" in text_of(page, "#budget-label")
     page.wait_for_function("() => document.querySelector('#stale').innerText.includes('made with 64 tokens')")
+    wait_idle(page)
     shot(page, tmp_path, "2-slider-128")
 
     # A preset button does the same.
@@ -105,8 +113,9 @@ def test_upload_run_slide_and_read_every_view(page, app_url, tmp_path):
                           ("Per-group budget", "#group-chart img"), ("Dynamic ratio", "#dynamic-chart img")]:
         page.get_by_role("tab", name=tab).click()
         page.wait_for_selector(selector)
+        wait_idle(page)
         shot(page, tmp_path, "3-" + tab.lower().replace(" ", "-"))
-    assert "φ" in text_of(page, "#dynamic-text")
+    assert "φ" in text_of(page, "#dynamic-text") and "192" in text_of(page, "#dynamic-text")
 
 
 def test_bad_upload_shows_a_message_not_a_traceback(page, app_url, tmp_path):
