@@ -45,10 +45,13 @@ def redundancy_from_units(units: torch.Tensor) -> torch.Tensor:
 
 
 def redundancy_from_similarity(similarity: torch.Tensor) -> torch.Tensor:
-    """Float32 ``[B]``: rho from a full ``[B, N, N]`` similarity matrix (the reference's formula)."""
+    """Float32 ``[B]``: rho from a full ``[B, N, N]`` similarity matrix (mean of the pairs i < j).
+
+    Summed exactly as the reference sums it (the strict upper triangle, zeros elsewhere):
+    a different order moves rho in its last bit, which can flip an ``S > tau`` near-tie.
+    """
     n = similarity.shape[-1]
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=similarity.device), diagonal=1)
-    return (similarity * upper).sum(dim=(-1, -2)) / max(int(upper.sum()), 1)
+    return torch.triu(similarity, diagonal=1).sum(dim=(-1, -2)) / max(n * (n - 1) // 2, 1)
 
 
 def needs_similarity(tau: torch.Tensor) -> torch.Tensor:
