@@ -72,7 +72,7 @@ CSS = """
 #summary p { margin: 0; }
 """
 
-LAUNCH_KWARGS = dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, max_file_size="100mb",
+LAUNCH_KWARGS = dict(theme=gr.themes.Default(primary_hue="indigo"), css=CSS, max_file_size="100mb",
                      footer_links=["api", "gradio", "settings"])
 """Keyword arguments for ``demo.launch`` (Gradio 6 takes theme and CSS there)."""
 QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=32)

@@ -128,3 +128,20 @@ def test_bad_upload_shows_a_message_not_a_traceback(page, app_url, tmp_path):
     body = page.inner_text("body")
     assert "Traceback" not in body
     shot(page, tmp_path, "4-bad-upload")
+
+
+@pytest.mark.skipif(not (ASSETS / "pan_zoom.mp4").exists(), reason="assets/pan_zoom.mp4 is not in the checkout")
+def test_video_shows_per_frame_overlays_and_budgets(page, app_url, tmp_path):
+    page.goto(app_url)
+    page.wait_for_selector("#run")
+    page.get_by_role("tab", name="Video", exact=True).click()
+    page.check("#dynamic input[type=checkbox]")
+    page.set_input_files("#video input[type=file]", str(ASSETS / "pan_zoom.mp4"))
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('frames sampled')")
+    page.wait_for_selector("#gallery img")
+    assert "frame 1" in text_of(page, "#summary")
+    page.get_by_role("tab", name="Dynamic ratio").click()
+    page.wait_for_selector("#frame-chart img")
+    wait_idle(page)
+    assert "share" in text_of(page, "#dynamic-text")
+    shot(page, tmp_path, "5-video")
