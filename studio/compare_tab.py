@@ -429,8 +429,8 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     status = gr.Markdown(elem_id="compare-status")
     with gr.Tabs():
         with gr.Tab("Side by side", id="compare-side"):
-            gallery = gr.Gallery(label="Kept tokens per method", columns=4, format="png", object_fit="contain",
-                                 height=None, allow_preview=True, elem_id="compare-gallery")
+            gallery = gr.Gallery(label="Kept tokens per method", columns=4, rows=2, format="png", object_fit="contain",
+                                 height=660, allow_preview=True, elem_id="compare-gallery")
             table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str"] * len(TABLE_HEADERS), wrap=True,
                                  interactive=False, elem_id="compare-table")
         with gr.Tab("Stability", id="compare-stability-tab"):
