@@ -10,6 +10,7 @@ Two layers:
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import warnings
 from dataclasses import replace
@@ -87,9 +88,14 @@ def load_media(kind: str, image: str | None, video: str | None) -> tuple[list, l
     return [img], notes, None, str(image)
 
 
+_PIPE_LOCK = threading.RLock()
+"""The pipeline's feature cache is not thread-safe: uploads, Run and /analyze take turns on it."""
+
+
 @gpu(duration=60)
 def _encode(pipe: Pipeline, images: list) -> EncodedImages:
-    return pipe.encode(images)
+    with _PIPE_LOCK:
+        return pipe.encode(images)
 
 
 def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str],
@@ -123,8 +129,9 @@ def reselect(analysis: Analysis, budget: Any, dynamic: bool, pipe: Pipeline) -> 
 
 @gpu(duration=120)
 def _compare(pipe: Pipeline, images, question, budget, dynamic, max_new_tokens) -> CompareResult:
-    return pipe.compare(images, question, budget, dynamic=dynamic, max_new_tokens=max_new_tokens,
-                        selection=_select_single_thread)
+    with _PIPE_LOCK:
+        return pipe.compare(images, question, budget, dynamic=dynamic, max_new_tokens=max_new_tokens,
+                            selection=_select_single_thread)
 
 
 def answer(analysis: Analysis, question: Any, budget: Any, dynamic: bool, pipe: Pipeline,

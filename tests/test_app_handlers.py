@@ -266,3 +266,10 @@ def test_gpu_decorator_is_a_no_op_without_spaces():
         return x + 1
 
     assert gpu(30)(f)(1) == 2
+
+
+def test_model_picker_falls_back_and_says_so(demo_model):
+    banner, model, state = H.on_model_change("no-such-org/picked-model", progress=H._no_progress)
+    assert "not meaningful" in banner and "no-such-org/picked-model" in banner
+    assert model["value"] == "demo/tiny-llava-1.5" and state is None
+    MANAGER.install(demo_model)  # back to the shared pipeline for later tests
