@@ -354,6 +354,11 @@ def on_tab(part: str):
     return handler
 
 
+def on_clear_answers() -> tuple:
+    """New media: the answers on screen were about the previous one, so clear them."""
+    return "", "", "", "", "", stale_note(None)
+
+
 def _no_progress(*_args, **_kwargs):
     return None
 

@@ -202,7 +202,10 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     video_tab.select(lambda: "video", None, kind, queue=False, **private)
     for source, name in ((image, "image"), (video, "video")):
         source.change(H.on_media(name), [source, model, budget, dynamic, state], [kind] + view_out,
-                      show_progress="minimal", concurrency_id="model", **private).then(H.on_load, None, [banner], **private)
+                      show_progress="minimal", concurrency_id="model", **private
+                      ).then(H.on_load, None, [banner], **private)
+        source.upload(H.on_clear_answers, None, [full_answer, full_stats, pruned_answer, pruned_stats, fidelity, stale],
+                      queue=False, **private)
 
     run.click(H.on_prepare, [kind, image, video, model, budget, dynamic, frame, state], view_out,
               show_progress="minimal", concurrency_id="model", **private
