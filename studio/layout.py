@@ -155,7 +155,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                                           max_height=520, elem_id="kept", show_label=False)
                     gr.Markdown(KEPT_CAPTION)
                 with gr.Tab("Semantic groups", id="tab-groups") as tab_groups:
-                    groups = GroupImage(format="png", show_legend=True, height=560, elem_id="groups",
+                    groups = GroupImage(format="png", show_legend=True, height=640, elem_id="groups",
                                         show_label=False)
                     groups_note = gr.Markdown()
                 with gr.Tab("NMS", id="tab-nms") as tab_nms:

@@ -18,8 +18,9 @@ DISPLAY = 504
 """Pixel side of the main overlays (21 px per patch: the 24×24 grid stays crisp)."""
 THUMB = 336
 """Pixel side of the per-frame overlays in the video gallery."""
-MAX_GROUP_ANNOTATIONS = 32
-"""Groups shown as separate, hoverable legend entries; smaller ones are pooled (K ≥ 132)."""
+MAX_GROUP_ANNOTATIONS = 16
+"""Groups shown as separate, hoverable legend entries (all of them up to K = 67); beyond, the
+smaller groups are pooled in one grey entry so the legend leaves room for the picture."""
 OTHER_GROUPS_HEX = "#9a9a9a"
 
 
