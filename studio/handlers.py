@@ -93,15 +93,16 @@ _PIPE_LOCK = threading.RLock()
 
 
 @gpu(duration=60)
-def _encode(pipe: Pipeline, images: list) -> EncodedImages:
+def _encode(pipe: Pipeline, images: list, manager: ModelManager) -> EncodedImages:
     with _PIPE_LOCK:
+        manager.calibrate(pipe)  # no-op after the first call for this model
         return pipe.encode(images)
 
 
 def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str],
            frame_times: list[float] | None, manager: ModelManager = MANAGER) -> Analysis:
     """One tower pass over the media (cached by content); everything later reuses it."""
-    feats = _encode(pipe, images)
+    feats = _encode(pipe, images, manager)
     pixels = [tower_view(images[v.image], v.box) for v in feats.views]
     return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo, images=images,
                     feats=feats, view_pixels=pixels, grid=tuple(pipe.grid),

@@ -94,15 +94,12 @@ class ModelManager:
             if progress is not None:
                 progress(0.3, desc="Falling back to the offline demo model…")
             pipe = load_pipeline(DEMO_MODEL_ID)
-        if progress is not None:
-            progress(0.6, desc="Calibrating the dynamic ratio (once per model)…")
-        phis = reference_phis(pipe)
         self._pipe = pipe
         self.state.active = pipe.model_id
         self.state.is_demo = pipe.is_demo
         self.state.fallback_reason = reason
-        self.state.phi_ref = float(pipe.phi_ref)
-        self.state.reference_phis = phis
+        self.state.phi_ref = None  # calibrated on first use, inside the GPU step (see calibrate)
+        self.state.reference_phis = []
         log.info("model %s ready in %.1f s%s", pipe.model_id, time.perf_counter() - start,
                  f" (fallback: {reason})" if reason else "")
 
@@ -113,8 +110,22 @@ class ModelManager:
             self.state.requested = self.state.active = pipe.model_id
             self.state.is_demo = pipe.is_demo
             self.state.fallback_reason = None
-            self.state.phi_ref = float(pipe.phi_ref)
-            self.state.reference_phis = reference_phis(pipe)
+            self.state.phi_ref = None
+            self.state.reference_phis = []
+
+    def calibrate(self, pipe: Pipeline) -> None:
+        """φ_ref and the calibration images' φ for ``pipe`` (a tower pass over 5 images, once per model).
+
+        Called from inside the GPU step (``studio.handlers._encode``): on ZeroGPU the tower may only
+        run inside a ``spaces.GPU`` function, so this is not done at load time.
+        """
+        with self._lock:
+            if self.state.phi_ref is not None and pipe is self._pipe:
+                return
+            phis = reference_phis(pipe)
+            phi_ref = float(pipe.phi_ref)
+            if pipe is self._pipe:
+                self.state.reference_phis, self.state.phi_ref = phis, phi_ref
 
     def preload_in_background(self) -> threading.Thread:
         """Start loading the requested model now, so the first Run does not wait for it."""
