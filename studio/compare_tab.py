@@ -15,7 +15,6 @@ Three layers, as in :mod:`studio.handlers`:
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections import OrderedDict
 from functools import cached_property
@@ -47,6 +46,7 @@ from prunesid.published import (
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability
 
 from .components import SafeImage
+from .handlers import check_budget  # one budget rule for the whole app
 from .runtime import gpu, limit_blas_threads, log, single_thread
 from .session import tower_view
 
@@ -66,18 +66,6 @@ limit_blas_threads(1)
 
 
 # ---- inputs --------------------------------------------------------------------------------
-def check_budget(budget: Any, num_patches: int = 576) -> int:
-    """The budget as an int in [2, 1+N] (CLS included), or a ValueError that says so."""
-    try:
-        value = float(budget)
-    except (TypeError, ValueError):
-        raise ValueError(f"The token budget must be a number, got {budget!r}.") from None
-    if not math.isfinite(value) or value != int(value):
-        raise ValueError(f"The token budget must be a whole number, got {budget!r}.")
-    k = int(value)
-    if not 2 <= k <= num_patches + 1:
-        raise ValueError(f"The token budget must be between 2 and {num_patches + 1} (CLS included); got {k}.")
-    return k
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
