@@ -64,3 +64,25 @@ def llava_next_video_pipeline(demo_cache):
     from prunesid.adapters.registry import DEMO_NEXT_VIDEO_MODEL_ID
 
     return load_pipeline(DEMO_NEXT_VIDEO_MODEL_ID, device="cpu")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(llava_pipeline):
+    """The app launched in-process on loopback with the tiny demo model; its URL."""
+    import app
+    from studio.models import MANAGER
+
+    MANAGER.install(llava_pipeline)
+    app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                    **app.LAUNCH_KWARGS)
+    yield app.demo.local_url
+    app.demo.close()

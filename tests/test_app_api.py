@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,11 @@ gradio_client = pytest.importorskip("gradio_client")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def client(llava_pipeline):
-    import app
-    from studio.models import MANAGER
-
-    MANAGER.install(llava_pipeline)
-    app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                    **app.LAUNCH_KWARGS)
-    c = gradio_client.Client(app.demo.local_url, verbose=False)
+def client(app_url):
+    c = gradio_client.Client(app_url, verbose=False)
     yield c
     c.close()
-    app.demo.close()
 
 
 def test_analyze_is_public_and_the_ui_events_are_not(client):
