@@ -297,3 +297,31 @@ def test_views_on_real_selection(real_selection):
     ann = viz.group_annotations(img, sel)
     assert sum(int(label.split("keeps ")[1]) for _, label in ann.annotations) == n_kept
     assert isinstance(viz.plot_group_budgets(sel), Figure)
+
+
+def test_dynamic_ratio_cached_background_matches_a_full_draw():
+    """The dynamic-ratio chart reuses a cached rendering of its static part (histogram, marker,
+    labels) across budgets; the result must equal a full draw pixel for pixel."""
+    from viz.plots import DynamicRatioFigure
+
+    ref = np.linspace(0.4, 0.7, 30)
+    DynamicRatioFigure._backgrounds.clear()
+    viz.figure_to_array(viz.plot_dynamic_ratio(0.62, ref, 71, mean_budget=64))  # fills the cache
+    assert len(DynamicRatioFigure._backgrounds) == 1
+    for budget, mean_budget in ((140, 128), (30, None)):
+        cached = viz.figure_to_array(viz.plot_dynamic_ratio(0.62, ref, budget, mean_budget=mean_budget))
+        fig = viz.plot_dynamic_ratio(0.62, ref, budget, mean_budget=mean_budget)
+        fig.set_background_key(None)  # always a full draw
+        assert np.array_equal(cached, viz.figure_to_array(fig))
+    assert len(DynamicRatioFigure._backgrounds) == 2  # with and without the top axis
+    # another φ is another background, and the PNG written for gr.Plot has the same pixels
+    import io
+
+    from PIL import Image
+
+    fig = viz.plot_dynamic_ratio(0.5, ref, 64, mean_budget=64)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    png = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert np.array_equal(png, viz.figure_to_array(fig))
+    assert len(DynamicRatioFigure._backgrounds) == 3
