@@ -72,21 +72,23 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
 
 
 def _group_annotations(pixels, sel, view, grid):
-    ann = viz.group_annotations(pixels, sel, view, size=DISPLAY, grid_shape=grid)
-    items, colors = list(ann.annotations), dict(ann.color_map)
-    note = (f"{len(items)} non-empty groups. Hover a legend entry to see only that group; "
+    sr = viz.selection_row(sel, view)
+    nonempty = [g for g in range(sr.num_groups) if sr.group_size[g] > 0]
+    note = (f"{len(nonempty)} non-empty groups. Hover a legend entry to see only that group; "
             "white dots are the kept tokens.")
-    if len(items) > MAX_GROUP_ANNOTATIONS:
-        items.sort(key=lambda it: -int(it[1].split(":")[1].split()[0]))  # by size (label "group g: c patches…")
-        head, tail = items[:MAX_GROUP_ANNOTATIONS - 1], items[MAX_GROUP_ANNOTATIONS - 1:]
-        head.sort(key=lambda it: int(it[1].split(":")[0].split()[1]))
-        pooled = np.maximum.reduce([m for m, _ in tail])
-        size = sum(int(lbl.split(":")[1].split()[0]) for _, lbl in tail)
-        label = f"{len(tail)} smaller groups: {size} patches"
-        items = head + [(pooled, label)]
-        colors = {lbl: colors[lbl] for _, lbl in head} | {label: OTHER_GROUPS_HEX}
-        note = (f"{len(ann.annotations)} non-empty groups: the {len(head)} largest have their own legend entry, "
-                f"the other {len(tail)} are pooled in grey (the per-group chart lists them all).")
+    if len(nonempty) <= MAX_GROUP_ANNOTATIONS:
+        ann = viz.group_annotations(pixels, sel, view, size=DISPLAY, grid_shape=grid)
+        return (ann.base, list(ann.annotations), dict(ann.color_map)), note
+    # Only the largest groups get a mask of their own; the rest share one (built directly,
+    # not as ~130 full-size masks merged afterwards).
+    by_size = sorted(nonempty, key=lambda g: -int(sr.group_size[g]))  # stable: ties in group order
+    head, tail = sorted(by_size[:MAX_GROUP_ANNOTATIONS - 1]), by_size[MAX_GROUP_ANNOTATIONS - 1:]
+    ann = viz.group_annotations(pixels, sel, view, size=DISPLAY, grid_shape=grid, groups=head, pool=tail)
+    label = f"{len(tail)} smaller groups: {int(sum(int(sr.group_size[g]) for g in tail))} patches"
+    items = list(ann.annotations) + [(ann.pooled, label)]
+    colors = {lbl: ann.color_map[lbl] for _, lbl in ann.annotations} | {label: OTHER_GROUPS_HEX}
+    note = (f"{len(nonempty)} non-empty groups: the {len(head)} largest have their own legend entry, "
+            f"the other {len(tail)} are pooled in grey (the per-group chart lists them all).")
     return (ann.base, items, colors), note
 
 

@@ -17,7 +17,7 @@ Marker sizes and line widths scale with the cell size, so views look the same at
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -189,6 +189,8 @@ def group_masks(
     grid_shape: tuple[int, int] | None = None,
     fill: float = 0.55,
     cutout_kept: bool = True,
+    groups: Sequence[int] | None = None,
+    pool: Sequence[int] | None = None,
 ) -> list[tuple[np.ndarray, str]]:
     """One ``(mask, label)`` per non-empty PSCA group, for ``gr.AnnotatedImage``.
 
@@ -197,6 +199,9 @@ def group_masks(
     and 0 where a kept-token dot sits (so dots drawn on the base image stay visible).
     Groups are listed in group order; empty groups are skipped, so the annotation
     index is not the group id: parse it from the label (:func:`group_label`).
+
+    ``groups``: only these group ids (in that order; default all). ``pool``: group ids whose
+    masks are merged into one more entry at the end, labelled ``""`` (left out when empty).
     """
     sr = selection_row(selection, row)
     rows, cols = grid_shape or sr.grid_shape()
@@ -209,10 +214,15 @@ def group_masks(
         r = 0.2 * grid.cell_size + 1.0 * _line_width(grid)
         base *= 1.0 - (_disc_coverage(grid, r) * sr.kept[grid.cell_map]).astype(np.float32)
     out = []
-    for g in range(sr.num_groups):  # one mask per group: G <= 144
+    zero = np.float32(0.0)
+    for g in range(sr.num_groups) if groups is None else groups:  # one mask per group: G <= 144
         if sr.group_size[g] == 0:
             continue
-        out.append((np.where(g_px == g, base, 0.0).astype(np.float32), group_label(g, int(sr.group_size[g]), int(sr.group_budget[g]))))
+        out.append((np.where(g_px == g, base, zero), group_label(g, int(sr.group_size[g]), int(sr.group_budget[g]))))
+    if pool is not None and len(pool):
+        member = np.zeros(max(sr.num_groups, int(sr.group.max()) + 1), dtype=bool)
+        member[np.asarray(pool, dtype=np.int64)] = True
+        out.append((np.where(member[g_px], base, zero), ""))
     return out
 
 
@@ -222,6 +232,8 @@ class GroupAnnotations(NamedTuple):
     base: np.ndarray
     annotations: list[tuple[np.ndarray, str]]
     color_map: dict[str, str]
+    pooled: np.ndarray | None = None
+    """The merged mask of the ``pool`` groups, when asked for."""
 
 
 def group_annotations(
@@ -231,18 +243,23 @@ def group_annotations(
     *,
     size: int | None = None,
     grid_shape: tuple[int, int] | None = None,
+    groups: Sequence[int] | None = None,
+    pool: Sequence[int] | None = None,
 ) -> GroupAnnotations:
     """The PSCA groups as an annotated image: hovering a legend entry isolates a group.
 
     ``base`` is the display image with kept tokens marked by white dots; the masks
     (:func:`group_masks`) leave holes where the dots are, so they stay visible.
+    ``groups`` / ``pool``: as in :func:`group_masks`; the pooled mask (if any) is ``pooled``,
+    not in ``annotations``.
     """
     image, grid, sr = prepare(image, selection, row, size, grid_shape)
     base = _kept_dots(image, grid, sr.kept)
-    ann = group_masks(selection, row, grid=grid)
+    ann = group_masks(selection, row, grid=grid, groups=groups, pool=pool)
+    pooled = ann.pop()[0] if ann and ann[-1][1] == "" else None
     hexes = group_hex(sr.num_groups)
     labels = {label: hexes[int(label.split(":")[0].split()[1]) - 1] for _, label in ann}
-    return GroupAnnotations(base, ann, labels)
+    return GroupAnnotations(base, ann, labels, pooled)
 
 
 # ---- 3. NMS ---------------------------------------------------------------------------------
