@@ -75,14 +75,38 @@ class GroupImage(gr.AnnotatedImage):
             h, w = base.shape[:2]
         sections = []
         for mask, label in annotations:
-            alpha = np.asarray(mask, dtype=np.float32)
-            rgba = np.empty((h, w, 4), dtype=np.uint8)
-            np.multiply(alpha, 255.0, out=alpha)
-            np.clip(alpha, 0, 255, out=alpha)
-            rgba[..., 3] = alpha  # float -> uint8 cast on assignment
-            rgba[..., :3] = (rgba[..., 3:] > 0) * np.array(_hex_rgb(colors.get(label, "#ff0000")), dtype=np.uint8)
-            sections.append(Annotation(image=FileData(path=png_file(rgba, self.GRADIO_CACHE)), label=label))
+            color = _hex_rgb(colors.get(label, "#ff0000"))
+            path = mask_png_file(mask_alpha(mask), color, self.GRADIO_CACHE)
+            sections.append(Annotation(image=FileData(path=path), label=label))
         return AnnotatedImageData(image=FileData(path=str(utils.abspath(base_path))), annotations=sections)
+
+
+def mask_alpha(mask) -> np.ndarray:
+    """A 0..1 mask as uint8 alpha (× 255, clipped, truncated); the caller's array is left as it is."""
+    alpha = np.multiply(mask, 255.0, dtype=np.float32)
+    np.clip(alpha, 0, 255, out=alpha)
+    return alpha.astype(np.uint8)
+
+
+def mask_png_file(alpha: np.ndarray, rgb: tuple[int, int, int], cache_dir: str | None = None) -> str:
+    """One annotation layer as a PNG: colour ``rgb`` where ``alpha`` > 0 (black elsewhere), with that
+    alpha. Written as an 8-bit palette image (palette index = alpha, a tRNS chunk gives each index
+    its alpha): it decodes to exactly that RGBA picture, at a quarter of the bytes to filter and
+    compress (about 4× faster than the RGBA PNG, and smaller)."""
+    alpha = np.ascontiguousarray(alpha, dtype=np.uint8)
+    digest = hashlib.sha1(alpha.tobytes())
+    digest.update(f"{alpha.shape} {tuple(rgb)} P".encode())
+    folder = Path(cache_dir or utils.get_upload_folder()) / "prunesid-studio"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest.hexdigest()[:24]}.png"
+    if not path.exists():
+        h, w = alpha.shape
+        im = Image.frombytes("P", (w, h), alpha.tobytes())
+        im.putpalette(bytes((0, 0, 0)) + bytes(rgb) * 255, "RGB")
+        tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.png"
+        im.save(tmp, format="PNG", compress_level=1, transparency=bytes(range(256)))
+        os.replace(tmp, path)
+    return str(path.resolve())
 
 
 def _hex_rgb(value: str) -> tuple[int, int, int]:

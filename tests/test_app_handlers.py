@@ -273,3 +273,29 @@ def test_model_picker_falls_back_and_says_so(demo_model):
     assert "not meaningful" in banner and "no-such-org/picked-model" in banner
     assert model["value"] == "demo/tiny-llava-1.5" and state is None
     MANAGER.install(demo_model)  # back to the shared pipeline for later tests
+
+
+def test_group_image_layers_decode_to_the_mask_colours(tmp_path):
+    """GroupImage writes each annotation as a palette PNG; decoded, it is the RGBA layer
+    "group colour where the mask is > 0, alpha = mask × 255" (black and clear elsewhere)."""
+    from studio.components import GroupImage
+
+    rng = np.random.default_rng(0)
+    h, w = 40, 56
+    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    masks = [np.where(rng.random((h, w)) < 0.3, rng.random((h, w)), 0).astype(np.float32),
+             np.clip(rng.normal(0.5, 0.6, (h, w)), -0.2, 1.3).astype(np.float32)]  # out of range: clipped
+    before = [m.copy() for m in masks]
+    colors = {"a": "#12ab34", "b": "#ff8800"}
+    comp = GroupImage()
+    comp.GRADIO_CACHE = str(tmp_path)
+    data = comp.postprocess((base, [(masks[0], "a"), (masks[1], "b")], colors))
+    assert [a.label for a in data.annotations] == ["a", "b"]
+    for mask, ann, hex_ in zip(masks, data.annotations, colors.values()):
+        alpha = np.clip(mask * np.float32(255), 0, 255).astype(np.uint8)
+        want = np.zeros((h, w, 4), np.uint8)
+        want[..., 3] = alpha
+        want[alpha > 0, :3] = [int(hex_[i:i + 2], 16) for i in (1, 3, 5)]
+        got = np.asarray(Image.open(ann.image.path).convert("RGBA"))
+        assert np.array_equal(got, want)
+    assert all(np.array_equal(m, b) for m, b in zip(masks, before))  # the value is not modified
