@@ -20,7 +20,7 @@ FLOAT32_MAX_COMPONENTS = 16
 problem: the eigenvector error grows like eps·λ1/gap, and beyond ~16 components the kept
 eigenvalues are 100× below λ1 and close together, so float32 rounding flips group
 assignments (measured on the reference cases: every case with G ≤ 16 agrees in float32,
-a quarter of those with G ≥ 24 do not; in float64 all but one near-tie agree)."""
+about a fifth of those with G ≥ 24 do not; in float64 all but one near-tie agree)."""
 
 
 def centred_token_matrix(hidden_states: torch.Tensor) -> torch.Tensor:
