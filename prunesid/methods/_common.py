@@ -15,15 +15,13 @@ Neutral values of the PruneSID-only fields (baselines have no PSCA groups and no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
 from ..nms import redundancy_from_units, unit_patches
 from ..result import Selection
-from ..selection import _budget_tensor, _check_features
-
-Budget = int | Sequence[int] | torch.Tensor
+from ..validation import Budget, budget_tensor, check_features
 
 DEFAULT_SEED = 0
 """Seed of the generator a randomised rule uses when the caller passes none."""
@@ -68,10 +66,10 @@ def run_rule(
     ``max_tokens``: the most tokens the rule can hand over (``1 + N`` if it keeps CLS,
     ``N`` if not); larger budgets are clamped to it, as PruneSID clamps to ``1 + N``.
     """
-    _check_features(hidden_states, cls_attention)
+    check_features(hidden_states, cls_attention)
     b, n = cls_attention.shape
     device = hidden_states.device
-    budget = _budget_tensor(num_tokens, b, device).clamp(max=max_tokens or n + 1)
+    budget = budget_tensor(num_tokens, b, device).clamp(max=max_tokens or n + 1)
 
     picks: list[Picked | None] = [None] * b
     values = budget.tolist()

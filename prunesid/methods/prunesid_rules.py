@@ -11,7 +11,8 @@ import torch
 from ..config import DEFAULT_MIN_TOKENS
 from ..dynamic import allocate_budgets, dynamic_budget, information_score
 from ..result import Selection
-from ..selection import _budget_tensor, _check_features, select_tokens
+from ..selection import select_tokens
+from ..validation import budget_tensor, check_features
 from ._common import Budget
 
 
@@ -43,7 +44,7 @@ def dynamic_budgets(
     compare its φ with).
     """
     b, tokens = hidden_states.shape[0], hidden_states.shape[1]
-    budget = _budget_tensor(num_tokens, b, hidden_states.device).clamp(max=tokens)
+    budget = budget_tensor(num_tokens, b, hidden_states.device).clamp(max=tokens)
     phi = information_score(hidden_states)
     if phi_ref is not None:
         return [dynamic_budget(float(p), int(k), phi_ref, floor=floor, ceiling=tokens) for p, k in zip(phi, budget)]
@@ -66,7 +67,7 @@ def prunesid_dynamic_select(
     ``num_tokens`` is the *mean* budget K̄; the tokens handed over differ from it by design
     (``Selection.num_tokens`` has each row's). See :func:`dynamic_budgets` for ``phi_ref``.
     """
-    _check_features(hidden_states, cls_attention)
+    check_features(hidden_states, cls_attention)
     budgets = dynamic_budgets(hidden_states, num_tokens, phi_ref=phi_ref, floor=floor)
     sel = select_tokens(hidden_states, cls_attention, budgets, pca=pca, generator=generator)
     return replace(sel, method="prunesid-dyn")
