@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from .config import DEFAULT_MIN_TOKENS
-from .nms import redundancy_from_units, unit_patches
+from .similarity import redundancy_from_units, unit_patches
 
 
 def information_score(hidden_states: torch.Tensor) -> torch.Tensor:

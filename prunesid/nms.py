@@ -1,4 +1,4 @@
-"""Redundancy and intra-group non-maximum suppression.
+"""Intra-group non-maximum suppression.
 
 Reference (``batch_similarity_nms``): inside each PSCA group, repeatedly take the alive
 member with the largest importance, record it, and kill the alive members of the same
@@ -6,11 +6,12 @@ group whose cosine similarity to it exceeds tau. The reference runs one Python i
 per pick on a ``[B, G, N, N]`` tensor.
 
 Here the same greedy result is computed as the fixed point of a matrix iteration
-(Cluster-NMS, Zheng et al. 2021): order all patches by importance; let ``M[i, j]`` say
-"i comes before j, is in j's group and is more similar than tau". A patch survives iff
+(Cluster-NMS, Zheng et al. 2021). Lay the patches out group by group, by importance
+inside a group; let ``M[i, j]`` say "i comes before j in the same group and is more
+similar than tau" (M is strictly upper triangular in that layout). A patch survives iff
 no *surviving* earlier patch suppresses it. Iterating ``alive = not any(alive_i & M_ij)``
-from "all alive" fixes one more rank of the order per step and stops changing exactly at
-the greedy answer, which is unique — so a converged iteration *is* greedy NMS, usually
+from "all alive" fixes one more position per step and stops changing exactly at the
+greedy answer, which is unique — so a converged iteration *is* greedy NMS, usually
 after a handful of steps instead of one step per pick.
 """
 from __future__ import annotations
@@ -18,40 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from .similarity import within_group_similarity
 
 # Cosine similarities of unit vectors computed in float32 exceed 1 by at most ~1e-6;
-# a threshold above this cannot suppress anything, so the N×N matrix is not needed.
+# a threshold above this cannot suppress anything, so no similarity is needed.
 _SIMILARITY_CEILING = 1.0 + 1e-3
 # On CUDA, test convergence every few steps to avoid a host sync per step.
 _STEPS_PER_CHECK_CUDA = 4
-
-
-def unit_patches(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Float32 ``[B, N, D]``: L2-normalised patch states (CLS dropped)."""
-    return F.normalize(hidden_states[:, 1:].float(), p=2, dim=-1)
-
-
-def redundancy_from_units(units: torch.Tensor) -> torch.Tensor:
-    """Float32 ``[B]``: rho, the mean cosine similarity over patch pairs i < j, in O(N·D).
-
-    Uses Σ_{i<j} S_ij = (‖Σ_i u_i‖² − Σ_i ‖u_i‖²) / 2 instead of forming S.
-    """
-    n = units.shape[1]
-    total = units.sum(dim=1).pow(2).sum(dim=-1)
-    diagonal = units.pow(2).sum(dim=(1, 2))
-    pairs = n * (n - 1) / 2
-    return (total - diagonal) / 2 / max(pairs, 1)
-
-
-def redundancy_from_similarity(similarity: torch.Tensor) -> torch.Tensor:
-    """Float32 ``[B]``: rho from a full ``[B, N, N]`` similarity matrix (mean of the pairs i < j).
-
-    Summed exactly as the reference sums it (the strict upper triangle, zeros elsewhere):
-    a different order moves rho in its last bit, which can flip an ``S > tau`` near-tie.
-    """
-    n = similarity.shape[-1]
-    return torch.triu(similarity, diagonal=1).sum(dim=(-1, -2)) / max(n * (n - 1) // 2, 1)
 
 
 def needs_similarity(tau: torch.Tensor) -> torch.Tensor:
@@ -80,42 +55,53 @@ def importance_ranks(importance: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def greedy_survivors(edges: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, N]``: greedy NMS survivors for a strictly upper-triangular suppression
+    relation ``edges[b, i, j]`` ("i, if it survives, suppresses the later j")."""
+    b, n, _ = edges.shape
+    weights = edges.to(torch.float32)
+    alive = torch.ones(b, n, dtype=torch.bool, device=edges.device)
+    steps_per_check = _STEPS_PER_CHECK_CUDA if edges.is_cuda else 1
+    for _ in range(n):  # converges in at most n steps (one position fixed per step)
+        previous = alive
+        for _ in range(steps_per_check):
+            hit = torch.bmm(alive.to(torch.float32)[:, None, :], weights)[:, 0]  # alive suppressors
+            alive = hit == 0
+        if torch.equal(alive, previous):
+            break
+    return alive
+
+
 def intra_group_nms(
-    similarity: torch.Tensor | None,
+    units: torch.Tensor,
     importance: torch.Tensor,
     group: torch.Tensor,
     tau: torch.Tensor,
 ) -> NmsResult:
     """Greedy NMS inside each group, for all groups and batch rows at once.
 
-    similarity: float ``[B, N, N]`` cosine similarities, or None when no row can suppress
-    anything (every ``tau`` above 1); importance: float ``[B, N]``; group: long ``[B, N]``;
-    tau: float ``[B]``. Suppression is ``similarity > tau`` (strict, as in the reference).
+    units: float ``[B, N, D]`` unit patch vectors (cosine similarity = dot product);
+    importance: float ``[B, N]``; group: long ``[B, N]``; tau: float ``[B]``.
+    Suppression is ``similarity > tau`` (strict, as in the reference).
     """
     b, n = importance.shape
+    device = importance.device
     ranks = importance_ranks(importance)
-    no_suppressor = torch.full((b, n), -1, dtype=torch.long, device=importance.device)
-    if similarity is None:
-        return NmsResult(torch.ones(b, n, dtype=torch.bool, device=importance.device), no_suppressor, ranks)
+    no_suppressor = torch.full((b, n), -1, dtype=torch.long, device=device)
+    if not bool(needs_similarity(tau).any()):
+        return NmsResult(torch.ones(b, n, dtype=torch.bool, device=device), no_suppressor, ranks)
 
-    same_group = group[:, :, None] == group[:, None, :]  # (B, N, N)
-    earlier = ranks[:, :, None] < ranks[:, None, :]  # i before j
-    can_suppress = same_group & earlier & (similarity > tau[:, None, None])  # M[i, j]
-    edges = can_suppress.to(torch.float32)
+    grouped = within_group_similarity(units, group, ranks)
+    later = torch.ones(n, n, dtype=torch.bool, device=device).triu(diagonal=1)  # layout i < j
+    edges = grouped.same_group() & later & (grouped.similarity > tau[:, None, None])
+    alive = greedy_survivors(edges)  # layout coordinates
 
-    alive = torch.ones(b, n, dtype=torch.bool, device=importance.device)
-    steps_per_check = _STEPS_PER_CHECK_CUDA if importance.is_cuda else 1
-    for _ in range(n):  # converges in at most n steps (one rank fixed per step)
-        previous = alive
-        for _ in range(steps_per_check):
-            hit = torch.bmm(alive.to(torch.float32)[:, None, :], edges)[:, 0]  # (B, N) suppressors alive
-            alive = hit == 0
-        if torch.equal(alive, previous):
-            break
+    # The suppressor of j is its earliest surviving neighbour (layout = importance order).
+    by_pick = edges & alive[:, :, None]
+    suppressed = by_pick.any(dim=1)
+    first_pick = by_pick.to(torch.uint8).argmax(dim=1)  # first True along i
+    suppressor = torch.where(suppressed, grouped.order.gather(1, first_pick), no_suppressor)
 
-    # The suppressor of j is the earliest (by rank) pick i with M[i, j].
-    by_pick = can_suppress & alive[:, :, None]
-    rank_if_pick = torch.where(by_pick, ranks[:, :, None], n)  # (B, N, N)
-    best_rank, suppressor = rank_if_pick.min(dim=1)
-    suppressed_by = torch.where(alive | (best_rank == n), no_suppressor, suppressor)
-    return NmsResult(alive, suppressed_by, ranks)
+    survives = torch.empty_like(alive).scatter_(1, grouped.order, alive)
+    suppressed_by = torch.empty_like(suppressor).scatter_(1, grouped.order, suppressor)
+    return NmsResult(survives, suppressed_by, ranks)

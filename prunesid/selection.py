@@ -10,15 +10,10 @@ import torch
 
 from .budget import fill_budget, group_bounds, group_counts, pick_tokens, split_budget
 from .config import DEFAULT_CONFIG, PruneSIDConfig
-from .nms import (
-    intra_group_nms,
-    needs_similarity,
-    redundancy_from_similarity,
-    redundancy_from_units,
-    unit_patches,
-)
+from .nms import intra_group_nms
 from .psca import assign_groups, principal_components
 from .result import Selection
+from .similarity import redundancy_from_units, unit_patches
 from .validation import Budget, budget_tensor, check_features
 
 
@@ -73,18 +68,13 @@ def select_tokens(
     )
     group = assign_groups(components, groups_per_row)  # (B, N)
 
-    # 2. Redundancy and threshold; the N×N similarity only where it can suppress anything.
+    # 2. Redundancy and threshold (rho without forming the N×N similarity).
     units = unit_patches(hidden_states)  # (B, N, D)
     rho = redundancy_from_units(units)
     tau = effective.float() / config.threshold_budget_scale * rho
-    similarity = None
-    if bool(needs_similarity(tau).any()):
-        similarity = units @ units.transpose(1, 2)  # (B, N, N)
-        rho = redundancy_from_similarity(similarity)  # the reference's own summation
-        tau = effective.float() / config.threshold_budget_scale * rho
 
-    # 3. Intra-group NMS.
-    nms = intra_group_nms(similarity, importance, group, tau)
+    # 3. Intra-group NMS (similarities only inside groups, only where tau can suppress).
+    nms = intra_group_nms(units, importance, group, tau)
 
     # 4. Budget per group.
     sizes = group_counts(group, g_max)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import prunesid.selection as selection_module
 from prunesid import Selection, select_tokens
 from prunesid.budget import fill_budget, group_bounds, split_budget
-from prunesid.nms import intra_group_nms, redundancy_from_similarity, redundancy_from_units, unit_patches
+from prunesid.nms import intra_group_nms
+from prunesid.similarity import redundancy_from_units, unit_patches, within_group_similarity
 from tests.reference_data import case_tensors
 
 
@@ -169,7 +170,28 @@ def test_redundancy_shortcut_equals_pairwise_mean():
     hidden, _ = small_case(2)
     units = unit_patches(hidden)
     similarity = units @ units.transpose(1, 2)
-    assert torch.allclose(redundancy_from_units(units), redundancy_from_similarity(similarity), atol=1e-6)
+    n = similarity.shape[-1]
+    pairwise_mean = torch.triu(similarity, diagonal=1).sum(dim=(1, 2)) / (n * (n - 1) / 2)
+    assert torch.allclose(redundancy_from_units(units), pairwise_mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, tile", [(80, 32), (64, 16), (50, 7), (30, 64)])
+def test_within_group_similarity_is_exact_on_every_same_group_pair(n, tile):
+    g = torch.Generator().manual_seed(n)
+    units = F.normalize(torch.randn(3, n, 12, generator=g), dim=-1)
+    group = torch.randint(0, 6, (3, n), generator=g)
+    group[1] = 0  # one row with a single group
+    rank = torch.stack([torch.randperm(n, generator=g) for _ in range(3)])
+    grouped = within_group_similarity(units, group, rank, tile=tile)
+
+    assert torch.equal(grouped.group, group.gather(1, grouped.order))
+    assert (grouped.group[:, 1:] >= grouped.group[:, :-1]).all(), "laid out group by group"
+    laid_rank = rank.gather(1, grouped.order)
+    same = grouped.same_group()
+    assert (laid_rank[:, :, None] < laid_rank[:, None, :])[same & torch.ones(n, n, dtype=torch.bool).triu(1)].all()
+    laid = units.gather(1, grouped.order[..., None].expand(-1, -1, 12))
+    full = laid @ laid.transpose(1, 2)
+    assert torch.allclose(grouped.similarity[same], full[same], atol=1e-6)
 
 
 def test_nms_equals_sequential_greedy():
@@ -181,7 +203,7 @@ def test_nms_equals_sequential_greedy():
     importance = torch.rand(1, n, generator=g)
     group = torch.randint(0, 3, (1, n), generator=g)
     tau = torch.tensor([0.3])
-    result = intra_group_nms(similarity, importance, group, tau)
+    result = intra_group_nms(units, importance, group, tau)
 
     alive = torch.ones(n, dtype=torch.bool)
     survives = torch.zeros(n, dtype=torch.bool)

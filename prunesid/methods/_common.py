@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..nms import redundancy_from_units, unit_patches
+from ..similarity import redundancy_from_units, unit_patches
 from ..result import Selection
 from ..validation import Budget, budget_tensor, check_features
 
