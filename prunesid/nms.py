@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .similarity import within_group_similarity
 
@@ -55,18 +56,40 @@ def importance_ranks(importance: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def _overlap_add(per_diagonal: torch.Tensor) -> torch.Tensor:
+    """``[M, tile]``: Σ_k ``per_diagonal[k, m − k]`` — band entries summed onto their target tile."""
+    width, m, _ = per_diagonal.shape
+    total = per_diagonal[0].clone()
+    for k in range(1, width):
+        total[k:] += per_diagonal[k, : m - k]
+    return total
+
+
+def _overlap_min(per_diagonal: torch.Tensor) -> torch.Tensor:
+    """``[M, tile]``: min over k of ``per_diagonal[k, m − k]``."""
+    width, m, _ = per_diagonal.shape
+    best = per_diagonal[0].clone()
+    for k in range(1, width):
+        best[k:] = torch.minimum(best[k:], per_diagonal[k, : m - k])
+    return best
+
+
 def greedy_survivors(edges: torch.Tensor) -> torch.Tensor:
-    """Bool ``[B, N]``: greedy NMS survivors for a strictly upper-triangular suppression
-    relation ``edges[b, i, j]`` ("i, if it survives, suppresses the later j")."""
-    b, n, _ = edges.shape
+    """Bool ``[M, tile]``: greedy NMS survivors of a banded suppression relation.
+
+    ``edges[k, m, i, j]``: position i of tile m, if it survives, suppresses position j of
+    tile m + k (a later position; for k = 0, only i < j).
+    """
+    width, m, tile, _ = edges.shape
     weights = edges.to(torch.float32)
-    alive = torch.ones(b, n, dtype=torch.bool, device=edges.device)
+    alive = torch.ones(m, tile, dtype=torch.bool, device=edges.device)
     steps_per_check = _STEPS_PER_CHECK_CUDA if edges.is_cuda else 1
-    for _ in range(n):  # converges in at most n steps (one position fixed per step)
+    for _ in range(m * tile):  # converges in at most one step per position
         previous = alive
         for _ in range(steps_per_check):
-            hit = torch.bmm(alive.to(torch.float32)[:, None, :], weights)[:, 0]  # alive suppressors
-            alive = hit == 0
+            # hits[k, m] = alive(tile m) @ edges[k, m]: suppressors of tile m + k still alive.
+            hits = torch.matmul(alive.to(torch.float32)[None, :, None, :], weights)[:, :, 0]
+            alive = _overlap_add(hits) == 0
         if torch.equal(alive, previous):
             break
     return alive
@@ -91,17 +114,30 @@ def intra_group_nms(
     if not bool(needs_similarity(tau).any()):
         return NmsResult(torch.ones(b, n, dtype=torch.bool, device=device), no_suppressor, ranks)
 
-    grouped = within_group_similarity(units, group, ranks)
-    later = torch.ones(n, n, dtype=torch.bool, device=device).triu(diagonal=1)  # layout i < j
-    edges = grouped.same_group() & later & (grouped.similarity > tau[:, None, None])
-    alive = greedy_survivors(edges)  # layout coordinates
+    sim = within_group_similarity(units, group, ranks)
+    width, tile, per_row = sim.width, sim.tile, sim.tiles_per_row
+    tile_tau = tau.repeat_interleave(per_row)  # (M,)
+    later = torch.ones(width, 1, tile, tile, dtype=torch.bool, device=device)
+    later[0, 0] = later[0, 0].triu(diagonal=1)  # same tile: only i < j
+    edges = sim.same_group() & later & (sim.band > tile_tau[None, :, None, None])
+    alive = greedy_survivors(edges)  # (M, tile), layout order
 
     # The suppressor of j is its earliest surviving neighbour (layout = importance order).
-    by_pick = edges & alive[:, :, None]
-    suppressed = by_pick.any(dim=1)
-    first_pick = by_pick.to(torch.uint8).argmax(dim=1)  # first True along i
-    suppressor = torch.where(suppressed, grouped.order.gather(1, first_pick), no_suppressor)
+    by_pick = edges & alive[None, :, :, None]  # (width, M, tile_i, tile_j)
+    flat_m = edges.shape[1]
+    source = torch.arange(flat_m, device=device)[:, None] * tile  # first flat position of tile m
+    position_i = torch.arange(tile, dtype=torch.int16, device=device)[:, None]
+    first_i = torch.where(by_pick, position_i, tile).amin(dim=2)  # (width, M, tile_j); tile = none
+    candidate = torch.where(first_i < tile, source + first_i, flat_m * tile)
+    suppressor_position = _overlap_min(candidate)  # (M, tile): flat layout position or "none"
 
-    survives = torch.empty_like(alive).scatter_(1, grouped.order, alive)
-    suppressed_by = torch.empty_like(suppressor).scatter_(1, grouped.order, suppressor)
+    order = sim.order
+    layout_index = F.pad(order, (0, per_row * tile - n)).reshape(-1)  # flat position -> patch
+    alive_rows = alive.reshape(b, per_row * tile)[:, :n]
+    suppressed = suppressor_position.reshape(b, per_row * tile)[:, :n] < flat_m * tile
+    position = suppressor_position.reshape(b, per_row * tile)[:, :n].clamp(max=flat_m * tile - 1)
+    suppressor = torch.where(suppressed, layout_index[position], no_suppressor)
+
+    survives = torch.empty_like(alive_rows).scatter_(1, order, alive_rows)
+    suppressed_by = torch.empty_like(suppressor).scatter_(1, order, suppressor)
     return NmsResult(survives, suppressed_by, ranks)

@@ -45,21 +45,44 @@ def redundancy_from_units(units: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class GroupedSimilarity:
-    """Cosine similarities inside each group, with the patches laid out group by group."""
+class BandedSimilarity:
+    """Cosine similarities of same-group pairs, with the patches laid out group by group.
+
+    The layout puts each batch row's patches in (group, rank) order and cuts it into
+    tiles of ``tile`` positions (the last tile of a row is padded). Tiles are numbered
+    flat over the batch: tile ``m`` is tile ``m % tiles_per_row`` of row ``m // tiles_per_row``.
+    Every same-group pair lies in a tile pair (m, m + k) with ``0 ≤ k < width``.
+    """
 
     order: torch.Tensor
-    """Long ``[B, N]``: patch index at each position of the layout (group-major, then
-    by the given rank inside a group)."""
-    group: torch.Tensor
-    """Long ``[B, N]``: group of each position of the layout (non-decreasing per row)."""
-    similarity: torch.Tensor
-    """Float ``[B, N, N]`` in layout coordinates: exact for two positions of the same
-    group; ``-inf`` on tiles holding no same-group pair (never above a threshold)."""
+    """Long ``[B, N]``: patch index at each layout position of a row."""
+    tile_group: torch.Tensor
+    """Long ``[M, tile]``: group label of every layout position, unique across batch rows
+    (padding positions get a label of their own), non-decreasing in flat order."""
+    band: torch.Tensor
+    """Float ``[width, M, tile, tile]``: ``band[k, m, i, j]`` = similarity of position i of
+    tile m and position j of tile m + k (exact wherever the two share a group; meaningless
+    elsewhere, and zero past the last tile)."""
+    tiles_per_row: int
+
+    @property
+    def tile(self) -> int:
+        return self.tile_group.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.band.shape[0]
 
     def same_group(self) -> torch.Tensor:
-        """Bool ``[B, N, N]``: positions i and j are in the same group."""
-        return self.group[:, :, None] == self.group[:, None, :]
+        """Bool ``[width, M, tile, tile]``: the two positions of a band entry share a group."""
+        return self.tile_group[None, :, :, None] == shift_tiles(self.tile_group, self.width)[:, :, None, :]
+
+
+def shift_tiles(per_tile: torch.Tensor, width: int, fill: int = -1) -> torch.Tensor:
+    """``[width, M, ...]``: entry ``[k, m]`` is ``per_tile[m + k]`` (``fill`` past the end)."""
+    m = per_tile.shape[0]
+    padded = torch.cat([per_tile, per_tile.new_full((width - 1, *per_tile.shape[1:]), fill)])
+    return torch.stack([padded[k : k + m] for k in range(width)])
 
 
 def group_major_order(group: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
@@ -70,35 +93,39 @@ def group_major_order(group: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
 
 def within_group_similarity(
     units: torch.Tensor, group: torch.Tensor, rank: torch.Tensor, tile: int = SIMILARITY_TILE
-) -> GroupedSimilarity:
-    """Cosine similarities of every same-group pair, tile by tile (see the module doc).
+) -> BandedSimilarity:
+    """Cosine similarities of every same-group pair, on a band of tiles (see the module doc).
 
-    units: float ``[B, N, D]`` unit vectors; group: long ``[B, N]``; rank: long ``[B, N]``,
-    a permutation per row that orders patches inside their group.
+    units: float ``[B, N, D]`` unit vectors; group: long ``[B, N]`` labels ``0 ≤ g < N``;
+    rank: long ``[B, N]``, a permutation per row that orders patches inside their group.
     """
     b, n, d = units.shape
+    device = units.device
     order = group_major_order(group, rank)
-    layout_group = group.gather(1, order)
     pad = (-n) % tile
     tiles = (n + pad) // tile
     # Rows are moved with index_select on a flat view (much faster than gather on [B, N, D]).
-    offsets = torch.arange(b, device=units.device)[:, None] * n
-    laid_out = units.reshape(b * n, d).index_select(0, (order + offsets).flatten()).view(b, n, d)
-    blocks = F.pad(laid_out, (0, 0, 0, pad)).view(b * tiles, tile, d)
+    offsets = torch.arange(b, device=device)[:, None] * n
+    source = F.pad(order + offsets, (0, pad))  # padding positions copy row 0, then are zeroed
+    flat_tiles = units.reshape(b * n, d).index_select(0, source.flatten()).view(b, n + pad, d)
+    flat_tiles[:, n:] = 0
+    flat_tiles = flat_tiles.view(b * tiles, tile, d)
 
-    sentinel = int(group.max()) + 1  # padding positions: a group of their own, kept last
-    tile_group = F.pad(layout_group, (0, pad), value=sentinel).view(b, tiles, tile)
-    first, last = tile_group[..., 0], tile_group[..., -1]  # groups are sorted inside a tile
-    # Tiles I ≤ J share a group iff their group ranges overlap: last(I) ≥ first(J).
-    upper = torch.ones(tiles, tiles, dtype=torch.bool, device=units.device).triu()
-    shares = (last[:, :, None] >= first[:, None, :]) & upper
-    row, tile_i, tile_j = shares.nonzero(as_tuple=True)
+    # Labels unique across rows (row b uses b·(N+1) + g; N + 1 marks padding), so that
+    # flat tiles can be paired across a row boundary without matching anything.
+    labels = group.gather(1, order) + offsets // n * (n + 1)
+    labels = F.pad(labels, (0, pad), value=-1)
+    labels[:, n:] = (torch.arange(b, device=device)[:, None] + 1) * (n + 1) - 1
+    tile_group = labels.reshape(b * tiles, tile)
 
-    left = blocks.index_select(0, row * tiles + tile_i)
-    right = blocks.index_select(0, row * tiles + tile_j)
-    products = torch.bmm(left, right.transpose(1, 2))  # (P, tile, tile)
-    grid = torch.full((b, tiles, tiles, tile, tile), float("-inf"), dtype=units.dtype, device=units.device)
-    grid[row, tile_i, tile_j] = products
-    grid[row, tile_j, tile_i] = products.transpose(1, 2)  # S is symmetric
-    similarity = grid.permute(0, 1, 3, 2, 4).reshape(b, n + pad, n + pad)[:, :n, :n]
-    return GroupedSimilarity(order=order, group=layout_group, similarity=similarity)
+    # Band width: the farthest tile that still starts with a group the tile ends with.
+    first, last = tile_group[:, 0].contiguous(), tile_group[:, -1].contiguous()
+    reach = torch.searchsorted(first, last, right=True) - 1  # last tile with first ≤ last[m]
+    width = int((reach - torch.arange(b * tiles, device=device)).max()) + 1
+
+    # Diagonal k of the band: tile m against tile m + k for every m at once. Both operands
+    # are contiguous slices of the same flat tensor, so nothing is copied.
+    band = flat_tiles.new_zeros(width, b * tiles, tile, tile)
+    for k in range(width):  # a few diagonals, not a loop over tokens
+        torch.bmm(flat_tiles[: b * tiles - k], flat_tiles[k:].transpose(1, 2), out=band[k, : b * tiles - k])
+    return BandedSimilarity(order=order, tile_group=tile_group, band=band, tiles_per_row=tiles)

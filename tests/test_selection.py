@@ -182,16 +182,30 @@ def test_within_group_similarity_is_exact_on_every_same_group_pair(n, tile):
     group = torch.randint(0, 6, (3, n), generator=g)
     group[1] = 0  # one row with a single group
     rank = torch.stack([torch.randperm(n, generator=g) for _ in range(3)])
-    grouped = within_group_similarity(units, group, rank, tile=tile)
+    banded = within_group_similarity(units, group, rank, tile=tile)
 
-    assert torch.equal(grouped.group, group.gather(1, grouped.order))
-    assert (grouped.group[:, 1:] >= grouped.group[:, :-1]).all(), "laid out group by group"
-    laid_rank = rank.gather(1, grouped.order)
-    same = grouped.same_group()
-    assert (laid_rank[:, :, None] < laid_rank[:, None, :])[same & torch.ones(n, n, dtype=torch.bool).triu(1)].all()
-    laid = units.gather(1, grouped.order[..., None].expand(-1, -1, 12))
-    full = laid @ laid.transpose(1, 2)
-    assert torch.allclose(grouped.similarity[same], full[same], atol=1e-6)
+    # Layout: group-major, by rank inside a group.
+    laid_group = group.gather(1, banded.order)
+    laid_rank = rank.gather(1, banded.order)
+    assert (laid_group[:, 1:] >= laid_group[:, :-1]).all()
+    same_row_group = laid_group[:, :, None] == laid_group[:, None, :]
+    assert (laid_rank[:, :, None] < laid_rank[:, None, :])[same_row_group & torch.ones(n, n, dtype=torch.bool).triu(1)].all()
+
+    # Rebuild the dense layout matrix from the band; every same-group pair must be in it, exact.
+    t, width, tiles = banded.tile, banded.width, banded.band.shape[1]
+    dense = torch.full((tiles * t, tiles * t), float("nan"))
+    for k in range(width):
+        for m in range(tiles - k):
+            dense[m * t : (m + 1) * t, (m + k) * t : (m + k + 1) * t] = banded.band[k, m]
+    per_row = banded.tiles_per_row * t
+    for row in range(3):
+        laid = units[row, banded.order[row]]
+        block = dense[row * per_row : row * per_row + n, row * per_row : row * per_row + n]
+        wanted = same_row_group[row] & torch.ones(n, n, dtype=torch.bool).triu()
+        assert not block[wanted].isnan().any(), "a same-group pair is outside the band"
+        assert torch.allclose(block[wanted], (laid @ laid.T)[wanted], atol=1e-6)
+    labels = banded.tile_group.flatten()
+    assert (labels[1:] >= labels[:-1]).all(), "labels unique and sorted across rows"
 
 
 def test_nms_equals_sequential_greedy():
