@@ -54,7 +54,7 @@ def principal_components(
         if num_components > FLOAT32_MAX_COMPONENTS:
             zc = zc.double()  # see FLOAT32_MAX_COMPONENTS
         gram = zc @ zc.transpose(1, 2)  # (B, N, N), symmetric PSD
-        return top_eigenvectors(gram, num_components).float()
+        return top_eigenvectors(gram, num_components, overwrite=True).float()
     if method == "randomized":
         return _randomized_right_vectors(zc, num_components, generator, niter)
     raise ValueError(f"unknown PCA method {method!r}; use 'exact' or 'randomized'")
