@@ -29,8 +29,8 @@ def centred_token_matrix(hidden_states: torch.Tensor) -> torch.Tensor:
     ``hidden_states`` is ``[B, 1+N, D]`` with CLS first; CLS is excluded as in the reference.
     Row i of the result is column i of the reference's centred D×N matrix.
     """
-    z = torch.sigmoid(hidden_states[:, 1:].float())  # (B, N, D)
-    return z - z.mean(dim=-1, keepdim=True)
+    z = torch.sigmoid(hidden_states[:, 1:].float())  # (B, N, D), a fresh tensor
+    return z.sub_(z.mean(dim=-1, keepdim=True))  # in place: one [B, N, D] buffer, not two
 
 
 def principal_components(

@@ -26,7 +26,7 @@ with 16–48 groups on the CPU (measured: 32 vs 64 vs 96)."""
 
 
 def unit_patches(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Float32 ``[B, N, D]``: L2-normalised patch states (CLS dropped)."""
+    """Float32 ``[B, N, D]``: L2-normalised patch states (CLS dropped), as ``F.normalize``."""
     return F.normalize(hidden_states[:, 1:].float(), p=2, dim=-1)
 
 
@@ -39,7 +39,7 @@ def redundancy_from_units(units: torch.Tensor) -> torch.Tensor:
     """
     n = units.shape[1]
     total = units.sum(dim=1).pow(2).sum(dim=-1)
-    diagonal = units.pow(2).sum(dim=(1, 2))
+    diagonal = torch.linalg.vector_norm(units, dim=-1).pow(2).sum(dim=-1)  # ≈ N; no [B, N, D] temporary
     pairs = n * (n - 1) / 2
     return (total - diagonal) / 2 / max(pairs, 1)
 

@@ -37,7 +37,8 @@ def check_features(hidden_states: torch.Tensor, cls_attention: torch.Tensor) -> 
     if cls_attention.device != hidden_states.device:
         raise ValueError(f"hidden_states is on {hidden_states.device} but cls_attention is on {cls_attention.device}")
     for name, tensor in (("hidden_states", hidden_states), ("cls_attention", cls_attention)):
-        if not bool(torch.isfinite(tensor.abs().amax())):  # one reduction; NaN propagates
+        low, high = torch.aminmax(tensor)  # one pass, no copy; NaN propagates to both
+        if not bool(torch.isfinite(low) & torch.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite values")
 
 
