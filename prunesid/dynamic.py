@@ -12,14 +12,14 @@ from typing import Sequence
 import torch
 
 from .config import DEFAULT_MIN_TOKENS
-from .similarity import redundancy_from_units, unit_patches
+from .similarity import redundancy
 
 
 def information_score(hidden_states: torch.Tensor) -> torch.Tensor:
     """Float32 ``[B]``: φ = 1 − ρ of each image (``hidden_states`` is ``[B, 1+N, D]``, CLS first)."""
     if hidden_states.dim() != 3 or hidden_states.shape[1] < 2:
         raise ValueError(f"hidden_states must be [B, 1+N, D] with N >= 1, got {tuple(hidden_states.shape)}")
-    return 1.0 - redundancy_from_units(unit_patches(hidden_states))
+    return 1.0 - redundancy(hidden_states)
 
 
 def allocate_budgets(

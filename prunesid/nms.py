@@ -96,14 +96,14 @@ def greedy_survivors(edges: torch.Tensor) -> torch.Tensor:
 
 
 def intra_group_nms(
-    units: torch.Tensor,
+    hidden_states: torch.Tensor,
     importance: torch.Tensor,
     group: torch.Tensor,
     tau: torch.Tensor,
 ) -> NmsResult:
     """Greedy NMS inside each group, for all groups and batch rows at once.
 
-    units: float ``[B, N, D]`` unit patch vectors (cosine similarity = dot product);
+    hidden_states: ``[B, 1+N, D]`` with CLS first (similarity = cosine of the patch states);
     importance: float ``[B, N]``; group: long ``[B, N]``; tau: float ``[B]``.
     Suppression is ``similarity > tau`` (strict, as in the reference).
     """
@@ -114,7 +114,7 @@ def intra_group_nms(
     if not bool(needs_similarity(tau).any()):
         return NmsResult(torch.ones(b, n, dtype=torch.bool, device=device), no_suppressor, ranks)
 
-    sim = within_group_similarity(units, group, ranks)
+    sim = within_group_similarity(hidden_states, group, ranks)
     width, tile, per_row = sim.width, sim.tile, sim.tiles_per_row
     tile_tau = tau.repeat_interleave(per_row)  # (M,)
     later = torch.ones(width, 1, tile, tile, dtype=torch.bool, device=device)

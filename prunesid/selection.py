@@ -13,7 +13,7 @@ from .config import DEFAULT_CONFIG, PruneSIDConfig
 from .nms import intra_group_nms
 from .psca import assign_groups, principal_components
 from .result import Selection
-from .similarity import redundancy_from_units, unit_patches
+from .similarity import redundancy
 from .validation import Budget, budget_tensor, check_features
 
 
@@ -69,12 +69,11 @@ def select_tokens(
     group = assign_groups(components, groups_per_row)  # (B, N)
 
     # 2. Redundancy and threshold (rho without forming the N×N similarity).
-    units = unit_patches(hidden_states)  # (B, N, D)
-    rho = redundancy_from_units(units)
+    rho = redundancy(hidden_states)
     tau = effective.float() / config.threshold_budget_scale * rho
 
     # 3. Intra-group NMS (similarities only inside groups, only where tau can suppress).
-    nms = intra_group_nms(units, importance, group, tau)
+    nms = intra_group_nms(hidden_states, importance, group, tau)
 
     # 4. Budget per group.
     sizes = group_counts(group, g_max)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+_NORM_EPS = 1e-12  # F.normalize's default
+
 SIMILARITY_TILE = 32
 """Side of the similarity tiles. Smaller tiles waste fewer products on pairs from
 different groups but make more, smaller matrix products; 32 was fastest for N = 576
@@ -30,16 +32,23 @@ def unit_patches(hidden_states: torch.Tensor) -> torch.Tensor:
     return F.normalize(hidden_states[:, 1:].float(), p=2, dim=-1)
 
 
-def redundancy_from_units(units: torch.Tensor) -> torch.Tensor:
+def redundancy(hidden_states: torch.Tensor) -> torch.Tensor:
     """Float32 ``[B]``: rho, the mean cosine similarity over patch pairs i < j, in O(N·D).
 
-    Uses Σ_{i<j} S_ij = (‖Σ_i u_i‖² − Σ_i ‖u_i‖²) / 2 instead of forming S. Evaluated in
-    float32 like the reference's own sum (in float64 the threshold moves by a last bit
-    and one reference case flips an ``S > tau`` near-tie; measured 169 vs 168 of 170).
+    ``hidden_states`` is ``[B, 1+N, D]`` with CLS first (CLS is excluded). Uses
+    Σ_{i<j} S_ij = (‖Σ_i u_i‖² − Σ_i ‖u_i‖²) / 2 for the unit vectors u_i = x_i / ‖x_i‖,
+    and Σ_i u_i as one matrix-vector product (weights 1/‖x_i‖), so neither S nor the
+    unit vectors are formed. Evaluated in float32 like the reference's own sum (in
+    float64 the threshold moves by a last bit and one reference case flips an
+    ``S > tau`` near-tie; measured 169 vs 168 of 170).
     """
-    n = units.shape[1]
-    total = units.sum(dim=1).pow(2).sum(dim=-1)
-    diagonal = torch.linalg.vector_norm(units, dim=-1).pow(2).sum(dim=-1)  # ≈ N; no [B, N, D] temporary
+    patches = hidden_states[:, 1:].float()
+    n = patches.shape[1]
+    lengths = torch.linalg.vector_norm(patches, dim=-1)  # (B, N)
+    clamped = lengths.clamp_min(_NORM_EPS)  # as F.normalize
+    unit_sum = torch.bmm(clamped.reciprocal()[:, None, :], patches)[:, 0]  # (B, D) = Σ_i u_i
+    total = unit_sum.pow(2).sum(dim=-1)
+    diagonal = (lengths / clamped).pow(2).sum(dim=-1)  # Σ_i ‖u_i‖² (= N unless a patch is 0)
     pairs = n * (n - 1) / 2
     return (total - diagonal) / 2 / max(pairs, 1)
 
@@ -92,30 +101,34 @@ def group_major_order(group: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
 
 
 def within_group_similarity(
-    units: torch.Tensor, group: torch.Tensor, rank: torch.Tensor, tile: int = SIMILARITY_TILE
+    hidden_states: torch.Tensor, group: torch.Tensor, rank: torch.Tensor, tile: int = SIMILARITY_TILE
 ) -> BandedSimilarity:
     """Cosine similarities of every same-group pair, on a band of tiles (see the module doc).
 
-    units: float ``[B, N, D]`` unit vectors; group: long ``[B, N]`` labels ``0 ≤ g < N``;
-    rank: long ``[B, N]``, a permutation per row that orders patches inside their group.
+    hidden_states: ``[B, 1+N, D]`` with CLS first (CLS is excluded); group: long ``[B, N]``
+    labels ``0 ≤ g < N``; rank: long ``[B, N]``, a permutation per row that orders patches
+    inside their group. Similarities are computed in float32 on the unit vectors.
     """
-    b, n, d = units.shape
-    device = units.device
+    b, tokens, d = hidden_states.shape
+    n = tokens - 1
+    device = hidden_states.device
     order = group_major_order(group, rank)
     pad = (-n) % tile
     tiles = (n + pad) // tile
-    # Rows are moved with index_select on a flat view (much faster than gather on [B, N, D]).
-    offsets = torch.arange(b, device=device)[:, None] * n
-    source = F.pad(order + offsets, (0, pad))  # padding positions copy row 0, then are zeroed
-    flat_tiles = units.reshape(b * n, d).index_select(0, source.flatten()).view(b, n + pad, d)
-    flat_tiles[:, n:] = 0
-    flat_tiles = flat_tiles.view(b * tiles, tile, d)
+    # One copy of the patch rows in layout order (index_select on a flat view is much
+    # faster than gather on [B, N, D]); padding rows copy a CLS row and are then zeroed.
+    source = F.pad(order + 1 + torch.arange(b, device=device)[:, None] * tokens, (0, pad))
+    laid_out = hidden_states.reshape(b * tokens, d).index_select(0, source.flatten()).view(b, n + pad, d)
+    laid_out = laid_out.float()
+    laid_out.div_(torch.linalg.vector_norm(laid_out, dim=-1, keepdim=True).clamp_min(_NORM_EPS))  # F.normalize
+    laid_out[:, n:] = 0
+    flat_tiles = laid_out.view(b * tiles, tile, d)
 
     # Labels unique across rows (row b uses b·(N+1) + g; N + 1 marks padding), so that
     # flat tiles can be paired across a row boundary without matching anything.
-    labels = group.gather(1, order) + offsets // n * (n + 1)
-    labels = F.pad(labels, (0, pad), value=-1)
-    labels[:, n:] = (torch.arange(b, device=device)[:, None] + 1) * (n + 1) - 1
+    row_base = torch.arange(b, device=device)[:, None] * (n + 1)
+    labels = F.pad(group.gather(1, order) + row_base, (0, pad))
+    labels[:, n:] = row_base + n
     tile_group = labels.reshape(b * tiles, tile)
 
     # Band width: the farthest tile that still starts with a group the tile ends with.

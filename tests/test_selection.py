@@ -11,7 +11,7 @@ import prunesid.selection as selection_module
 from prunesid import Selection, select_tokens
 from prunesid.budget import fill_budget, group_bounds, split_budget
 from prunesid.nms import intra_group_nms
-from prunesid.similarity import redundancy_from_units, unit_patches, within_group_similarity
+from prunesid.similarity import redundancy, unit_patches, within_group_similarity
 from tests.reference_data import case_tensors
 
 
@@ -172,17 +172,18 @@ def test_redundancy_shortcut_equals_pairwise_mean():
     similarity = units @ units.transpose(1, 2)
     n = similarity.shape[-1]
     pairwise_mean = torch.triu(similarity, diagonal=1).sum(dim=(1, 2)) / (n * (n - 1) / 2)
-    assert torch.allclose(redundancy_from_units(units), pairwise_mean, atol=1e-6)
+    assert torch.allclose(redundancy(hidden), pairwise_mean, atol=1e-6)
 
 
 @pytest.mark.parametrize("n, tile", [(80, 32), (64, 16), (50, 7), (30, 64)])
 def test_within_group_similarity_is_exact_on_every_same_group_pair(n, tile):
     g = torch.Generator().manual_seed(n)
-    units = F.normalize(torch.randn(3, n, 12, generator=g), dim=-1)
+    hidden = torch.randn(3, 1 + n, 12, generator=g)
+    units = unit_patches(hidden)
     group = torch.randint(0, 6, (3, n), generator=g)
     group[1] = 0  # one row with a single group
     rank = torch.stack([torch.randperm(n, generator=g) for _ in range(3)])
-    banded = within_group_similarity(units, group, rank, tile=tile)
+    banded = within_group_similarity(hidden, group, rank, tile=tile)
 
     # Layout: group-major, by rank inside a group.
     laid_group = group.gather(1, banded.order)
@@ -212,12 +213,13 @@ def test_nms_equals_sequential_greedy():
     """The fixed-point NMS gives exactly what a pick-by-pick loop gives."""
     g = torch.Generator().manual_seed(0)
     n = 80
-    units = F.normalize(torch.randn(1, n, 6, generator=g), dim=-1)
+    hidden = torch.randn(1, 1 + n, 6, generator=g)
+    units = unit_patches(hidden)
     similarity = units @ units.transpose(1, 2)
     importance = torch.rand(1, n, generator=g)
     group = torch.randint(0, 3, (1, n), generator=g)
     tau = torch.tensor([0.3])
-    result = intra_group_nms(units, importance, group, tau)
+    result = intra_group_nms(hidden, importance, group, tau)
 
     alive = torch.ones(n, dtype=torch.bool)
     survives = torch.zeros(n, dtype=torch.bool)

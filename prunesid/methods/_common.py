@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..similarity import redundancy_from_units, unit_patches
+from ..similarity import redundancy
 from ..result import Selection
 from ..validation import Budget, budget_tensor, check_features
 
@@ -115,7 +115,7 @@ def assemble(method: str, picks: list[Picked], hidden_states: torch.Tensor, cls_
                 merged_counts[i] = p.merged_tokens.shape[0]
     kept = (keep >= 0).sum(dim=1)
     patches_kept = (keep > 0).sum(dim=1)
-    rho = redundancy_from_units(unit_patches(hidden_states))
+    rho = redundancy(hidden_states)
     return Selection(
         keep=keep,
         num_tokens=kept + merged_counts,
