@@ -40,7 +40,7 @@ def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False) -
     if not 1 <= k <= n:
         raise ValueError(f"asked for {k} eigenvectors of a {n}x{n} matrix")
     if matrix.device.type != "cpu":
-        _, vectors = torch.linalg.eigh(matrix)  # ascending eigenvalues
+        _, vectors = torch.linalg.eigh(matrix, UPLO="L")  # ascending; reads the lower triangle only
         return vectors[..., -k:].flip(-1)
     batch = matrix.detach().contiguous().numpy()
     out = np.empty((batch.shape[0], n, k), dtype=batch.dtype)
