@@ -131,14 +131,31 @@ def within_group_similarity(
     labels[:, n:] = row_base + n
     tile_group = labels.reshape(b * tiles, tile)
 
-    # Band width: the farthest tile that still starts with a group the tile ends with.
+    # How far each tile reaches: the farthest tile that starts with a group it ends with.
     first, last = tile_group[:, 0].contiguous(), tile_group[:, -1].contiguous()
     reach = torch.searchsorted(first, last, right=True) - 1  # last tile with first ≤ last[m]
-    width = int((reach - torch.arange(b * tiles, device=device)).max()) + 1
+    span = reach - torch.arange(b * tiles, device=device)  # diagonals tile m needs beyond 0
+    width = int(span.max()) + 1
 
-    # Diagonal k of the band: tile m against tile m + k for every m at once. Both operands
-    # are contiguous slices of the same flat tensor, so nothing is copied.
+    # Diagonal k of the band: tile m against tile m + k, for the runs of tiles that reach
+    # that far. Both operands are contiguous slices of one flat tensor: nothing is copied.
     band = flat_tiles.new_zeros(width, b * tiles, tile, tile)
-    for k in range(width):  # a few diagonals, not a loop over tokens
-        torch.bmm(flat_tiles[: b * tiles - k], flat_tiles[k:].transpose(1, 2), out=band[k, : b * tiles - k])
+    for k in range(width):  # a few diagonals, each a few runs of tiles: no loop over tokens
+        for start, stop in _runs(span >= k):
+            torch.bmm(flat_tiles[start:stop], flat_tiles[start + k : stop + k].transpose(1, 2), out=band[k, start:stop])
     return BandedSimilarity(order=order, tile_group=tile_group, band=band, tiles_per_row=tiles)
+
+
+def _runs(wanted: torch.Tensor, bridge: int = 2) -> list[tuple[int, int]]:
+    """``[(start, stop)]``: the runs of True in a bool vector, joining runs ``bridge`` or
+    fewer places apart (a few wasted products cost less than another call)."""
+    edges = torch.diff(F.pad(wanted.to(torch.int8), (1, 1)))
+    starts = (edges == 1).nonzero().flatten().tolist()
+    stops = (edges == -1).nonzero().flatten().tolist()
+    runs: list[tuple[int, int]] = []
+    for start, stop in zip(starts, stops):
+        if runs and start - runs[-1][1] <= bridge:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((start, stop))
+    return runs
