@@ -100,12 +100,14 @@ def intra_group_nms(
     importance: torch.Tensor,
     group: torch.Tensor,
     tau: torch.Tensor,
+    lengths: torch.Tensor | None = None,
 ) -> NmsResult:
     """Greedy NMS inside each group, for all groups and batch rows at once.
 
     hidden_states: ``[B, 1+N, D]`` with CLS first (similarity = cosine of the patch states);
     importance: float ``[B, N]``; group: long ``[B, N]``; tau: float ``[B]``.
-    Suppression is ``similarity > tau`` (strict, as in the reference).
+    Suppression is ``similarity > tau`` (strict, as in the reference). ``lengths``: the
+    patch norms (:func:`similarity.patch_lengths`), if already at hand.
     """
     b, n = importance.shape
     device = importance.device
@@ -114,7 +116,7 @@ def intra_group_nms(
     if not bool(needs_similarity(tau).any()):
         return NmsResult(torch.ones(b, n, dtype=torch.bool, device=device), no_suppressor, ranks)
 
-    sim = within_group_similarity(hidden_states, group, ranks)
+    sim = within_group_similarity(hidden_states, group, ranks, lengths=lengths)
     width, tile, per_row = sim.width, sim.tile, sim.tiles_per_row
     tile_tau = tau.repeat_interleave(per_row)  # (M,)
     later = torch.ones(width, 1, tile, tile, dtype=torch.bool, device=device)

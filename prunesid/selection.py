@@ -13,8 +13,8 @@ from .config import DEFAULT_CONFIG, PruneSIDConfig
 from .nms import intra_group_nms
 from .psca import assign_groups, principal_components
 from .result import Selection
-from .similarity import redundancy
-from .validation import Budget, budget_tensor, check_features
+from .similarity import patch_lengths, redundancy
+from .validation import Budget, budget_tensor, check_features, check_finite
 
 
 def select_tokens(
@@ -48,10 +48,16 @@ def select_tokens(
         ValueError: on malformed inputs (ranks, shapes, mismatched B or N, non-finite
             values, an empty batch, budgets that are not integers ≥ 2).
     """
-    check_features(hidden_states, cls_attention)
+    check_features(hidden_states, cls_attention, scan_values=False)
     b, n = cls_attention.shape
     device = hidden_states.device
     budget = budget_tensor(num_tokens, b, device)
+    # The patch norms are needed anyway; a NaN or inf in a patch shows up in them.
+    lengths = patch_lengths(hidden_states)
+    if not bool(torch.isfinite(lengths.sum())):
+        check_finite("hidden_states", hidden_states)
+        raise ValueError("hidden_states has values too large to normalise in float32 (|x| above ~1e19)")
+    check_finite("hidden_states (CLS row)", hidden_states[:, 0])
     method = pca or config.pca
 
     keeps_all = budget >= n + 1
@@ -69,11 +75,11 @@ def select_tokens(
     group = assign_groups(components, groups_per_row)  # (B, N)
 
     # 2. Redundancy and threshold (rho without forming the N×N similarity).
-    rho = redundancy(hidden_states)
+    rho = redundancy(hidden_states, lengths)
     tau = effective.float() / config.threshold_budget_scale * rho
 
     # 3. Intra-group NMS (similarities only inside groups, only where tau can suppress).
-    nms = intra_group_nms(hidden_states, importance, group, tau)
+    nms = intra_group_nms(hidden_states, importance, group, tau, lengths)
 
     # 4. Budget per group.
     sizes = group_counts(group, g_max)

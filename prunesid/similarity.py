@@ -32,10 +32,19 @@ def unit_patches(hidden_states: torch.Tensor) -> torch.Tensor:
     return F.normalize(hidden_states[:, 1:].float(), p=2, dim=-1)
 
 
-def redundancy(hidden_states: torch.Tensor) -> torch.Tensor:
+def patch_lengths(hidden_states: torch.Tensor) -> torch.Tensor:
+    """Float32 ``[B, N]``: the L2 norm of every patch state (CLS excluded).
+
+    Non-finite iff the patch holds a NaN or an infinity (or overflows float32 when squared).
+    """
+    return torch.linalg.vector_norm(hidden_states[:, 1:].float(), dim=-1)
+
+
+def redundancy(hidden_states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 ``[B]``: rho, the mean cosine similarity over patch pairs i < j, in O(N·D).
 
-    ``hidden_states`` is ``[B, 1+N, D]`` with CLS first (CLS is excluded). Uses
+    ``hidden_states`` is ``[B, 1+N, D]`` with CLS first (CLS is excluded); ``lengths`` are
+    its :func:`patch_lengths`, if already at hand. Uses
     Σ_{i<j} S_ij = (‖Σ_i u_i‖² − Σ_i ‖u_i‖²) / 2 for the unit vectors u_i = x_i / ‖x_i‖,
     and Σ_i u_i as one matrix-vector product (weights 1/‖x_i‖), so neither S nor the
     unit vectors are formed. Evaluated in float32 like the reference's own sum (in
@@ -44,7 +53,7 @@ def redundancy(hidden_states: torch.Tensor) -> torch.Tensor:
     """
     patches = hidden_states[:, 1:].float()
     n = patches.shape[1]
-    lengths = torch.linalg.vector_norm(patches, dim=-1)  # (B, N)
+    lengths = patch_lengths(hidden_states) if lengths is None else lengths
     clamped = lengths.clamp_min(_NORM_EPS)  # as F.normalize
     unit_sum = torch.bmm(clamped.reciprocal()[:, None, :], patches)[:, 0]  # (B, D) = Σ_i u_i
     total = unit_sum.pow(2).sum(dim=-1)
@@ -101,13 +110,18 @@ def group_major_order(group: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
 
 
 def within_group_similarity(
-    hidden_states: torch.Tensor, group: torch.Tensor, rank: torch.Tensor, tile: int = SIMILARITY_TILE
+    hidden_states: torch.Tensor,
+    group: torch.Tensor,
+    rank: torch.Tensor,
+    tile: int = SIMILARITY_TILE,
+    lengths: torch.Tensor | None = None,
 ) -> BandedSimilarity:
     """Cosine similarities of every same-group pair, on a band of tiles (see the module doc).
 
     hidden_states: ``[B, 1+N, D]`` with CLS first (CLS is excluded); group: long ``[B, N]``
     labels ``0 ≤ g < N``; rank: long ``[B, N]``, a permutation per row that orders patches
-    inside their group. Similarities are computed in float32 on the unit vectors.
+    inside their group; lengths: the :func:`patch_lengths`, if already at hand.
+    Similarities are computed in float32 on the unit vectors.
     """
     b, tokens, d = hidden_states.shape
     n = tokens - 1
@@ -120,7 +134,11 @@ def within_group_similarity(
     source = F.pad(order + 1 + torch.arange(b, device=device)[:, None] * tokens, (0, pad))
     laid_out = hidden_states.reshape(b * tokens, d).index_select(0, source.flatten()).view(b, n + pad, d)
     laid_out = laid_out.float()
-    laid_out.div_(torch.linalg.vector_norm(laid_out, dim=-1, keepdim=True).clamp_min(_NORM_EPS))  # F.normalize
+    if lengths is None:
+        laid_lengths = torch.linalg.vector_norm(laid_out[:, :n], dim=-1)
+    else:  # a row's norm does not depend on where the row sits
+        laid_lengths = lengths.gather(1, order)
+    laid_out[:, :n].div_(laid_lengths.clamp_min(_NORM_EPS)[..., None])  # F.normalize
     laid_out[:, n:] = 0
     flat_tiles = laid_out.view(b * tiles, tile, d)
 

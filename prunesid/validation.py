@@ -13,8 +13,12 @@ Budget = int | Sequence[int] | torch.Tensor
 """One budget for the batch, or one per batch row."""
 
 
-def check_features(hidden_states: torch.Tensor, cls_attention: torch.Tensor) -> None:
-    """Raise ValueError unless the tensors are ``[B, 1+N, D]`` and ``[B, N]`` finite floats on one device."""
+def check_features(hidden_states: torch.Tensor, cls_attention: torch.Tensor, *, scan_values: bool = True) -> None:
+    """Raise ValueError unless the tensors are ``[B, 1+N, D]`` and ``[B, N]`` finite floats on one device.
+
+    With ``scan_values=False`` the values of ``hidden_states`` are not scanned: for callers
+    that check them on a pass they make anyway (then call :func:`check_finite` on failure).
+    """
     for name, tensor, rank in (("hidden_states", hidden_states, 3), ("cls_attention", cls_attention, 2)):
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -36,10 +40,16 @@ def check_features(hidden_states: torch.Tensor, cls_attention: torch.Tensor) -> 
         )
     if cls_attention.device != hidden_states.device:
         raise ValueError(f"hidden_states is on {hidden_states.device} but cls_attention is on {cls_attention.device}")
-    for name, tensor in (("hidden_states", hidden_states), ("cls_attention", cls_attention)):
-        low, high = torch.aminmax(tensor)  # one pass, no copy; NaN propagates to both
-        if not bool(torch.isfinite(low) & torch.isfinite(high)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+    check_finite("cls_attention", cls_attention)
+    if scan_values:
+        check_finite("hidden_states", hidden_states)
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise ValueError if ``tensor`` holds a NaN or an infinity (one pass, no copy)."""
+    low, high = torch.aminmax(tensor)  # NaN propagates to both
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def budget_tensor(num_tokens: Budget, batch: int, device: torch.device) -> torch.Tensor:

@@ -292,3 +292,19 @@ def test_non_finite_and_non_float_inputs_are_rejected():
         select_tokens(hidden, attention, torch.tensor([16.0]))
     with pytest.raises(ValueError, match="unknown PCA method"):
         select_tokens(hidden, attention, 16, pca="svd")
+
+
+@pytest.mark.parametrize("where", ["cls", "patch"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_states_are_named_wherever_they_are(where, value):
+    hidden, attention = small_case(5)
+    hidden[0, 0 if where == "cls" else 7, 3] = value
+    with pytest.raises(ValueError, match="hidden_states.*NaN or infinite"):
+        select_tokens(hidden, attention, 16)
+
+
+def test_finite_but_overflowing_states_get_a_clear_message():
+    hidden, attention = small_case(6)
+    hidden[0, 4] = 1e30  # finite, but its square overflows float32
+    with pytest.raises(ValueError, match="too large"):
+        select_tokens(hidden, attention, 16)
