@@ -8,7 +8,7 @@ the median of the repetitions is reported, so machine noise hits them alike.
 Yardsticks: ``port`` is benchmarks/reference_port.py (the reference's data flow, written
 for this project, always available); ``ref code`` is the reference implementation itself,
 run from a checkout you point to with ``--reference-code`` (see reference_code.py).
-``eig`` is the exact eigensolve alone (Gram matrix + LAPACK), the floor of the exact mode.
+``eig`` is the exact eigensolve alone (centring, Gram matrix, eigensolver), the floor of the exact mode.
 
     python benchmarks/selection.py [--repeats 11] [--device cpu|cuda] [--reference-code PATH]
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.reference_code import load_reference_select  # noqa: E402
 from benchmarks.reference_port import reference_select  # noqa: E402
 from prunesid import select_tokens  # noqa: E402
-from prunesid.psca import centred_token_matrix, lower_gram  # noqa: E402
+from prunesid.psca import centred_token_matrix, gram_matrix  # noqa: E402
 from prunesid.linalg import top_eigenvectors  # noqa: E402
 
 TARGETS_MS = {(1, 64): 20.0, (8, 64): 100.0}  # issue 3: per call, CPU
@@ -71,7 +71,7 @@ def compare(batch: int, budget: int, repeats: int, device: torch.device, label: 
         "ours": lambda: select_tokens(hidden, attention, budget),
         # Same vectorised pipeline with the reference's randomised PCA: isolates what exactness costs.
         "ours_rand": lambda: select_tokens(hidden, attention, budget, pca="randomized", generator=generator),
-        "eig": lambda: top_eigenvectors(lower_gram(centred_token_matrix(hidden)), max(budget // 4, 1), overwrite=True),
+        "eig": lambda: top_eigenvectors(gram_matrix(centred_token_matrix(hidden)), max(budget // 4, 1), overwrite=True),
         "port": lambda: reference_select(hidden.cpu(), attention.cpu(), budget),  # the reference's data flow
     }
     if reference_code is not None:
