@@ -124,7 +124,7 @@ def main() -> None:
         if row["case"].startswith("LLaVA-1.5") and (row["B"], row["K"]) in TARGETS_MS:
             line += "  " + "; ".join(_verdict(row, name) for name in (("port", "code") if code else ("port",)))
         print(line)
-    print("x = yardstick / ours, same run. eig = the exact eigensolve alone (Gram + LAPACK). 'rand-PCA' = our"
+    print("x = yardstick / ours, same run. eig = the exact eigensolve alone (centring, Gram, eigensolver). 'rand-PCA' = our"
           " pipeline with the reference's randomised PCA (not deterministic), x against the port.")
 
 

@@ -25,9 +25,12 @@ import numpy as np
 import scipy.linalg.lapack
 
 TOLERANCE = 1e-8
-"""Residual bound relative to the largest eigenvalue (estimated from below by max |α_j|): below float32's own backward error
-(~6e-8·‖A‖), so a converged result is as exact as a direct float32 solve (measured: no
-group assignment differs from LAPACK's on the 170 reference cases; 1e-6 flipped one)."""
+"""Residual bound relative to the largest eigenvalue (estimated from below by max |α_j|).
+It is below float32's own backward error (~6e-8·‖A‖), so on a float32 matrix a converged
+result is as exact as a direct float32 solve; it is far above float64's (use a direct
+solver there). Measured: on the 82 float32 Gram matrices of the reference cases every
+group assignment equals LAPACK's; on 32 CLIP-like matrices, 1e-7 still agreed and 1e-6
+changed one."""
 
 CHECK_EVERY = 8
 """Steps between convergence checks (each check solves an m×m tridiagonal problem)."""
