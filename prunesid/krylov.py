@@ -51,48 +51,64 @@ def _start_vector(n: int, dtype: str) -> np.ndarray:
     return vector
 
 
-def lanczos_top_eigenvectors(matrix: np.ndarray, k: int, max_steps: int | None = None) -> np.ndarray | None:
-    """``[n, k]`` eigenvectors of the k largest eigenvalues (largest first), or None.
+def lanczos_top_eigenvectors(matrices: np.ndarray, k: int, max_steps: int | None = None) -> list[np.ndarray | None]:
+    """For each ``n×n`` matrix of ``[B, n, n]``: ``[n, k]`` top eigenvectors (largest first), or None.
 
-    ``matrix`` is a full symmetric ``n×n`` float32/float64 array (not modified). Returns
-    None when the iteration did not converge within ``max_steps`` (default: n // 2) or
-    broke down; the caller then solves directly.
+    ``matrices`` hold full symmetric float32/float64 matrices (not modified). A row is
+    None when its iteration did not converge within ``max_steps`` (default n // 2) or
+    broke down; the caller then solves it directly. The rows advance in lockstep (one
+    numpy call per step for all of them), and every operation acts on each row alone, so
+    a row's vectors are bitwise the same whatever other rows share its batch.
     """
-    n = matrix.shape[0]
+    b, n, _ = matrices.shape
     max_steps = min(max_steps or n // 2, n - 1)
     first_check = max(2 * k, 2 * CHECK_EVERY)
+    results: list[np.ndarray | None] = [None] * b
     if k < 1 or first_check > max_steps:
-        return None
-    basis = np.empty((max_steps + 1, n), dtype=matrix.dtype)  # rows: Lanczos vectors
-    alpha = np.empty(max_steps)
-    beta = np.empty(max_steps)
-    basis[0] = _start_vector(n, matrix.dtype.str)
-    scale = 0.0
+        return results
+    rows = np.arange(b)  # original index of each row still iterating
+    basis = np.empty((b, max_steps + 1, n), dtype=matrices.dtype)  # Lanczos vectors as rows
+    basis[:, 0] = _start_vector(n, matrices.dtype.str)
+    alpha = np.empty((b, max_steps))
+    beta = np.empty((b, max_steps))
+    scale = np.zeros(b)  # max |α_j| so far: a lower bound on the largest eigenvalue
     for step in range(max_steps):
-        w = matrix @ basis[step]
-        previous = basis[: step + 1]
-        coefficients = previous @ w  # first Gram–Schmidt pass
+        w = basis[:, step : step + 1] @ matrices  # (R, 1, n): q_jᵀ A = (A q_j)ᵀ
+        previous = basis[:, : step + 1]
+        coefficients = w @ previous.transpose(0, 2, 1)  # first Gram–Schmidt pass
         w -= coefficients @ previous
-        correction = previous @ w  # second pass: restores orthogonality lost in the first
+        correction = w @ previous.transpose(0, 2, 1)  # second pass restores what the first lost
         w -= correction @ previous
-        alpha[step] = coefficients[step] + correction[step]
-        norm = float(np.sqrt(w @ w))
-        beta[step] = norm
-        scale = max(scale, abs(alpha[step]))
-        if norm <= _BREAKDOWN * scale:
-            return None
-        basis[step + 1] = w / norm
+        alpha[:, step] = coefficients[:, 0, step] + correction[:, 0, step]
+        norm = np.sqrt((w[:, 0] * w[:, 0]).sum(axis=-1))
+        beta[:, step] = norm
+        scale = np.maximum(scale, np.abs(alpha[:, step]))
+        finished = norm <= _BREAKDOWN * scale  # invariant subspace: give up on the row
+        basis[:, step + 1] = w[:, 0] / np.where(finished, 1.0, norm)[:, None]
         size = step + 1
         if size >= first_check and size % CHECK_EVERY == 0:
-            # The k-th largest Ritz pair converges last: test it alone first (one vector
-            # instead of k), and all k only once it has converged.
-            bound = TOLERANCE * scale  # scale = max |α_j| ≤ λ₁: a stricter test than TOLERANCE·λ₁
-            if _converged(alpha[:size], beta[: size - 1], norm, size - k, size - k, bound) is None:
-                continue
-            pairs = _converged(alpha[:size], beta[: size - 1], norm, size - k, size - 1, bound)
-            if pairs is not None:
-                return basis[:size].T @ pairs[:, ::-1].astype(matrix.dtype)  # largest first
-    return None
+            for row in np.flatnonzero(~finished):
+                pairs = _ritz_if_converged(alpha[row, :size], beta[row, : size - 1], norm[row], k, TOLERANCE * scale[row])
+                if pairs is not None:
+                    results[rows[row]] = basis[row, :size].T @ pairs[:, ::-1].astype(matrices.dtype)  # largest first
+                    finished[row] = True
+        if finished.any():  # continue with the rows still iterating
+            going = ~finished
+            if not going.any():
+                break
+            rows, matrices, basis = rows[going], matrices[going], basis[going]
+            alpha, beta, scale = alpha[going], beta[going], scale[going]
+    return results
+
+
+def _ritz_if_converged(alpha: np.ndarray, beta: np.ndarray, next_beta: float, k: int, bound: float) -> np.ndarray | None:
+    """The k top eigenvectors of the tridiagonal matrix (ascending) if all k Ritz pairs are
+    converged. The k-th largest converges last: it is tested alone first (one vector
+    instead of k), and all k only once it passes."""
+    size = len(alpha)
+    if _converged(alpha, beta, next_beta, size - k, size - k, bound) is None:
+        return None
+    return _converged(alpha, beta, next_beta, size - k, size - 1, bound)
 
 
 def _converged(

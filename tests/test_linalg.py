@@ -55,8 +55,7 @@ def test_lanczos_agrees_with_lapack_on_clip_like_gram_matrices():
     """Both solvers are exact to float32 working precision: same groups, loadings within 1e-4."""
     hidden = torch.cat([case_tensors(seed)[0] for seed in (0, 4, 9)])
     gram = gram_matrix(centred_token_matrix(hidden)).numpy()
-    for row in gram:
-        krylov = lanczos_top_eigenvectors(row, 16)
+    for row, krylov in zip(gram, lanczos_top_eigenvectors(gram, 16)):
         assert krylov is not None, "Lanczos should converge on CLIP-like Gram matrices"
         direct = top_eigenpairs_inplace(row.copy(), 16)[::-1].T
         assert np.array_equal(np.abs(krylov).argmax(1), np.abs(direct).argmax(1))
@@ -66,16 +65,24 @@ def test_lanczos_agrees_with_lapack_on_clip_like_gram_matrices():
 def test_lanczos_gives_up_on_rank_deficient_matrices_and_lapack_takes_over():
     x = torch.randn(300, 3, generator=torch.Generator().manual_seed(4))
     low_rank = (x @ x.T)[None]  # rank 3 < the 8 vectors asked for
-    assert lanczos_top_eigenvectors(low_rank[0].numpy(), 8) is None
+    assert lanczos_top_eigenvectors(low_rank.numpy(), 8) == [None]
     vectors = top_eigenvectors(low_rank, 8)
     assert torch.allclose(vectors.transpose(1, 2) @ vectors, torch.eye(8)[None], atol=1e-4)
     expected = torch.linalg.eigh(low_rank.double()).eigenvectors[..., -3:].flip(-1).float()
     assert torch.allclose(_aligned(vectors[..., :3], expected), expected, atol=1e-4)
 
 
-def test_lanczos_is_deterministic():
-    gram = gram_matrix(centred_token_matrix(case_tensors(2)[0]))[0].numpy()
-    assert np.array_equal(lanczos_top_eigenvectors(gram, 16), lanczos_top_eigenvectors(gram, 16))
+def test_lanczos_is_deterministic_and_blind_to_batch_neighbours():
+    hidden = torch.cat([case_tensors(seed)[0] for seed in (2, 6, 8)])
+    gram = gram_matrix(centred_token_matrix(hidden)).numpy()
+    together = lanczos_top_eigenvectors(gram, 16)
+    for row in range(3):
+        alone = lanczos_top_eigenvectors(gram[row : row + 1], 16)[0]
+        assert np.array_equal(alone, together[row]), "a row must not depend on the rows beside it"
+    assert all(np.array_equal(a, b) for a, b in zip(together, lanczos_top_eigenvectors(gram, 16)))
+    # ... also through the public entry point, which splits batches across threads.
+    single = top_eigenvectors(torch.from_numpy(gram[1:2]), 16)
+    assert torch.equal(top_eigenvectors(torch.from_numpy(gram), 16)[1], single[0])
 
 
 def test_overwrite_gives_the_same_vectors():
