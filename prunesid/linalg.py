@@ -63,22 +63,32 @@ def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False) -
     out = np.empty((batch.shape[0], n, k), dtype=batch.dtype)
     workers = min(len(batch), max(torch.get_num_threads(), 1))
     use_krylov = batch.dtype == np.float32 and n >= KRYLOV_MIN_SIZE and k <= KRYLOV_MAX_VECTORS
-    with _blas_pools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
-        direct = list(range(len(batch)))
-        if use_krylov:  # contiguous chunks of rows, one per core, each advancing in lockstep
-            chunks = np.array_split(np.arange(len(batch)), workers)
-            solved = pool.map(lambda rows: lanczos_top_eigenvectors(batch[rows[0] : rows[-1] + 1], k), chunks)
-            direct = []
-            for rows, vectors in zip(chunks, solved):
-                for row, found in zip(rows, vectors):
-                    if found is None:
-                        direct.append(int(row))
+
+    def krylov(rows: np.ndarray) -> list[np.ndarray | None]:  # a chunk of rows in lockstep
+        return lanczos_top_eigenvectors(batch[rows[0] : rows[-1] + 1], k)
+
+    def direct(row: int) -> None:  # LAPACK for one row
+        square = batch[row] if overwrite else batch[row].copy()
+        out[row] = top_eigenpairs_inplace(square, k)[::-1].T
+
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        unsolved = list(range(len(batch)))
+        if use_krylov:
+            chunks = np.array_split(np.arange(len(batch)), workers)  # one per core
+            unsolved = []
+            for rows, found in zip(chunks, _map(krylov, chunks, workers)):
+                for row, vectors in zip(rows.tolist(), found):
+                    if vectors is None:
+                        unsolved.append(row)
                     else:
-                        out[row] = found
-
-        def solve_directly(row: int) -> None:  # LAPACK: releases the GIL, one core per row
-            square = batch[row] if overwrite else batch[row].copy()
-            out[row] = top_eigenpairs_inplace(square, k)[::-1].T
-
-        list(pool.map(solve_directly, direct))
+                        out[row] = vectors
+        _map(direct, unsolved, workers)
     return torch.from_numpy(out)
+
+
+def _map(function, items: list, workers: int) -> list:
+    """``[function(item) ...]``, on ``workers`` threads when there is more than one item."""
+    if workers == 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items))
