@@ -7,7 +7,9 @@ belongs to group ``argmax_j |V_ij|``. Groups are numbered by component, largest
 singular value first.
 
 The right singular vectors of the centred Z are the eigenvectors of the N×N Gram
-matrix ``Zcᵀ Zc``, which is what we decompose (cheaper than an SVD of D×N).
+matrix ``Zcᵀ Zc``, which is what we decompose (cheaper than an SVD of D×N): by Lanczos
+converged to working precision for G ≤ 16, by LAPACK otherwise (see :mod:`linalg`).
+Both are exact to the precision of the matrix and deterministic.
 """
 from __future__ import annotations
 
