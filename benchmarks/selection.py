@@ -10,7 +10,7 @@ for this project, always available); ``ref code`` is the reference implementatio
 run from a checkout you point to with ``--reference-code`` (see reference_code.py).
 ``eig`` is the exact eigensolve alone (centring, Gram matrix, eigensolver), the floor of the exact mode.
 
-    python benchmarks/selection.py [--repeats 11] [--device cpu|cuda] [--reference-code PATH]
+    python benchmarks/selection.py [--repeats 11] [--device cpu|cuda] [--reference-code PATH] [--targets-only]
 """
 from __future__ import annotations
 
@@ -100,15 +100,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reference-code", help="checkout of github.com/ZhengyaoFang/PruneSID (or its clip_encoder.py)")
+    parser.add_argument("--targets-only", action="store_true", help="only the two cases with targets (K=64, B=1 and 8)")
     args = parser.parse_args()
     device = torch.device(args.device)
     reference_code = load_reference_select(args.reference_code) if args.reference_code else None
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} (median)")
     rows = []
     for batch in (1, 8):
-        for budget in (16, 64, 192):
+        for budget in (64,) if args.targets_only else (16, 64, 192):
             rows.append(compare(batch, budget, args.repeats, device, f"LLaVA-1.5 B={batch}", reference_code))
-    for budget in (32, 64, 128):  # 160 / 320 / 640 tokens over base + 4 crops
+    for budget in () if args.targets_only else (32, 64, 128):  # 160 / 320 / 640 tokens, base + 4 crops
         rows.append(compare(5, budget, args.repeats, device, "LLaVA-NeXT 5x576", reference_code))
 
     code = reference_code is not None
