@@ -3,15 +3,16 @@
 PSCA needs the G ≤ 16 leading eigenvectors of a 576×576 Gram matrix. A direct solver
 first reduces the whole matrix to tridiagonal form (4/3·N³ flops, half of them
 memory-bound): ~11 ms on one CPU core. Lanczos builds the same reduction only as far as
-the leading eigenpairs need — 48–96 matrix-vector products on the reference cases —
-in ~2.5 ms, and stops only when they are converged to below the accuracy the direct
-solver itself reaches in the matrix's precision:
+the leading eigenpairs need — 32–96 matrix-vector products on CLIP-like cases, 2.5–7 ms
+— and stops only when they are converged to below the accuracy the direct solver itself
+reaches in float32:
 
 * every step is reorthogonalised twice against the whole basis (classical Gram–Schmidt
   twice), so no spurious copies of converged eigenvalues appear;
 * every ``CHECK_EVERY`` steps the small tridiagonal problem is solved and each wanted
   Ritz pair's residual ‖A y − θ y‖ = β_m·|s_mi| (exact in exact arithmetic; Parlett,
-  *The Symmetric Eigenvalue Problem*) is compared with ``TOLERANCE``·θ₁;
+  *The Symmetric Eigenvalue Problem*) is compared with ``TOLERANCE``·max|α_j|, a lower
+  bound of ``TOLERANCE``·θ₁;
 * the start vector is fixed, so the same matrix always gives the same vectors.
 
 When it does not converge within ``max_steps``, or the Krylov space becomes invariant

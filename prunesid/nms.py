@@ -56,22 +56,14 @@ def importance_ranks(importance: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _overlap_add(per_diagonal: torch.Tensor) -> torch.Tensor:
-    """``[M, tile]``: Σ_k ``per_diagonal[k, m − k]`` — band entries summed onto their target tile."""
+def _fold_band(per_diagonal: torch.Tensor, combine) -> torch.Tensor:
+    """``[M, tile]``: ``combine`` (e.g. ``torch.add``, ``torch.minimum``) over k of
+    ``per_diagonal[k, m − k]`` — each band diagonal's entries folded onto their target tile."""
     width, m, _ = per_diagonal.shape
-    total = per_diagonal[0].clone()
+    folded = per_diagonal[0].clone()
     for k in range(1, width):
-        total[k:] += per_diagonal[k, : m - k]
-    return total
-
-
-def _overlap_min(per_diagonal: torch.Tensor) -> torch.Tensor:
-    """``[M, tile]``: min over k of ``per_diagonal[k, m − k]``."""
-    width, m, _ = per_diagonal.shape
-    best = per_diagonal[0].clone()
-    for k in range(1, width):
-        best[k:] = torch.minimum(best[k:], per_diagonal[k, : m - k])
-    return best
+        folded[k:] = combine(folded[k:], per_diagonal[k, : m - k])
+    return folded
 
 
 def greedy_survivors(edges: torch.Tensor) -> torch.Tensor:
@@ -89,7 +81,7 @@ def greedy_survivors(edges: torch.Tensor) -> torch.Tensor:
         for _ in range(steps_per_check):
             # hits[k, m] = alive(tile m) @ edges[k, m]: suppressors of tile m + k still alive.
             hits = torch.matmul(alive.to(torch.float32)[None, :, None, :], weights)[:, :, 0]
-            alive = _overlap_add(hits) == 0
+            alive = _fold_band(hits, torch.add) == 0
         if torch.equal(alive, previous):
             break
     return alive
@@ -131,7 +123,7 @@ def intra_group_nms(
     position_i = torch.arange(tile, dtype=torch.int16, device=device)[:, None]
     first_i = torch.where(by_pick, position_i, tile).amin(dim=2)  # (width, M, tile_j); tile = none
     candidate = torch.where(first_i < tile, source + first_i, flat_m * tile)
-    suppressor_position = _overlap_min(candidate)  # (M, tile): flat layout position or "none"
+    suppressor_position = _fold_band(candidate, torch.minimum)  # (M, tile): flat layout position or "none"
 
     order = sim.order
     layout_index = F.pad(order, (0, per_row * tile - n)).reshape(-1)  # flat position -> patch
