@@ -27,11 +27,6 @@ different groups but make more, smaller matrix products. Measured for N = 576, G
 the CPU (tiles 16, 24, 32, 48): 32 and 48 equal within noise, 16 and 24 slower."""
 
 
-def unit_patches(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Float32 ``[B, N, D]``: L2-normalised patch states (CLS dropped), as ``F.normalize``."""
-    return F.normalize(hidden_states[:, 1:].float(), p=2, dim=-1)
-
-
 def patch_lengths(hidden_states: torch.Tensor) -> torch.Tensor:
     """Float32 ``[B, N]``: the L2 norm of every patch state (CLS excluded).
 
@@ -53,7 +48,7 @@ def redundancy(hidden_states: torch.Tensor, lengths: torch.Tensor | None = None)
     """
     patches = hidden_states[:, 1:].float()
     n = patches.shape[1]
-    lengths = patch_lengths(hidden_states) if lengths is None else lengths
+    lengths = torch.linalg.vector_norm(patches, dim=-1) if lengths is None else lengths  # = patch_lengths
     clamped = lengths.clamp_min(_NORM_EPS)  # as F.normalize
     unit_sum = torch.bmm(clamped.reciprocal()[:, None, :], patches)[:, 0]  # (B, D) = Σ_i u_i
     total = unit_sum.pow(2).sum(dim=-1)

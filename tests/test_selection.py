@@ -11,8 +11,13 @@ import prunesid.selection as selection_module
 from prunesid import Selection, select_tokens
 from prunesid.budget import fill_budget, group_bounds, split_budget
 from prunesid.nms import intra_group_nms
-from prunesid.similarity import redundancy, unit_patches, within_group_similarity
+from prunesid.similarity import redundancy, within_group_similarity
 from tests.reference_data import case_tensors
+
+
+def unit_patches(hidden: torch.Tensor) -> torch.Tensor:
+    """The reference's unit vectors: L2-normalised patch states, CLS dropped."""
+    return F.normalize(hidden[:, 1:].float(), p=2, dim=-1)
 
 
 def small_case(seed: int, n: int = 64, d: int = 32, clusters: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
