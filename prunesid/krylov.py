@@ -20,8 +20,10 @@ When it does not converge within ``max_steps``, or the Krylov space becomes inva
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
+import numba
 import numpy as np
 import scipy.linalg.lapack
 
@@ -52,54 +54,60 @@ def _start_vector(n: int, dtype: str) -> np.ndarray:
     return vector
 
 
-def lanczos_top_eigenvectors(matrices: np.ndarray, k: int, max_steps: int | None = None) -> list[np.ndarray | None]:
-    """For each ``n×n`` matrix of ``[B, n, n]``: ``[n, k]`` top eigenvectors (largest first), or None.
+@numba.njit(nogil=True, cache=True)
+def _lanczos_steps(matrix, basis, alpha, beta, start, stop, scale, breakdown):  # pragma: no cover (compiled)
+    """Lanczos steps ``start..stop-1``, compiled and without the GIL: (steps done, scale, broke down).
 
-    ``matrices`` hold full symmetric float32/float64 matrices (not modified). A row is
-    None when its iteration did not converge within ``max_steps`` (default n // 2) or
-    broke down; the caller then solves it directly. The rows advance in lockstep (one
-    numpy call per step for all of them), and every operation acts on each row alone, so
-    a row's vectors are bitwise the same whatever other rows share its batch.
+    Step j multiplies q_j = ``basis[j]`` by the matrix, removes its components along
+    q_0..q_j twice (classical Gram–Schmidt twice), and stores α_j, β_j and q_{j+1}.
+    ``np.dot`` on contiguous arrays is a BLAS call (gemv), exactly as in numpy.
     """
-    b, n, _ = matrices.shape
+    w = np.empty(matrix.shape[0], dtype=matrix.dtype)
+    for step in range(start, stop):
+        np.dot(matrix, basis[step], w)  # A q_j
+        previous = basis[: step + 1]
+        coefficients = np.dot(previous, w)  # first Gram–Schmidt pass
+        w -= np.dot(coefficients, previous)
+        correction = np.dot(previous, w)  # second pass restores what the first lost
+        w -= np.dot(correction, previous)
+        alpha[step] = np.float64(coefficients[step]) + np.float64(correction[step])
+        norm = math.sqrt(np.float64(np.dot(w, w)))
+        beta[step] = norm
+        scale = max(scale, abs(alpha[step]))
+        if norm <= breakdown * scale:  # invariant subspace
+            return step + 1, scale, True
+        basis[step + 1] = w / norm
+    return stop, scale, False
+
+
+def lanczos_top_eigenvectors(matrix: np.ndarray, k: int, max_steps: int | None = None) -> np.ndarray | None:
+    """``[n, k]`` top eigenvectors (largest first) of a full symmetric ``n×n`` matrix, or None.
+
+    ``matrix`` is C-contiguous float32/float64 and is not modified. None means the
+    iteration did not converge within ``max_steps`` (default n // 2) or broke down; the
+    caller then solves the matrix directly. The steps run compiled, without the GIL
+    (threads solving different matrices run in parallel), and a matrix gets bitwise the
+    same vectors whichever thread solves it and whatever is solved beside it.
+    """
+    n = matrix.shape[0]
     max_steps = min(max_steps or n // 2, n - 1)
     first_check = max(2 * k, 2 * CHECK_EVERY)
-    results: list[np.ndarray | None] = [None] * b
     if k < 1 or first_check > max_steps:
-        return results
-    rows = np.arange(b)  # original index of each row still iterating
-    basis = np.empty((b, max_steps + 1, n), dtype=matrices.dtype)  # Lanczos vectors as rows
-    basis[:, 0] = _start_vector(n, matrices.dtype.str)
-    alpha = np.empty((b, max_steps))
-    beta = np.empty((b, max_steps))
-    scale = np.zeros(b)  # max |α_j| so far: a lower bound on the largest eigenvalue
-    for step in range(max_steps):
-        w = basis[:, step : step + 1] @ matrices  # (R, 1, n): q_jᵀ A = (A q_j)ᵀ
-        previous = basis[:, : step + 1]
-        coefficients = w @ previous.transpose(0, 2, 1)  # first Gram–Schmidt pass
-        w -= coefficients @ previous
-        correction = w @ previous.transpose(0, 2, 1)  # second pass restores what the first lost
-        w -= correction @ previous
-        alpha[:, step] = coefficients[:, 0, step] + correction[:, 0, step]
-        norm = np.sqrt((w[:, 0] * w[:, 0]).sum(axis=-1))
-        beta[:, step] = norm
-        scale = np.maximum(scale, np.abs(alpha[:, step]))
-        finished = norm <= _BREAKDOWN * scale  # invariant subspace: give up on the row
-        basis[:, step + 1] = w[:, 0] / np.where(finished, 1.0, norm)[:, None]
-        size = step + 1
-        if size >= first_check and size % CHECK_EVERY == 0:
-            for row in np.flatnonzero(~finished):
-                pairs = _ritz_if_converged(alpha[row, :size], beta[row, : size - 1], norm[row], k, TOLERANCE * scale[row])
-                if pairs is not None:
-                    results[rows[row]] = basis[row, :size].T @ pairs[:, ::-1].astype(matrices.dtype)  # largest first
-                    finished[row] = True
-        if finished.any():  # continue with the rows still iterating
-            going = ~finished
-            if not going.any():
-                break
-            rows, matrices, basis = rows[going], matrices[going], basis[going]
-            alpha, beta, scale = alpha[going], beta[going], scale[going]
-    return results
+        return None
+    basis = np.empty((max_steps + 1, n), dtype=matrix.dtype)  # Lanczos vectors as rows
+    basis[0] = _start_vector(n, matrix.dtype.str)
+    alpha = np.empty(max_steps)
+    beta = np.empty(max_steps)
+    size, scale = 0, 0.0  # scale: max |α_j| so far, a lower bound on the largest eigenvalue
+    while size < max_steps:
+        stop = min(max(first_check, size + CHECK_EVERY), max_steps)
+        size, scale, broke_down = _lanczos_steps(matrix, basis, alpha, beta, size, stop, scale, _BREAKDOWN)
+        if broke_down:
+            return None
+        pairs = _ritz_if_converged(alpha[:size], beta[: size - 1], beta[size - 1], k, TOLERANCE * scale)
+        if pairs is not None:
+            return basis[:size].T @ pairs[:, ::-1].astype(matrix.dtype)  # largest first
+    return None
 
 
 def _ritz_if_converged(alpha: np.ndarray, beta: np.ndarray, next_beta: float, k: int, bound: float) -> np.ndarray | None:

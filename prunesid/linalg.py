@@ -1,32 +1,33 @@
-"""Deterministic top eigenvectors of a batch of symmetric PSD matrices.
+"""Deterministic Gram matrices and their top eigenvectors, for a batch at once.
 
-On the CPU:
+PSCA needs the top eigenvectors of the N×N Gram matrix ``zc @ zcᵀ`` of every batch row. On the CPU:
 
-* float32 matrices (PSCA with G ≤ 16 groups) are solved by Lanczos (:mod:`krylov`),
-  which stops only once the wanted eigenpairs are converged below float32's own
-  accuracy. The batch is cut into one chunk of rows per core; each chunk advances in
-  lockstep in a thread (numpy's BLAS calls release the GIL). Measured for 576×576 and 16
-  vectors, each pair in one run: one matrix 5.9 ms against 11.9 ms for LAPACK; eight in
-  sequence 39 ms against 57 ms for LAPACK two rows at a time; eight as two chunks 22 ms
-  against 34 ms in sequence (the second core helps less when the host is busy: 1.15x).
-* float64 matrices (G > 16), and any matrix on which Lanczos does not converge or which
-  is rank-deficient, go to LAPACK's MRRR driver (``?syevr``, :mod:`lapack`), two rows at
-  a time in threads (its ctypes call releases the GIL). Lanczos stops at a residual
-  that suits float32, not float64's far smaller one.
+* **Gram matrix.** Each row's N×N product is cut into four lower-triangle blocks of equal
+  cost: the two diagonal halves (symmetric products, which numpy hands to BLAS ``syrk``,
+  half the flops of a general product) and the off-diagonal half in two row slices (a
+  ``gemm`` each), mirrored above the diagonal. The blocks are spread over one thread per
+  core, so even a single image uses both cores; a row's blocks are the same BLAS calls
+  whatever the batch, so its Gram matrix is bitwise the same alone or in any batch.
+* **Eigenvectors.** float32 matrices (PSCA with G ≤ 16 groups) are solved by Lanczos
+  (:mod:`krylov`, compiled, without the GIL), which stops only once the wanted
+  eigenpairs are converged below float32's own accuracy; float64 matrices (G > 16), and
+  any matrix on which Lanczos does not converge or which is rank-deficient, go to
+  LAPACK's MRRR driver (``?syevr``, :mod:`lapack`). One task per row, on the same threads.
 
-On other devices ``torch.linalg.eigh`` is used. Every path is non-random: the same input
-gives the same vectors on every run, and a row gives bitwise the same vectors alone or in
-any batch (tested).
+On other devices the Gram matrix is one batched product and ``torch.linalg.eigh`` solves
+it. Every path is non-random: the same input gives the same vectors on every run, and a
+row gets bitwise the same vectors alone or in any batch (tested).
 
-SciPy's and numpy's OpenBLAS pools are held to one thread meanwhile: right after a
-torch op, torch's OpenMP workers still spin on the same cores, and OpenBLAS's own
-workers spin after each call; two pools fighting over two cores made single solves
-10-100x slower (seen: 15 ms -> 0.8 s).
+SciPy's and numpy's OpenBLAS pools are held to one thread meanwhile: right after a torch
+op, torch's OpenMP workers still spin on the same cores, and OpenBLAS's own workers spin
+after each call; two pools fighting over two cores made single solves 10-100x slower
+(seen: 15 ms -> 0.8 s).
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Callable, Iterable
 
 import numpy as np
 import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS before the pools are listed)
@@ -41,10 +42,90 @@ KRYLOV_MIN_SIZE = 128
 KRYLOV_MAX_VECTORS = 16
 """More vectors than PSCA asks of a float32 matrix go to LAPACK (measured range only)."""
 
+Block = tuple[slice, slice]
+
 
 @lru_cache(maxsize=1)
 def _blas_pools() -> ThreadpoolController:
     return ThreadpoolController()  # snapshot after scipy.linalg is imported (its OpenBLAS is loaded)
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prunesid-linalg")
+
+
+def _workers() -> int:
+    return max(torch.get_num_threads(), 1)
+
+
+def _map(function: Callable, items: Iterable, workers: int) -> list:
+    """``[function(item) ...]``, on ``workers`` threads when there is more than one item."""
+    items = list(items)
+    if workers == 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    return list(_pool(workers).map(function, items))
+
+
+@lru_cache(maxsize=8)
+def gram_blocks(n: int) -> tuple[Block, ...]:
+    """The four blocks of the lower triangle of an ``n×n`` Gram matrix, each ~n²/8 products:
+    the two diagonal halves (symmetric) and the off-diagonal half in two row slices."""
+    half = n // 2
+    quarter = half + (n - half) // 2
+    return (
+        (slice(0, half), slice(0, half)),
+        (slice(half, n), slice(half, n)),
+        (slice(half, quarter), slice(0, half)),
+        (slice(quarter, n), slice(0, half)),
+    )
+
+
+def _gram_block(rows: np.ndarray, out: np.ndarray, block: Block) -> None:
+    """Fill ``out[block]`` (and its mirror image above the diagonal) with ``rows @ rowsᵀ``."""
+    row_part, column_part = block
+    target = out[row_part, column_part]
+    np.matmul(rows[row_part], rows[column_part].T, out=target)  # same operand twice: BLAS syrk
+    if row_part != column_part:
+        out[column_part, row_part] = target.T
+
+
+def gram_matrix(rows: torch.Tensor) -> torch.Tensor:
+    """``[B, N, N]``: ``rows @ rowsᵀ`` for ``rows`` ``[B, N, D]``, both triangles filled."""
+    if rows.device.type != "cpu":
+        return torch.bmm(rows, rows.transpose(1, 2))
+    batch = rows.detach().contiguous().numpy()
+    grams = np.empty((batch.shape[0], batch.shape[1], batch.shape[1]), dtype=batch.dtype)
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        _fill_grams(batch, grams, _workers())
+    return torch.from_numpy(grams)
+
+
+def _fill_grams(batch: np.ndarray, grams: np.ndarray, workers: int) -> None:
+    blocks = gram_blocks(batch.shape[1])
+    tasks = [(row, block) for row in range(len(batch)) for block in blocks]
+    _map(lambda task: _gram_block(batch[task[0]], grams[task[0]], task[1]), tasks, workers)
+
+
+def gram_top_eigenvectors(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, N, k]``: top-k eigenvectors of ``rows @ rowsᵀ`` (largest first, same dtype).
+
+    These are the top right singular vectors of ``rowsᵀ``. ``rows`` is ``[B, N, D]``,
+    float32 or float64.
+    """
+    n = rows.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"asked for {k} eigenvectors of a {n}x{n} matrix")
+    if rows.device.type != "cpu":
+        return top_eigenvectors(gram_matrix(rows), k)
+    batch = rows.detach().contiguous().numpy()
+    grams = np.empty((batch.shape[0], n, n), dtype=batch.dtype)
+    out = np.empty((batch.shape[0], n, k), dtype=batch.dtype)
+    workers = _workers()
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        _fill_grams(batch, grams, workers)
+        _map(lambda row: _solve_into(grams[row], k, out[row]), range(len(batch)), workers)
+    return torch.from_numpy(out)
 
 
 def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False) -> torch.Tensor:
@@ -61,35 +142,21 @@ def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False) -
         _, vectors = torch.linalg.eigh(matrix)  # ascending eigenvalues
         return vectors[..., -k:].flip(-1)
     batch = matrix.detach().contiguous().numpy()
+    if not overwrite:
+        batch = batch.copy()
     out = np.empty((batch.shape[0], n, k), dtype=batch.dtype)
-    workers = min(len(batch), max(torch.get_num_threads(), 1))
-    use_krylov = batch.dtype == np.float32 and n >= KRYLOV_MIN_SIZE and k <= KRYLOV_MAX_VECTORS
-
-    def krylov(rows: np.ndarray) -> list[np.ndarray | None]:  # a chunk of rows in lockstep
-        return lanczos_top_eigenvectors(batch[rows[0] : rows[-1] + 1], k)
-
-    def direct(row: int) -> None:  # LAPACK for one row
-        square = batch[row] if overwrite else batch[row].copy()
-        out[row] = top_eigenpairs_inplace(square, k)[::-1].T
-
     with _blas_pools().limit(limits=1, user_api="blas"):
-        unsolved = list(range(len(batch)))
-        if use_krylov:
-            chunks = np.array_split(np.arange(len(batch)), workers)  # one per core
-            unsolved = []
-            for rows, found in zip(chunks, _map(krylov, chunks, workers)):
-                for row, vectors in zip(rows.tolist(), found):
-                    if vectors is None:
-                        unsolved.append(row)
-                    else:
-                        out[row] = vectors
-        _map(direct, unsolved, workers)
+        _map(lambda row: _solve_into(batch[row], k, out[row]), range(len(batch)), _workers())
     return torch.from_numpy(out)
 
 
-def _map(function, items: list, workers: int) -> list:
-    """``[function(item) ...]``, on ``workers`` threads when there is more than one item."""
-    if workers == 1 or len(items) <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(function, items))
+def _solve_into(matrix: np.ndarray, k: int, out: np.ndarray) -> None:
+    """Top-k eigenvectors of one full symmetric matrix into ``out`` (``[n, k]``); the
+    matrix may be overwritten."""
+    n = matrix.shape[0]
+    if matrix.dtype == np.float32 and n >= KRYLOV_MIN_SIZE and k <= KRYLOV_MAX_VECTORS:
+        vectors = lanczos_top_eigenvectors(matrix, k)
+        if vectors is not None:
+            out[:] = vectors
+            return
+    out[:] = top_eigenpairs_inplace(matrix, k)[::-1].T

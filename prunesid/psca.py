@@ -7,15 +7,16 @@ belongs to group ``argmax_j |V_ij|``. Groups are numbered by component, largest
 singular value first.
 
 The right singular vectors of the centred Z are the eigenvectors of the N×N Gram
-matrix ``Zcᵀ Zc``, which is what we decompose (cheaper than an SVD of D×N): by Lanczos
-converged to working precision for G ≤ 16, by LAPACK otherwise (see :mod:`linalg`).
-Both are exact to the precision of the matrix and deterministic.
+matrix ``Zcᵀ Zc`` (``zc @ zcᵀ`` with our token-major ``zc``), which is what we decompose
+(cheaper than an SVD of D×N): by Lanczos converged to working precision for G ≤ 16, by
+LAPACK otherwise (see :mod:`linalg`). Both are exact to the precision of the matrix and
+deterministic.
 """
 from __future__ import annotations
 
 import torch
 
-from .linalg import top_eigenvectors
+from .linalg import gram_top_eigenvectors
 
 FLOAT32_MAX_COMPONENTS = 16
 """Largest G decomposed in float32. Forming the Gram matrix squares the condition of the
@@ -33,27 +34,6 @@ def centred_token_matrix(hidden_states: torch.Tensor) -> torch.Tensor:
     """
     z = torch.sigmoid(hidden_states[:, 1:].float())  # (B, N, D), a fresh tensor
     return z.sub_(z.mean(dim=-1, keepdim=True))  # in place: one [B, N, D] buffer, not two
-
-
-GRAM_PANELS = 4
-"""Row panels of :func:`gram_matrix`: 4 panels compute 62.5% of the N×N products and
-were fastest for N = 576 (measured 2.9 vs 4.4 ms for the full product at B = 1)."""
-
-
-def gram_matrix(rows: torch.Tensor, panels: int = GRAM_PANELS) -> torch.Tensor:
-    """``[B, N, N]``: ``rows @ rowsᵀ``, forming only the products on and below the diagonal.
-
-    Each row panel is multiplied with the columns up to its own end; the part left of
-    the diagonal block is then mirrored above the diagonal (a copy, not a product).
-    """
-    b, n, _ = rows.shape
-    edges = [round(i * n / panels) for i in range(panels + 1)]
-    gram = rows.new_empty(b, n, n)
-    for start, end in zip(edges[:-1], edges[1:]):  # a few panels, not a loop over tokens
-        panel = torch.bmm(rows[:, start:end], rows[:, :end].transpose(1, 2))  # (B, end-start, end)
-        gram[:, start:end, :end] = panel
-        gram[:, :start, start:end] = panel[:, :, :start].transpose(1, 2)
-    return gram
 
 
 def principal_components(
@@ -76,7 +56,7 @@ def principal_components(
     if method == "exact":
         if num_components > FLOAT32_MAX_COMPONENTS:
             zc = zc.double()  # see FLOAT32_MAX_COMPONENTS
-        return top_eigenvectors(gram_matrix(zc), num_components, overwrite=True).float()
+        return gram_top_eigenvectors(zc, num_components).float()
     if method == "randomized":
         return _randomized_right_vectors(zc, num_components, generator, niter)
     raise ValueError(f"unknown PCA method {method!r}; use 'exact' or 'randomized'")
