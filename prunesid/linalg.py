@@ -25,6 +25,7 @@ after each call; two pools fighting over two cores made single solves 10-100x sl
 """
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable, Iterable
@@ -51,8 +52,8 @@ def _blas_pools() -> ThreadpoolController:
 
 
 @lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prunesid-linalg")
+def _helpers(count: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix="prunesid-linalg")
 
 
 def _workers() -> int:
@@ -60,11 +61,32 @@ def _workers() -> int:
 
 
 def _map(function: Callable, items: Iterable, workers: int) -> list:
-    """``[function(item) ...]``, on ``workers`` threads when there is more than one item."""
+    """``[function(item) ...]`` on ``workers`` threads: the caller and ``workers - 1`` helpers
+    take the next item as they become free.
+
+    The caller works too rather than waiting: right after a torch op, torch's idle OpenMP
+    worker keeps spinning on one core for a few milliseconds, and a helper scheduled
+    there stalls; the caller then takes the items the stalled helper would have taken
+    (measured for one image's Gram matrix after the centring: 8.5 ms with two helpers
+    and a waiting caller, against 4.3 ms for the Gram alone).
+    """
     items = list(items)
     if workers == 1 or len(items) <= 1:
         return [function(item) for item in items]
-    return list(_pool(workers).map(function, items))
+    results: list = [None] * len(items)
+    next_index = itertools.count()  # its __next__ is atomic: each index is taken once
+
+    def drain() -> None:
+        while (index := next(next_index)) < len(items):
+            results[index] = function(items[index])
+
+    helpers = [_helpers(workers - 1).submit(drain) for _ in range(min(workers, len(items)) - 1)]
+    try:
+        drain()
+    finally:
+        for helper in helpers:
+            helper.result()  # waits, and raises what the helper raised
+    return results
 
 
 @lru_cache(maxsize=8)
