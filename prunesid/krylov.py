@@ -131,3 +131,15 @@ def _converged(
         return None
     vectors = vectors[:, :count]
     return vectors if np.abs(next_beta * vectors[-1, :]).max() <= bound else None
+
+
+def warm_up() -> None:
+    """Compile the Lanczos steps now (or load them from numba's on-disk cache).
+
+    The first compilation takes a few seconds; call this where a wait is hidden (the app
+    does, while its model loads) so the first selection does not pay for it.
+    """
+    matrix = np.eye(8, dtype=np.float32)
+    basis = np.zeros((2, 8), dtype=np.float32)
+    basis[0, 0] = 1.0
+    _lanczos_steps(matrix, basis, np.empty(1), np.empty(1), 0, 1, 0.0, _BREAKDOWN)

@@ -128,13 +128,22 @@ class ModelManager:
                 self.state.reference_phis, self.state.phi_ref = phis, phi_ref
 
     def preload_in_background(self) -> threading.Thread:
-        """Start loading the requested model now, so the first Run does not wait for it."""
+        """Start loading the requested model now, and compiling the selection's Lanczos kernel,
+        so the first Run waits for neither."""
 
         def work():
             try:
                 self.get()
             except Exception:  # shown to the user on first use instead
                 log.exception("background model load failed")
+            try:
+                from prunesid.krylov import warm_up
+
+                start = time.perf_counter()
+                warm_up()
+                log.info("selection kernel ready in %.1f s", time.perf_counter() - start)
+            except Exception:  # the first selection compiles it instead
+                log.exception("compiling the selection kernel failed")
 
         thread = threading.Thread(target=work, name="prunesid-model-preload", daemon=True)
         thread.start()
