@@ -2,10 +2,15 @@
 
 PSCA needs the G ≤ 16 leading eigenvectors of a 576×576 Gram matrix. A direct solver
 first reduces the whole matrix to tridiagonal form (4/3·N³ flops, half of them
-memory-bound): ~11 ms on one CPU core. Lanczos builds the same reduction only as far as
-the leading eigenpairs need — 32–96 matrix-vector products on CLIP-like cases, 2.5–7 ms
-— and stops only when they are converged to below the accuracy the direct solver itself
-reaches in float32:
+memory-bound). Lanczos builds the same reduction only as far as the leading eigenpairs
+need — 32–96 matrix-vector products on CLIP-like cases — and stops only when they are
+converged to below the accuracy the direct solver itself reaches in float32. Measured on
+one core on the benchmark's eight CLIP-like matrices (K = 64, G = 16): 2.6–3.6 ms here,
+against 8.7–10.6 ms for LAPACK's subset solver (scipy ``eigh(subset_by_index=...)``).
+The steps are compiled with numba (``_lanczos_steps``; ``warm_up`` compiles or loads it
+ahead of time) because, interpreted, numpy's per-call overhead was a third of the time.
+
+Why its vectors can stand in for the direct solver's:
 
 * every step is reorthogonalised twice against the whole basis (classical Gram–Schmidt
   twice), so no spurious copies of converged eigenvalues appear;
