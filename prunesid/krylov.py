@@ -59,7 +59,20 @@ def _start_vector(n: int, dtype: str) -> np.ndarray:
     return vector
 
 
-@numba.njit(nogil=True, cache=True)
+def _compiled(function):
+    """``numba.njit`` without the GIL, cached on disk where a cache folder is writable.
+
+    numba refuses ``cache=True`` outright (RuntimeError at decoration, i.e. on import) when
+    neither the package's ``__pycache__`` nor the user's cache folder can be written, as in
+    a read-only container: there the kernel is compiled once per process instead.
+    """
+    try:
+        return numba.njit(nogil=True, cache=True)(function)
+    except RuntimeError:
+        return numba.njit(nogil=True)(function)
+
+
+@_compiled
 def _lanczos_steps(matrix, basis, alpha, beta, start, stop, scale, breakdown):  # pragma: no cover (compiled)
     """Lanczos steps ``start..stop-1``, compiled and without the GIL: (steps done, scale, broke down).
 

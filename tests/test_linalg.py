@@ -1,7 +1,10 @@
 """The exact PSCA building blocks: the Gram matrix and the eigensolvers (Lanczos, LAPACK)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,6 +87,28 @@ def test_lanczos_agrees_with_lapack_on_clip_like_gram_matrices():
         direct = top_eigenpairs_inplace(row.copy(), 16)[::-1].T
         assert np.array_equal(np.abs(krylov).argmax(1), np.abs(direct).argmax(1))
         assert np.abs(np.abs(krylov) - np.abs(direct)).max() < 1e-4
+
+
+_UNCACHED_LANCZOS = """
+import sys
+import numpy as np
+from numba.core import caching
+caching.CacheImpl._locator_classes = []  # as in a read-only container: nowhere to cache
+from prunesid.krylov import lanczos_top_eigenvectors
+matrix = np.load(sys.argv[1])
+np.save(sys.argv[2], lanczos_top_eigenvectors(matrix, 16))
+"""
+
+
+def test_lanczos_runs_where_numba_cannot_cache_and_gives_the_same_vectors(tmp_path):
+    """numba raises on import-time ``cache=True`` when no cache folder is writable; the
+    package must still import there, and compile the same kernel in memory."""
+    gram = gram_matrix(centred_token_matrix(case_tensors(3)[0])).numpy()[0]
+    np.save(tmp_path / "gram.npy", gram)
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", _UNCACHED_LANCZOS, str(tmp_path / "gram.npy"), str(tmp_path / "out.npy")],
+                   cwd=root, check=True, timeout=300)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), lanczos_top_eigenvectors(gram, 16))
 
 
 def test_lanczos_gives_up_on_rank_deficient_matrices_and_lapack_takes_over():
