@@ -135,19 +135,7 @@ def gram_top_eigenvectors(rows: torch.Tensor, k: int) -> torch.Tensor:
     These are the top right singular vectors of ``rowsᵀ``. ``rows`` is ``[B, N, D]``,
     float32 or float64.
     """
-    n = rows.shape[1]
-    if not 1 <= k <= n:
-        raise ValueError(f"asked for {k} eigenvectors of a {n}x{n} matrix")
-    if rows.device.type != "cpu":
-        return top_eigenvectors(gram_matrix(rows), k)
-    batch = rows.detach().contiguous().numpy()
-    grams = np.empty((batch.shape[0], n, n), dtype=batch.dtype)
-    out = np.empty((batch.shape[0], n, k), dtype=batch.dtype)
-    workers = _workers()
-    with _blas_pools().limit(limits=1, user_api="blas"):
-        _fill_grams(batch, grams, workers)
-        _map(lambda row: _solve_into(grams[row], k, out[row]), range(len(batch)), workers)
-    return torch.from_numpy(out)
+    return top_eigenvectors(gram_matrix(rows), k, overwrite=True)  # the Gram matrix is ours to overwrite
 
 
 def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False) -> torch.Tensor:

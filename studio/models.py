@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from prunesid.krylov import warm_up as compile_selection_kernel
 from prunesid.pipeline import DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline
 
 from .runtime import log
@@ -137,10 +138,8 @@ class ModelManager:
             except Exception:  # shown to the user on first use instead
                 log.exception("background model load failed")
             try:
-                from prunesid.krylov import warm_up
-
                 start = time.perf_counter()
-                warm_up()
+                compile_selection_kernel()
                 log.info("selection kernel ready in %.1f s", time.perf_counter() - start)
             except Exception:  # the first selection compiles it instead
                 log.exception("compiling the selection kernel failed")
