@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prunesid.compare import compare_methods  # noqa: E402
-from prunesid.methods import list_methods  # noqa: E402
+from prunesid_eval.compare import compare_methods  # noqa: E402
+from prunesid_eval.methods import list_methods  # noqa: E402
 
 TARGET_MS = 1000.0
 

@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from prunesid import select_tokens
-from prunesid.adapters.calibration import calibration_images
-from prunesid.adapters.features import encode_views
-from prunesid.adapters.generation import synchronize
+from prunesid_vlm.calibration import calibration_images
+from prunesid_vlm.features import encode_views
+from prunesid_vlm.generation import synchronize
 
 
 def build_model(layers: int, vision_layers: int, dtype: torch.dtype, device: torch.device):

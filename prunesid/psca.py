@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import gram_top_eigenvectors
+from ._eigen import gram_top_eigenvectors
 
 FLOAT32_MAX_COMPONENTS = 16
 """Largest G decomposed in float32. Forming the Gram matrix squares the condition of the

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import gradio as gr
 import torch
 
-from prunesid.compare import (
+from prunesid_eval.compare import (
     DEFAULT_STABILITY_SEEDS,
     DEFAULT_SWEEP_BUDGETS,
     budget_sweep,
@@ -31,10 +31,10 @@ from prunesid.compare import (
     method_fn,
     stability,
 )
-from prunesid.media import MediaError, load_image
-from prunesid.methods import get_method, list_methods
-from prunesid.pipeline import ModelLoadError, Pipeline
-from prunesid.published import (
+from studio.media import MediaError, load_image
+from prunesid_eval.methods import get_method, list_methods
+from prunesid_vlm.pipeline import ModelLoadError, Pipeline
+from prunesid_eval.published import (
     FAMILY_MODEL,
     LLAVA_15_7B,
     MODEL_LABELS,

@@ -2,7 +2,7 @@
 
 * :class:`SafeImage` / :class:`SafeVideo`: uploads are handed over as file paths *without*
   Gradio opening them, so a corrupt or non-image file reaches our loader
-  (:mod:`prunesid.media`), which explains the problem, instead of failing inside Gradio.
+  (:mod:`studio.media`), which explains the problem, instead of failing inside Gradio.
 * :class:`GroupImage`: an ``AnnotatedImage`` whose value carries its own colours
   (``(base, [(mask, label)], color_map)``) and whose masks are written as fast,
   lightly compressed PNGs (one per PSCA group, up to 144 groups at K = 577).

@@ -21,8 +21,8 @@ import gradio as gr
 import numpy as np
 
 from prunesid import select_tokens
-from prunesid.media import MediaError, load_image, load_video
-from prunesid.pipeline import CompareResult, EncodedImages, ModelLoadError, Pipeline
+from studio.media import MediaError, load_image, load_video
+from prunesid_vlm.pipeline import CompareResult, EncodedImages, ModelLoadError, Pipeline
 
 from . import views as V
 from .components import png_file

@@ -11,8 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from prunesid.krylov import warm_up as compile_selection_kernel
-from prunesid.pipeline import DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline
+from prunesid._eigen.krylov import warm_up as compile_selection_kernel
+from prunesid_vlm.pipeline import DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline
 
 from .runtime import log
 
@@ -161,8 +161,8 @@ def reference_phis(pipe: Pipeline) -> list[float]:
     import torch
 
     from prunesid import information_score
-    from prunesid.adapters.calibration import calibration_images
-    from prunesid.adapters.features import encode_views
+    from prunesid_vlm.calibration import calibration_images
+    from prunesid_vlm.features import encode_views
 
     pixels = torch.cat([pipe.adapter.preprocess(im)[0] for im in calibration_images()])
     with torch.inference_mode():

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from prunesid import Selection
-from prunesid.adapters.llava import ViewInfo
-from prunesid.pipeline import EncodedImages
+from prunesid_vlm.adapters.llava import ViewInfo
+from prunesid_vlm.pipeline import EncodedImages
 
 TOWER_SIDE = 336
 """Side of the square each tower view is drawn on (the CLIP-L/336 input)."""

@@ -29,7 +29,7 @@ def demo_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llava_pipeline(demo_cache):
     """The tiny LLaVA-1.5 demo pipeline (CPU, fp32)."""
-    from prunesid.pipeline import DEMO_MODEL_ID, load_pipeline
+    from prunesid_vlm.pipeline import DEMO_MODEL_ID, load_pipeline
 
     return load_pipeline(DEMO_MODEL_ID, device="cpu")
 
@@ -37,8 +37,8 @@ def llava_pipeline(demo_cache):
 @pytest.fixture(scope="session")
 def llava_next_pipeline(demo_cache):
     """The tiny LLaVA-NeXT demo pipeline (CPU, fp32)."""
-    from prunesid.pipeline import load_pipeline
-    from prunesid.adapters.registry import DEMO_NEXT_MODEL_ID
+    from prunesid_vlm.pipeline import load_pipeline
+    from prunesid_vlm.registry import DEMO_NEXT_MODEL_ID
 
     return load_pipeline(DEMO_NEXT_MODEL_ID, device="cpu")
 
@@ -60,8 +60,8 @@ def images():
 @pytest.fixture(scope="session")
 def llava_next_video_pipeline(demo_cache):
     """The tiny LLaVA-NeXT-Video demo pipeline (CPU, fp32)."""
-    from prunesid.pipeline import load_pipeline
-    from prunesid.adapters.registry import DEMO_NEXT_VIDEO_MODEL_ID
+    from prunesid_vlm.pipeline import load_pipeline
+    from prunesid_vlm.registry import DEMO_NEXT_VIDEO_MODEL_ID
 
     return load_pipeline(DEMO_NEXT_VIDEO_MODEL_ID, device="cpu")
 

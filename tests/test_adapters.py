@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from prunesid import select_tokens
-from prunesid.adapters.features import encode_views
-from prunesid.adapters.fidelity import first_token_kl
-from prunesid.adapters.generation import shrink_placeholders
-from prunesid.pipeline import ModelLoadError, list_models, load_pipeline
+from prunesid_vlm.features import encode_views
+from prunesid_vlm.fidelity import first_token_kl
+from prunesid_vlm.generation import shrink_placeholders
+from prunesid_vlm.pipeline import ModelLoadError, list_models, load_pipeline
 
 QUESTION = "What is in the picture?"
 
@@ -218,7 +218,7 @@ def test_no_hooks_or_patches_are_left_behind(llava_pipeline, images):
 
 
 def test_demo_model_leaves_the_global_rng_alone(tmp_path):
-    from prunesid.adapters.demo_model import save_demo_model
+    from prunesid_vlm.demo_model import save_demo_model
 
     state = torch.get_rng_state()
     save_demo_model("llava", tmp_path)
@@ -226,7 +226,7 @@ def test_demo_model_leaves_the_global_rng_alone(tmp_path):
 
 
 def test_missing_folder_and_fallback_to_demo(demo_cache, tmp_path):
-    from prunesid.pipeline import DEMO_MODEL_ID, load_pipeline_or_demo
+    from prunesid_vlm.pipeline import DEMO_MODEL_ID, load_pipeline_or_demo
 
     with pytest.raises(ModelLoadError, match="there is no folder"):
         load_pipeline(str(tmp_path / "missing"))
@@ -235,7 +235,7 @@ def test_missing_folder_and_fallback_to_demo(demo_cache, tmp_path):
 
 
 def test_dtype_and_device_resolution():
-    from prunesid.adapters.loading import resolve_dtype, resolve_device
+    from prunesid_vlm.loading import resolve_dtype, resolve_device
 
     cpu = torch.device("cpu")
     assert resolve_device("cpu") == cpu and resolve_dtype(None, cpu) == torch.float32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prunesid.pipeline import video_frames
+from studio.media import load_video
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def clip_path(tmp_path_factory):
 
 
 def test_frames_are_answered_as_a_multi_image_prompt(llava_pipeline, clip_path):
-    frames = video_frames(clip_path, num_frames=4)
+    frames = load_video(clip_path, max_frames=4)[0]
     assert len(frames) == 4 and all(f.size == (160, 120) for f in frames)
     k = 32
     result = llava_pipeline.compare(frames, "What moves?", k, dynamic=True, max_new_tokens=2)
@@ -35,7 +35,7 @@ def test_frames_are_answered_as_a_multi_image_prompt(llava_pipeline, clip_path):
 
 def test_next_video_full_path_equals_plain_generate(llava_next_video_pipeline, clip_path):
     pipe = llava_next_video_pipeline
-    frames = video_frames(clip_path, num_frames=3)
+    frames = load_video(clip_path, max_frames=3)[0]
     result = pipe.compare(frames, "What moves?", 16, max_new_tokens=6)
     inputs = pipe.prompt_inputs(frames, "What moves?")
     plain = pipe.model.generate(**inputs, do_sample=False, max_new_tokens=6)
@@ -47,7 +47,7 @@ def test_next_video_selects_on_pooled_tokens_and_hands_over_k_per_frame(llava_ne
     import torch
 
     pipe, k = llava_next_video_pipeline, 20
-    frames = video_frames(clip_path, num_frames=3)
+    frames = load_video(clip_path, max_frames=3)[0]
     feats = pipe.encode(frames)
     assert feats.hidden_states.shape == (3, 145, 64) and feats.cls_attention.shape == (3, 144)
     assert [v.kind for v in feats.views] == ["frame"] * 3 and {v.image for v in feats.views} == {0}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunesid.compare import (
+from prunesid_eval.compare import (
     budget_sweep,
     compare_methods,
     coverage,
@@ -19,8 +19,8 @@ from prunesid.compare import (
     sweep_selections,
     take_row,
 )
-from prunesid.methods import get_method, list_methods
-from prunesid.published import (
+from prunesid_eval.methods import get_method, list_methods
+from prunesid_eval.published import (
     LLAVA_15_7B,
     LLAVA_NEXT_7B,
     NOT_REPORTED,
@@ -219,7 +219,7 @@ def test_compare_view_with_answers(llava_pipeline, image_path):
 
 
 def test_compare_view_without_answers_and_errors(llava_pipeline, image_path):
-    from prunesid.media import MediaError
+    from studio.media import MediaError
     from studio.compare_tab import compare_view, parse_budgets, stability_view, sweep_view
 
     get = lambda: llava_pipeline  # noqa: E731

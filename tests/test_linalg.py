@@ -11,9 +11,9 @@ import torch
 
 import numpy as np
 
-from prunesid.krylov import lanczos_top_eigenvectors
-from prunesid.lapack import top_eigenpairs_inplace
-from prunesid.linalg import gram_blocks, gram_matrix, gram_top_eigenvectors, top_eigenvectors
+from prunesid._eigen.krylov import lanczos_top_eigenvectors
+from prunesid._eigen.lapack import top_eigenpairs_inplace
+from prunesid._eigen.solve import gram_blocks, gram_matrix, gram_top_eigenvectors, top_eigenvectors
 from prunesid.psca import centred_token_matrix, principal_components
 from tests.reference_data import case_tensors
 
@@ -94,7 +94,7 @@ import sys
 import numpy as np
 from numba.core import caching
 caching.CacheImpl._locator_classes = []  # as in a read-only container: nowhere to cache
-from prunesid.krylov import lanczos_top_eigenvectors
+from prunesid._eigen.krylov import lanczos_top_eigenvectors
 matrix = np.load(sys.argv[1])
 np.save(sys.argv[2], lanczos_top_eigenvectors(matrix, 16))
 """

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from prunesid import select_tokens
-from prunesid.methods import METHODS, get_method, list_methods
-from prunesid.methods.divprune import divprune_select, max_min_greedy
-from prunesid.methods.grid import grid_patches, grid_select
-from prunesid.methods.prunesid_rules import dynamic_budgets, prunesid_dynamic_select
-from prunesid.methods.random_select import random_select
-from prunesid.methods.topk import topk_select
-from prunesid.methods.visionzip import contextual_count, visionzip_select
-from prunesid.methods.vispruner import vispruner_select
+from prunesid_eval.methods import METHODS, get_method, list_methods
+from prunesid_eval.methods.divprune import divprune_select, max_min_greedy
+from prunesid_eval.methods.grid import grid_patches, grid_select
+from prunesid_eval.methods.prunesid_rules import dynamic_budgets, prunesid_dynamic_select
+from prunesid_eval.methods.random_select import random_select
+from prunesid_eval.methods.topk import topk_select
+from prunesid_eval.methods.visionzip import contextual_count, visionzip_select
+from prunesid_eval.methods.vispruner import vispruner_select
 
 from reference_data import case_tensors, require_reference
 

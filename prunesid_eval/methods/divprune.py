@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..result import Selection
+from prunesid.result import Selection
 from ._common import Budget, Picked, run_rule, with_cls
 
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import torch
 
-from ..config import DEFAULT_MIN_TOKENS
-from ..dynamic import allocate_budgets, dynamic_budget, information_score
-from ..result import Selection
-from ..selection import select_tokens
-from ..validation import budget_tensor, check_features
+from prunesid.config import DEFAULT_MIN_TOKENS
+from prunesid.dynamic import allocate_budgets, dynamic_budget, information_score
+from prunesid.result import Selection
+from prunesid.selection import select_tokens
+from prunesid.validation import budget_tensor, check_features
 from ._common import Budget
 
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..result import Selection
+from prunesid.result import Selection
 from ._common import Budget, Picked, patch_count, run_rule, with_cls
 
 

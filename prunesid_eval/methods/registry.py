@@ -7,7 +7,7 @@ method gives the LLM the same number of visual tokens — except ``prunesid-dyn`
 budget is a mean over images by design. Budgets above what a method can give are clamped
 (1 + N with CLS, N without).
 
-    from prunesid.methods import list_methods, get_method
+    from prunesid_eval.methods import list_methods, get_method
     for spec in list_methods():
         sel = spec.fn(hidden, attention, 64, generator=torch.Generator().manual_seed(0))
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..result import Selection
+from prunesid.result import Selection
 from . import divprune, grid, prunesid_rules, random_select, topk, visionzip, vispruner
 
 SelectFn = Callable[..., Selection]

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..result import Selection
+from prunesid.result import Selection
 from ._common import Budget, Picked, descending_order, run_rule, with_cls
 
 CONTEXTUAL_PER_64 = 10

@@ -5,7 +5,7 @@ Tensors in, small result objects out; no model or UI code. The one model-depende
 quantity, the sweep's fidelity, comes in as a callable (the app builds it from
 ``Pipeline.compare``), so this module stays testable on synthetic features.
 
-    from prunesid.compare import compare_methods, stability, budget_sweep
+    from prunesid_eval.compare import compare_methods, stability, budget_sweep
     runs = compare_methods(hidden, attention, 64)            # one MethodRun per method
     stab = stability(hidden, attention, 64, seeds=range(8))  # Jaccard of kept sets
     sweep = budget_sweep(hidden, attention, (16, 64, 192, 576))
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .methods import MethodSpec, get_method, list_methods
 from .published import LLAVA_15_7B, NOT_REPORTED, PublishedFigure, published_figure
-from .result import Selection
+from prunesid.result import Selection
 
 DEFAULT_SEED = 0
 """Seed of the generator each method gets (a fresh one per method, so order does not matter)."""
@@ -119,7 +119,7 @@ def compare_methods(
         num_tokens: the budget (CLS included where a method keeps it), or one per row.
         options: per-method keyword options (e.g. ``phi_ref`` for ``prunesid-dyn``).
         seed: each method gets a fresh ``torch.Generator`` seeded with it.
-        model: whose published figures to attach (:mod:`prunesid.published`).
+        model: whose published figures to attach (:mod:`prunesid_eval.published`).
     """
     budget = num_tokens if isinstance(num_tokens, int) else int(list(num_tokens)[0])
     runs = []

@@ -19,9 +19,9 @@ from typing import Callable
 
 import torch
 
-from ..similarity import redundancy
-from ..result import Selection
-from ..validation import Budget, budget_tensor, check_features
+from prunesid.similarity import redundancy
+from prunesid.result import Selection
+from prunesid.validation import Budget, budget_tensor, check_features
 
 DEFAULT_SEED = 0
 """Seed of the generator a randomised rule uses when the caller passes none."""

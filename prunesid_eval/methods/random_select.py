@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..result import Selection
+from prunesid.result import Selection
 from ._common import Budget, Picked, default_generator, patch_count, run_rule, with_cls
 
 

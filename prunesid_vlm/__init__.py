@@ -1,7 +1,7 @@
 """Model adapters: load LLaVA-family models through transformers, extract PruneSID's
 features in one tower pass, and generate with all or only the kept visual tokens.
 
-Nothing here imports gradio; :mod:`prunesid.pipeline` is the API the app uses.
+Nothing here imports gradio; :mod:`prunesid_vlm.pipeline` is the API the app uses.
 
 Modules (one job each):
     registry          known hub ids → family; the demo ids
