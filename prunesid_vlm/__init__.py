@@ -1,19 +1,23 @@
-"""Model adapters: load LLaVA-family models through transformers, extract PruneSID's
-features in one tower pass, and generate with all or only the kept visual tokens.
+"""Model plumbing for PruneSID: the only package that imports transformers.
 
-Nothing here imports gradio; :mod:`prunesid_vlm.pipeline` is the API the app uses.
+Load a LLaVA-family model, extract PruneSID's features in one tower pass, and generate with
+all or only the kept visual tokens. :mod:`prunesid_vlm.pipeline` is the one door the app
+and scripts use; everything else here is behind it.
 
 Modules (one job each):
-    registry          known hub ids → family; the demo ids
+    pipeline          Pipeline: encode, budgets, select, answer, compare; caches, lock, GPU boundary
+    results           EncodedImages, Answer, CompareResult (CPU data only)
+    studies           methods side by side, stability and budget sweeps on a loaded model
+    families          model families: checkpoint type → transformers class and adapter
+    adapters/         one adapter per family behind the ``Adapter`` protocol (adapters/base.py)
+    registry          known hub ids and the offline demo ids, for the model picker
     demo_model        tiny random-weight LLaVA / NeXT / NeXT-Video checkpoints, built offline once
     loading           ``from_pretrained`` by hub id / folder / demo id; device and dtype; ModelLoadError
     features          one sdpa tower pass → layer −2 states + the CLS attention row (q/k hooks)
-    llava             LLaVA-1.5: 576 tokens per image; pruned = kept rows (CLS incl.) in selection order
-    llava_next        AnyRes: per-view budgets, crop tokens restored in raster order on the unpadded map
-    llava_next_video  frames pooled 2×2 to 144 tokens; selection on the pooled tokens
     generation        placeholder shrinking, greedy generate via ``mm_encoder_outputs``, stage timings
     fidelity          KL of the first answer token (full ‖ pruned)
-    calibration       φ_ref for the single-image dynamic ratio
+    calibration       the calibration images and their φ (φ_ref for the single-image dynamic ratio)
+    gpu               the one ZeroGPU boundary
 """
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DEMO_NEXT_MODEL_ID, DEMO_NEXT_VIDEO_MODEL_ID, KNOWN_MODELS, ModelSpec, list_models

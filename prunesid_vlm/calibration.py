@@ -1,14 +1,17 @@
-"""φ_ref: the mean information score φ = 1 − ρ of a fixed calibration set, per model.
+"""The calibration set behind the single-image dynamic ratio: φ = 1 − ρ of a few fixed
+images, per model, and their mean φ_ref.
 
-The single-image dynamic ratio scales a budget by φ / φ_ref (ALGORITHM.md). The images
-are synthetic and deterministic (no data set can be downloaded): a smooth gradient,
-stripes, blocks, a textured scene and noise, spanning flat to busy. The value is computed
-once per model and kept in ``phi_ref.json`` in the cache folder.
+The images are synthetic and deterministic (no data set can be downloaded): a smooth
+gradient, stripes, blocks, a textured scene and noise, spanning flat to busy. Their φ is
+computed by the pipeline through exactly the path a user's image takes (preprocessing,
+tower, the family's postprocessing), so a user's φ and the calibration φ are comparable;
+the values are kept per model in ``calibration.json`` in the cache folder.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,6 +19,20 @@ import torch
 from PIL import Image
 
 from .demo_model import cache_root
+
+CACHE_FILE = "calibration.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """φ of every calibration view (an image, or each AnyRes view of it) for one model."""
+
+    phis: tuple[float, ...]
+
+    @property
+    def phi_ref(self) -> float:
+        """The mean φ: the single-image dynamic ratio scales a budget by φ / φ_ref."""
+        return float(np.mean(self.phis))
 
 
 def calibration_images(size: int = 336) -> list[Image.Image]:
@@ -30,14 +47,18 @@ def calibration_images(size: int = 336) -> list[Image.Image]:
     return [Image.fromarray((a.clip(0, 1) * 255).astype(np.uint8)) for a in (gradient, stripes, blocks, scene, noise)]
 
 
-def phi_reference(key: str, compute: Callable[[list[Image.Image]], torch.Tensor]) -> float:
-    """Cached mean φ for ``key``; ``compute`` maps the calibration images to their φ (a tensor)."""
-    path = cache_root() / "phi_ref.json"
-    table = json.loads(path.read_text()) if path.exists() else {}
+def load_or_compute(key: str, compute: Callable[[list[Image.Image]], torch.Tensor]) -> Calibration:
+    """The calibration of ``key`` (model path and dtype) from the cache file, or ``compute``'s
+    φ of the calibration images (a ``[V]`` tensor) written there."""
+    path = cache_root() / CACHE_FILE
+    try:
+        table = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):  # a damaged cache is recomputed, not fatal
+        table = {}
     if key not in table:
-        table[key] = float(compute(calibration_images()).float().mean())
+        table[key] = [float(v) for v in compute(calibration_images()).float()]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")  # write then rename: readers never see half a file
         tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
         os.replace(tmp, path)
-    return table[key]
+    return Calibration(tuple(table[key]))

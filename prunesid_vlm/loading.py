@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from .demo_model import demo_model_path
-from .registry import FAMILY_BY_MODEL_TYPE, demo_spec
+from .families import FAMILIES, family_for_model_type
+from .registry import demo_spec
 
 
 class ModelLoadError(RuntimeError):
@@ -77,7 +78,7 @@ def load_model(model_id_or_path: str, device: str | torch.device | None = None,
     path = str(demo_model_path(spec.family)) if spec else model_id_or_path
     family = _family_of(path, model_id_or_path)
     model = _load_weights(family, path, model_id_or_path, device, dtype)
-    processor = frame_processor(path, model) if family == "llava_next_video" else _load_processor(path, model_id_or_path)
+    processor = frame_processor(path, model) if FAMILIES[family].frame_processor else _load_processor(path, model_id_or_path)
     return LoadedModel(model, processor, family, model_id_or_path, path, device, dtype, is_demo=spec is not None)
 
 
@@ -88,22 +89,20 @@ def _family_of(path: str, name: str) -> str:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelLoadError(_not_found_message(name, err)) from err
-    family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
+    family = family_for_model_type(config.model_type)
     if family is None:
         raise ModelLoadError(f"{name!r} is a {config.model_type!r} model; this app supports LLaVA-1.5, LLaVA-NeXT and "
                              f"LLaVA-NeXT-Video checkpoints in the transformers format (e.g. 'llava-hf/llava-1.5-7b-hf').")
     if getattr(config.vision_config, "model_type", None) != "clip_vision_model":
         raise ModelLoadError(f"{name!r} has a {config.vision_config.model_type!r} vision tower; PruneSID needs a CLIP "
                              "tower with a CLS token.")
-    return family
+    return family.name
 
 
 def _model_class(family: str):
     import transformers
 
-    return {"llava": transformers.LlavaForConditionalGeneration,
-            "llava_next": transformers.LlavaNextForConditionalGeneration,
-            "llava_next_video": transformers.LlavaNextVideoForConditionalGeneration}[family]
+    return getattr(transformers, FAMILIES[family].model_class)
 
 
 def _load_weights(family, path, name, device, dtype):

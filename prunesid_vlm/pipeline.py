@@ -1,118 +1,189 @@
-"""The small public API the app calls: load a model once, encode images, compare answers.
+"""The one door to the model: load it once, encode images, select, answer with all or the kept tokens.
 
-    from prunesid_vlm.pipeline import load_pipeline, DEMO_MODEL_ID, ModelLoadError
+    from prunesid_vlm.pipeline import load_pipeline, DEMO_MODEL_ID
     pipe = load_pipeline("llava-hf/llava-1.5-7b-hf")        # or DEMO_MODEL_ID, offline
-    result = pipe.compare([image], "What is in the picture?", num_tokens=64)
+    feats = pipe.encode([image])                             # one tower pass, cached by content
+    sel = pipe.select(feats, 64)                             # pure: no model, any thread
+    result = pipe.compare([image], "What is in the picture?", 64, selection=sel)
     result.full_answer, result.pruned_answer, result.fidelity, result.to_dict()
 
-One vision-tower pass per image gives the features both runs use (cached by image
-content, so a new budget or method reuses them). The full run is the model's ordinary
-path on all visual tokens; the pruned run hands the language model exactly the kept
-tokens. Both decode greedily.
+The pipeline owns everything that needs the model or knows the model family: the per-view
+budget rules (LLaVA-NeXT crops included), the calibration behind the dynamic ratio, the
+projector, the tower-view geometry, its caches and their lock, and the one GPU boundary
+(:func:`prunesid_vlm.gpu.run_on_gpu`). Model work is serialised by the pipeline's own lock;
+selection on encoded features touches no shared state and runs concurrently.
+
+Answers are cached: the full answer once per (media, question, generation settings), a
+pruned answer once per selection. ``stats`` counts what really ran.
 """
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections import Counter, OrderedDict
+from dataclasses import replace
+from typing import Any, Callable, Hashable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
 from prunesid import allocate_budgets, dynamic_budget, information_score, select_tokens
-from .calibration import phi_reference
+from prunesid.result import Selection
+from prunesid_eval.compare import method_fn
+from prunesid_eval.methods import get_method
+
+from .adapters.base import Adapter, ViewInfo
+from .calibration import Calibration, load_or_compute
+from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
 from .generation import greedy_generate, shrink_placeholders, synchronize
-from .adapters.llava import LlavaAdapter, ViewInfo
+from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, ModelSpec, list_models
-from prunesid.result import Selection
+from .results import Answer, CompareResult, EncodedImages
 
-__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "DEMO_MODEL_ID", "ModelLoadError",
-           "ModelSpec", "list_models"]
+__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer",
+           "DEMO_MODEL_ID", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
+           "view_budgets", "selection_budgets", "select", "MAX_QUESTION_CHARS"]
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor, "int | Sequence[int] | torch.Tensor"], Selection]
 """A selection rule with ``select_tokens``'s signature (PruneSID or a baseline)."""
 
 FEATURE_CACHE_SIZE = 8
 """Images whose tower outputs stay cached (CPU, ≈ 1.2 MB per CLIP-L view in bf16)."""
+ANSWER_CACHE_SIZE = 64
+"""Generations kept (token ids and one vocabulary-sized logit row each)."""
+PROJECTION_CACHE_SIZE = 4
+"""Media whose projected patch tokens stay cached (DivPrune prunes those)."""
+MAX_QUESTION_CHARS = 2000
+"""Longer questions are refused (LLaVA-1.5's context is 4096 tokens, most of it image)."""
+TOWER_VIEW_SIDE = 336
+"""Side of the square a tower view is drawn on (the CLIP-L/336 input)."""
 
 
-@dataclass
-class EncodedImages:
-    """Vision-tower outputs of a list of images, one row per tower view.
+# ---- input rules (one of each, shared by the API and the app) ------------------------------
+def check_budget(num_tokens: Any, num_patches: int = 576) -> int:
+    """The budget as an int in [2, 1+N] (CLS included), or a ValueError that says why.
 
-    ``V`` views: one per image for LLaVA-1.5, base + crops per image for LLaVA-NeXT, one per
-    frame for LLaVA-NeXT-Video (all frames form one clip, ``image`` 0).
+    Accepts ints, integral floats and numeric strings (what a slider or a form sends)."""
+    if isinstance(num_tokens, bool):
+        raise ValueError(f"The token budget must be a number, got {num_tokens!r}.")
+    try:
+        value = float(num_tokens)
+    except (TypeError, ValueError):
+        raise ValueError(f"The token budget must be a number, got {num_tokens!r}.") from None
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"The token budget must be a whole number, got {num_tokens!r}.")
+    k = int(value)
+    if not 2 <= k <= num_patches + 1:
+        raise ValueError(f"The token budget must be between 2 and {num_patches + 1} (CLS included); got {k}.")
+    return k
+
+
+def check_question(question: Any) -> str:
+    """The question, stripped, or a ValueError for an empty or over-long one."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("The question is empty: type a question about the image.")
+    question = question.strip()
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f"The question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}.")
+    return question
+
+
+def _check_max_new_tokens(max_new_tokens: Any) -> int:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}")
+    return int(max_new_tokens)
+
+
+def _check_images(images) -> list[Image.Image]:
+    if images is None or len(images) == 0:
+        raise ValueError("no image given: pass a list with at least one PIL image")
+    bad = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
+    if bad:
+        raise ValueError(f"images must be PIL images, got {bad[0]}")
+    return [im.convert("RGB") if im.mode != "RGB" else im for im in images]
+
+
+# ---- budgets and selection on encoded features (pure: no model, no shared state) ------------
+def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False) -> list[int]:
+    """One budget per view (CLS included).
+
+    Fixed: ``num_tokens`` each. Dynamic: a single view gets ``num_tokens · φ / φ_ref``
+    (clamped); several views of one media item (crops, frames) share ``num_tokens × V`` ∝ φ.
     """
-
-    hidden_states: torch.Tensor
-    """``[V, 1+N, D]`` layer −2 states (CPU, model dtype), CLS first. N = 576 for LLaVA-1.5 and
-    NeXT views; for NeXT-Video the 2×2-pooled frame tokens (N = 144, the tower's CLS in front)."""
-    cls_attention: torch.Tensor
-    """Float32 ``[V, N]``: CLS → patch attention of that layer, heads summed."""
-    views: list[ViewInfo]
-    """Per view: which image it belongs to, its kind and the pixel box it covers."""
-    image_sizes: list[tuple[int, int]]
-    """``(height, width)`` of each original image."""
-    vision_s: float
-    """Seconds of tower work for the views that were not cached (0 when all were)."""
-    cached: list[bool]
-    """Per image: its features came from the cache."""
-    tower_s: list[float]
-    """Per image: seconds its tower pass took when it ran (a share of the batch's pass)."""
-
-    def view_rows(self, image: int) -> torch.Tensor:
-        """Long: the view rows of one image, in order (base first for NeXT)."""
-        return torch.tensor([i for i, v in enumerate(self.views) if v.image == image], dtype=torch.long)
+    k = check_budget(num_tokens, feats.num_patches)
+    views, ceiling = feats.num_views, feats.num_patches + 1
+    if not dynamic:
+        return [k] * views
+    if views == 1:
+        return [dynamic_budget(float(feats.phi[0]), k, feats.phi_ref, ceiling=ceiling)]
+    return [int(b) for b in allocate_budgets(feats.phi, k * views, ceiling=ceiling)]
 
 
-@dataclass
-class CompareResult:
-    """Both answers of one question, with token counts, timings and fidelity.
+def selection_budgets(feats: EncodedImages, budgets: Sequence[int]) -> list[int]:
+    """The budgets handed to the selection: a view whose CLS is dropped afterwards gets one more."""
+    ceiling = feats.num_patches + 1
+    return [min(int(b) + int(drop), ceiling) for b, drop in zip(budgets, feats.drops_cls or [False] * len(budgets))]
 
-    Timings (seconds) per run (``"full"``, ``"pruned"``): ``vision_s`` the tower pass
-    (measured when it ran, even if the features were cached since: both runs share it),
-    ``selection_s`` choosing the tokens (0 for the full run), ``project_s`` the projector,
-    ``prefill_s`` the first language-model forward, ``decode_s`` the remaining greedy steps,
-    ``total_s`` their sum. GPU timings are taken after ``cuda.synchronize``.
 
-    ``fidelity``: KL(p_full ‖ p_pruned) of the first answer token in nats (0 = the pruned
-    prompt leaves the first-token distribution unchanged; see ``adapters/fidelity.py``).
+def select(feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, method: str = "prunesid",
+           options: dict | None = None, seed: int = 0) -> Selection:
+    """A registry method's selection on ``feats`` at ``num_tokens`` per view (CPU).
+
+    A dynamic method (``prunesid-dyn``) gets its budgets from :func:`view_budgets` with
+    ``dynamic=True`` — the same rule as PruneSID with ``dynamic=True`` — and runs PruneSID's
+    fixed-budget rule with them, so the two always agree.
     """
+    spec = get_method(method)
+    budgets = selection_budgets(feats, view_budgets(feats, num_tokens, dynamic or spec.dynamic))
+    hidden, attention = feats.hidden_states, feats.cls_attention
+    if spec.dynamic:
+        return replace(select_tokens(hidden, attention, budgets), method=spec.name)
+    return method_fn(spec, seed=seed, options=options)(hidden, attention, budgets).cpu()
 
-    full_answer: str
-    pruned_answer: str
-    visual_tokens_full: int
-    visual_tokens_pruned: int
-    prompt_tokens: dict[str, int]
-    timings: dict[str, dict[str, float]]
-    fidelity: float
-    first_token_agrees: bool
-    same_answer: bool
-    budgets: list[int]
-    """Per image: the budget given to the selection (CLS included; NeXT: per view)."""
-    selection: Selection
-    model_id: str
-    family: str
-    features_cached: bool
-    full_tokens: list[int] = field(default_factory=list)
-    pruned_tokens: list[int] = field(default_factory=list)
 
-    @property
-    def prefill_speedup(self) -> float:
-        return self.timings["full"]["prefill_s"] / max(self.timings["pruned"]["prefill_s"], 1e-12)
+def selection_key(selection: Selection) -> str:
+    """Content hash of what a selection hands over (kept indices, counts, merged tokens)."""
+    digest = hashlib.sha1(selection.keep.cpu().numpy().tobytes())
+    digest.update(selection.num_tokens.cpu().numpy().tobytes())
+    if selection.merged_tokens is not None:
+        digest.update(selection.merged_tokens.float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
-    def to_dict(self) -> dict:
-        """JSON-ready (plain Python types; the selection as per-row summaries)."""
-        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "selection"}
-        out["selection"] = [self.selection.to_dict(row) for row in range(self.selection.batch_size)]
-        out["prefill_speedup"] = self.prefill_speedup
-        out["fidelity_metric"] = "first_token_kl_nats"
-        return out
+
+def tower_view(image: Image.Image, box: tuple[float, float, float, float], side: int = TOWER_VIEW_SIDE) -> np.ndarray:
+    """The ``side``×``side`` pixels a tower view covers: ``box`` of ``image`` (padded grey past
+    its edges, as the processors pad), resized. For LLaVA-1.5 ``box`` is the centre square."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    if x0 >= 0 and y0 >= 0 and x1 <= image.width and y1 <= image.height:
+        region = image.crop((x0, y0, x1, y1))
+    else:
+        region = Image.new("RGB", (max(1, x1 - x0), max(1, y1 - y0)), (122, 116, 104))
+        region.paste(image, (-x0, -y0))
+    return np.asarray(region.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_fresh(self, key: Hashable):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def put(self, key: Hashable, value, keep: int = 0) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > max(self.size, keep):
+            self.popitem(last=False)
 
 
 class Pipeline:
@@ -122,9 +193,14 @@ class Pipeline:
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
-        self.adapter = _adapter_for(loaded)
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, list[ViewInfo], float]] = OrderedDict()
-        self._phi_ref: float | None = None
+        self.adapter: Adapter = adapter_for(loaded.family, loaded.model, loaded.processor)
+        self._lock = threading.RLock()  # model work and the caches below
+        self._features = _LRU(FEATURE_CACHE_SIZE)
+        self._answers = _LRU(ANSWER_CACHE_SIZE)
+        self._projected = _LRU(PROJECTION_CACHE_SIZE)
+        self._calibration: Calibration | None = None
+        self.stats: Counter[str] = Counter()
+        """What really ran: ``tower_images``, ``full_generations``, ``pruned_generations``, ``projections``."""
 
     # --- facts the app shows -------------------------------------------------------------
     @property
@@ -140,24 +216,46 @@ class Pipeline:
         return self.loaded.family
 
     @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda"``: where the model runs."""
+        return self.loaded.device.type
+
+    @property
     def grid(self) -> tuple[int, int]:
         """Patch grid ``(rows, cols)`` of one view (24×24 for CLIP-L/336)."""
-        return self.adapter.grid
+        return tuple(self.adapter.grid)
 
     @property
     def num_patches(self) -> int:
         return self.adapter.num_patches
 
     @property
-    def phi_ref(self) -> float:
-        """Mean φ of the calibration images for this model (computed once, cached on disk)."""
-        if self._phi_ref is None:
-            key = f"{self.loaded.path}|{self.loaded.dtype}"
-            self._phi_ref = phi_reference(key, self._information_uncached)
-        return self._phi_ref
+    def one_clip(self) -> bool:
+        """True when the images given are the frames of one clip (LLaVA-NeXT-Video)."""
+        return self.adapter.one_clip
 
-    def _information_uncached(self, images: list[Image.Image]) -> torch.Tensor:
-        # Calibration images must not evict the user's images from the feature cache.
+    # --- the only way in -------------------------------------------------------------------
+    def _on_model(self, work: Callable, *args):
+        """Model work: one at a time (the lock), on the GPU where ZeroGPU lends one."""
+        with self._lock:
+            return run_on_gpu(work, *args)
+
+    # --- calibration -------------------------------------------------------------------------
+    def calibration(self) -> Calibration:
+        """φ of the calibration images through the same path as a user's image; φ_ref is their mean.
+        Computed once per model (a tower pass over five images) and cached on disk."""
+        with self._lock:
+            if self._calibration is None:
+                key = f"{self.loaded.path}|{self.loaded.dtype}"
+                self._calibration = load_or_compute(key, lambda images: self._on_model(self._phis_of, images))
+            return self._calibration
+
+    @property
+    def phi_ref(self) -> float:
+        return self.calibration().phi_ref
+
+    def _phis_of(self, images: list[Image.Image]) -> torch.Tensor:
+        # Not through the feature cache: calibration images must not evict the user's images.
         pixels = torch.cat([self.adapter.preprocess(im)[0] for im in images])
         hidden, _ = self.adapter.postprocess(*encode_views(self.model, pixels))
         return information_score(hidden.cpu())
@@ -166,120 +264,194 @@ class Pipeline:
     def encode(self, images: Sequence[Image.Image]) -> EncodedImages:
         """Tower outputs for ``images`` (one pass over the uncached ones; LRU cache by content)."""
         images = _check_images(images)
+        phi_ref = self.phi_ref  # before the user's images: calibrated inside the same GPU boundary
         keys = [_image_key(im) for im in images]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
-        vision_s = 0.0
-        if missing:
-            pixels, views = zip(*(self.adapter.preprocess(images[i]) for i in missing))
-            counts = [p.shape[0] for p in pixels]
-            synchronize(self.loaded.device)
-            start = time.perf_counter()
-            hidden, cls = self.adapter.postprocess(*encode_views(self.model, torch.cat(pixels)))
-            synchronize(self.loaded.device)
-            vision_s = time.perf_counter() - start
-            for i, h, a, v in zip(missing, hidden.cpu().split(counts), cls.cpu().split(counts), views):
-                self._cache[keys[i]] = (h, a, v, vision_s * len(v) / sum(counts))
-        entries = [self._cache[k] for k in keys]
-        for k in keys:
-            self._cache.move_to_end(k)
-        while len(self._cache) > max(FEATURE_CACHE_SIZE, len(set(keys))):
-            self._cache.popitem(last=False)
-        media = (lambda i: 0) if self.adapter.one_clip else (lambda i: i)  # frames of a clip share one run
+        with self._lock:
+            missing = [i for i, k in enumerate(keys) if k not in self._features]
+            vision_s = self._on_model(self._encode_into_cache, [images[i] for i in missing],
+                                      [keys[i] for i in missing]) if missing else 0.0
+            entries = [self._features.get_fresh(k) for k in keys]
+            while len(self._features) > max(FEATURE_CACHE_SIZE, len(set(keys))):
+                self._features.popitem(last=False)
+        media = (lambda i: 0) if self.one_clip else (lambda i: i)  # frames of a clip share one run
         views = [ViewInfo(media(i), v.kind, v.box, v.crop_row, v.crop_col) for i, e in enumerate(entries) for v in e[2]]
         return EncodedImages(
             hidden_states=torch.cat([e[0] for e in entries]), cls_attention=torch.cat([e[1] for e in entries]),
             views=views, image_sizes=[(im.height, im.width) for im in images], vision_s=vision_s,
-            cached=[i not in missing for i in range(len(images))], tower_s=[e[3] for e in entries])
+            cached=[i not in missing for i in range(len(images))], tower_s=[e[3] for e in entries],
+            media_key=hashlib.sha1("|".join(keys).encode()).hexdigest(), phi=torch.cat([e[4] for e in entries]),
+            phi_ref=phi_ref, drops_cls=tuple(self.adapter.drops_cls(v) for v in views))
 
-    # --- budgets ---------------------------------------------------------------------------
+    def _encode_into_cache(self, images: list[Image.Image], keys: list[str]) -> float:
+        pixels, views = zip(*(self.adapter.preprocess(im) for im in images))
+        counts = [p.shape[0] for p in pixels]
+        synchronize(self.loaded.device)
+        start = time.perf_counter()
+        hidden, cls = self.adapter.postprocess(*encode_views(self.model, torch.cat(pixels)))
+        synchronize(self.loaded.device)
+        vision_s = time.perf_counter() - start
+        hidden = hidden.cpu()
+        phi = information_score(hidden)
+        for key, h, a, p, v in zip(keys, hidden.split(counts), cls.cpu().split(counts), phi.split(counts), views):
+            self._features.put(key, (h, a, v, vision_s * len(v) / sum(counts), p), keep=len(keys))
+        self.stats["tower_images"] += len(images)
+        return vision_s
+
+    def view_pixels(self, images: Sequence[Image.Image], feats: EncodedImages,
+                    side: int = TOWER_VIEW_SIDE) -> list[np.ndarray]:
+        """Per view: uint8 ``[side, side, 3]``, the pixels its patch grid covers."""
+        images = _check_images(images)
+        frame = (lambda v, i: i) if self.one_clip else (lambda v, i: v.image)  # a clip's views are its frames
+        return [tower_view(images[frame(v, i)], v.box, side) for i, v in enumerate(feats.views)]
+
+    # --- budgets and selection (pure; safe to call from any thread, no lock) ------------------
     def budgets(self, feats: EncodedImages, num_tokens: int, dynamic: bool = False) -> list[int]:
-        """One budget per view (CLS included). Fixed: ``num_tokens`` each. Dynamic: a single
-        view gets ``num_tokens · φ / φ_ref``; several views share ``num_tokens × V`` ∝ φ."""
-        views = feats.hidden_states.shape[0]
-        ceiling = self.num_patches + 1
-        if not dynamic:
-            return [num_tokens] * views
-        phi = information_score(feats.hidden_states)
-        if views == 1:
-            return [dynamic_budget(float(phi[0]), num_tokens, self.phi_ref, ceiling=ceiling)]
-        return [int(b) for b in allocate_budgets(phi, num_tokens * views, ceiling=ceiling)]
+        """See :func:`view_budgets`."""
+        return view_budgets(feats, num_tokens, dynamic)
 
-    # --- the comparison --------------------------------------------------------------------
-    def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int, *, dynamic: bool = False,
-                max_new_tokens: int = 64, selection: SelectFn | None = None) -> CompareResult:
-        """Answer ``question`` about ``images`` twice, with all visual tokens and with ``num_tokens`` per view.
+    def select(self, feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, method: str = "prunesid",
+               options: dict | None = None, seed: int = 0) -> Selection:
+        """See :func:`select`."""
+        return select(feats, num_tokens, dynamic=dynamic, method=method, options=options, seed=seed)
+
+    def projected_patches(self, feats: EncodedImages) -> torch.Tensor:
+        """Float32 CPU ``[V, N, D_text]``: every view's patch rows through the projector (cached)."""
+        with self._lock:
+            hit = self._projected.get_fresh(feats.media_key)
+            if hit is None:
+                hit = self._on_model(self._project_patches, feats.hidden_states)
+                self._projected.put(feats.media_key, hit)
+            return hit
+
+    def _project_patches(self, hidden: torch.Tensor) -> torch.Tensor:
+        v, tokens, d = hidden.shape
+        with torch.inference_mode():
+            rows = self.adapter.project(hidden[:, 1:].reshape(-1, d))  # (V·N, D_text)
+        self.stats["projections"] += 1
+        return rows.float().cpu().reshape(v, tokens - 1, -1).clone()
+
+    def method_options(self, feats: EncodedImages, methods: Sequence[str] | None = None) -> dict[str, dict]:
+        """Per-method options the registry's rules need from the model: DivPrune prunes the
+        *projected* tokens, as its code prunes the LLM's input embeddings (projected once, cached)."""
+        if methods is not None and "divprune" not in methods:
+            return {}
+        return {"divprune": {"features": self.projected_patches(feats)}}
+
+    # --- answers ---------------------------------------------------------------------------
+    def answer(self, images: Sequence[Image.Image], question: str, selection: Selection | None = None, *,
+               max_new_tokens: int = 64) -> Answer:
+        """Greedy answer with all visual tokens (``selection=None``) or with ``selection``'s.
+
+        Cached: once per (media, question, max_new_tokens) for the full answer, and once per
+        selection as well for a pruned one (a hit comes back with ``cached=True``)."""
+        question = check_question(question)
+        max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        images = _check_images(images)
+        feats = self.encode(images)
+        if selection is not None and selection.batch_size != feats.num_views:
+            raise ValueError(f"The selection has {selection.batch_size} rows but the media has {feats.num_views} "
+                             "tower views: select again on these features.")
+        key = (feats.media_key, question, None if selection is None else selection_key(selection), max_new_tokens)
+        with self._lock:
+            hit = self._answers.get_fresh(key)
+            if hit is not None:
+                return replace(hit, cached=True)
+            made = self._on_model(self._generate, images, feats, question, selection, max_new_tokens)
+            self._answers.put(key, made)
+            return made
+
+    def first_token_logits(self, images: Sequence[Image.Image], question: str,
+                           selection: Selection | None = None) -> torch.Tensor:
+        """Float32 ``[vocab]``: the first answer token's logits with all visual tokens or with
+        ``selection``'s — from any cached answer to the same prompt (they do not depend on the
+        answer's length), else from a prefill-only run (``max_new_tokens=1``, then cached)."""
+        question = check_question(question)
+        feats = self.encode(images)
+        prompt = (feats.media_key, question, None if selection is None else selection_key(selection))
+        with self._lock:
+            for key, answer in reversed(self._answers.items()):
+                if key[:3] == prompt:
+                    return answer.first_logits
+        return self.answer(images, question, selection, max_new_tokens=1).first_logits
+
+    def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                  max_new_tokens: int) -> Answer:
+        device = self.loaded.device
+        media = range(1 if self.one_clip else len(images))
+        rows = [feats.view_rows(i) for i in media]
+        hidden = [feats.hidden_states[r].to(device) for r in rows]
+        with torch.inference_mode():
+            full, full_s = _timed(lambda: self.adapter.full_features(hidden, feats.image_sizes), device)
+            visual, project_s = full, full_s
+            if selection is not None:
+                keep = [[selection.keep_row(int(v)) for v in r] for r in rows]
+                merged = None if selection.merged_tokens is None else [[_merged_row(selection, int(v)) for v in r]
+                                                                       for r in rows]
+                visual, pruned_s = _timed(
+                    lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full, merged), device)
+                # The pruned path pays for the full packing only where it gathers from it (AnyRes crops).
+                project_s = pruned_s + (full_s if getattr(self.adapter, "packs_from_full", False) else 0.0)
+        input_ids = self.prompt_inputs(images, question)["input_ids"]
+        if selection is not None:
+            input_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, [f.shape[0] for f in full],
+                                            [f.shape[0] for f in visual])
+        features = visual if self.adapter.modality == "image" else torch.cat(visual)[None]  # video: [1, T, D]
+        run = greedy_generate(self.model, input_ids, features, modality=self.adapter.modality,
+                              max_new_tokens=max_new_tokens)
+        self.stats["full_generations" if selection is None else "pruned_generations"] += 1
+        text = self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip()
+        return Answer(text=text, tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits,
+                      visual_tokens=sum(f.shape[0] for f in visual), prompt_tokens=run.prompt_tokens,
+                      project_s=project_s, prefill_s=run.prefill_s, decode_s=run.decode_s)
+
+    def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int = 64, *, dynamic: bool = False,
+                max_new_tokens: int = 64, selection: Selection | SelectFn | None = None) -> CompareResult:
+        """Answer ``question`` about ``images`` with all visual tokens and with ``num_tokens`` per view.
 
         Args:
             num_tokens: visual tokens per view handed to the LLM, CLS included (2 … 1+N).
-            dynamic: share the budget ∝ φ across images/views (see :meth:`budgets`).
-            selection: a rule with ``select_tokens``'s signature; PruneSID by default.
+            dynamic: share the budget ∝ φ across views (see :func:`view_budgets`).
+            selection: the :class:`Selection` to answer with (e.g. the one on screen), or a rule
+                with ``select_tokens``'s signature; PruneSID's selection by default.
         """
-        question = _check_question(question)
-        num_tokens = self._check_budget(num_tokens)
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        select = selection or select_tokens
+        question = check_question(question)
         images = _check_images(images)
         feats = self.encode(images)
-        device = self.loaded.device
-        budgets = self.budgets(feats, num_tokens, dynamic)
+        k = check_budget(num_tokens, feats.num_patches)
+        selection_s = 0.0
+        if not isinstance(selection, Selection):
+            start = time.perf_counter()
+            if selection is None:
+                chosen = select(feats, k, dynamic=dynamic)
+            else:
+                chosen = selection(feats.hidden_states, feats.cls_attention,
+                                   selection_budgets(feats, view_budgets(feats, k, dynamic))).cpu()
+            selection, selection_s = chosen, time.perf_counter() - start
+        full = self.answer(images, question, None, max_new_tokens=max_new_tokens)
+        pruned = self.answer(images, question, selection, max_new_tokens=max_new_tokens)
+        return self.result(feats, full, pruned, selection, selection_s)
 
-        def choose():  # on the model's device: the selection's linear algebra is fastest there
-            return select(feats.hidden_states.to(device), feats.cls_attention.to(device),
-                          self.adapter.selection_budgets(feats.views, budgets))
-
-        sel, selection_s = _timed(choose, device)
-        per_image = [feats.view_rows(i) for i in range(1 if self.adapter.one_clip else len(images))]
-        hidden = [feats.hidden_states[rows].to(device) for rows in per_image]
-        keep = [[sel.keep_row(int(r)) for r in rows] for rows in per_image]
-        merged = None if sel.merged_tokens is None else [[_merged_row(sel, int(r)) for r in rows] for rows in per_image]
-        with torch.inference_mode():
-            full_feats, project_full_s = _timed(lambda: self.adapter.full_features(hidden, feats.image_sizes), device)
-            pruned_feats, project_pruned_s = _timed(
-                lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full_feats, merged), device)
-
-        input_ids = self._prompt_ids(images, question)
-        full_counts = [f.shape[0] for f in full_feats]
-        pruned_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, full_counts,
-                                         [f.shape[0] for f in pruned_feats])
-        as_input = (lambda f: f) if self.adapter.modality == "image" else (lambda f: torch.cat(f)[None])  # video: [1,T,D]
-        run = lambda ids, f: greedy_generate(self.model, ids, as_input(f), modality=self.adapter.modality,
-                                              max_new_tokens=max_new_tokens)
-        full = run(input_ids, full_feats)
-        pruned = run(pruned_ids, pruned_feats)
-
+    def result(self, feats: EncodedImages, full: Answer, pruned: Answer, selection: Selection,
+               selection_s: float = 0.0) -> CompareResult:
+        """The comparison of two answers about ``feats`` (the second made with ``selection``)."""
         vision_s = sum(feats.tower_s)
-        timings = {
-            "full": _timing(vision_s, 0.0, project_full_s, full.prefill_s, full.decode_s),
-            "pruned": _timing(vision_s, selection_s, project_pruned_s, pruned.prefill_s, pruned.decode_s),
-        }
-        decode = self.processor.tokenizer.decode
         return CompareResult(
-            full_answer=decode(full.tokens, skip_special_tokens=True).strip(),
-            pruned_answer=decode(pruned.tokens, skip_special_tokens=True).strip(),
-            visual_tokens_full=sum(full_counts), visual_tokens_pruned=sum(f.shape[0] for f in pruned_feats),
-            prompt_tokens={"full": full.prompt_tokens, "pruned": pruned.prompt_tokens}, timings=timings,
+            full_answer=full.text, pruned_answer=pruned.text, visual_tokens_full=full.visual_tokens,
+            visual_tokens_pruned=pruned.visual_tokens,
+            prompt_tokens={"full": full.prompt_tokens, "pruned": pruned.prompt_tokens},
+            timings={"full": _timing(vision_s, 0.0, full), "pruned": _timing(vision_s, selection_s, pruned)},
             fidelity=first_token_kl(full.first_logits, pruned.first_logits),
             first_token_agrees=bool(full.first_logits.argmax() == pruned.first_logits.argmax()),
-            same_answer=full.tokens.tolist() == pruned.tokens.tolist(), budgets=budgets, selection=sel.cpu(),
-            model_id=self.model_id, family=self.family, features_cached=all(feats.cached),
-            full_tokens=full.tokens.tolist(), pruned_tokens=pruned.tokens.tolist())
+            same_answer=full.tokens == pruned.tokens,
+            budgets=[int(n) - int(d) for n, d in zip(selection.num_tokens.tolist(), feats.drops_cls)],
+            selection=selection, model_id=self.model_id, family=self.family, features_cached=all(feats.cached),
+            full_tokens=list(full.tokens), pruned_tokens=list(pruned.tokens),
+            answers_cached={"full": full.cached, "pruned": pruned.cached})
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
         """What the processor gives for the chat prompt (input_ids, pixel_values, ...): the plain path.
         For LLaVA-NeXT-Video the images are the frames of one clip (``pixel_values_videos``)."""
         return self.adapter.prompt_inputs(list(images), question)
-
-    def _prompt_ids(self, images, question) -> torch.Tensor:
-        # The processor expands each <image> to the full placeholder run; its pixels are not used.
-        return self.prompt_inputs(images, question)["input_ids"]
-
-    def _check_budget(self, num_tokens) -> int:
-        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
-            raise ValueError(f"num_tokens must be an int, got {type(num_tokens).__name__}")
-        if not 2 <= num_tokens <= self.num_patches + 1:
-            raise ValueError(f"num_tokens must be between 2 and {self.num_patches + 1} (CLS included), got {num_tokens}")
-        return num_tokens
 
 
 def load_pipeline(model_id_or_path: str, device: str | None = None, dtype=None) -> Pipeline:
@@ -303,19 +475,6 @@ def load_pipeline_or_demo(model_id_or_path: str, device: str | None = None, dtyp
         return load_pipeline(DEMO_MODEL_ID, device, dtype), f"{err} — showing the offline demo model instead."
 
 
-def _adapter_for(loaded: LoadedModel):
-    if loaded.family == "llava":
-        return LlavaAdapter(loaded.model, loaded.processor)
-    from .adapters.llava_next import LlavaNextAdapter
-    from .adapters.llava_next_video import LlavaNextVideoAdapter
-
-    if loaded.family == "llava_next":
-        return LlavaNextAdapter(loaded.model, loaded.processor)
-    if loaded.family == "llava_next_video":
-        return LlavaNextVideoAdapter(loaded.model, loaded.processor)
-    raise ModelLoadError(f"the {loaded.family!r} family is not wired into the pipeline yet")
-
-
 def _merged_row(sel: Selection, row: int) -> torch.Tensor:
     """``[M_row, D]``: a row's merged tokens (its budget minus its kept indices; padding dropped)."""
     count = int(sel.num_tokens[row]) - sel.keep_row(row).numel()
@@ -330,27 +489,13 @@ def _timed(fn, device):
     return out, time.perf_counter() - start
 
 
-def _timing(vision, selection, project, prefill, decode) -> dict[str, float]:
-    return {"vision_s": vision, "selection_s": selection, "project_s": project, "prefill_s": prefill,
-            "decode_s": decode, "total_s": vision + selection + project + prefill + decode}
+def _timing(vision_s: float, selection_s: float, run: Answer) -> dict[str, float]:
+    parts = {"vision_s": vision_s, "selection_s": selection_s, "project_s": run.project_s,
+             "prefill_s": run.prefill_s, "decode_s": run.decode_s}
+    return parts | {"total_s": sum(parts.values())}
 
 
 def _image_key(image: Image.Image) -> str:
     digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
-
-
-def _check_images(images) -> list[Image.Image]:
-    if images is None or len(images) == 0:
-        raise ValueError("no image given: pass a list with at least one PIL image")
-    bad = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
-    if bad:
-        raise ValueError(f"images must be PIL images, got {bad[0]}")
-    return [im.convert("RGB") if im.mode != "RGB" else im for im in images]
-
-
-def _check_question(question) -> str:
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError("the question is empty: type a question about the image")
-    return question.strip()

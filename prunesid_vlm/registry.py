@@ -1,8 +1,8 @@
 """Known model ids and their family, for the app's model picker and for loading.
 
-A *family* names the adapter code path: ``llava`` (LLaVA-1.5, one 24×24 view per image),
-``llava_next`` (AnyRes: a base view plus grid crops) and ``llava_next_video`` (CLIP per
-frame, 2×2 average-pooled). It follows from the checkpoint's ``config.model_type``.
+A *family* names the adapter code path (:mod:`prunesid_vlm.families`): ``llava``
+(LLaVA-1.5, one 24×24 view per image), ``llava_next`` (AnyRes: a base view plus grid crops)
+and ``llava_next_video`` (CLIP per frame, 2×2 average-pooled).
 """
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ from dataclasses import dataclass
 DEMO_MODEL_ID = "demo/tiny-llava-1.5"
 DEMO_NEXT_MODEL_ID = "demo/tiny-llava-next"
 DEMO_NEXT_VIDEO_MODEL_ID = "demo/tiny-llava-next-video"
-
-FAMILY_BY_MODEL_TYPE = {
-    "llava": "llava",
-    "llava_next": "llava_next",
-    "llava_next_video": "llava_next_video",
-}
-"""``config.model_type`` → adapter family. Other model types are refused with a clear error."""
-
 
 @dataclass(frozen=True)
 class ModelSpec:

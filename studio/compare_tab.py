@@ -14,44 +14,21 @@ Three layers, as in :mod:`studio.handlers`:
 """
 from __future__ import annotations
 
-import hashlib
-import time
-from collections import OrderedDict
-from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import gradio as gr
-import torch
 
-from prunesid_eval.compare import (
-    DEFAULT_STABILITY_SEEDS,
-    DEFAULT_SWEEP_BUDGETS,
-    budget_sweep,
-    compare_methods,
-    method_fn,
-    stability,
-)
-from studio.media import MediaError, load_image
-from prunesid_eval.methods import get_method, list_methods
-from prunesid_vlm.pipeline import ModelLoadError, Pipeline
-from prunesid_eval.published import (
-    FAMILY_MODEL,
-    LLAVA_15_7B,
-    MODEL_LABELS,
-    NOT_REPORTED,
-    published_budgets,
-    published_figure,
-    published_table,
-)
+from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
+from prunesid_eval.methods import list_methods
+from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
+from prunesid_vlm import studies
+from prunesid_vlm.pipeline import Pipeline, check_budget, check_question
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability
 
 from .components import SafeImage
-from .handlers import check_budget  # one budget rule for the whole app
-from .runtime import gpu, limit_blas_threads, log, single_thread
-from .session import tower_view
+from .errors import endpoint, message_for, warn
+from .media import MediaError, load_image
 
-EXPECTED = (ValueError, MediaError, ModelLoadError)
-GENERIC_ERROR = "Something went wrong on our side (details are in the server log). Please try again or another input."
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 24
 TABLE_HEADERS = ["method", "tokens to the LLM", "published rel. accuracy", "answer", "fidelity (KL, nats)",
@@ -62,26 +39,10 @@ MAX_SWEEP_POINTS = 12
 GetPipeline = Callable[[], Pipeline]
 ProgressFn = Callable[..., Any]
 
-limit_blas_threads(1)
+check_methods = studies.check_methods
 
 
 # ---- inputs --------------------------------------------------------------------------------
-
-
-def check_methods(methods: Sequence[str] | None) -> list[str]:
-    """Registry names, in registry order; all of them when ``methods`` is None."""
-    if methods is None:
-        return [s.name for s in list_methods()]
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    for m in methods:
-        get_method(m)  # ValueError listing the known names
-    chosen = [s.name for s in list_methods() if s.name in set(methods)]
-    if not chosen:
-        raise ValueError("No method selected: tick at least one method to compare.")
-    return chosen
-
-
 def parse_budgets(text: Any, num_patches: int = 576) -> list[int]:
     """``"16, 64, 192"`` (or a list) → sorted distinct budgets in [2, 1+N]."""
     items = text if isinstance(text, (list, tuple)) else str(text or "").replace(";", ",").split(",")
@@ -93,79 +54,22 @@ def parse_budgets(text: Any, num_patches: int = 576) -> list[int]:
     return budgets
 
 
+def _image(image: Any) -> tuple[list, list[str]]:
+    if image is None or (isinstance(image, str) and not image):
+        raise MediaError("No image yet: upload one (or pick an example) in the Explore tab.")
+    img, notes = load_image(image)
+    return [img], notes
+
+
 def _question(question: Any) -> str:
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError("The question is empty: type a question about the image (in the Explore tab).")
-    return question.strip()
+    try:
+        return check_question(question)
+    except ValueError:
+        raise ValueError("The question is empty: type a question about the image (in the Explore tab).") from None
 
 
-class _Prepared:
-    """An image, its pipeline and cached features, ready for every method."""
-
-    def __init__(self, image: Any, get_pipeline: GetPipeline):
-        if image is None or (isinstance(image, str) and not image):
-            raise MediaError("No image yet: upload one (or pick an example) in the Explore tab.")
-        self.image, self.notes = load_image(image)
-        self.pipe = get_pipeline()
-        self.feats = _encode(self.pipe, [self.image])
-        self.pixels = tower_view(self.image, self.feats.views[0].box)
-        self.model = FAMILY_MODEL.get(self.pipe.family, LLAVA_15_7B)
-
-    @cached_property
-    def options(self) -> dict:
-        """Per-method options: φ_ref for the dynamic ratio; DivPrune on the *projected* tokens, as its code
-        prunes the LLM's input embeddings (the registry default, tower states, is for model-free use)."""
-        options = {"prunesid-dyn": {"phi_ref": float(self.pipe.phi_ref)}}
-        projected = _projected(self.pipe, self.feats.hidden_states)
-        if projected is not None:
-            options["divprune"] = {"features": projected}
-        return options
-
-    def selection_budgets(self, k: int) -> list[int]:
-        return list(self.pipe.adapter.selection_budgets(self.feats.views, self.pipe.budgets(self.feats, k)))
-
-
-@gpu(duration=60)
-def _encode(pipe: Pipeline, images: list):
-    return pipe.encode(images)
-
-
-_PROJECTED: OrderedDict[str, torch.Tensor] = OrderedDict()
-PROJECTED_CACHE_SIZE = 8
-
-
-def _projected(pipe: Pipeline, hidden: torch.Tensor) -> torch.Tensor | None:
-    """Float32 CPU ``[V, N, D_text]``: the patch rows through the model's projector (cached by content),
-    or None if the adapter has no projector call."""
-    project = getattr(getattr(pipe, "adapter", None), "project", None)
-    if project is None:
-        return None
-    key = f"{pipe.model_id}|{tuple(hidden.shape)}|" + hashlib.sha1(hidden.float().contiguous().numpy().tobytes()).hexdigest()
-    if key not in _PROJECTED:
-        _PROJECTED[key] = _project(project, hidden)
-        while len(_PROJECTED) > PROJECTED_CACHE_SIZE:
-            _PROJECTED.popitem(last=False)
-    _PROJECTED.move_to_end(key)
-    return _PROJECTED[key]
-
-
-@gpu(duration=60)
-def _project(project, hidden: torch.Tensor) -> torch.Tensor:
-    v, tokens, d = hidden.shape
-    with torch.inference_mode():
-        rows = project(hidden[:, 1:].reshape(-1, d))  # (V·N, D_text)
-    return rows.float().cpu().reshape(v, tokens - 1, -1).clone()
-
-
-@gpu(duration=180)
-def _answers(pipe: Pipeline, image, question: str, k: int, fns: dict[str, Callable], max_new_tokens: int,
-             progress: ProgressFn | None = None) -> dict:
-    out = {}
-    for i, (name, fn) in enumerate(fns.items()):
-        if progress is not None:
-            progress(0.3 + 0.7 * i / len(fns), desc=f"answering with {get_method(name).label}'s tokens")
-        out[name] = pipe.compare([image], question, k, selection=fn, max_new_tokens=max_new_tokens)
-    return out
+def _reporter(progress: ProgressFn | None):
+    return (lambda f, d: progress(f, desc=d)) if progress is not None else None
 
 
 # ---- core steps (raise on bad input) -----------------------------------------------------------
@@ -174,56 +78,43 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
                  progress: ProgressFn | None = None) -> dict:
     """Every chosen method at one budget: overlays, a table and a JSON summary.
 
-    Returns ``{"gallery": [(uint8 image, caption)], "table": [[...]], "json": {...}}``."""
+    Returns ``{"gallery": [(uint8 image, caption)], "table": [[...]], "json": {...}, ...}``."""
     names = check_methods(methods)
-    if answers:
-        question = _question(question)
+    question = _question(question) if answers else None
+    images, notes = _image(image)
+    pipe = get_pipeline()
     if progress is not None:
         progress(0.05, desc="Encoding the image (cached after the first time)…")
-    prep = _Prepared(image, get_pipeline)
-    k = check_budget(budget, prep.pipe.num_patches)
-    sel_budgets = prep.selection_budgets(k)
-    if progress is not None:
-        progress(0.2, desc="Selecting tokens with every method…")
-    options = prep.options  # DivPrune's projected tokens: one projector pass, cached per image
-    start = time.perf_counter()
-    with single_thread():
-        runs = compare_methods(prep.feats.hidden_states, prep.feats.cls_attention, sel_budgets, names,
-                               options=options, model=prep.model)
-    selection_s = time.perf_counter() - start
-    total = sum(sel_budgets)
-    gallery = method_overlays(prep.pixels, [(r.label, r.selection) for r in runs], size=336,
-                              grid_shape=tuple(prep.pipe.grid), legend=False)  # the caption says it all
-    results = {}
-    if answers:
-        fns = {r.name: method_fn(r.spec, options=options) for r in runs}
-        results = _answers(prep.pipe, prep.image, question, k, fns, int(max_new_tokens), progress)
-    full_answer = next(iter(results.values())).full_answer if results else None
-
+    out = studies.compare_methods(pipe, images, budget, names, question=question, max_new_tokens=int(max_new_tokens),
+                                  progress=_reporter(progress))
+    model = studies.published_model(pipe)
+    pixels = pipe.view_pixels(images, out.feats)[0]
+    gallery = method_overlays(pixels, [(r.label, r.selection) for r in out.runs], size=336,
+                              grid_shape=pipe.grid, legend=False)  # the caption says it all
+    total = sum(out.selection_budgets)
     table, rows = [], []
-    for r in runs:
-        fig = published_figure(r.name, total, prep.model)  # paper budgets: totals over views (NeXT)
-        published = NOT_REPORTED if fig is None else fig.label()
-        res = results.get(r.name)
-        tokens = int(r.selection.num_tokens.sum())
-        table.append([r.label, _token_text(r), published, res.pruned_answer if res else "—",
-                      f"{res.fidelity:.3f}" if res else "—", f"{1000 * r.seconds:.1f}"])
+    for r in out.runs:
+        fig = published_figure(r.name, total, model)  # paper budgets: totals over views (NeXT)
+        res = out.results.get(r.name)
+        table.append([r.label, _token_text(r), NOT_REPORTED if fig is None else fig.label(),
+                      res.pruned_answer if res else "—", f"{res.fidelity:.3f}" if res else "—",
+                      f"{1000 * r.seconds:.1f}"])
         row = r.to_dict()
-        row.update({"tokens": tokens, "published": NOT_REPORTED if fig is None else fig.to_dict(),
+        row.update({"tokens": int(r.selection.num_tokens.sum()),
+                    "published": NOT_REPORTED if fig is None else fig.to_dict(),
                     "answer": res.pruned_answer if res else None, "fidelity": res.fidelity if res else None,
                     "first_token_agrees": res.first_token_agrees if res else None})
         rows.append(row)
     summary = {
-        "model_id": prep.pipe.model_id, "family": prep.pipe.family, "is_demo": prep.pipe.is_demo,
-        "budget": k, "selection_budgets": sel_budgets, "question": question if answers else None,
-        "full_answer": full_answer, "fidelity_metric": "first_token_kl_nats" if answers else None,
-        "selection_ms_all_methods": 1000 * selection_s, "methods": rows,
-        "published_model": MODEL_LABELS[prep.model], "published_budgets": published_budgets(prep.model),
-        "published": published_table(prep.model), "notes": prep.notes,
+        "model_id": pipe.model_id, "family": pipe.family, "is_demo": pipe.is_demo,
+        "budget": out.budget, "selection_budgets": out.selection_budgets, "question": question,
+        "full_answer": out.full_answer, "fidelity_metric": studies.FIDELITY_METRIC if answers else None,
+        "selection_ms_all_methods": 1000 * out.selection_s, "methods": rows, "generations": out.generations,
+        "published_model": MODEL_LABELS[model], "published_budgets": published_budgets(model),
+        "published": published_table(model), "notes": notes,
     }
-    return {"gallery": gallery, "table": table, "json": summary, "full_answer": full_answer,
-            "full_tokens": next(iter(results.values())).visual_tokens_full if results else None,
-            "selection_ms": 1000 * selection_s}
+    return {"gallery": gallery, "table": table, "json": summary, "full_answer": out.full_answer,
+            "full_tokens": out.full_tokens, "selection_ms": 1000 * out.selection_s}
 
 
 def _token_text(run) -> str:
@@ -244,22 +135,21 @@ def stability_view(image: Any, budget: Any, seeds: Any, get_pipeline: GetPipelin
         raise ValueError(f"The number of seeds must be a whole number, got {seeds!r}.") from None
     if not 2 <= count <= MAX_SEEDS:
         raise ValueError(f"Use between 2 and {MAX_SEEDS} seeds, got {count}.")
-    prep = _Prepared(image, get_pipeline)
-    k = check_budget(budget, prep.pipe.num_patches)
-    report = (lambda f, d: progress(f, desc=d)) if progress is not None else None
-    with single_thread():
-        result = stability(prep.feats.hidden_states, prep.feats.cls_attention, k, range(count), progress=report)
+    images, _ = _image(image)
+    pipe = get_pipeline()
+    feats, result = studies.stability_of(pipe, images, budget, range(count), progress=_reporter(progress))
+    k = result.num_tokens
     fig = plot_stability(result.jaccard_vs_exact, result.pairwise, result.seeds, exact_repeat=result.exact_repeat,
                          num_tokens=k)
-    overlay = draw_keep_frequency(prep.pixels, result.keep_frequency, result.exact_kept, size=336,
-                                  grid_shape=tuple(prep.pipe.grid))
+    overlay = draw_keep_frequency(pipe.view_pixels(images, feats)[0], result.keep_frequency, result.exact_kept,
+                                  size=336, grid_shape=pipe.grid)
     d = result.to_dict()
     text = (f"**Exact PCA:** the same {k - 1} patches every run (Jaccard with itself = {result.exact_repeat:.2f}).  \n"
             f"**Randomised PCA (the reference's `pca_lowrank`), {count} seeds:** Jaccard with the exact result "
             f"{result.mean_vs_exact:.2f} on average (lowest {d['min_jaccard_vs_exact']:.2f}); between two seeds "
             f"{result.mean_pairwise:.2f}. {d['always_kept']} patches are kept by every seed, {d['sometimes_kept']} "
             f"only by some.")
-    d.update({"model_id": prep.pipe.model_id, "method": "prunesid", "pca": ["exact", "randomized"]})
+    d.update({"model_id": pipe.model_id, "method": "prunesid", "pca": ["exact", "randomized"]})
     return {"overlay": overlay, "figure": fig, "markdown": text, "json": d}
 
 
@@ -267,21 +157,11 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
                *, with_model: bool = True, mark: Any = None, progress: ProgressFn | None = None) -> dict:
     """Fidelity (model: first-token KL) and feature coverage against budget, per method."""
     names = check_methods(methods)
-    if with_model:
-        question = _question(question)
-    prep = _Prepared(image, get_pipeline)
-    points = parse_budgets(budgets, prep.pipe.num_patches)
-    fidelity = None
-    if with_model:
-        options = prep.options
-
-        def fidelity(name, k, _selection):  # the pipeline re-selects (deterministically) on all views
-            return prep.pipe.compare([prep.image], question, k, selection=method_fn(name, options=options),
-                                     max_new_tokens=1).fidelity
-
-    report = (lambda f, d: progress(f, desc=d)) if progress is not None else None
-    with single_thread():
-        result = _sweep(prep, points, names, fidelity, report)
+    question = _question(question) if with_model else None
+    images, _ = _image(image)
+    pipe = get_pipeline()
+    points = parse_budgets(budgets, pipe.num_patches)
+    result, generations = studies.sweep(pipe, images, points, names, question=question, progress=_reporter(progress))
     labels = dict(zip(result.methods, result.labels))
     colors = method_colors(list(result.labels))
     coverage = {labels[m]: result.coverage[m] for m in result.methods}
@@ -295,10 +175,11 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
         fig = plot_budget_sweep(result.budgets, coverage, ylabel="feature coverage",
                                 title="Feature coverage against budget on this image (higher is better)",
                                 lower_is_better=False, marks=marks, colors=colors)
+    model = studies.published_model(pipe)
     d = result.to_dict()
-    d.update({"model_id": prep.pipe.model_id, "question": question if with_model else None,
-              "published_model": MODEL_LABELS[prep.model],
-              "published": {m: {str(k): _published_text(m, k, prep.model) for k in result.budgets}
+    d.update({"model_id": pipe.model_id, "question": question, "generations": generations,
+              "published_model": MODEL_LABELS[model],
+              "published": {m: {str(k): _published_text(m, k, model) for k in result.budgets}
                             for m in result.methods}})
     return {"figure": fig, "json": d}
 
@@ -308,22 +189,11 @@ def _published_text(method: str, k: int, model: str):
     return NOT_REPORTED if fig is None else fig.relative_accuracy
 
 
-@gpu(duration=300)
-def _sweep(prep: _Prepared, points, names, fidelity, report):
-    return budget_sweep(prep.feats.hidden_states, prep.feats.cls_attention, points, names, fidelity=fidelity,
-                        fidelity_metric="first_token_kl_nats" if fidelity else None, options=prep.options,
-                        progress=report)
-
-
 # ---- UI handlers (never raise) ---------------------------------------------------------------
 def _fail(err: Exception, where: str) -> str:
-    if isinstance(err, EXPECTED):
-        message = str(err)
-    else:
-        log.exception("unexpected error in %s", where)
-        message = GENERIC_ERROR
-    gr.Warning(message)
-    return f"⚠️ {message}"
+    message = message_for(err, where)
+    warn(message)
+    return f"⚠ {message}"
 
 
 def on_compare(get_pipeline: GetPipeline):
@@ -363,18 +233,6 @@ def on_sweep(get_pipeline: GetPipeline):
         return out["figure"], f"Sweep over {len(d['budgets'])} budgets × {len(d['methods'])} methods in {d['seconds']:.1f} s.", d
     handler.__name__ = "on_sweep"
     return handler
-
-
-def _endpoint(fn, where: str):
-    def call(*args):
-        try:
-            return fn(*args)
-        except EXPECTED as err:
-            raise gr.Error(str(err)) from None
-        except Exception:
-            log.exception("unexpected error in /%s", where)
-            raise gr.Error(GENERIC_ERROR) from None
-    return call
 
 
 def methods_markdown() -> str:
@@ -433,7 +291,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
             with gr.Row():
                 sweep_budgets = gr.Textbox(", ".join(str(k) for k in DEFAULT_SWEEP_BUDGETS), label="Budgets",
                                            scale=3, elem_id="compare-budgets")
-                with_model = gr.Checkbox(True, label="Fidelity from the model (2 prefills per point)", scale=2,
+                with_model = gr.Checkbox(True, label="Fidelity from the model (one pruned prefill per point; the full run is shared)", scale=2,
                                          elem_id="compare-with-model")
             sweep_plot = gr.Plot(show_label=False, elem_id="compare-sweep-plot")
     with gr.Accordion("Raw numbers (JSON)", open=False):
@@ -441,7 +299,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     with gr.Accordion("Methods, sources and deviations", open=False):
         gr.Markdown(methods_markdown())
 
-    private = dict(api_visibility="private", concurrency_id="model")
+    private = dict(api_visibility="private", concurrency_id="model", concurrency_limit=1)
     run_compare.click(on_compare(get_pipeline), [image_input, question_input, budget_input, methods, answers, max_new],
                       [gallery, table, status, raw], **private)
     run_stability.click(on_stability(get_pipeline), [image_input, budget_input, seeds],
@@ -467,20 +325,20 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         return None if not str(text or "").strip() else str(text)
 
     api_compare.click(
-        _endpoint(lambda im, q, k, ms, ans: compare_view(im, q, k, check_methods(_api_methods(ms)), get_pipeline,
+        endpoint(lambda im, q, k, ms, ans: compare_view(im, q, k, check_methods(_api_methods(ms)), get_pipeline,
                                                          answers=bool(ans))["json"], "compare"),
         [api_image, api_question, api_budget, api_methods, api_answers], api_out, api_name="compare",
         api_description="Every selection method at one budget on one image: tokens, kept indices, answers, "
                         "fidelity and the published relative accuracy (or 'not reported'), as JSON.",
-        concurrency_id="model")
+        concurrency_id="model", concurrency_limit=1)
     api_stability.click(
-        _endpoint(lambda im, k, s: stability_view(im, k, s, get_pipeline)["json"], "compare_stability"),
+        endpoint(lambda im, k, s: stability_view(im, k, s, get_pipeline)["json"], "compare_stability"),
         [api_image, api_budget, api_seeds], api_out, api_name="compare_stability", api_visibility="undocumented",
         api_description="Jaccard of PruneSID's kept set: randomised PCA (one run per seed) vs exact, as JSON.",
-        concurrency_id="model")
+        concurrency_id="model", concurrency_limit=1)
     api_sweep.click(
-        _endpoint(lambda im, q, b, ms: sweep_view(im, q, b, check_methods(_api_methods(ms)), get_pipeline)["json"],
+        endpoint(lambda im, q, b, ms: sweep_view(im, q, b, check_methods(_api_methods(ms)), get_pipeline)["json"],
                   "compare_sweep"),
         [api_image, api_question, api_budgets, api_methods], api_out, api_name="compare_sweep", api_visibility="undocumented",
         api_description="Per method and budget: tokens, feature coverage and first-token KL, as JSON.",
-        concurrency_id="model")
+        concurrency_id="model", concurrency_limit=1)

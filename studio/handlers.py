@@ -3,42 +3,42 @@
 Two layers:
 
 * core steps that raise on bad input (``load_media``, ``encode``, ``reselect``, ``answer``,
-  ``analyze``): ValueError / MediaError / ModelLoadError carry a message for a person;
+  ``analyze``): ValueError / MediaError / ModelLoadError carry a message for a person. They
+  call the pipeline's public API only; a redraw (``reselect``) needs no model at all;
 * ``on_*`` UI handlers that never raise: expected errors become a ``gr.Warning`` plus an
   inline status line, anything else is logged and shown as a short generic message.
 """
 from __future__ import annotations
 
-import functools
-import threading
 import time
-import warnings
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 import numpy as np
 
-from prunesid import select_tokens
-from studio.media import MediaError, load_image, load_video
-from prunesid_vlm.pipeline import CompareResult, EncodedImages, ModelLoadError, Pipeline
+from prunesid_vlm.pipeline import (
+    MAX_QUESTION_CHARS,
+    CompareResult,
+    Pipeline,
+    check_budget,
+    check_question,
+    select,
+    view_budgets,
+)
 
 from . import views as V
 from .components import png_file
+from .errors import endpoint, guarded, status_line, warn
+from .media import MediaError, load_image, load_video
 from .models import MANAGER, ModelManager
-from .runtime import gpu, limit_blas_threads, log, single_thread
-from .session import Analysis, tower_view
+from .session import Analysis
 
-MAX_QUESTION_CHARS = 2000
-"""Longer questions are refused (LLaVA-1.5's context is 4096 tokens, most of it image)."""
 MAX_FRAMES = 6
 """Frames sampled from a video: 6 × 576 = 3456 visual tokens still fit LLaVA-1.5's 4096-token
 context for the full (unpruned) answer."""
 DEFAULT_BUDGET = 64
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
-EXPECTED = (ValueError, MediaError, ModelLoadError)
-GENERIC_ERROR = "Something went wrong on our side (details are in the server log). Please try again or another input."
 
 VIEW_KEYS = ("state", "status", "kept", "groups", "groups_note", "nms", "importance", "group_chart",
              "dynamic_chart", "dynamic_text", "summary", "gallery", "frame_chart", "frame", "stale")
@@ -47,33 +47,8 @@ ANSWER_KEYS = ("state", "full_head", "full_answer", "full_stats", "pruned_head",
                "pruned_stats", "fidelity", "stale")
 """Order of the outputs of :func:`on_answer`."""
 
-limit_blas_threads(1)
-
 
 # ---- core steps --------------------------------------------------------------------------
-def check_budget(budget: Any, num_patches: int = 576) -> int:
-    """The budget as an int in [2, 1+N] (CLS included), or a ValueError that says so."""
-    try:
-        value = float(budget)
-    except (TypeError, ValueError):
-        raise ValueError(f"The token budget must be a number, got {budget!r}.") from None
-    if not np.isfinite(value) or value != int(value):
-        raise ValueError(f"The token budget must be a whole number, got {budget!r}.")
-    k = int(value)
-    if not 2 <= k <= num_patches + 1:
-        raise ValueError(f"The token budget must be between 2 and {num_patches + 1} (CLS included); got {k}.")
-    return k
-
-
-def check_question(question: Any) -> str:
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError("The question is empty: type a question about the image.")
-    question = question.strip()
-    if len(question) > MAX_QUESTION_CHARS:
-        raise ValueError(f"The question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}.")
-    return question
-
-
 def load_media(kind: str, image: str | None, video: str | None) -> tuple[list, list[str], list[float] | None, str]:
     """``(images, notes, frame_times, source)`` for the active upload (``kind`` "image" or "video")."""
     if kind == "video":
@@ -88,59 +63,33 @@ def load_media(kind: str, image: str | None, video: str | None) -> tuple[list, l
     return [img], notes, None, str(image)
 
 
-_PIPE_LOCK = threading.RLock()
-"""The pipeline's feature cache is not thread-safe: uploads, Run and /analyze take turns on it."""
-
-
-@gpu(duration=60)
-def _encode(pipe: Pipeline, images: list, manager: ModelManager) -> EncodedImages:
-    with _PIPE_LOCK:
-        manager.calibrate(pipe)  # no-op after the first call for this model
-        return pipe.encode(images)
-
-
 def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str],
-           frame_times: list[float] | None, manager: ModelManager = MANAGER) -> Analysis:
+           frame_times: list[float] | None) -> Analysis:
     """One tower pass over the media (cached by content); everything later reuses it."""
-    feats = _encode(pipe, images, manager)
-    pixels = [tower_view(images[v.image], v.box) for v in feats.views]
+    feats = pipe.encode(images)
     return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo, images=images,
-                    feats=feats, view_pixels=pixels, grid=tuple(pipe.grid),
-                    phi_ref=float(manager.state.phi_ref if manager.state.phi_ref is not None else pipe.phi_ref),
-                    reference_phis=list(manager.state.reference_phis), vision_s=feats.vision_s,
-                    notes=list(notes), frame_times=frame_times)
+                    feats=feats, view_pixels=pipe.view_pixels(images, feats), grid=pipe.grid,
+                    reference_phis=list(pipe.calibration().phis), notes=list(notes), frame_times=frame_times)
 
 
-def _select_single_thread(hidden, attention, budgets):
-    with single_thread():
-        return select_tokens(hidden, attention, budgets)
+def reselect(analysis: Analysis, budget: Any, dynamic: bool) -> Analysis:
+    """Select again on the session's cached features for a new budget / dynamic setting.
 
-
-def reselect(analysis: Analysis, budget: Any, dynamic: bool, pipe: Pipeline) -> Analysis:
-    """Re-run the selection on the cached features for a new budget / dynamic setting (no model pass)."""
+    Pure: no model, no lock, nothing shared, so redraws of different visitors run side by side."""
     k = check_budget(budget, analysis.num_patches)
-    budgets = pipe.budgets(analysis.feats, k, bool(dynamic))
     start = time.perf_counter()
-    sel = _select_single_thread(analysis.hidden_states, analysis.cls_attention,
-                                pipe.adapter.selection_budgets(analysis.views, budgets))
+    sel = select(analysis.feats, k, dynamic=bool(dynamic))
     ms = 1000 * (time.perf_counter() - start)
-    return replace(analysis, budget=k, dynamic=bool(dynamic), budgets=list(budgets), selection=sel.cpu(),
-                   selection_ms=ms)
+    return replace(analysis, budget=k, dynamic=bool(dynamic), budgets=view_budgets(analysis.feats, k, bool(dynamic)),
+                   selection=sel, selection_ms=ms)
 
 
-@gpu(duration=120)
-def _compare(pipe: Pipeline, images, question, budget, dynamic, max_new_tokens) -> CompareResult:
-    with _PIPE_LOCK:
-        return pipe.compare(images, question, budget, dynamic=dynamic, max_new_tokens=max_new_tokens,
-                            selection=_select_single_thread)
-
-
-def answer(analysis: Analysis, question: Any, budget: Any, dynamic: bool, pipe: Pipeline,
-           max_new_tokens: int = 64) -> CompareResult:
-    """Both answers (all tokens vs PruneSID's) for the analysed media."""
-    question = check_question(question)
-    k = check_budget(budget, analysis.num_patches)
-    return _compare(pipe, analysis.images, question, k, bool(dynamic), int(max_new_tokens))
+def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: int = 64) -> CompareResult:
+    """Both answers (all tokens vs PruneSID's) for the analysed media, with exactly the selection on screen."""
+    if analysis.selection is None:
+        raise ValueError("Nothing selected yet: pick a budget first.")
+    return pipe.compare(analysis.images, check_question(question), analysis.budget, dynamic=analysis.dynamic,
+                        max_new_tokens=int(max_new_tokens), selection=analysis.selection)
 
 
 def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_new_tokens: int = 64,
@@ -150,8 +99,8 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
     question = check_question(question)
     pipe = manager.get()
     images, notes, _, source = load_media("image", image, None)
-    analysis = reselect(encode(pipe, "image", source, images, notes, None, manager), k, dynamic, pipe)
-    result = answer(analysis, question, k, dynamic, pipe, max_new_tokens)
+    analysis = reselect(encode(pipe, "image", source, images, notes, None), k, dynamic)
+    result = answer(analysis, question, pipe, max_new_tokens)
     full, pruned = result.timings["full"], result.timings["pruned"]
     state = manager.state
     if state.fallback_reason:
@@ -174,56 +123,16 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         "fidelity": {"first_token_kl_nats": result.fidelity, "first_token_agrees": result.first_token_agrees,
                      "same_answer": result.same_answer},
         "timings": result.timings,
+        "answers_cached": result.answers_cached,
         "notes": notes,
     }
 
 
 # ---- UI handlers (never raise) -------------------------------------------------------------
-def _friendly(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text[0].upper() + text[1:]
-
-
-def _warn(message: str) -> None:
-    try:
-        with warnings.catch_warnings():  # outside a request (tests) Gradio would also warn
-            warnings.simplefilter("ignore", UserWarning)
-            gr.Warning(message)
-    except Exception:  # the status line carries the message anyway
-        pass
-
-
-def _guarded(empty: Callable[[str], tuple]):
-    """Wrap a UI handler: expected errors → warning + ``empty(message)``; others → logged + generic."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except EXPECTED as err:
-                message = _friendly(err)
-                _warn(message)
-                return empty(message)
-            except Exception:
-                log.exception("unexpected error in %s", fn.__name__)
-                _warn(GENERIC_ERROR)
-                return empty(GENERIC_ERROR)
-
-        return inner
-
-    return wrap
-
-
-def _status(text: str, kind: str = "info") -> str:
-    icon = {"info": "ℹ", "warn": "⚠", "ok": "✓"}[kind]  # text symbols: they render without an emoji font
-    return f"{icon} {text}"
-
-
 def _empty_views(message: str) -> tuple:
     hidden = gr.update(visible=False)
     values = {k: None for k in VIEW_KEYS}
-    values.update(state=None, status=_status(message, "warn"), gallery=hidden, frame_chart=hidden,
+    values.update(state=None, status=status_line(message, "warn"), gallery=hidden, frame_chart=hidden,
                   frame=gr.update(visible=False), stale="", dynamic_text="", summary="", groups_note="")
     return tuple(values[k] for k in VIEW_KEYS)
 
@@ -286,7 +195,7 @@ def _status_for(analysis: Analysis, pipe: Pipeline, encoded_now: bool) -> str:
     if encoded_now:
         bits.append(f"vision tower {1000 * analysis.vision_s:.0f} ms" if analysis.vision_s else "features from cache")
     bits.extend(analysis.notes)
-    return _status(" · ".join(bits) if bits else "Ready.", "ok")
+    return status_line(" · ".join(bits) if bits else "Ready.", "ok")
 
 
 def _matches(state: Analysis | None, kind: str, source: str | None, model_id: str | None) -> bool:
@@ -294,7 +203,7 @@ def _matches(state: Analysis | None, kind: str, source: str | None, model_id: st
             and (not model_id or model_id in (state.model_id, MANAGER.state.requested)))
 
 
-@_guarded(_empty_views)
+@guarded(_empty_views)
 def on_prepare(kind: str, image: str | None, video: str | None, model_id: str | None, budget: Any, dynamic: bool,
                view: Any = 1, state: Analysis | None = None, progress=gr.Progress()) -> tuple:
     """Upload / example / Run: load the media, encode it (once), select and draw every view."""
@@ -310,11 +219,11 @@ def on_prepare(kind: str, image: str | None, video: str | None, model_id: str | 
         analysis, fresh = encode(pipe, kind, source, images, notes, times), True
         if state is not None and state.answered and state.source == analysis.source:
             analysis.answered = None
-    analysis = reselect(analysis, budget, dynamic, pipe)
+    analysis = reselect(analysis, budget, dynamic)
     return _view_outputs(analysis, (int(view or 1) - 1) if not fresh else 0, _status_for(analysis, pipe, fresh))
 
 
-@_guarded(_empty_views)
+@guarded(_empty_views)
 def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, kind: str, image: str | None,
                 video: str | None, model_id: str | None, active: str = "kept") -> tuple:
     """Slider release / preset / dynamic toggle: re-select from cached features and redraw the
@@ -324,14 +233,13 @@ def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, k
             return tuple(gr.skip() for _ in VIEW_KEYS)  # nothing uploaded yet: just move the slider
         return on_prepare.__wrapped__(kind, image, video, model_id, budget, dynamic, view, None,
                                       progress=_no_progress)
-    pipe = MANAGER.get(state.model_id)
-    analysis = reselect(state, budget, dynamic, pipe)
+    analysis = reselect(state, budget, dynamic)
     parts = (active,) if active in V.PARTS else V.PARTS
-    return _view_outputs(analysis, int(view or 1) - 1, _status(
+    return _view_outputs(analysis, int(view or 1) - 1, status_line(
         f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.", "ok"), parts)
 
 
-@_guarded(_empty_views)
+@guarded(_empty_views)
 def on_view(state: Analysis | None, view: Any, active: str = "kept") -> tuple:
     """Frame / view picker: redraw the visible view for another frame (no new selection)."""
     if state is None:
@@ -349,7 +257,7 @@ def on_tab(part: str):
         v = max(0, min(int(view or 1) - 1, state.num_views - 1))
         if state.drawn.get(part) == (state.budget, state.dynamic, v):
             return (part,) + tuple(gr.skip() for _ in VIEW_KEYS)
-        return (part,) + _guarded(_empty_views)(_view_outputs)(state, v, gr.skip(), (part,))
+        return (part,) + guarded(_empty_views)(_view_outputs)(state, v, gr.skip(), (part,))
 
     handler.__name__ = f"on_tab_{part}"
     return handler
@@ -366,11 +274,11 @@ def _no_progress(*_args, **_kwargs):
 
 def _empty_answers(message: str) -> tuple:
     values = {k: gr.skip() for k in ANSWER_KEYS}
-    values.update(fidelity=_status(message, "warn"))
+    values.update(fidelity=status_line(message, "warn"))
     return tuple(values[k] for k in ANSWER_KEYS)
 
 
-@_guarded(_empty_answers)
+@guarded(_empty_answers)
 def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool, max_new_tokens: Any = 64,
               progress=gr.Progress()) -> tuple:
     """Run (second step): answer with all tokens and with PruneSID's, side by side."""
@@ -379,16 +287,22 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     check_question(question)
     pipe = MANAGER.get(state.model_id)
     progress(0.1, desc="Answering twice: with all visual tokens, then with PruneSID's")
-    result = answer(state, question, budget, dynamic, pipe, int(max_new_tokens or 64))
-    state = replace(state, answered={"budget": check_budget(budget, state.num_patches), "dynamic": bool(dynamic),
+    result = answer(state, question, pipe, int(max_new_tokens or 64))
+    state = replace(state, answered={"budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question)})
-    texts = answer_texts(result, is_demo=pipe.is_demo, device=pipe.loaded.device.type)
+    texts = answer_texts(result, is_demo=pipe.is_demo, device=pipe.device)
     values = dict(texts, state=state, stale=stale_note(state))
     return tuple(values[k] for k in ANSWER_KEYS)
 
 
 def _ms(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "—"
     return f"{1000 * seconds:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _cache_note(cached: bool) -> str:
+    return " · *cached answer (times from the run that made it)*" if cached else ""
 
 
 def answer_texts(result: CompareResult, is_demo: bool = False, device: str = "cpu") -> dict[str, str]:
@@ -404,11 +318,13 @@ def answer_texts(result: CompareResult, is_demo: bool = False, device: str = "cp
     return {
         "full_head": f"#### Full · {result.visual_tokens_full} visual tokens",
         "full_answer": result.full_answer or "(empty answer)",
-        "full_stats": f"prefill **{_ms(full['prefill_s'])}** · total **{_ms(full['total_s'])}**",
+        "full_stats": (f"prefill **{_ms(full['prefill_s'])}** · total **{_ms(full['total_s'])}**"
+                       + _cache_note(result.answers_cached.get("full", False))),
         "pruned_head": f"#### PruneSID · {result.visual_tokens_pruned} visual tokens{per}",
         "pruned_answer": result.pruned_answer or "(empty answer)",
         "pruned_stats": (f"prefill **{_ms(pruned['prefill_s'])}** (**{result.prefill_speedup:.1f}×** faster) · "
-                         f"total **{_ms(pruned['total_s'])}** ({total_speedup:.2f}×)"),
+                         f"total **{_ms(pruned['total_s'])}** ({total_speedup:.2f}×)"
+                         + _cache_note(result.answers_cached.get("pruned", False))),
         "fidelity": (f"**Fidelity: {result.fidelity:.3f} nats** — how far PruneSID moved the model's choice of the "
                      f"first answer word (KL divergence of the first-token distributions; 0 = unchanged). "
                      f"Same first token: **{agree}**; whole answers: **{same}**. Totals include the shared vision "
@@ -434,14 +350,14 @@ def banner_text(manager: ModelManager = MANAGER) -> str:
     return f"Model: **{s.active}**"
 
 
-@_guarded(lambda message: (_status(message, "warn"), gr.skip(), None))
+@guarded(lambda message: (status_line(message, "warn"), gr.skip(), None))
 def on_model_change(model_id: str, progress=gr.Progress()) -> tuple:
     """Model picker: load the model (or fall back to the demo), update the banner, drop old features."""
     if not model_id or not str(model_id).strip():
         raise ValueError("Pick a model from the list or type a hub id / local folder.")
     pipe = MANAGER.get(str(model_id).strip(), progress=progress)
     if MANAGER.state.fallback_reason:
-        _warn(MANAGER.state.fallback_reason + " — using the offline demo model instead.")
+        warn(MANAGER.state.fallback_reason + " — using the offline demo model instead.")
     return banner_text(), gr.update(value=pipe.model_id), None
 
 
@@ -470,11 +386,7 @@ def on_media(kind: str):
 
 def analyze_endpoint(image: str | None, question: str | None, budget: float | int | None) -> dict:
     """``/analyze`` (gradio_client): expected problems become a ``gr.Error`` with the message."""
-    try:
-        return analyze(image, question, budget)
-    except EXPECTED as err:
-        raise gr.Error(_friendly(err)) from None
-    except Exception:
-        log.exception("unexpected error in /analyze")
-        raise gr.Error(GENERIC_ERROR) from None
+    return _analyze_endpoint(image, question, budget)
 
+
+_analyze_endpoint = endpoint(lambda image, question, budget: analyze(image, question, budget), "analyze")

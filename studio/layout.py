@@ -76,7 +76,15 @@ LAUNCH_KWARGS = dict(theme=gr.themes.Default(primary_hue="indigo"), css=CSS, max
                      footer_links=["api", "gradio", "settings"])
 """Keyword arguments for ``demo.launch`` (Gradio 6 takes theme and CSS there)."""
 QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=32)
-"""``demo.queue``: one job per event at a time (one model), at most 32 waiting users."""
+"""``demo.queue``: at most 32 waiting jobs; events without a group below run one at a time."""
+REDRAW_CONCURRENCY = 4
+"""Redraws (slider, presets, dynamic toggle, view tabs, frame picker) of different visitors run
+side by side: they read only the visitor's own session state (no model, no lock)."""
+MODEL_EVENTS = dict(concurrency_id="model", concurrency_limit=1)
+"""Events that use the model (uploads, Run, model switch, the Compare tab, the API) form one queue.
+The pipeline serialises model work with its own lock either way; one queue keeps visitors in
+order and shows each their place in it."""
+REDRAW_EVENTS = dict(concurrency_id="redraw", concurrency_limit=REDRAW_CONCURRENCY)
 
 
 def _examples() -> list[list[str]]:
@@ -202,33 +210,35 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     video_tab.select(lambda: "video", None, kind, queue=False, **private)
     for source, name in ((image, "image"), (video, "video")):
         source.change(H.on_media(name), [source, model, budget, dynamic, state], [kind] + view_out,
-                      show_progress="minimal", concurrency_id="model", **private
+                      show_progress="minimal", **MODEL_EVENTS, **private
                       ).then(H.on_load, None, [banner], **private)
         source.upload(H.on_clear_answers, None, [full_answer, full_stats, pruned_answer, pruned_stats, fidelity, stale],
                       queue=False, **private)
 
     run.click(H.on_prepare, [kind, image, video, model, budget, dynamic, frame, state], view_out,
-              show_progress="minimal", concurrency_id="model", **private
+              show_progress="minimal", **MODEL_EVENTS, **private
               ).then(H.on_answer, [state, question, budget, dynamic, max_new], answer_out,
-                     concurrency_id="model", **private
+                     **MODEL_EVENTS, **private
                      ).then(H.on_load, None, [banner], **private)
 
     view_tabs = dict(kept=tab_kept, groups=tab_groups, nms=tab_nms, importance=tab_importance,
                      group_chart=tab_group_chart, dynamic=tab_dynamic)
     for part, tab in view_tabs.items():
-        tab.select(H.on_tab(part), [state, frame], [active] + view_out, show_progress="minimal", **private)
+        tab.select(H.on_tab(part), [state, frame], [active] + view_out, show_progress="minimal", **REDRAW_EVENTS,
+                   **private)
 
     reselect_in = [state, budget, dynamic, frame, kind, image, video, model, active]
     budget.change(budget_label, budget, budget_md, queue=False, show_progress="hidden", **private)
     budget.release(H.on_reselect, reselect_in, view_out, show_progress="minimal", trigger_mode="always_last",
-                   **private)
+                   **REDRAW_EVENTS, **private)
     for button, k in [(b, k) for b, k in zip(presets, PRESETS)] + [(preset_all, 577)]:
         button.click(lambda k=k: (k, budget_label(k)), None, [budget, budget_md], queue=False, **private
-                     ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **private)
-    dynamic.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **private)
-    frame.release(H.on_view, [state, frame, active], view_out, show_progress="minimal", **private)
+                     ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS,
+                            **private)
+    dynamic.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
+    frame.release(H.on_view, [state, frame, active], view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
     model.input(H.on_model_change, model, [banner, model, state], show_progress="full",
-                concurrency_id="model", **private)
+                **MODEL_EVENTS, **private)
     return image, question, budget
 
 
@@ -249,4 +259,4 @@ def _api(demo: gr.Blocks) -> None:
         api_button = gr.Button("analyze")
     api_button.click(H.analyze_endpoint, [api_image, api_question, api_budget], api_out, api_name="analyze",
                      api_description="Selection and both answers (all tokens vs PruneSID) for one image, as JSON.",
-                     concurrency_id="model")
+                     **MODEL_EVENTS)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from prunesid._eigen.krylov import warm_up as compile_selection_kernel
+import prunesid
 from prunesid_vlm.pipeline import DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline
 
-from .runtime import log
+from .errors import log
 
 ENV_MODEL = "PRUNESID_MODEL"
 """Environment variable naming the model to load at start (hub id, local folder or demo id)."""
@@ -48,8 +48,6 @@ class ModelState:
     is_demo: bool = False
     fallback_reason: str | None = None
     loading: bool = False
-    phi_ref: float | None = None
-    reference_phis: list[float] = field(default_factory=list)
 
 
 class ModelManager:
@@ -99,8 +97,6 @@ class ModelManager:
         self.state.active = pipe.model_id
         self.state.is_demo = pipe.is_demo
         self.state.fallback_reason = reason
-        self.state.phi_ref = None  # calibrated on first use, inside the GPU step (see calibrate)
-        self.state.reference_phis = []
         log.info("model %s ready in %.1f s%s", pipe.model_id, time.perf_counter() - start,
                  f" (fallback: {reason})" if reason else "")
 
@@ -111,26 +107,10 @@ class ModelManager:
             self.state.requested = self.state.active = pipe.model_id
             self.state.is_demo = pipe.is_demo
             self.state.fallback_reason = None
-            self.state.phi_ref = None
-            self.state.reference_phis = []
-
-    def calibrate(self, pipe: Pipeline) -> None:
-        """φ_ref and the calibration images' φ for ``pipe`` (a tower pass over 5 images, once per model).
-
-        Called from inside the GPU step (``studio.handlers._encode``): on ZeroGPU the tower may only
-        run inside a ``spaces.GPU`` function, so this is not done at load time.
-        """
-        with self._lock:
-            if self.state.phi_ref is not None and pipe is self._pipe:
-                return
-            phis = reference_phis(pipe)
-            phi_ref = float(pipe.phi_ref)
-            if pipe is self._pipe:
-                self.state.reference_phis, self.state.phi_ref = phis, phi_ref
 
     def preload_in_background(self) -> threading.Thread:
-        """Start loading the requested model now, and compiling the selection's Lanczos kernel,
-        so the first Run waits for neither."""
+        """Start loading the requested model now, and preparing the selection's eigensolver
+        (BLAS threads, the compiled kernel where numba is installed), so the first Run waits for neither."""
 
         def work():
             try:
@@ -139,7 +119,7 @@ class ModelManager:
                 log.exception("background model load failed")
             try:
                 start = time.perf_counter()
-                compile_selection_kernel()
+                prunesid.warm_up()
                 log.info("selection kernel ready in %.1f s", time.perf_counter() - start)
             except Exception:  # the first selection compiles it instead
                 log.exception("compiling the selection kernel failed")
@@ -151,23 +131,6 @@ class ModelManager:
     @property
     def loaded(self) -> Pipeline | None:
         return self._pipe
-
-
-def reference_phis(pipe: Pipeline) -> list[float]:
-    """φ of each calibration image for this model (the distribution φ_ref is the mean of).
-
-    Encoded outside the pipeline's feature cache so the user's images are not evicted.
-    """
-    import torch
-
-    from prunesid import information_score
-    from prunesid_vlm.calibration import calibration_images
-    from prunesid_vlm.features import encode_views
-
-    pixels = torch.cat([pipe.adapter.preprocess(im)[0] for im in calibration_images()])
-    with torch.inference_mode():
-        hidden, _ = encode_views(pipe.model, pixels)
-    return [float(v) for v in information_score(hidden.cpu())]
 
 
 MANAGER = ModelManager()

@@ -1,5 +1,6 @@
 """Per-session state kept in ``gr.State``: the tower features of the current image or video
-(CPU tensors) and what was last selected and answered. Deep-copyable, no model inside."""
+(CPU tensors, from the pipeline) and what was last selected and answered. Deep-copyable, no
+model inside: a redraw needs nothing but this object."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,11 +10,7 @@ import torch
 from PIL import Image
 
 from prunesid import Selection
-from prunesid_vlm.adapters.llava import ViewInfo
 from prunesid_vlm.pipeline import EncodedImages
-
-TOWER_SIDE = 336
-"""Side of the square each tower view is drawn on (the CLIP-L/336 input)."""
 
 
 @dataclass
@@ -28,12 +25,10 @@ class Analysis:
     model_id: str
     is_demo: bool
     images: list[Image.Image]  # what the model is asked about (1 image, or the sampled frames)
-    feats: EncodedImages  # the pipeline's tower outputs (CPU tensors): hidden states, CLS attention, views
+    feats: EncodedImages  # the pipeline's tower outputs (CPU tensors): hidden states, CLS attention, views, φ
     view_pixels: list[np.ndarray]  # per view: uint8 [336, 336, 3], the pixels the tower saw
     grid: tuple[int, int]
-    phi_ref: float
-    reference_phis: list[float]
-    vision_s: float
+    reference_phis: list[float]  # φ of the model's calibration views (their mean is feats.phi_ref)
     notes: list[str] = field(default_factory=list)
     frame_times: list[float] | None = None
     # Updated by each selection:
@@ -47,6 +42,14 @@ class Analysis:
     answered: dict | None = None  # {"budget": K, "dynamic": bool, "question": str}
 
     @property
+    def phi_ref(self) -> float:
+        return self.feats.phi_ref
+
+    @property
+    def vision_s(self) -> float:
+        return self.feats.vision_s
+
+    @property
     def hidden_states(self) -> torch.Tensor:
         """``[V, 1+N, D]`` CPU, model dtype."""
         return self.feats.hidden_states
@@ -57,7 +60,8 @@ class Analysis:
         return self.feats.cls_attention
 
     @property
-    def views(self) -> list[ViewInfo]:
+    def views(self) -> list:
+        """Per view: where it comes from (``prunesid_vlm`` ViewInfo: image, kind, box, crop row/col)."""
         return self.feats.views
 
     @property
@@ -79,15 +83,3 @@ class Analysis:
         if info.kind == "base":
             return "whole image (base view)"
         return "image"
-
-
-def tower_view(image: Image.Image, box: tuple[float, float, float, float], side: int = TOWER_SIDE) -> np.ndarray:
-    """The ``side``×``side`` pixels a tower view covers: ``box`` of ``image`` (padded grey past
-    its edges, as the processors pad), resized. For LLaVA-1.5 ``box`` is the centre square."""
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    if x0 >= 0 and y0 >= 0 and x1 <= image.width and y1 <= image.height:
-        region = image.crop((x0, y0, x1, y1))
-    else:
-        region = Image.new("RGB", (max(1, x1 - x0), max(1, y1 - y0)), (122, 116, 104))
-        region.paste(image, (-x0, -y0))
-    return np.asarray(region.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))

@@ -5,12 +5,11 @@ share exactly this code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
 import viz
-from viz.palette import KEPT_HEX
+from prunesid_vlm.pipeline import view_budgets
 
 from .session import Analysis
 
@@ -100,7 +99,7 @@ def _dynamic(analysis: Analysis, view: int):
     label = "this frame" if analysis.kind == "video" else "this image"
     fig = viz.plot_dynamic_ratio(phi, refs, budget, mean_budget=analysis.budget, label=label)
     level = viz.complexity_label(phi, refs)
-    would = _single_image_budget(phi, analysis)
+    would = view_budgets(analysis.feats, analysis.budget, dynamic=True)[view]
     if analysis.num_views > 1 and analysis.dynamic:
         text = (f"**Dynamic ratio on.** The {analysis.num_views} {'frames' if analysis.kind == 'video' else 'views'} "
                 f"share {analysis.budget} × {analysis.num_views} = {sum(analysis.budgets)} tokens in proportion to "
@@ -113,12 +112,6 @@ def _dynamic(analysis: Analysis, view: int):
         text = (f"**Dynamic ratio off**: every image gets {analysis.budget} tokens. {label.capitalize()} has "
                 f"φ = {phi:.3f} ({level} complexity); with the dynamic ratio it would get **{would}** tokens.")
     return fig, text + (" *(Demo model: its φ values are not meaningful.)*" if analysis.is_demo else "")
-
-
-def _single_image_budget(phi: float, analysis: Analysis) -> int:
-    from prunesid import dynamic_budget
-
-    return dynamic_budget(phi, analysis.budget, analysis.phi_ref, ceiling=analysis.num_patches + 1)
 
 
 def summary(analysis: Analysis, view: int = 0) -> str:

@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from studio import handlers as H  # noqa: E402
 from studio import views as V  # noqa: E402
+from studio.errors import GENERIC_ERROR  # noqa: E402
 from studio.models import MANAGER, ModelManager  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -256,16 +257,17 @@ def test_unexpected_errors_become_a_short_generic_message(cat, monkeypatch):
 
     monkeypatch.setattr(H, "reselect", boom)
     out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 100, False, 1, "image", None, None, None, "kept")))
-    assert out["status"] == "⚠ " + H.GENERIC_ERROR and "internal detail" not in out["status"]
+    assert out["status"] == "⚠ " + GENERIC_ERROR and "internal detail" not in out["status"]
 
 
-def test_gpu_decorator_is_a_no_op_without_spaces():
-    from studio.runtime import gpu
+def test_gpu_boundary_is_a_plain_call_without_spaces():
+    from prunesid_vlm.gpu import gpu_decorator, run_on_gpu
 
     def f(x):
         return x + 1
 
-    assert gpu(30)(f)(1) == 2
+    assert gpu_decorator(30)(f) is f
+    assert run_on_gpu(f, 1) == 2
 
 
 def test_model_picker_falls_back_and_says_so(demo_model):

@@ -265,9 +265,9 @@ def test_handlers_never_raise(llava_pipeline, image_path):
     out = on_compare(get)(None, "q", 64, None, False, 4, progress=nothing)
     assert "No image yet" in out[2]
     out = on_stability(get)(image_path, "many", 4, progress=nothing)
-    assert out[2].startswith("⚠️")
+    assert out[2].startswith("⚠ ")
     out = on_sweep(get)(image_path, "q", "", ["grid"], False, 64, progress=nothing)
-    assert out[1].startswith("⚠️")
+    assert out[1].startswith("⚠ ")
 
     def broken():
         raise RuntimeError("boom")
@@ -317,16 +317,19 @@ def test_sweep_passes_per_row_options(case):
     assert not torch.equal(alone.keep, get_method("divprune").fn(hidden, attention, 64).keep)
 
 
-def test_tab_runs_divprune_on_projected_tokens(llava_pipeline, image_path):
-    from studio.compare_tab import _Prepared
+def test_divprune_runs_on_projected_tokens(llava_pipeline, image_path):
+    from PIL import Image
 
-    prep = _Prepared(image_path, lambda: llava_pipeline)
-    features = prep.options["divprune"]["features"]
-    hidden = prep.feats.hidden_states
+    feats = llava_pipeline.encode([Image.open(image_path)])
+    features = llava_pipeline.method_options(feats)["divprune"]["features"]
+    hidden = feats.hidden_states
     assert features.shape[:2] == (hidden.shape[0], hidden.shape[1] - 1)
     with torch.inference_mode():
         expected = llava_pipeline.adapter.project(hidden[0, 1:]).float().cpu()
     assert torch.allclose(features[0], expected, atol=1e-5)
+    projections = llava_pipeline.stats["projections"]
+    assert llava_pipeline.method_options(feats)["divprune"]["features"] is features  # cached per media
+    assert llava_pipeline.stats["projections"] == projections
 
 
 def test_stability_and_sweep_endpoints(llava_pipeline, image_path):

@@ -45,11 +45,16 @@ class MethodSpec:
     """Whether some tokens are merged from dropped patches (``Selection.merged_tokens``)."""
     randomized: bool = False
     """Whether the result depends on the ``generator``."""
+    dynamic: bool = False
+    """Whether the method sets each view's budget from its content (the dynamic ratio). A caller
+    that knows how views relate (the model pipeline: crops of one image, frames of one clip)
+    applies its own dynamic rule and runs the method's fixed-budget rule with those budgets."""
 
     def to_dict(self) -> dict:
         """JSON-ready description (no callable)."""
         return {"name": self.name, "label": self.label, "paper": self.paper, "code_url": self.code_url,
                 "keeps_cls": self.keeps_cls, "merges": self.merges, "randomized": self.randomized,
+                "dynamic": self.dynamic,
                 "notes": self.notes, "deviations": list(self.deviations)}
 
 
@@ -73,6 +78,7 @@ METHODS: dict[str, MethodSpec] = {
             ("The dynamic ratio is in the paper only (absent from the reference code); single images are scaled "
              "by φ / φ_ref with φ_ref from a calibration set (pass phi_ref=); without it a batch shares its total ∝ φ.",
              "Hands over its own budget per image, not exactly num_tokens."),
+            dynamic=True,
         ),
         MethodSpec(
             "random", "Random", random_select.random_select, "—", "", True,

@@ -6,26 +6,10 @@ selection's order, so the language model sees exactly K tokens per image.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from PIL import Image
 
-
-@dataclass(frozen=True)
-class ViewInfo:
-    """Where one tower view (an image, an AnyRes base/crop, or a frame) comes from.
-
-    ``box`` is ``(x0, y0, x1, y1)`` in the original image's pixels: the region the view's
-    24×24 patch grid covers (for a crop, its part of the AnyRes canvas mapped back; it can
-    reach past the image where the canvas is padded).
-    """
-
-    image: int
-    kind: str  # "image" | "base" | "crop" | "frame"
-    box: tuple[float, float, float, float]
-    crop_row: int = 0
-    crop_col: int = 0
+from .base import ViewInfo
 
 
 class LlavaAdapter:
@@ -33,9 +17,7 @@ class LlavaAdapter:
 
     family = "llava"
     modality = "image"
-    """Key of ``mm_encoder_outputs`` the features go to."""
     one_clip = False
-    """True when all the images given are the frames of one clip (one placeholder run)."""
 
     def __init__(self, model: torch.nn.Module, processor):
         self.model = model
@@ -66,9 +48,9 @@ class LlavaAdapter:
         width, height = image.size
         return pixels, [ViewInfo(image=0, kind="image", box=_center_crop_box(width, height))]
 
-    def selection_budgets(self, views: list[ViewInfo], budgets: list[int]) -> list[int]:
-        """Budgets handed to the selection (CLS included): the view budgets themselves."""
-        return list(budgets)
+    def drops_cls(self, view: ViewInfo) -> bool:
+        """Whether the view's CLS is dropped after selection (it keeps its place here)."""
+        return False
 
     def project(self, rows: torch.Tensor) -> torch.Tensor:
         """``[T, D_vision]`` → ``[T, D_text]`` through the multimodal projector."""

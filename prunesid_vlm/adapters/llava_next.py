@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from transformers.image_processing_utils import select_best_resolution
 
-from .llava import LlavaAdapter, ViewInfo
+from .base import ViewInfo
+from .llava import LlavaAdapter
 
 NEWLINE = -1
 """Marker of a newline slot in a packed layout (real slots hold ``crop · N + patch``)."""
@@ -29,6 +30,8 @@ class LlavaNextAdapter(LlavaAdapter):
     """Pre-processing and feature packing for ``LlavaNextForConditionalGeneration``."""
 
     family = "llava_next"
+    packs_from_full = True
+    """The pruned path gathers crop tokens from the full path's packed map (see pruned_features)."""
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
         """``[V, 3, S, S]`` views of one image (base first, then crops row-major) and where each sits."""
@@ -55,9 +58,10 @@ class LlavaNextAdapter(LlavaAdapter):
         x0, y0 = (col * size - pad_x) / scale, (row * size - pad_y) / scale
         return (x0, y0, x0 + size / scale, y0 + size / scale)
 
-    def selection_budgets(self, views: list[ViewInfo], budgets: list[int]) -> list[int]:
-        """Budgets handed to the selection: a crop's CLS is dropped later, so it gets one more."""
-        return [min(b + (v.kind == "crop"), self.num_patches + 1) for v, b in zip(views, budgets)]
+    def drops_cls(self, view: ViewInfo) -> bool:
+        """A crop has no place for its CLS on the packed map: it is selected with one token more
+        and its CLS dropped."""
+        return view.kind == "crop"
 
     def _pack(self, per_view: torch.Tensor, image_size: tuple[int, int], newline: torch.Tensor) -> torch.Tensor:
         """transformers' packing of ``[V, N, C]`` per-view rows of one image → ``[T, C]``."""

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .llava import LlavaAdapter, ViewInfo, _center_crop_box
+from .base import ViewInfo
+from .llava import LlavaAdapter, _center_crop_box
 
 
 class LlavaNextVideoAdapter(LlavaAdapter):

@@ -1,0 +1,68 @@
+"""What the pipeline needs from a model family: one Protocol, implemented once per family.
+
+An adapter turns images into tower views, tower outputs into the rows PruneSID selects
+from, and kept rows back into the visual tokens the language model receives. It knows the
+transformers classes of its family; nothing outside :mod:`prunesid_vlm` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """Where one tower view (an image, an AnyRes base/crop, or a frame) comes from.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in the original image's pixels: the region the view's
+    patch grid covers (for a crop, its part of the AnyRes canvas mapped back; it can reach
+    past the image where the canvas is padded).
+    """
+
+    image: int
+    kind: str  # "image" | "base" | "crop" | "frame"
+    box: tuple[float, float, float, float]
+    crop_row: int = 0
+    crop_col: int = 0
+
+
+class Adapter(Protocol):
+    """One model family's plumbing (see :mod:`prunesid_vlm.adapters.llava` for the reference one)."""
+
+    family: str
+    modality: str
+    """Key of ``mm_encoder_outputs`` the features go to (``"image"`` or ``"video"``)."""
+    one_clip: bool
+    """True when all the images given are the frames of one clip (one placeholder run)."""
+    grid: tuple[int, int]
+    """Patch grid ``(rows, cols)`` of one view, after any pooling."""
+    num_patches: int
+    image_token_id: int
+    """The placeholder id the visual features replace."""
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
+        """``[V, 3, S, S]`` pixel values of one image's tower views, and where each view sits."""
+
+    def postprocess(self, hidden: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tower outputs ``[V, 1+576, D]``, ``[V, 576]`` → the rows PruneSID selects from."""
+
+    def prompt_inputs(self, images: list[Image.Image], question: str) -> dict:
+        """The processor's outputs for the chat prompt (``input_ids`` with full placeholder runs)."""
+
+    def drops_cls(self, view: ViewInfo) -> bool:
+        """Whether a view's CLS is dropped after selection (it is then selected with one token
+        more, so that it still hands over its budget)."""
+
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[T, D_vision]`` → ``[T, D_text]`` through the multimodal projector."""
+
+    def full_features(self, hidden: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
+        """Per media item: the visual tokens of the model's ordinary path."""
+
+    def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes,
+                        full: list[torch.Tensor], merged: list[list[torch.Tensor | None]] | None = None
+                        ) -> list[torch.Tensor]:
+        """Per media item: the visual tokens made of the kept rows (and merged tokens, if any)."""

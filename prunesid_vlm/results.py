@@ -1,0 +1,125 @@
+"""What the pipeline hands out: encoded media, one generation, and a full-vs-pruned comparison.
+
+All tensors here are CPU tensors, so the objects can live in a visitor's session state and
+be deep-copied without touching the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from prunesid.result import Selection
+
+from .adapters.base import ViewInfo
+
+
+@dataclass
+class EncodedImages:
+    """Vision-tower outputs of a list of images, one row per tower view, with everything the
+    selection needs besides them (φ of each view, the calibration φ_ref, which views drop CLS).
+
+    ``V`` views: one per image for LLaVA-1.5, base + crops per image for LLaVA-NeXT, one per
+    frame for LLaVA-NeXT-Video (all frames form one clip, ``image`` 0).
+    """
+
+    hidden_states: torch.Tensor
+    """``[V, 1+N, D]`` layer −2 states (CPU, model dtype), CLS first. N = 576 for LLaVA-1.5 and
+    NeXT views; for NeXT-Video the 2×2-pooled frame tokens (N = 144, the tower's CLS in front)."""
+    cls_attention: torch.Tensor
+    """Float32 ``[V, N]``: CLS → patch attention of that layer, heads summed."""
+    views: list[ViewInfo]
+    """Per view: which image it belongs to, its kind and the pixel box it covers."""
+    image_sizes: list[tuple[int, int]]
+    """``(height, width)`` of each original image."""
+    vision_s: float
+    """Seconds of tower work for the views that were not cached (0 when all were)."""
+    cached: list[bool]
+    """Per image: its features came from the cache."""
+    tower_s: list[float]
+    """Per image: seconds its tower pass took when it ran (a share of the batch's pass)."""
+    media_key: str = ""
+    """Content hash of the images, in order (what answers are cached by)."""
+    phi: torch.Tensor | None = None
+    """Float32 ``[V]``: information score φ = 1 − ρ of each view."""
+    phi_ref: float = 0.0
+    """Mean φ of the model's calibration images (the single-image dynamic ratio's reference)."""
+    drops_cls: tuple[bool, ...] = ()
+    """Per view: its CLS is dropped after selection (LLaVA-NeXT crops), so it is selected with one more."""
+
+    @property
+    def num_views(self) -> int:
+        return int(self.hidden_states.shape[0])
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.hidden_states.shape[1]) - 1
+
+    def view_rows(self, image: int) -> torch.Tensor:
+        """Long: the view rows of one image, in order (base first for NeXT)."""
+        return torch.tensor([i for i, v in enumerate(self.views) if v.image == image], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One greedy generation with the visual tokens of all views (full) or of a selection (pruned)."""
+
+    text: str
+    tokens: tuple[int, ...]
+    first_logits: torch.Tensor
+    """Float32 ``[vocab]``: logits of the first answer token (from the prefill)."""
+    visual_tokens: int
+    prompt_tokens: int
+    project_s: float
+    prefill_s: float
+    decode_s: float
+    cached: bool = False
+    """True when this object came from the pipeline's answer cache (its timings are those of the
+    run that made it)."""
+
+
+@dataclass
+class CompareResult:
+    """Both answers of one question, with token counts, timings and fidelity.
+
+    Timings (seconds) per run (``"full"``, ``"pruned"``): ``vision_s`` the tower pass
+    (measured when it ran, even if the features were cached since: both runs share it),
+    ``selection_s`` choosing the tokens (0 for the full run), ``project_s`` the projector,
+    ``prefill_s`` the first language-model forward, ``decode_s`` the remaining greedy steps,
+    ``total_s`` their sum. GPU timings are taken after ``cuda.synchronize``.
+
+    ``fidelity``: KL(p_full ‖ p_pruned) of the first answer token in nats (0 = the pruned
+    prompt leaves the first-token distribution unchanged; see ``prunesid_vlm/fidelity.py``).
+    """
+
+    full_answer: str
+    pruned_answer: str
+    visual_tokens_full: int
+    visual_tokens_pruned: int
+    prompt_tokens: dict[str, int]
+    timings: dict[str, dict[str, float]]
+    fidelity: float
+    first_token_agrees: bool
+    same_answer: bool
+    budgets: list[int]
+    """Per view: the budget asked of the selection (CLS included)."""
+    selection: Selection
+    model_id: str
+    family: str
+    features_cached: bool
+    full_tokens: list[int] = field(default_factory=list)
+    pruned_tokens: list[int] = field(default_factory=list)
+    answers_cached: dict[str, bool] = field(default_factory=dict)
+    """Per run: the answer came from the pipeline's cache (timed when it ran)."""
+
+    @property
+    def prefill_speedup(self) -> float:
+        return self.timings["full"]["prefill_s"] / max(self.timings["pruned"]["prefill_s"], 1e-12)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (plain Python types; the selection as per-row summaries)."""
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "selection"}
+        out["selection"] = [self.selection.to_dict(row) for row in range(self.selection.batch_size)]
+        out["prefill_speedup"] = self.prefill_speedup
+        out["fidelity_metric"] = "first_token_kl_nats"
+        return out

@@ -1,0 +1,145 @@
+"""Studies on a loaded model: every method side by side, the randomised PCA's stability, budget sweeps.
+
+The tensor work is :mod:`prunesid_eval`'s; this module adds what needs the model — the
+view-aware budgets, the projected tokens DivPrune prunes, answers and first-token fidelity —
+through the :class:`~prunesid_vlm.pipeline.Pipeline`, so that nothing is generated twice:
+
+* a comparison of M methods with answers costs one full generation and M pruned ones
+  (fewer when the pipeline's answer cache already holds some);
+* a sweep point costs one pruned prefill; the full run is shared with every other point
+  and with the Explore tab's answer to the same question.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from prunesid_eval.compare import MethodRun, StabilityResult, SweepResult, budget_sweep, stability
+from prunesid_eval.methods import get_method, list_methods
+from prunesid_eval.published import FAMILY_MODEL, LLAVA_15_7B, published_figure
+
+from .fidelity import first_token_kl
+from .pipeline import Pipeline, check_budget, check_question, selection_budgets, view_budgets
+from .results import CompareResult, EncodedImages
+
+Progress = Callable[[float, str], None]
+
+FIDELITY_METRIC = "first_token_kl_nats"
+
+
+def check_methods(methods: Sequence[str] | str | None) -> list[str]:
+    """Registry names, in registry order; all of them when ``methods`` is None. A string is
+    split on commas (the scripted API's form)."""
+    if methods is None:
+        return [s.name for s in list_methods()]
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    for m in methods:
+        get_method(m)  # ValueError listing the known names
+    chosen = [s.name for s in list_methods() if s.name in set(methods)]
+    if not chosen:
+        raise ValueError("No method selected: tick at least one method to compare.")
+    return chosen
+
+
+def published_model(pipe: Pipeline) -> str:
+    """Which of the paper's models the published figures shown for ``pipe`` belong to."""
+    return FAMILY_MODEL.get(pipe.family, LLAVA_15_7B)
+
+
+@dataclass
+class MethodsComparison:
+    """Every chosen method's selection on one media item at one budget, with answers if asked."""
+
+    feats: EncodedImages
+    budget: int
+    selection_budgets: list[int]
+    runs: list[MethodRun]
+    results: dict[str, CompareResult] = field(default_factory=dict)
+    """Per method name: its pruned answer against the (shared) full answer."""
+    question: str | None = None
+    full_answer: str | None = None
+    full_tokens: int | None = None
+    generations: dict[str, int] = field(default_factory=dict)
+    """Generations this comparison ran (``full``, ``pruned``); cached answers are not counted."""
+
+    @property
+    def selection_s(self) -> float:
+        return sum(r.seconds for r in self.runs)
+
+
+def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: int,
+                    methods: Sequence[str] | str | None = None, *, question: str | None = None,
+                    max_new_tokens: int = 24, progress: Progress | None = None) -> MethodsComparison:
+    """Each method's selection at ``num_tokens`` per view; with a ``question``, each method's
+    answer too (one full generation shared by all)."""
+    names = check_methods(methods)
+    if question is not None:
+        question = check_question(question)
+    feats = pipe.encode(images)
+    k = check_budget(num_tokens, feats.num_patches)
+    model = published_model(pipe)
+    options = pipe.method_options(feats, names)
+    runs = []
+    for name in names:
+        start = time.perf_counter()
+        sel = pipe.select(feats, k, method=name, options=options)
+        seconds = time.perf_counter() - start
+        runs.append(MethodRun(get_method(name), sel, seconds, published_figure(name, int(sel.num_tokens.sum()), model)))
+    out = MethodsComparison(feats=feats, budget=k, selection_budgets=selection_budgets(feats, view_budgets(feats, k)),
+                            runs=runs, question=question)
+    if question is None:
+        return out
+    before = dict(pipe.stats)
+    full = pipe.answer(images, question, max_new_tokens=max_new_tokens)
+    for i, run in enumerate(runs):
+        if progress is not None:
+            progress(0.3 + 0.7 * i / len(runs), f"answering with {run.label}'s tokens")
+        pruned = pipe.answer(images, question, run.selection, max_new_tokens=max_new_tokens)
+        out.results[run.name] = pipe.result(feats, full, pruned, run.selection, run.seconds)
+    out.full_answer, out.full_tokens = full.text, full.visual_tokens
+    out.generations = _generations_since(pipe, before)
+    return out
+
+
+def stability_of(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: int, seeds: Sequence[int],
+                 progress: Progress | None = None) -> tuple[EncodedImages, StabilityResult]:
+    """PruneSID's kept set with the reference's randomised PCA (one run per seed) against the
+    exact PCA, on the first tower view."""
+    feats = pipe.encode(images)
+    k = check_budget(num_tokens, feats.num_patches)
+    return feats, stability(feats.hidden_states, feats.cls_attention, k, seeds, progress=progress)
+
+
+def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
+          methods: Sequence[str] | str | None = None, *, question: str | None = None,
+          progress: Progress | None = None) -> tuple[SweepResult, dict[str, int]]:
+    """Feature coverage (and, with a ``question``, first-token fidelity) against budget, per method,
+    on the first tower view. Returns the result and the generations it ran."""
+    names = check_methods(methods)
+    feats = pipe.encode(images)
+    points = sorted({check_budget(k, feats.num_patches) for k in budgets})
+    options = pipe.method_options(feats, names)
+    options["prunesid-dyn"] = {"phi_ref": feats.phi_ref}  # the one-view rule of view_budgets
+    before = dict(pipe.stats)
+    fidelity = None
+    if question is not None:
+        question = check_question(question)
+        full = pipe.first_token_logits(images, question)  # shared with every point (and the Explore tab)
+
+        def fidelity(name: str, k: int, _row_selection) -> float:
+            # The model sees every view, so the point is re-selected on all of them (deterministic).
+            sel = pipe.select(feats, k, method=name, options=options)
+            return first_token_kl(full, pipe.first_token_logits(images, question, sel))
+
+    result = budget_sweep(feats.hidden_states, feats.cls_attention, points, names, fidelity=fidelity,
+                          fidelity_metric=FIDELITY_METRIC if fidelity else None, options=options, progress=progress)
+    return result, _generations_since(pipe, before)
+
+
+def _generations_since(pipe: Pipeline, before: dict[str, int]) -> dict[str, int]:
+    return {"full": pipe.stats["full_generations"] - before.get("full_generations", 0),
+            "pruned": pipe.stats["pruned_generations"] - before.get("pruned_generations", 0)}
