@@ -47,6 +47,34 @@ def _postprocess(blocks: dict, keys, outputs) -> None:
         block.postprocess(value)
 
 
+def prepare_cases(image: str) -> tuple[dict, dict]:
+    """The app's blocks by elem_id, and the two cached analyses: the demo model's features and
+    CLIP-L-wide synthetic ones (same image, same geometry)."""
+    import torch
+
+    import app
+    from benchmarks.selection import clip_like_batch
+    from studio import handlers as H
+
+    blocks = {b.elem_id: b for b in app.demo.blocks.values() if getattr(b, "elem_id", None)}
+    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image, None, None, 64, False, 1, None,
+                                             progress=H._no_progress)))
+    state = out["state"]
+    if state is None:
+        raise SystemExit(out["status"])
+    hidden, attention = clip_like_batch(1)
+    wide = dataclasses.replace(state, feats=dataclasses.replace(
+        state.feats, hidden_states=hidden.to(torch.float32), cls_attention=attention.float()))
+    return blocks, {"demo model (D=64)": state, "CLIP-L width (D=1024)": wide}
+
+
+def redraw(blocks: dict, state, k: int, part: str) -> None:
+    """One slider release on ``part``'s tab, up to what Gradio sends back."""
+    from studio import handlers as H
+
+    _postprocess(blocks, H.VIEW_KEYS, H.on_reselect(state, k, False, 1, "image", None, None, None, part))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -56,21 +84,9 @@ def main() -> int:
 
     import torch
 
-    import app
-    from benchmarks.selection import clip_like_batch
-    from studio import handlers as H
     from studio.views import PARTS
 
-    blocks = {b.elem_id: b for b in app.demo.blocks.values() if getattr(b, "elem_id", None)}
-    out = H.on_prepare("image", args.image, None, None, 64, False, 1, None, progress=H._no_progress)
-    state = dict(zip(H.VIEW_KEYS, out))["state"]
-    if state is None:
-        print(dict(zip(H.VIEW_KEYS, out))["status"])
-        return 2
-    hidden, attention = clip_like_batch(1)
-    wide = dataclasses.replace(state, feats=dataclasses.replace(
-        state.feats, hidden_states=hidden.to(torch.float32), cls_attention=attention.float()))
-    cases = {"demo model (D=64)": state, "CLIP-L width (D=1024)": wide}
+    blocks, cases = prepare_cases(args.image)
 
     print(f"slider redraw, ms (median of {args.repeats}; handler + Gradio postprocess; target {TARGET_MS:.0f} ms)")
     print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
@@ -84,8 +100,7 @@ def main() -> int:
                 times = []
                 for r in range(args.repeats + 1):
                     start = time.perf_counter()
-                    outputs = H.on_reselect(st, k, False, 1, "image", None, None, None, part)
-                    _postprocess(blocks, H.VIEW_KEYS, outputs)
+                    redraw(blocks, st, k, part)
                     if r:  # the first run warms caches
                         times.append(1000 * (time.perf_counter() - start))
                 ms = statistics.median(times)
