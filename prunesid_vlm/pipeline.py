@@ -234,6 +234,13 @@ class Pipeline:
         """True when the images given are the frames of one clip (LLaVA-NeXT-Video)."""
         return self.adapter.one_clip
 
+    def clear_caches(self) -> None:
+        """Forget cached features, answers and projections (the calibration is kept)."""
+        with self._lock:
+            self._features.clear()
+            self._answers.clear()
+            self._projected.clear()
+
     # --- the only way in -------------------------------------------------------------------
     def _on_model(self, work: Callable, *args):
         """Model work: one at a time (the lock), on the GPU where ZeroGPU lends one."""
@@ -267,12 +274,16 @@ class Pipeline:
         phi_ref = self.phi_ref  # before the user's images: calibrated inside the same GPU boundary
         keys = [_image_key(im) for im in images]
         with self._lock:
-            missing = [i for i, k in enumerate(keys) if k not in self._features]
-            vision_s = self._on_model(self._encode_into_cache, [images[i] for i in missing],
-                                      [keys[i] for i in missing]) if missing else 0.0
-            entries = [self._features.get_fresh(k) for k in keys]
-            while len(self._features) > max(FEATURE_CACHE_SIZE, len(set(keys))):
-                self._features.popitem(last=False)
+            known = {k: self._features.get_fresh(k) for k in set(keys) if k in self._features}
+            missing = [i for i, k in enumerate(keys) if k not in known]
+            vision_s = 0.0
+            if missing:
+                new, vision_s = self._on_model(self._encode_views_of, [images[i] for i in missing],
+                                               [keys[i] for i in missing])
+                known.update(new)
+            for k in keys:
+                self._features.put(k, known[k], keep=len(known))
+            entries = [known[k] for k in keys]
         media = (lambda i: 0) if self.one_clip else (lambda i: i)  # frames of a clip share one run
         views = [ViewInfo(media(i), v.kind, v.box, v.crop_row, v.crop_col) for i, e in enumerate(entries) for v in e[2]]
         return EncodedImages(
@@ -282,7 +293,8 @@ class Pipeline:
             media_key=hashlib.sha1("|".join(keys).encode()).hexdigest(), phi=torch.cat([e[4] for e in entries]),
             phi_ref=phi_ref, drops_cls=tuple(self.adapter.drops_cls(v) for v in views))
 
-    def _encode_into_cache(self, images: list[Image.Image], keys: list[str]) -> float:
+    def _encode_views_of(self, images: list[Image.Image], keys: list[str]) -> tuple[dict, float]:
+        """One tower pass over ``images``: per key, (hidden, attention, views, seconds, φ); and the seconds."""
         pixels, views = zip(*(self.adapter.preprocess(im) for im in images))
         counts = [p.shape[0] for p in pixels]
         synchronize(self.loaded.device)
@@ -292,10 +304,9 @@ class Pipeline:
         vision_s = time.perf_counter() - start
         hidden = hidden.cpu()
         phi = information_score(hidden)
-        for key, h, a, p, v in zip(keys, hidden.split(counts), cls.cpu().split(counts), phi.split(counts), views):
-            self._features.put(key, (h, a, v, vision_s * len(v) / sum(counts), p), keep=len(keys))
         self.stats["tower_images"] += len(images)
-        return vision_s
+        return {key: (h, a, v, vision_s * len(v) / sum(counts), p) for key, h, a, p, v in
+                zip(keys, hidden.split(counts), cls.cpu().split(counts), phi.split(counts), views)}, vision_s
 
     def view_pixels(self, images: Sequence[Image.Image], feats: EncodedImages,
                     side: int = TOWER_VIEW_SIDE) -> list[np.ndarray]:

@@ -137,6 +137,14 @@ def _empty_views(message: str) -> tuple:
     return tuple(values[k] for k in VIEW_KEYS)
 
 
+def _redraw_refused(message: str) -> tuple:
+    """A redraw that failed (e.g. a typed budget out of range): say why, keep the session and the
+    views as they are."""
+    values = {k: gr.skip() for k in VIEW_KEYS}
+    values["status"] = status_line(message, "warn")
+    return tuple(values[k] for k in VIEW_KEYS)
+
+
 PART_OUTPUTS = {"kept": ("kept",), "groups": ("groups", "groups_note"), "nms": ("nms",),
                 "importance": ("importance",), "group_chart": ("group_chart",),
                 "dynamic": ("dynamic_chart", "dynamic_text", "frame_chart")}
@@ -223,7 +231,7 @@ def on_prepare(kind: str, image: str | None, video: str | None, model_id: str | 
     return _view_outputs(analysis, (int(view or 1) - 1) if not fresh else 0, _status_for(analysis, pipe, fresh))
 
 
-@guarded(_empty_views)
+@guarded(_redraw_refused)
 def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, kind: str, image: str | None,
                 video: str | None, model_id: str | None, active: str = "kept") -> tuple:
     """Slider release / preset / dynamic toggle: re-select from cached features and redraw the
@@ -239,7 +247,7 @@ def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, k
         f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.", "ok"), parts)
 
 
-@guarded(_empty_views)
+@guarded(_redraw_refused)
 def on_view(state: Analysis | None, view: Any, active: str = "kept") -> tuple:
     """Frame / view picker: redraw the visible view for another frame (no new selection)."""
     if state is None:
@@ -257,7 +265,7 @@ def on_tab(part: str):
         v = max(0, min(int(view or 1) - 1, state.num_views - 1))
         if state.drawn.get(part) == (state.budget, state.dynamic, v):
             return (part,) + tuple(gr.skip() for _ in VIEW_KEYS)
-        return (part,) + guarded(_empty_views)(_view_outputs)(state, v, gr.skip(), (part,))
+        return (part,) + guarded(_redraw_refused)(_view_outputs)(state, v, gr.skip(), (part,))
 
     handler.__name__ = f"on_tab_{part}"
     return handler

@@ -1,0 +1,102 @@
+"""The UI's handlers on a fake pipeline (no model): what they ask the pipeline for, and what they
+show. A redraw must not touch the pipeline at all; Run must answer with the selection on screen."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from fake_pipeline import FakePipeline, fake_image  # noqa: E402
+from studio import handlers as H  # noqa: E402
+from studio.errors import GENERIC_ERROR  # noqa: E402
+from studio.models import MANAGER  # noqa: E402
+
+
+@pytest.fixture
+def fake(tmp_path):
+    previous = MANAGER.loaded
+    pipe = FakePipeline()
+    MANAGER.install(pipe)
+    yield pipe
+    if previous is not None:
+        MANAGER.install(previous)
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    path = tmp_path / "fake.png"
+    fake_image(1).save(path)
+    return str(path)
+
+
+def prepared(image_path, budget=64, dynamic=False):
+    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, None, budget, dynamic, 1, None,
+                                             progress=H._no_progress)))
+    assert out["state"] is not None, out["status"]
+    return out
+
+
+def test_upload_encodes_once_and_draws(fake, image_path):
+    out = prepared(image_path)
+    assert [c[0] for c in fake.calls].count("encode") == 1
+    assert "64 of 577 tokens kept" in out["summary"]
+    state = out["state"]
+    assert state.reference_phis == [0.2, 0.3, 0.4] and state.phi_ref == 0.3
+    assert state.view_pixels[0].shape == (336, 336, 3)
+
+
+def test_redraws_do_not_touch_the_pipeline(fake, image_path):
+    state = prepared(image_path)["state"]
+    fake.calls.clear()
+    for k, dynamic, part in [(128, False, "kept"), (32, True, "dynamic"), (200, False, "groups"), (16, False, "nms")]:
+        out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, k, dynamic, 1, "image", image_path, None, None, part)))
+        assert out["state"].budget == k and out["status"].startswith("✓"), out["status"]
+        state = out["state"]
+    H.on_view(state, 1, "importance")
+    H.on_tab("group_chart")(state, 1)
+    assert fake.calls == []
+
+
+def test_run_answers_with_exactly_the_selection_drawn(fake, image_path):
+    state = prepared(image_path, budget=48)["state"]
+    fake.calls.clear()
+    out = dict(zip(H.ANSWER_KEYS, H.on_answer(state, "What is this?", 48, False, 8, progress=H._no_progress)))
+    compares = [c for c in fake.calls if c[0] == "compare"]
+    assert len(compares) == 1 and compares[0][1] is state.selection  # no second selection
+    assert out["pruned_head"] == "#### PruneSID · 48 visual tokens"
+    assert out["state"].answered == {"budget": 48, "dynamic": False, "question": "What is this?"}
+
+
+def test_dynamic_run_answers_the_dynamic_selection(fake, image_path):
+    state = prepared(image_path, budget=64, dynamic=True)["state"]
+    out = dict(zip(H.ANSWER_KEYS, H.on_answer(state, "What?", 64, True, 8, progress=H._no_progress)))
+    k = int(state.selection.num_tokens[0])
+    assert state.budgets == [k] and out["pruned_head"] == f"#### PruneSID · {k} visual tokens"
+    assert "made with" not in out["stale"]
+
+
+def test_pipeline_errors_become_messages(tmp_path, image_path):
+    previous = MANAGER.loaded
+    try:
+        MANAGER.install(FakePipeline(fail_with=ValueError("the tower refused this image")))
+        out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, None, 64, False, 1, None,
+                                                 progress=H._no_progress)))
+        assert out["state"] is None and out["status"] == "⚠ The tower refused this image"
+        MANAGER.install(FakePipeline(fail_with=RuntimeError("CUDA error: device-side assert")))
+        out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, None, 64, False, 1, None,
+                                                 progress=H._no_progress)))
+        assert out["status"] == "⚠ " + GENERIC_ERROR and "CUDA" not in out["status"]
+    finally:
+        if previous is not None:
+            MANAGER.install(previous)
+
+
+@pytest.mark.parametrize("budget", [1, 578, "lots", None])
+def test_bad_budgets_on_a_redraw_are_messages_and_keep_the_session(fake, image_path, budget):
+    state = prepared(image_path)["state"]
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, budget, False, 1, "image", image_path, None, None, "kept")))
+    assert out["status"].startswith("⚠") and "budget" in out["status"]
+    kept = {k: v for k, v in out.items() if k != "status"}
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" and "value" not in v for v in kept.values())
