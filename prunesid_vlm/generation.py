@@ -120,3 +120,30 @@ def greedy_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: S
     return GenerationRun(tokens=out.sequences[0, input_ids.shape[1]:].cpu(), first_logits=out.logits[0][0].float().cpu(),
                          prompt_tokens=input_ids.shape[1], prefill_s=clock.prefill_s,
                          decode_s=end - (clock.prefill_end or start))
+
+
+@torch.inference_mode()
+def batched_first_logits(model: torch.nn.Module, prompts: Sequence[tuple[torch.Tensor, object]], *,
+                         modality: str = "image", pad_token_id: int = 0) -> torch.Tensor:
+    """Float32 ``[P, vocab]``: the first answer token's logits of ``P`` prompts in one forward pass.
+
+    Each prompt is ``(input_ids [1, L_i], features)`` as for :func:`greedy_generate`. Prompts are
+    left-padded to the longest (masked, with positions counted from each prompt's first real
+    token, as ``generate`` does), so each row's last position is its prompt's end; the model
+    itself puts every prompt's features in its placeholders, in order.
+    """
+    device = model.device
+    length = max(ids.shape[1] for ids, _ in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, (ids, _) in enumerate(prompts):
+        input_ids[row, length - ids.shape[1]:] = ids[0]
+        mask[row, length - ids.shape[1]:] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if modality == "image":
+        features = [f for _, per_image in prompts for f in per_image]
+    else:  # one clip per prompt: all rows in prompt order
+        features = torch.cat([f.reshape(-1, f.shape[-1]) for _, f in prompts])[None]
+    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                mm_encoder_outputs={modality: BaseModelOutputWithPooling(pooler_output=features)}, logits_to_keep=1)
+    return out.logits[:, -1].float().cpu()

@@ -40,7 +40,7 @@ from .calibration import Calibration, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import greedy_generate, shrink_placeholders, synchronize
+from .generation import batched_first_logits, greedy_generate, shrink_placeholders, synchronize
 from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, ModelSpec, list_models
@@ -57,6 +57,10 @@ FEATURE_CACHE_SIZE = 8
 """Images whose tower outputs stay cached (CPU, ≈ 1.2 MB per CLIP-L view in bf16)."""
 ANSWER_CACHE_SIZE = 64
 """Generations kept (token ids and one vocabulary-sized logit row each)."""
+PREFILL_BATCH = 8
+"""Prompts per prefill-only forward pass (a sweep's points)."""
+FIRST_LOGITS_CACHE_SIZE = 256
+"""First-token logit rows kept from prefill-only passes (one vocabulary-sized row each)."""
 PROJECTION_CACHE_SIZE = 4
 """Media whose projected patch tokens stay cached (DivPrune prunes those)."""
 MAX_QUESTION_CHARS = 2000
@@ -198,9 +202,11 @@ class Pipeline:
         self._features = _LRU(FEATURE_CACHE_SIZE)
         self._answers = _LRU(ANSWER_CACHE_SIZE)
         self._projected = _LRU(PROJECTION_CACHE_SIZE)
+        self._first_logits = _LRU(FIRST_LOGITS_CACHE_SIZE)
         self._calibration: Calibration | None = None
         self.stats: Counter[str] = Counter()
-        """What really ran: ``tower_images``, ``full_generations``, ``pruned_generations``, ``projections``."""
+        """What really ran: ``tower_images``, ``full_generations``, ``pruned_generations``, ``prefills``
+        (prefill-only prompts), ``prefill_batches`` (their forward passes), ``projections``."""
 
     # --- facts the app shows -------------------------------------------------------------
     @property
@@ -240,6 +246,7 @@ class Pipeline:
             self._features.clear()
             self._answers.clear()
             self._projected.clear()
+            self._first_logits.clear()
 
     # --- the only way in -------------------------------------------------------------------
     def _on_model(self, work: Callable, *args):
@@ -372,21 +379,34 @@ class Pipeline:
             return made
 
     def first_token_logits(self, images: Sequence[Image.Image], question: str,
-                           selection: Selection | None = None) -> torch.Tensor:
-        """Float32 ``[vocab]``: the first answer token's logits with all visual tokens or with
-        ``selection``'s — from any cached answer to the same prompt (they do not depend on the
-        answer's length), else from a prefill-only run (``max_new_tokens=1``, then cached)."""
+                           selections: Sequence[Selection | None]) -> list[torch.Tensor]:
+        """Float32 ``[vocab]`` per selection (``None``: all visual tokens): the first answer token's
+        logits, which do not depend on the answer's length — from any cached answer to the same
+        prompt, else from prefill-only forward passes, ``PREFILL_BATCH`` prompts at a time."""
         question = check_question(question)
+        images = _check_images(images)
         feats = self.encode(images)
-        prompt = (feats.media_key, question, None if selection is None else selection_key(selection))
+        for sel in selections:
+            if sel is not None and sel.batch_size != feats.num_views:
+                raise ValueError(f"A selection has {sel.batch_size} rows but the media has {feats.num_views} views.")
+        prompts = [(feats.media_key, question, None if s is None else selection_key(s)) for s in selections]
         with self._lock:
-            for key, answer in reversed(self._answers.items()):
-                if key[:3] == prompt:
-                    return answer.first_logits
-        return self.answer(images, question, selection, max_new_tokens=1).first_logits
+            found = {key[:3]: answer.first_logits for key, answer in self._answers.items()}
+            found.update(self._first_logits)
+            todo = {p: s for p, s in zip(prompts, selections) if p not in found}
+            batch = list(todo.items())
+            for start in range(0, len(batch), PREFILL_BATCH):
+                chunk = batch[start:start + PREFILL_BATCH]
+                logits = self._on_model(self._prefill_batch, images, feats, question, [s for _, s in chunk])
+                for (prompt, _), row in zip(chunk, logits):
+                    found[prompt] = row
+                    self._first_logits.put(prompt, row)
+            return [found[p] for p in prompts]
 
-    def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                  max_new_tokens: int) -> Answer:
+    def _prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
+                ) -> tuple[torch.Tensor, object, int, float]:
+        """``(input_ids, features, visual tokens, projection seconds)`` of one prompt: placeholders
+        shrunk to the kept tokens, features as the model's ``mm_encoder_outputs`` takes them."""
         device = self.loaded.device
         media = range(1 if self.one_clip else len(images))
         rows = [feats.view_rows(i) for i in media]
@@ -407,13 +427,28 @@ class Pipeline:
             input_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, [f.shape[0] for f in full],
                                             [f.shape[0] for f in visual])
         features = visual if self.adapter.modality == "image" else torch.cat(visual)[None]  # video: [1, T, D]
+        return input_ids, features, sum(f.shape[0] for f in visual), project_s
+
+    def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                  max_new_tokens: int) -> Answer:
+        input_ids, features, visual_tokens, project_s = self._prompt(images, feats, question, selection)
         run = greedy_generate(self.model, input_ids, features, modality=self.adapter.modality,
                               max_new_tokens=max_new_tokens)
         self.stats["full_generations" if selection is None else "pruned_generations"] += 1
         text = self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip()
         return Answer(text=text, tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits,
-                      visual_tokens=sum(f.shape[0] for f in visual), prompt_tokens=run.prompt_tokens,
+                      visual_tokens=visual_tokens, prompt_tokens=run.prompt_tokens,
                       project_s=project_s, prefill_s=run.prefill_s, decode_s=run.decode_s)
+
+    def _prefill_batch(self, images, feats: EncodedImages, question: str,
+                       selections: list[Selection | None]) -> torch.Tensor:
+        prompts = [self._prompt(images, feats, question, sel)[:2] for sel in selections]
+        tokenizer = self.processor.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        logits = batched_first_logits(self.model, prompts, modality=self.adapter.modality, pad_token_id=pad)
+        self.stats["prefills"] += len(prompts)
+        self.stats["prefill_batches"] += 1
+        return logits
 
     def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int = 64, *, dynamic: bool = False,
                 max_new_tokens: int = 64, selection: Selection | SelectFn | None = None) -> CompareResult:

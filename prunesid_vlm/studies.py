@@ -6,8 +6,8 @@ through the :class:`~prunesid_vlm.pipeline.Pipeline`, so that nothing is generat
 
 * a comparison of M methods with answers costs one full generation and M pruned ones
   (fewer when the pipeline's answer cache already holds some);
-* a sweep point costs one pruned prefill; the full run is shared with every other point
-  and with the Explore tab's answer to the same question.
+* a sweep point costs one pruned prefill, batched with the other points; the full prompt's
+  first-token logits are shared with every point and with any answer to the same question.
 """
 from __future__ import annotations
 
@@ -128,12 +128,15 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
     fidelity = None
     if question is not None:
         question = check_question(question)
-        full = pipe.first_token_logits(images, question)  # shared with every point (and the Explore tab)
+        # The model sees every view, so each point is selected on all of them (deterministic), and
+        # all points are prefilled together; the full prompt's logits are shared with every point
+        # (and with the Explore tab's answer to the same question, when there is one).
+        chosen = {(name, k): pipe.select(feats, k, method=name, options=options) for name in names for k in points}
+        logits = pipe.first_token_logits(images, question, [None, *chosen.values()])
+        kl = {point: first_token_kl(logits[0], row) for point, row in zip(chosen, logits[1:])}
 
         def fidelity(name: str, k: int, _row_selection) -> float:
-            # The model sees every view, so the point is re-selected on all of them (deterministic).
-            sel = pipe.select(feats, k, method=name, options=options)
-            return first_token_kl(full, pipe.first_token_logits(images, question, sel))
+            return kl[(name, k)]
 
     result = budget_sweep(feats.hidden_states, feats.cls_attention, points, names, fidelity=fidelity,
                           fidelity_metric=FIDELITY_METRIC if fidelity else None, options=options, progress=progress)
@@ -141,5 +144,8 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
 
 
 def _generations_since(pipe: Pipeline, before: dict[str, int]) -> dict[str, int]:
-    return {"full": pipe.stats["full_generations"] - before.get("full_generations", 0),
-            "pruned": pipe.stats["pruned_generations"] - before.get("pruned_generations", 0)}
+    """Model runs since ``before`` (a copy of ``pipe.stats``): full and pruned generations,
+    prefill-only prompts and the forward passes they took."""
+    names = {"full": "full_generations", "pruned": "pruned_generations", "prefills": "prefills",
+             "prefill_batches": "prefill_batches"}
+    return {short: pipe.stats[key] - before.get(key, 0) for short, key in names.items()}

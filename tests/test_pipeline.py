@@ -83,9 +83,9 @@ def test_compare_of_every_method_costs_one_full_and_one_pruned_generation_each(l
     assert methods == 8
     distinct = len({tuple(r.selection.keep[0].tolist()) + (int(r.selection.num_tokens[0]),) for r in out.runs
                     if r.selection.merged_tokens is None}) + sum(r.selection.merged_tokens is not None for r in out.runs)
-    assert out.generations == {"full": 1, "pruned": distinct}
+    assert out.generations == {"full": 1, "pruned": distinct, "prefills": 0, "prefill_batches": 0}
     again = studies.compare_methods(pipe, images[:1], 64, None, question=question, max_new_tokens=2)
-    assert again.generations == {"full": 0, "pruned": 0}
+    assert again.generations == {"full": 0, "pruned": 0, "prefills": 0, "prefill_batches": 0}
     for run in out.runs:
         res = out.results[run.name]
         assert res.full_answer == out.full_answer and res.visual_tokens_pruned == int(run.selection.num_tokens.sum())
@@ -96,11 +96,29 @@ def test_sweep_reuses_the_full_run(llava_pipeline, images):
     question = "What shapes are there? (sweep test)"
     pipe.compare(images[1:2], question, 64, max_new_tokens=4)  # the Explore tab's answer
     result, generations = studies.sweep(pipe, images[1:2], (16, 64, 128), ["prunesid", "grid"], question=question)
-    assert generations["full"] == 0
-    assert generations["pruned"] == 2 * 3 - 1  # PruneSID at 64 was answered already (same selection)
+    # No generation at all: the full prompt and PruneSID at 64 were answered already; the other
+    # five points are prefilled together in one forward pass.
+    assert generations == {"full": 0, "pruned": 0, "prefills": 2 * 3 - 1, "prefill_batches": 1}
     assert all(len(v) == 3 for v in result.fidelity.values())
     _, again = studies.sweep(pipe, images[1:2], (16, 64, 128), ["prunesid", "grid"], question=question)
-    assert again == {"full": 0, "pruned": 0}
+    assert again == {"full": 0, "pruned": 0, "prefills": 0, "prefill_batches": 0}
+
+
+def test_batched_prefill_gives_each_prompts_own_first_token_logits(any_pipeline, images):
+    """Left-padded prompts of different lengths in one forward pass: each row's logits are the
+    ones its own greedy run starts from."""
+    pipe = any_pipeline
+    media = images[:3] if pipe.one_clip else images[:1]
+    feats = pipe.encode(media)
+    question = "Which is it? (batched prefill test)"
+    selections = [None, select(feats, 16), select(feats, 100), select(feats, 40, method="grid")]
+    pipe.clear_caches()
+    batched = pipe.first_token_logits(media, question, selections)
+    assert pipe.stats["prefill_batches"] >= 1
+    pipe.clear_caches()
+    for sel, row in zip(selections, batched):
+        alone = pipe.answer(media, question, sel, max_new_tokens=1).first_logits
+        torch.testing.assert_close(row, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_concurrent_sessions_get_what_they_would_get_alone(llava_pipeline, images):
