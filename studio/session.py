@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image
 
 from prunesid import Selection
@@ -50,27 +49,17 @@ class Analysis:
         return self.feats.vision_s
 
     @property
-    def hidden_states(self) -> torch.Tensor:
-        """``[V, 1+N, D]`` CPU, model dtype."""
-        return self.feats.hidden_states
-
-    @property
-    def cls_attention(self) -> torch.Tensor:
-        """Float32 ``[V, N]`` CPU."""
-        return self.feats.cls_attention
-
-    @property
     def views(self) -> list:
         """Per view: where it comes from (``prunesid_vlm`` ViewInfo: image, kind, box, crop row/col)."""
         return self.feats.views
 
     @property
     def num_views(self) -> int:
-        return int(self.hidden_states.shape[0])
+        return self.feats.num_views
 
     @property
     def num_patches(self) -> int:
-        return int(self.hidden_states.shape[1]) - 1
+        return self.feats.num_patches
 
     def view_label(self, v: int) -> str:
         """Short human name of view ``v`` (frame time, crop position or image)."""
