@@ -19,21 +19,18 @@ pruned answer once per selection. ``stats`` counts what really ran.
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import replace
-from typing import Any, Callable, Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from prunesid import allocate_budgets, dynamic_budget, information_score, select_tokens
+from prunesid import information_score
 from prunesid.result import Selection
-from prunesid_eval.compare import method_fn
-from prunesid_eval.methods import get_method
 
 from .adapters.base import Adapter, ViewInfo
 from .calibration import Calibration, load_or_compute
@@ -45,6 +42,17 @@ from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, ModelSpec, list_models
 from .results import Answer, CompareResult, EncodedImages
+from .rules import (
+    MAX_QUESTION_CHARS,
+    check_images,
+    check_max_new_tokens,
+    check_budget,
+    check_question,
+    select,
+    selection_budgets,
+    selection_key,
+    view_budgets,
+)
 
 __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer",
            "DEMO_MODEL_ID", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
@@ -63,101 +71,8 @@ FIRST_LOGITS_CACHE_SIZE = 256
 """First-token logit rows kept from prefill-only passes (one vocabulary-sized row each)."""
 PROJECTION_CACHE_SIZE = 4
 """Media whose projected patch tokens stay cached (DivPrune prunes those)."""
-MAX_QUESTION_CHARS = 2000
-"""Longer questions are refused (LLaVA-1.5's context is 4096 tokens, most of it image)."""
 TOWER_VIEW_SIDE = 336
 """Side of the square a tower view is drawn on (the CLIP-L/336 input)."""
-
-
-# ---- input rules (one of each, shared by the API and the app) ------------------------------
-def check_budget(num_tokens: Any, num_patches: int = 576) -> int:
-    """The budget as an int in [2, 1+N] (CLS included), or a ValueError that says why.
-
-    Accepts ints, integral floats and numeric strings (what a slider or a form sends)."""
-    if isinstance(num_tokens, bool):
-        raise ValueError(f"The token budget must be a number, got {num_tokens!r}.")
-    try:
-        value = float(num_tokens)
-    except (TypeError, ValueError):
-        raise ValueError(f"The token budget must be a number, got {num_tokens!r}.") from None
-    if not math.isfinite(value) or value != int(value):
-        raise ValueError(f"The token budget must be a whole number, got {num_tokens!r}.")
-    k = int(value)
-    if not 2 <= k <= num_patches + 1:
-        raise ValueError(f"The token budget must be between 2 and {num_patches + 1} (CLS included); got {k}.")
-    return k
-
-
-def check_question(question: Any) -> str:
-    """The question, stripped, or a ValueError for an empty or over-long one."""
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError("The question is empty: type a question about the image.")
-    question = question.strip()
-    if len(question) > MAX_QUESTION_CHARS:
-        raise ValueError(f"The question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}.")
-    return question
-
-
-def _check_max_new_tokens(max_new_tokens: Any) -> int:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}")
-    return int(max_new_tokens)
-
-
-def _check_images(images) -> list[Image.Image]:
-    if images is None or len(images) == 0:
-        raise ValueError("no image given: pass a list with at least one PIL image")
-    bad = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
-    if bad:
-        raise ValueError(f"images must be PIL images, got {bad[0]}")
-    return [im.convert("RGB") if im.mode != "RGB" else im for im in images]
-
-
-# ---- budgets and selection on encoded features (pure: no model, no shared state) ------------
-def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False) -> list[int]:
-    """One budget per view (CLS included).
-
-    Fixed: ``num_tokens`` each. Dynamic: a single view gets ``num_tokens · φ / φ_ref``
-    (clamped); several views of one media item (crops, frames) share ``num_tokens × V`` ∝ φ.
-    """
-    k = check_budget(num_tokens, feats.num_patches)
-    views, ceiling = feats.num_views, feats.num_patches + 1
-    if not dynamic:
-        return [k] * views
-    if views == 1:
-        return [dynamic_budget(float(feats.phi[0]), k, feats.phi_ref, ceiling=ceiling)]
-    return [int(b) for b in allocate_budgets(feats.phi, k * views, ceiling=ceiling)]
-
-
-def selection_budgets(feats: EncodedImages, budgets: Sequence[int]) -> list[int]:
-    """The budgets handed to the selection: a view whose CLS is dropped afterwards gets one more."""
-    ceiling = feats.num_patches + 1
-    return [min(int(b) + int(drop), ceiling) for b, drop in zip(budgets, feats.drops_cls or [False] * len(budgets))]
-
-
-def select(feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, method: str = "prunesid",
-           options: dict | None = None, seed: int = 0) -> Selection:
-    """A registry method's selection on ``feats`` at ``num_tokens`` per view (CPU).
-
-    A dynamic method (``prunesid-dyn``) gets its budgets from :func:`view_budgets` with
-    ``dynamic=True`` — the same rule as PruneSID with ``dynamic=True`` — and runs PruneSID's
-    fixed-budget rule with them, so the two always agree.
-    """
-    spec = get_method(method)
-    budgets = selection_budgets(feats, view_budgets(feats, num_tokens, dynamic or spec.dynamic))
-    hidden, attention = feats.hidden_states, feats.cls_attention
-    if spec.dynamic:
-        return replace(select_tokens(hidden, attention, budgets), method=spec.name)
-    return method_fn(spec, seed=seed, options=options)(hidden, attention, budgets).cpu()
-
-
-def selection_key(selection: Selection) -> str:
-    """Content hash of what a selection hands over (kept indices, counts, merged tokens)."""
-    digest = hashlib.sha1(selection.keep.cpu().numpy().tobytes())
-    digest.update(selection.num_tokens.cpu().numpy().tobytes())
-    if selection.merged_tokens is not None:
-        digest.update(selection.merged_tokens.float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def tower_view(image: Image.Image, box: tuple[float, float, float, float], side: int = TOWER_VIEW_SIDE) -> np.ndarray:
@@ -277,7 +192,7 @@ class Pipeline:
     # --- features ------------------------------------------------------------------------
     def encode(self, images: Sequence[Image.Image]) -> EncodedImages:
         """Tower outputs for ``images`` (one pass over the uncached ones; LRU cache by content)."""
-        images = _check_images(images)
+        images = check_images(images)
         phi_ref = self.phi_ref  # before the user's images: calibrated inside the same GPU boundary
         keys = [_image_key(im) for im in images]
         with self._lock:
@@ -318,7 +233,7 @@ class Pipeline:
     def view_pixels(self, images: Sequence[Image.Image], feats: EncodedImages,
                     side: int = TOWER_VIEW_SIDE) -> list[np.ndarray]:
         """Per view: uint8 ``[side, side, 3]``, the pixels its patch grid covers."""
-        images = _check_images(images)
+        images = check_images(images)
         frame = (lambda v, i: i) if self.one_clip else (lambda v, i: v.image)  # a clip's views are its frames
         return [tower_view(images[frame(v, i)], v.box, side) for i, v in enumerate(feats.views)]
 
@@ -363,8 +278,8 @@ class Pipeline:
         Cached: once per (media, question, max_new_tokens) for the full answer, and once per
         selection as well for a pruned one (a hit comes back with ``cached=True``)."""
         question = check_question(question)
-        max_new_tokens = _check_max_new_tokens(max_new_tokens)
-        images = _check_images(images)
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        images = check_images(images)
         feats = self.encode(images)
         if selection is not None and selection.batch_size != feats.num_views:
             raise ValueError(f"The selection has {selection.batch_size} rows but the media has {feats.num_views} "
@@ -384,7 +299,7 @@ class Pipeline:
         logits, which do not depend on the answer's length — from any cached answer to the same
         prompt, else from prefill-only forward passes, ``PREFILL_BATCH`` prompts at a time."""
         question = check_question(question)
-        images = _check_images(images)
+        images = check_images(images)
         feats = self.encode(images)
         for sel in selections:
             if sel is not None and sel.batch_size != feats.num_views:
@@ -461,7 +376,7 @@ class Pipeline:
                 with ``select_tokens``'s signature; PruneSID's selection by default.
         """
         question = check_question(question)
-        images = _check_images(images)
+        images = check_images(images)
         feats = self.encode(images)
         k = check_budget(num_tokens, feats.num_patches)
         selection_s = 0.0

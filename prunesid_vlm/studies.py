@@ -135,8 +135,10 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
         logits = pipe.first_token_logits(images, question, [None, *chosen.values()])
         kl = {point: first_token_kl(logits[0], row) for point, row in zip(chosen, logits[1:])}
 
-        def fidelity(name: str, k: int, _row_selection) -> float:
+        def point_fidelity(name: str, k: int, _row_selection) -> float:
             return kl[(name, k)]
+
+        fidelity = point_fidelity
 
     result = budget_sweep(feats.hidden_states, feats.cls_attention, points, names, fidelity=fidelity,
                           fidelity_metric=FIDELITY_METRIC if fidelity else None, options=options, progress=progress)

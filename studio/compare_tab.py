@@ -61,13 +61,6 @@ def _image(image: Any) -> tuple[list, list[str]]:
     return [img], notes
 
 
-def _question(question: Any) -> str:
-    try:
-        return check_question(question)
-    except ValueError:
-        raise ValueError("The question is empty: type a question about the image (in the Explore tab).") from None
-
-
 def _reporter(progress: ProgressFn | None):
     return (lambda f, d: progress(f, desc=d)) if progress is not None else None
 
@@ -80,7 +73,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
 
     Returns ``{"gallery": [(uint8 image, caption)], "table": [[...]], "json": {...}, ...}``."""
     names = check_methods(methods)
-    question = _question(question) if answers else None
+    question = check_question(question) if answers else None
     images, notes = _image(image)
     pipe = get_pipeline()
     if progress is not None:
@@ -157,7 +150,7 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
                *, with_model: bool = True, mark: Any = None, progress: ProgressFn | None = None) -> dict:
     """Fidelity (model: first-token KL) and feature coverage against budget, per method."""
     names = check_methods(methods)
-    question = _question(question) if with_model else None
+    question = check_question(question) if with_model else None
     images, _ = _image(image)
     pipe = get_pipeline()
     points = parse_budgets(budgets, pipe.num_patches)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-from gradio import processing_utils, utils
+from gradio import utils
 from gradio.data_classes import FileData
 from PIL import Image
 

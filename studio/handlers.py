@@ -18,7 +18,7 @@ import gradio as gr
 import numpy as np
 
 from prunesid_vlm.pipeline import (
-    MAX_QUESTION_CHARS,
+    MAX_QUESTION_CHARS,  # noqa: F401  (the question box's limit, read by the layout)
     CompareResult,
     Pipeline,
     check_budget,

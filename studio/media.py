@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 8
 """Smallest accepted image side in pixels (see module docstring)."""
