@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, Sequence
 
-import cv2
 import numpy as np
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont

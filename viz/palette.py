@@ -33,8 +33,6 @@ NUM_COLORBLIND_SAFE = len(_BASE_HEX)
 
 KEPT_HEX = "#FFD21F"
 """Outline of kept tokens: a saturated yellow that reads on dimmed and bright cells."""
-DROPPED_HEX = "#000000"
-"""Dimming colour of dropped tokens."""
 IMPORTANCE_CMAP = "inferno"
 """Perceptually uniform, readable in gray scale and by colour-blind viewers."""
 

@@ -2,8 +2,8 @@
 
 Figures are created with :class:`matplotlib.figure.Figure` directly, not ``pyplot``, so
 nothing is registered globally: there is no figure to close and no leak when many
-are drawn (``gr.Plot`` accepts them as they are). Use :func:`figure_to_array` to
-rasterise one for a file or a test.
+are drawn. They are plain matplotlib Figures (how they are shown is the caller's
+business); use :func:`figure_to_array` to rasterise one for a file, a test or a UI.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 from prunesid.result import Selection
 
 from ._draw import label_inplace
-from ._matplotlib_figures import ChartFigure, DynamicRatioFigure, render_rgba
+from ._figures import render_rgba
+from ._matplotlib_figures import DynamicRatioFigure  # transitional name: see that module
 from .grid import as_rgb_uint8
 from .palette import group_colors_float
 from .selection_row import selection_row
@@ -43,7 +44,7 @@ def _figure(width: float, height: float, margins: tuple[float, float, float, flo
     if margins is None:
         fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     else:
-        fig = ChartFigure(figsize=(width, height), dpi=100)
+        fig = Figure(figsize=(width, height), dpi=100)
         left, right, bottom, top = margins
         fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
                             top=1 - top / height, **adjust)
@@ -59,8 +60,9 @@ def _style(ax) -> None:
 
 
 def figure_to_array(fig: Figure, *, alpha: bool = False) -> np.ndarray:
-    """Uint8 ``[H, W, 3]`` (``[H, W, 4]`` with ``alpha``) rendering of a figure (for saving,
-    tests or a gallery)."""
+    """Uint8 ``[H, W, 3]`` (``[H, W, 4]`` with ``alpha``) Agg rendering of a figure at its dpi
+    (for saving, tests, a gallery or a UI); the same pixels as ``fig.savefig(..., format="png")``
+    with matplotlib's default savefig settings."""
     rgba = render_rgba(fig)
     return rgba if alpha else np.ascontiguousarray(rgba[:, :, :3])
 
@@ -116,7 +118,8 @@ def plot_group_budgets(selection: Selection, row: int = 0, *, max_groups: int = 
         _place_label(ax.yaxis, ax, 0.0, 0.5, dx=-0.44)
     _place_label(bottom.xaxis, bottom, 0.5, 0.0, dy=-0.29)
     # The top panel's x axis (tick marks only: its labels are the bottom panel's) is not drawn:
-    # with one tick per group, its tick objects were a third of the drawing time.
+    # with one tick per group, its tick objects are a sizeable share of the drawing time
+    # (figures in PERFORMANCE.md, "Views and overlays").
     top.xaxis.set_visible(False)
     if g <= 40:
         bottom.set_xticks(x)
