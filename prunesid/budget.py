@@ -1,4 +1,5 @@
-"""How many tokens each PSCA group gets, and which ones (ALGORITHM.md steps 6–10).
+"""How many tokens each PSCA group gets, and which ones (docs/algorithm.md#budget: bounds,
+split, fill, pick and emit).
 
 Every function works on a whole batch at once; per-group tensors are ``[B, G]`` with
 groups beyond a row's own count padded as empty (size 0).

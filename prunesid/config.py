@@ -19,7 +19,8 @@ class PruneSIDConfig:
 
     min_groups: int = 1
     """Budgets K < 4 would give G = 0 groups, which crashes the reference
-    (``pca_lowrank(q=0)``); we use at least one group so every K >= 2 works."""
+    (``pca_lowrank(q=0)``); we use at least one group so every K >= 2 works
+    (docs/algorithm.md#small-budgets)."""
 
     threshold_budget_scale: float = 32.0
     """NMS threshold tau = (K / 32) * rho (reference: ``ratio = need_token_num / 32``)."""
@@ -30,7 +31,8 @@ class PruneSIDConfig:
     pca: Literal["exact", "randomized"] = "exact"
     """``exact``: deterministic top-G eigenvectors (same semantics as the
     reference's PCA, reproducible). ``randomized``: the reference's
-    ``torch.pca_lowrank(q=G, niter=2)`` scheme driven by an explicit generator."""
+    ``torch.pca_lowrank(q=G, niter=2)`` scheme driven by an explicit generator
+    (docs/algorithm.md#exact-pca)."""
 
     randomized_niter: int = 2
     """Power iterations of the randomized PCA (reference: ``niter=2``)."""

@@ -1,4 +1,5 @@
-"""Information-aware dynamic compression ratio (paper Eq. 7; absent from the reference code).
+"""Information-aware dynamic compression ratio (paper Eq. 7; absent from the reference code;
+docs/algorithm.md#dynamic-ratio).
 
 An image's information is φ = 1 − ρ, with ρ the mean pairwise cosine similarity of its
 patches: a flat, repetitive image has ρ near 1 and little to say; a varied one has a

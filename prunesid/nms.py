@@ -1,4 +1,4 @@
-"""Intra-group non-maximum suppression.
+"""Intra-group non-maximum suppression (docs/algorithm.md#nms).
 
 Reference (``batch_similarity_nms``): inside each PSCA group, repeatedly take the alive
 member with the largest importance, record it, and kill the alive members of the same

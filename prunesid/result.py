@@ -1,6 +1,6 @@
 """The one result object of a token selection.
 
-Index spaces (named the same everywhere in this project):
+Index spaces (named the same everywhere in this project; docs/algorithm.md#index-spaces):
 
 * **tower index** — position on the vision tower's ``1 + N`` axis, CLS = 0;
 * **patch index** — position among the ``N`` patches (tower index − 1), raster order;

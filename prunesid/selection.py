@@ -1,8 +1,8 @@
 """``select_tokens``: PruneSID's token selection for LLaVA-1.5-style CLIP towers.
 
 Tensors in, one :class:`Selection` out; no model or UI code. The steps are the named
-functions of :mod:`psca`, :mod:`similarity`, :mod:`nms` and :mod:`budget`; this module validates the
-inputs and wires them together for a whole batch at once.
+functions of :mod:`psca`, :mod:`similarity`, :mod:`nms` and :mod:`budget` (described in
+docs/algorithm.md); this module validates the inputs and wires them together for a whole batch at once.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Cosine similarity of the patches: the redundancy rho, and the pairs NMS compares.
+"""Cosine similarity of the patches: the redundancy rho, and the pairs NMS compares
+(docs/algorithm.md#redundancy, #nms).
 
 The reference forms the full N×N similarity S (and a [B, G, N, N] copy of it per group),
 but only two things are ever read from it:

@@ -2,9 +2,9 @@
 paper's benchmark suite), for the app's "reported" column and the scripted API.
 
 Only figures with a named source are listed; everything else is "not reported". All
-values come from the PruneSID paper's tables (arXiv 2603.09480, ICLR 2026) as quoted in
-the project's ALGORITHM.md ("Published figures"); they are averages over the paper's
-benchmarks for the named model, not a prediction for any single image.
+values come from the PruneSID paper's tables (arXiv 2603.09480, ICLR 2026), as listed in
+the README's "Published figures" table; they are averages over the paper's benchmarks for
+the named model, not a prediction for any single image.
 
 Budgets are the paper's token counts: per image for LLaVA-1.5 (CLS included, as the
 reference counts), the total over the base image and crops for LLaVA-NeXT, per frame for
@@ -54,8 +54,8 @@ _TABLE: tuple[tuple[str, str, int, float], ...] = (
     ("prunesid-dyn", LLAVA_15_7B, 64, 96.3),
     ("visionzip", LLAVA_15_7B, 64, 94.0),
     ("divprune", LLAVA_15_7B, 64, 94.6),
-    # LLaVA-1.5-7B, 192 tokens ("98.5% / 98.6%" in ALGORITHM.md, in the PruneSID / PruneSID-Dyn
-    # order of the 64-token line).
+    # LLaVA-1.5-7B, 192 tokens (quoted to this project as "98.5% / 98.6%" without method names;
+    # read in the PruneSID / PruneSID-Dyn order of the 64-token line: see READING_192).
     ("prunesid", LLAVA_15_7B, 192, 98.5),
     ("prunesid-dyn", LLAVA_15_7B, 192, 98.6),
     # LLaVA-NeXT-7B, total tokens over base + 4 crops (640 / 320 / 160 of 2880).

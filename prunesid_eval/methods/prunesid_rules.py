@@ -36,7 +36,7 @@ def dynamic_budgets(
     phi_ref: float | None = None,
     floor: int = DEFAULT_MIN_TOKENS,
 ) -> list[int]:
-    """Per-row budgets of the information-aware dynamic ratio (ALGORITHM.md).
+    """Per-row budgets of the information-aware dynamic ratio (docs/algorithm.md#dynamic-ratio).
 
     With ``phi_ref`` (the model's calibration mean φ): each row gets
     ``round(K · φ / φ_ref)`` clamped to ``[floor, 1+N]``. Without it, the rows of the batch
