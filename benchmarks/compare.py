@@ -4,8 +4,8 @@ features (what the Compare tab does before any answer is generated).
 Issue 6 target: all methods together at most 1 s per image on the CPU (features cached,
 answer generation excluded). Prints the median ms per method and for the whole set over
 ``--repeats`` runs, on the shared synthetic CLIP-like case (or random clustered features
-when the shared reference is not available), with the BLAS/torch thread settings the app
-uses for selection (one thread: see ``studio/runtime.py``).
+when the shared reference is not available), with ``--threads`` torch threads and the BLAS
+pools held to one thread by ``prunesid.warm_up()``, as the app does at start-up.
 
     python benchmarks/compare.py [--budget 64] [--repeats 5] [--device cpu|cuda] [--threads 1]
 """
@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import prunesid  # noqa: E402
 from prunesid_eval.compare import compare_methods  # noqa: E402
 from prunesid_eval.methods import list_methods  # noqa: E402
 
@@ -50,17 +51,12 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (the app uses 1 for selection)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args()
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-        try:
-            from studio.runtime import limit_blas_threads
-
-            limit_blas_threads(args.threads)
-        except ImportError:
-            pass
+    prunesid.warm_up()  # BLAS pools at one thread, the Lanczos kernel compiled: as the app starts
     device = torch.device(args.device)
     hidden, attention, source = features()
     hidden, attention = hidden.to(device), attention.to(device)

@@ -8,9 +8,9 @@ singular value first.
 
 The right singular vectors of the centred Z are the eigenvectors of the N×N Gram
 matrix ``Zcᵀ Zc`` (``zc @ zcᵀ`` with our token-major ``zc``), which is what we decompose
-(cheaper than an SVD of D×N): by Lanczos converged to working precision for G ≤ 16, by
-LAPACK otherwise (see :mod:`linalg`). Both are exact to the precision of the matrix and
-deterministic.
+(cheaper than an SVD of D×N): by LAPACK through SciPy, or by its accelerators (Lanczos
+converged to working precision for G ≤ 16), see :mod:`prunesid._eigen.solve`. All are
+exact to the precision of the matrix and deterministic.
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """PSCA's eigensolver: the exact top eigenvectors of a batch of Gram matrices (private).
 
-``solve`` holds the public entry points; ``krylov`` (compiled Lanczos) and ``lapack``
-(GIL-free ``?syevr``) are accelerators behind it.
+``solve`` holds the entry points and the choice of solver (``solve.SOLVER``, from
+``PRUNESID_EIGENSOLVER``): ``library`` (SciPy's LAPACK driver, the oracle) or the
+accelerated path, ``krylov`` (Lanczos compiled with numba, where numba is installed) and
+``lapack`` (the library's LAPACK call without the GIL). SciPy and numba are imported on
+first use, not with the package.
 """
-from .solve import gram_matrix, gram_top_eigenvectors, top_eigenvectors
+from .solve import SOLVERS, gram_matrix, gram_top_eigenvectors, top_eigenvectors, warm_up
 
-__all__ = ["gram_matrix", "gram_top_eigenvectors", "top_eigenvectors"]
+__all__ = ["SOLVERS", "gram_matrix", "gram_top_eigenvectors", "top_eigenvectors", "warm_up"]

@@ -3,12 +3,14 @@
 PSCA needs the G ≤ 16 leading eigenvectors of a 576×576 Gram matrix. A direct solver
 first reduces the whole matrix to tridiagonal form (4/3·N³ flops, half of them
 memory-bound). Lanczos builds the same reduction only as far as the leading eigenpairs
-need — 32–96 matrix-vector products on CLIP-like cases — and stops only when they are
-converged to below the accuracy the direct solver itself reaches in float32. Measured on
-one core on the benchmark's eight CLIP-like matrices (K = 64, G = 16): 2.6–3.6 ms here,
-against 8.7–10.6 ms for LAPACK's subset solver (scipy ``eigh(subset_by_index=...)``).
-The steps are compiled with numba (``_lanczos_steps``; ``warm_up`` compiles or loads it
-ahead of time) because, interpreted, numpy's per-call overhead was a third of the time.
+need — a few dozen matrix-vector products on CLIP-like cases — and stops only when they
+are converged to below the accuracy the direct solver itself reaches in float32 (its
+speed against LAPACK's subset solver: PERFORMANCE.md). The steps are compiled with numba
+(``_lanczos_steps``; ``warm_up`` compiles or loads it ahead of time) because,
+interpreted, numpy's per-call overhead is a large share of each small step.
+
+This is an accelerator behind the library solver (:mod:`library`): imported only where
+numba is installed, by :mod:`solve`, and tested to give the library's group assignments.
 
 Why its vectors can stand in for the direct solver's:
 

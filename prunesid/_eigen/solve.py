@@ -1,54 +1,150 @@
 """Deterministic Gram matrices and their top eigenvectors, for a batch at once.
 
-PSCA needs the top eigenvectors of the N×N Gram matrix ``zc @ zcᵀ`` of every batch row. On the CPU:
+PSCA needs the top eigenvectors of the N×N Gram matrix ``zc @ zcᵀ`` of every batch row.
 
-* **Gram matrix.** Each row's N×N product is cut into four lower-triangle blocks of equal
-  cost: the two diagonal halves (symmetric products, which numpy hands to BLAS ``syrk``,
-  half the flops of a general product) and the off-diagonal half in two row slices (a
-  ``gemm`` each), mirrored above the diagonal. The blocks are spread over one thread per
-  core, so even a single image uses both cores; a row's blocks are the same BLAS calls
-  whatever the batch, so its Gram matrix is bitwise the same alone or in any batch.
-* **Eigenvectors.** float32 matrices (PSCA with G ≤ 16 groups) are solved by Lanczos
-  (:mod:`krylov`, compiled, without the GIL), which stops only once the wanted
-  eigenpairs are converged below float32's own accuracy; float64 matrices (G > 16), and
-  any matrix on which Lanczos does not converge or which is rank-deficient, go to
-  LAPACK's MRRR driver (``?syevr``, :mod:`lapack`). One task per row, on the same threads.
+**Gram matrix (CPU).** Each row's N×N product is cut into four lower-triangle blocks of
+equal cost: the two diagonal halves (symmetric products, which numpy hands to BLAS
+``syrk``, half the flops of a general product) and the off-diagonal half in two row slices
+(a ``gemm`` each), mirrored above the diagonal. The blocks are spread over one thread per
+core, so even a single image uses every core; a row's blocks are the same BLAS calls
+whatever the batch, so its Gram matrix is bitwise the same alone or in any batch.
+
+**Eigenvectors (CPU)**, by one of two solvers, named by ``solver=`` or else by
+:data:`SOLVER` (from the environment variable ``PRUNESID_EIGENSOLVER``):
+
+* ``"library"``: SciPy's ``eigh(subset_by_index=..., driver="evr")`` (LAPACK's MRRR
+  driver ``?syevr``), row after row (:mod:`library`). The tests' oracle.
+* ``"auto"`` (default): the same answers by faster means. float32 matrices of PSCA's
+  shape (G ≤ 16 components) go to Lanczos compiled with numba (:mod:`krylov`), which
+  stops only once the wanted eigenpairs are converged below float32's own accuracy
+  (tested: the library's group assignments on every reference case). Everything else —
+  float64 matrices (G > 16), matrices on which Lanczos does not converge or which are
+  rank-deficient, and every matrix where numba is not installed — goes to the library's
+  own LAPACK call, made through ctypes so that it releases the GIL (:mod:`lapack`,
+  bitwise the library's vectors, tested). Both release the GIL, so batch rows are solved
+  in parallel, one task per row on the Gram matrix's threads.
 
 On other devices the Gram matrix is one batched product and ``torch.linalg.eigh`` solves
 it. Every path is non-random: the same input gives the same vectors on every run, and a
 row gets bitwise the same vectors alone or in any batch (tested).
 
-SciPy's and numpy's OpenBLAS pools are held to one thread meanwhile: right after a torch
-op, torch's OpenMP workers still spin on the same cores, and OpenBLAS's own workers spin
-after each call; two pools fighting over two cores made single solves 10-100x slower
-(seen: 15 ms -> 0.8 s).
+SciPy and numba are imported on the first CPU solve (or by :func:`warm_up`), not with the
+package: ``import prunesid`` stays light for code that never decomposes on the CPU.
 """
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
 
 import numpy as np
-import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS before the pools are listed)
 import torch
-from threadpoolctl import ThreadpoolController
 
-from .krylov import lanczos_top_eigenvectors
-from .lapack import top_eigenpairs_inplace
+log = logging.getLogger(__name__)
+
+SOLVERS = ("auto", "library")
+SOLVER: str = os.environ.get("PRUNESID_EIGENSOLVER", "auto")
+"""The CPU eigensolver of calls that name none: ``"auto"`` or ``"library"`` (see above).
+Read from ``PRUNESID_EIGENSOLVER`` on import; assign to it to change it for the process."""
 
 KRYLOV_MIN_SIZE = 128
 """Smaller matrices go straight to LAPACK (cheap there, and Lanczos gains nothing)."""
 KRYLOV_MAX_VECTORS = 16
-"""More vectors than PSCA asks of a float32 matrix go to LAPACK (measured range only)."""
+"""More vectors than PSCA asks of a float32 matrix go to LAPACK (the range Lanczos was validated on)."""
 
 Block = tuple[slice, slice]
+Lanczos = Callable[[np.ndarray, int], np.ndarray | None]
+
+_setup_lock = threading.Lock()
+_blas_limited = False
 
 
-@lru_cache(maxsize=1)
-def _blas_pools() -> ThreadpoolController:
-    return ThreadpoolController()  # snapshot after scipy.linalg is imported (its OpenBLAS is loaded)
+def _limit_blas_threads() -> None:
+    """Hold NumPy's and SciPy's BLAS pools to one thread, once for the whole process (kept).
+
+    This module does its own parallelism, one task per core (Gram blocks, batch rows), so
+    BLAS threads on top would only oversubscribe the cores. Worse, OpenBLAS's workers spin
+    after each call, as do torch's OpenMP workers after a torch op; on a small machine the
+    pools then fight over the same cores and a single solve can take many times as long.
+    The limit is set once and never restored: a per-call limit is undone when its call
+    ends, so concurrent selections (the app serves several visitors) would lift each
+    other's limit mid-solve.
+    """
+    global _blas_limited
+    if _blas_limited:
+        return
+    with _setup_lock:
+        if _blas_limited:
+            return
+        import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS: a pool not yet loaded cannot be limited)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+        _blas_limited = True
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """The compiled Lanczos solver, or None with the reason it is not available."""
+
+    solve: Lanczos | None
+    status: str
+
+
+_kernel: _Kernel | None = None
+
+
+def _lanczos_kernel() -> _Kernel:
+    """Import numba and compile (or load from numba's cache) the Lanczos steps, once."""
+    global _kernel
+    if _kernel is not None:
+        return _kernel
+    with _setup_lock:  # one compilation, even when warm_up and a first selection race
+        if _kernel is None:
+            _kernel = _load_kernel()
+        return _kernel
+
+
+def _load_kernel() -> _Kernel:
+    try:
+        import numba
+
+        from . import krylov
+    except ImportError as error:  # numba is optional: LAPACK solves every matrix then
+        return _Kernel(None, f"unavailable ({error})")
+    try:
+        krylov.warm_up()
+    except Exception as error:  # a numba that imports but cannot compile here must not stop selection
+        log.warning("Lanczos kernel failed to compile; solving with LAPACK alone", exc_info=True)
+        return _Kernel(None, f"failed to compile ({type(error).__name__}: {error})")
+    return _Kernel(krylov.lanczos_top_eigenvectors, f"numba {numba.__version__}")
+
+
+def _solver_name(solver: str | None) -> str:
+    name = SOLVER if solver is None else solver
+    if name not in SOLVERS:
+        raise ValueError(f"unknown eigensolver {name!r} (PRUNESID_EIGENSOLVER or solver=); use one of {SOLVERS}")
+    return name
+
+
+def warm_up() -> dict[str, str]:
+    """Prepare the CPU eigensolver now, where a wait is hidden (the app does it while its
+    model loads), so the first selection pays for neither: limit the BLAS pools to one
+    thread, and import numba and compile the Lanczos kernel where numba is installed (the
+    first compilation takes seconds; later processes load it from numba's cache).
+
+    Returns what is in use: ``{"solver": "auto" or "library", "lanczos": "numba <version>"
+    or why it is unavailable, "blas_threads": "1"}``. Never raises for want of numba; raises ValueError when
+    ``PRUNESID_EIGENSOLVER`` names no solver.
+    """
+    name = _solver_name(None)
+    _limit_blas_threads()
+    return {"solver": name, "lanczos": _lanczos_kernel().status, "blas_threads": "1"}
 
 
 @lru_cache(maxsize=4)
@@ -65,10 +161,8 @@ def _map(function: Callable, items: Iterable, workers: int) -> list:
     take the next item as they become free.
 
     The caller works too rather than waiting: right after a torch op, torch's idle OpenMP
-    worker keeps spinning on one core for a few milliseconds, and a helper scheduled
-    there stalls; the caller then takes the items the stalled helper would have taken
-    (measured for one image's Gram matrix after the centring: 8.5 ms with two helpers
-    and a waiting caller, against 4.3 ms for the Gram alone).
+    worker keeps spinning on one core for a few milliseconds, and a helper scheduled there
+    stalls; the caller then takes the items the stalled helper would have taken.
     """
     items = list(items)
     if workers == 1 or len(items) <= 1:
@@ -116,57 +210,63 @@ def gram_matrix(rows: torch.Tensor) -> torch.Tensor:
     """``[B, N, N]``: ``rows @ rowsᵀ`` for ``rows`` ``[B, N, D]``, both triangles filled."""
     if rows.device.type != "cpu":
         return torch.bmm(rows, rows.transpose(1, 2))
+    _limit_blas_threads()
     batch = rows.detach().contiguous().numpy()
     grams = np.empty((batch.shape[0], batch.shape[1], batch.shape[1]), dtype=batch.dtype)
-    with _blas_pools().limit(limits=1, user_api="blas"):
-        _fill_grams(batch, grams, _workers())
+    blocks = gram_blocks(batch.shape[1])
+    tasks = [(row, block) for row in range(len(batch)) for block in blocks]
+    _map(lambda task: _gram_block(batch[task[0]], grams[task[0]], task[1]), tasks, _workers())
     return torch.from_numpy(grams)
 
 
-def _fill_grams(batch: np.ndarray, grams: np.ndarray, workers: int) -> None:
-    blocks = gram_blocks(batch.shape[1])
-    tasks = [(row, block) for row in range(len(batch)) for block in blocks]
-    _map(lambda task: _gram_block(batch[task[0]], grams[task[0]], task[1]), tasks, workers)
-
-
-def gram_top_eigenvectors(rows: torch.Tensor, k: int) -> torch.Tensor:
+def gram_top_eigenvectors(rows: torch.Tensor, k: int, *, solver: str | None = None) -> torch.Tensor:
     """``[B, N, k]``: top-k eigenvectors of ``rows @ rowsᵀ`` (largest first, same dtype).
 
     These are the top right singular vectors of ``rowsᵀ``. ``rows`` is ``[B, N, D]``,
-    float32 or float64.
+    float32 or float64. ``solver``: ``"auto"`` or ``"library"`` (default :data:`SOLVER`).
     """
-    return top_eigenvectors(gram_matrix(rows), k, overwrite=True)  # the Gram matrix is ours to overwrite
+    return top_eigenvectors(gram_matrix(rows), k, overwrite=True, solver=solver)  # the Gram matrix is ours
 
 
-def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False) -> torch.Tensor:
+def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False, solver: str | None = None) -> torch.Tensor:
     """``[B, N, k]`` eigenvectors of the k largest eigenvalues, largest first (same dtype).
 
     ``matrix`` is ``[B, N, N]`` symmetric positive semi-definite (both triangles filled),
     float32 or float64. With ``overwrite=True`` a contiguous CPU ``matrix`` may be used as
-    LAPACK's workspace (its contents are then destroyed, a copy saved).
+    LAPACK's workspace (its contents are then destroyed, a copy saved). ``solver``
+    (CPU only): ``"auto"`` or ``"library"``, default :data:`SOLVER`.
     """
     n = matrix.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"asked for {k} eigenvectors of a {n}x{n} matrix")
+    name = _solver_name(solver)
     if matrix.device.type != "cpu":
         _, vectors = torch.linalg.eigh(matrix)  # ascending eigenvalues
         return vectors[..., -k:].flip(-1)
+    _limit_blas_threads()
     batch = matrix.detach().contiguous().numpy()
     if not overwrite:
         batch = batch.copy()
     out = np.empty((batch.shape[0], n, k), dtype=batch.dtype)
-    with _blas_pools().limit(limits=1, user_api="blas"):
-        _map(lambda row: _solve_into(batch[row], k, out[row]), range(len(batch)), _workers())
+    if name == "library":
+        from . import library
+
+        for row in range(len(batch)):  # SciPy holds the GIL while it solves: threads would gain nothing
+            out[row] = library.top_eigenvectors(batch[row], k)
+    else:
+        lanczos = _lanczos_kernel().solve
+        _map(lambda row: _solve_accelerated(batch[row], k, out[row], lanczos), range(len(batch)), _workers())
     return torch.from_numpy(out)
 
 
-def _solve_into(matrix: np.ndarray, k: int, out: np.ndarray) -> None:
-    """Top-k eigenvectors of one full symmetric matrix into ``out`` (``[n, k]``); the
-    matrix may be overwritten."""
-    n = matrix.shape[0]
-    if matrix.dtype == np.float32 and n >= KRYLOV_MIN_SIZE and k <= KRYLOV_MAX_VECTORS:
-        vectors = lanczos_top_eigenvectors(matrix, k)
+def _solve_accelerated(matrix: np.ndarray, k: int, out: np.ndarray, lanczos: Lanczos | None) -> None:
+    """Top-k eigenvectors of one full symmetric matrix into ``out`` (``[n, k]``), by Lanczos
+    where it applies and converges, else by LAPACK; the matrix may be overwritten."""
+    if lanczos is not None and matrix.dtype == np.float32 and matrix.shape[0] >= KRYLOV_MIN_SIZE and k <= KRYLOV_MAX_VECTORS:
+        vectors = lanczos(matrix, k)
         if vectors is not None:
             out[:] = vectors
             return
+    from .lapack import top_eigenpairs_inplace  # loads SciPy (already loaded by the BLAS limit)
+
     out[:] = top_eigenpairs_inplace(matrix, k)[::-1].T
