@@ -3,8 +3,9 @@
 Written for this project from the published algorithm (ALGORITHM.md) to reproduce the
 reference's *data flow and cost*: a ``[B, G, N, N]`` per-group similarity tensor, one
 Python iteration per NMS pick over all groups, ``while`` loops for the bounds and the
-fill, and a Python loop over groups to gather the picks. It is the yardstick of
-``benchmarks/selection.py`` and a second opinion in the tests; it is not used by the app.
+fill, and a Python loop over groups to gather the picks. It is an oracle of the tests
+(``test_parity.py``, ``test_selection.py``) and the yardstick of
+``benchmarks/selection.py``; it is not used by the app.
 
 ``pca`` picks the decomposition: ``"lowrank"`` is ``torch.pca_lowrank(q=G, niter=2)``
 (what the reference runs), ``"exact"`` an exact float32 SVD (what ``expected.json`` used).
