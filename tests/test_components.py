@@ -1,4 +1,5 @@
-"""The Gradio component helpers of ``studio/components.py``, called directly (no server).
+"""The Gradio component helpers of ``studio/components.py`` and ``studio/plot_output.py``,
+called directly (no server).
 
 What reaches a handler from an upload (``preprocess``), what Gradio is handed back for an
 output (``postprocess``), and the PNG files written on the way: decoded and compared pixel
@@ -16,10 +17,12 @@ from gradio.data_classes import FileData, ImageData
 from PIL import Image
 
 from studio.components import GroupImage, SafeImage, SafeVideo, mask_alpha, mask_png_file, png_file
+from studio.plot_output import ChartPlot
 
 
-def decode(path: str, mode: str = "RGB") -> np.ndarray:
-    with Image.open(path) as im:
+def decode(source, mode: str = "RGB") -> np.ndarray:
+    """A PNG file (path or file object) as a uint8 array in ``mode``."""
+    with Image.open(source) as im:
         return np.asarray(im.convert(mode))
 
 
@@ -233,3 +236,48 @@ def test_group_image_with_no_value_or_no_groups(group_image):
     assert group_image.postprocess(None) is None
     out = group_image.postprocess((rgb_image(6, 6), [], {}))
     assert out.annotations == [] and np.array_equal(decode(out.image.path), rgb_image(6, 6))
+
+
+# ---- ChartPlot ---------------------------------------------------------------------------------
+def plot_pixels(data_url: str) -> np.ndarray:
+    import base64
+    import io
+
+    header, payload = data_url.split(",", 1)
+    assert header == "data:image/png;base64"
+    return decode(io.BytesIO(base64.b64decode(payload)), "RGBA")
+
+
+def small_figure(cls=None):
+    from matplotlib.figure import Figure
+
+    fig = (cls or Figure)(figsize=(3, 2), dpi=50)
+    fig.subplots().bar([1, 2, 3], [3, 1, 2], color="#0072B2")
+    return fig
+
+
+def test_chart_plot_sends_the_pixels_gr_plot_would():
+    import gradio as gr
+    from matplotlib.figure import Figure
+
+    class Chart(Figure):  # a subclass outside any module named "matplotlib…": gr.Plot would not take it
+        pass
+
+    assert "matplotlib" not in Chart.__module__
+    component = ChartPlot(format="png")
+    assert component.get_block_name() == "plot"
+    out = component.postprocess(small_figure(Chart))
+    assert out.type == "matplotlib"
+    stock = gr.Plot(format="png").postprocess(small_figure())
+    assert np.array_equal(plot_pixels(out.plot), plot_pixels(stock.plot))
+    assert plot_pixels(out.plot).shape == (100, 150, 4)  # the figure's own dpi
+
+
+def test_chart_plot_leaves_other_cases_to_gr_plot(monkeypatch):
+    import matplotlib
+
+    assert ChartPlot(format="png").postprocess(None) is None
+    webp = ChartPlot(format="webp").postprocess(small_figure())
+    assert webp.type == "matplotlib" and webp.plot.startswith("data:image/webp;base64,")
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.dpi", 100)  # savefig would not draw at the figure's dpi
+    assert plot_pixels(ChartPlot(format="png").postprocess(small_figure()).plot).shape == (200, 300, 4)
