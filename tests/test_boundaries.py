@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("prunesid", "prunesid_eval", "prunesid_vlm", "studio", "viz")
 MODEL_AND_UI = ("transformers", "PIL", "cv2", "gradio", "matplotlib")
 HEAVY_ON_IMPORT = ("numba", "scipy", *MODEL_AND_UI)
-"""What ``import prunesid`` must not load: the eigensolver's compiled kernel and LAPACK
-bindings are loaded on first use, the rest is never the algorithm's business."""
+"""What ``import prunesid`` must not load: the eigensolver imports SciPy and numba on its
+first CPU solve, and the rest is never the algorithm's business."""
 
 PIPELINE_SHIM = "prunesid/pipeline.py"
 """The one module of ``prunesid`` allowed to reach ``prunesid_vlm``: a re-export for old scripts."""
