@@ -13,6 +13,7 @@ import gradio as gr
 from . import handlers as H
 from .components import GroupImage, SafeImage, SafeVideo
 from .models import MANAGER, model_choices
+from .plot_output import ChartPlot
 from .views import KEPT_CAPTION, budget_label
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,11 +173,11 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                     importance = gr.Image(format="png", show_label=False, elem_id="importance", height=600,
                                           interactive=False)
                 with gr.Tab("Per-group budget", id="tab-chart") as tab_group_chart:
-                    group_chart = gr.Plot(format="png", show_label=False, elem_id="group-chart")
+                    group_chart = ChartPlot(format="png", show_label=False, elem_id="group-chart")
                 with gr.Tab("Dynamic ratio", id="tab-dynamic") as tab_dynamic:
                     dynamic_text = gr.Markdown(elem_id="dynamic-text")
-                    dynamic_chart = gr.Plot(format="png", show_label=False, elem_id="dynamic-chart")
-                    frame_chart = gr.Plot(format="png", show_label=False, visible=False, elem_id="frame-chart")
+                    dynamic_chart = ChartPlot(format="png", show_label=False, elem_id="dynamic-chart")
+                    frame_chart = ChartPlot(format="png", show_label=False, visible=False, elem_id="frame-chart")
             frame = gr.Slider(1, 6, value=1, step=1, label="Frame", visible=False, elem_id="frame")
             gallery = gr.Gallery(label="Kept tokens per frame", columns=3, height="auto", format="png",
                                  visible=False, elem_id="gallery", object_fit="contain")

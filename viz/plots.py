@@ -23,8 +23,7 @@ from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 from prunesid.result import Selection
 
 from ._draw import label_inplace
-from ._figures import render_rgba
-from ._matplotlib_figures import DynamicRatioFigure  # transitional name: see that module
+from ._figures import DynamicRatioFigure, render_rgba
 from .grid import as_rgb_uint8
 from .palette import group_colors_float
 from .selection_row import selection_row

@@ -4,7 +4,7 @@ Full path: transformers' own packing — base 24×24 in raster order, then the c
 merged into one ``(rows·24) × (cols·24)`` map, unpadded to the image's aspect, with one
 ``image_newline`` token after every map row.
 
-Pruned path (ALGORITHM.md, LLaVA-NeXT): every view gets its own budget.
+Pruned path (docs/algorithm.md, "LLaVA-NeXT"): every view gets its own budget.
 * base view: its kept tower rows, CLS included, in the selection's order (as LLaVA-1.5);
 * crops: a crop has no place for its CLS on the map, so a crop with budget K is selected
   with K + 1 (CLS + K patches) and the CLS dropped; its kept patches are restored **in
