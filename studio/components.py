@@ -67,12 +67,10 @@ class GroupImage(gr.AnnotatedImage):
         colors = value[2] if len(value) > 2 else (self.color_map or {})
         if isinstance(base, (str, Path)):
             base_path = str(base)
-            with Image.open(base_path) as im:
-                w, h = im.size
+            with Image.open(base_path):  # fails here, clearly, on a missing or corrupt file
+                pass
         else:
-            base = np.ascontiguousarray(base, dtype=np.uint8)
             base_path = png_file(base, self.GRADIO_CACHE)
-            h, w = base.shape[:2]
         sections = []
         for mask, label in annotations:
             color = _hex_rgb(colors.get(label, "#ff0000"))
@@ -91,8 +89,8 @@ def mask_alpha(mask) -> np.ndarray:
 def mask_png_file(alpha: np.ndarray, rgb: tuple[int, int, int], cache_dir: str | None = None) -> str:
     """One annotation layer as a PNG: colour ``rgb`` where ``alpha`` > 0 (black elsewhere), with that
     alpha. Written as an 8-bit palette image (palette index = alpha, a tRNS chunk gives each index
-    its alpha): it decodes to exactly that RGBA picture, at a quarter of the bytes to filter and
-    compress (about 4× faster than the RGBA PNG, and smaller)."""
+    its alpha): it decodes to exactly that RGBA picture, with a quarter of the bytes of an RGBA PNG
+    to filter and compress."""
     alpha = np.ascontiguousarray(alpha, dtype=np.uint8)
     digest = hashlib.sha1(alpha.tobytes())
     digest.update(f"{alpha.shape} {tuple(rgb)} P".encode())
@@ -115,12 +113,19 @@ def _hex_rgb(value: str) -> tuple[int, int, int]:
 
 
 def png_file(array: np.ndarray, cache_dir: str | None = None) -> str:
-    """Write a uint8 RGB/RGBA array as a PNG once per content and return its absolute path.
+    """Write a uint8 ``[H, W, 3|4]`` RGB/RGBA array as a PNG once per content and return its absolute path.
 
-    zlib level 1: about 5× faster than PIL's default for these flat-coloured overlays, and
-    the files are still small. Files live in Gradio's cache folder, which it serves.
+    zlib level 1: these flat-coloured overlays compress well at once, and a redraw should not wait
+    for a smaller file. Files live in Gradio's cache folder, which it serves.
+
+    Raises:
+        ValueError: any other dtype or shape (a float image or a 2-D mask is a caller's mistake,
+            not something to cast silently).
     """
-    array = np.ascontiguousarray(array, dtype=np.uint8)
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"png_file takes a uint8 [H, W, 3] or [H, W, 4] array, got {array.dtype} {array.shape}")
+    array = np.ascontiguousarray(array)
     digest = hashlib.sha1(array.tobytes())
     digest.update(str(array.shape).encode())
     folder = Path(cache_dir or utils.get_upload_folder()) / "prunesid-studio"
@@ -128,6 +133,6 @@ def png_file(array: np.ndarray, cache_dir: str | None = None) -> str:
     path = folder / f"{digest.hexdigest()[:24]}.png"
     if not path.exists():
         tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.png"
-        Image.fromarray(array, "RGBA" if array.shape[-1] == 4 else "RGB").save(tmp, format="PNG", compress_level=1)
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)  # 3 or 4 uint8 channels: RGB or RGBA
         os.replace(tmp, path)
     return str(path.resolve())

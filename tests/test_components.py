@@ -142,6 +142,14 @@ def test_png_file_refuses_arrays_that_are_not_rgb_and_leaves_no_file(tmp_path, s
     assert cache_files(tmp_path) == []
 
 
+@pytest.mark.parametrize("array", [np.full((4, 5, 3), 0.5), np.full((4, 5, 3), 300, np.int64)])
+def test_png_file_refuses_other_dtypes_instead_of_casting_them(tmp_path, array):
+    """A 0–1 float image would come out black and 300 would wrap to 44: say so instead."""
+    with pytest.raises(ValueError, match="uint8"):
+        png_file(array, str(tmp_path))
+    assert cache_files(tmp_path) == []
+
+
 # ---- annotation masks ------------------------------------------------------------------------
 def test_mask_alpha_scales_clips_and_truncates_without_touching_the_mask():
     mask = np.array([[0.0, 0.5, 1.0], [1.5, -0.2, 0.999]], dtype=np.float64)
