@@ -1,4 +1,5 @@
-"""The selection benchmark's way of running the reference code itself (benchmarks/reference_code.py)."""
+"""The selection benchmark's yardsticks: the reference code itself (benchmarks/reference_code.py)
+and our selection on the library eigensolver (benchmarks/selection.py)."""
 from __future__ import annotations
 
 import textwrap
@@ -42,3 +43,12 @@ def test_the_reference_forward_sees_the_given_states_and_attention(tmp_path):
 def test_a_missing_checkout_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="clip_encoder.py"):
         load_reference_select(tmp_path)
+
+
+def test_the_library_run_uses_the_library_solver_and_puts_the_setting_back():
+    from benchmarks.selection import _on_solver  # also imports the port from tests/
+    from prunesid._eigen import solve
+
+    before = solve.SOLVER
+    assert _on_solver("library", lambda: solve.SOLVER)() == "library"
+    assert solve.SOLVER == before
