@@ -160,6 +160,6 @@ def _not_found_message(name: str, err: Exception) -> str:
                 "'demo/tiny-llava-1.5'.")
     where = "local folder" if Path(name).exists() else "hub id"
     return (f"could not load {name!r} as a {where} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            "Check the spelling; if you are offline, download it first (`huggingface-cli download <id>`) or pass the "
+            "Check the spelling; if you are offline, download it first (`hf download <id>`, from huggingface_hub) or pass the "
             "path of a local folder holding config.json, the weights and the processor files; or use the offline "
             "demo model 'demo/tiny-llava-1.5'.")

@@ -94,12 +94,17 @@ def _group_annotations(pixels, sel, view, grid):
 def _dynamic(analysis: Analysis, view: int):
     sel = analysis.selection
     phi = float(sel.phi[view])
-    budget = int(sel.num_tokens[view])
+    budget = int(analysis.budgets[view])  # what this view hands over now (a crop's CLS not counted)
     refs = analysis.reference_phis or [analysis.phi_ref]
     label = "this frame" if analysis.kind == "video" else "this image"
-    fig = viz.plot_dynamic_ratio(phi, refs, budget, mean_budget=analysis.budget, label=label)
-    level = viz.complexity_label(phi, refs)
     would = view_budgets(analysis.feats, analysis.budget, dynamic=True)[view]
+    # The chart marks what the dynamic ratio gives this φ, so that the marker and the chart's token
+    # axis always agree; that axis (K̄ · φ / φ_ref) is the single-image rule, so several views,
+    # which share their total in proportion to φ instead, get no such axis.
+    single = analysis.num_views == 1
+    marker = label if analysis.dynamic else f"{label}, with the dynamic ratio"
+    fig = viz.plot_dynamic_ratio(phi, refs, would, mean_budget=analysis.budget if single else None, label=marker)
+    level = viz.complexity_label(phi, refs)
     if analysis.num_views > 1 and analysis.dynamic:
         text = (f"**Dynamic ratio on.** The {analysis.num_views} {'frames' if analysis.kind == 'video' else 'views'} "
                 f"share {analysis.budget} × {analysis.num_views} = {sum(analysis.budgets)} tokens in proportion to "

@@ -100,3 +100,26 @@ def test_bad_budgets_on_a_redraw_are_messages_and_keep_the_session(fake, image_p
     assert out["status"].startswith("⚠") and "budget" in out["status"]
     kept = {k: v for k, v in out.items() if k != "status"}
     assert all(isinstance(v, dict) and v.get("__type__") == "update" and "value" not in v for v in kept.values())
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_dynamic_chart_marks_the_budget_its_own_axis_gives(fake, image_path, monkeypatch, dynamic):
+    """The marker's token count is the dynamic ratio's budget for this φ (what the chart's token axis
+    reads there), whether the toggle is on or off; the text says which one is in use."""
+    from prunesid import dynamic_budget
+    from studio import views as V
+
+    drawn = {}
+    real = V.viz.plot_dynamic_ratio
+
+    def spy(phi, refs, budget, **kwargs):
+        drawn.update(phi=phi, budget=budget, **kwargs)
+        return real(phi, refs, budget, **kwargs)
+
+    monkeypatch.setattr(V.viz, "plot_dynamic_ratio", spy)
+    state = prepared(image_path, budget=64)["state"]
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 64, dynamic, 1, "image", image_path, None, None, "dynamic")))
+    expected = dynamic_budget(drawn["phi"], 64, state.phi_ref, ceiling=577)
+    assert drawn["budget"] == expected and drawn["mean_budget"] == 64
+    assert f"**{expected}" in out["dynamic_text"]
+    assert ("with the dynamic ratio" in drawn["label"]) is (not dynamic)
