@@ -139,8 +139,8 @@ def warm_up() -> dict[str, str]:
     first compilation takes seconds; later processes load it from numba's cache).
 
     Returns what is in use: ``{"solver": "auto" or "library", "lanczos": "numba <version>"
-    or why it is unavailable, "blas_threads": "1"}``. Never raises for want of numba; raises ValueError when
-    ``PRUNESID_EIGENSOLVER`` names no solver.
+    or why it is unavailable, "blas_threads": "1"}``. Never raises for want of numba;
+    raises ValueError when ``PRUNESID_EIGENSOLVER`` names no solver.
     """
     name = _solver_name(None)
     _limit_blas_threads()
@@ -254,15 +254,20 @@ def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False, s
         for row in range(len(batch)):  # SciPy holds the GIL while it solves: threads would gain nothing
             out[row] = library.top_eigenvectors(batch[row], k)
     else:
-        lanczos = _lanczos_kernel().solve
+        lanczos = _lanczos_kernel().solve if _lanczos_applies(batch.dtype, n, k) else None
         _map(lambda row: _solve_accelerated(batch[row], k, out[row], lanczos), range(len(batch)), _workers())
     return torch.from_numpy(out)
 
 
+def _lanczos_applies(dtype: np.dtype, n: int, k: int) -> bool:
+    """Whether Lanczos is tried (else numba is not even loaded): float32, large enough, few vectors."""
+    return dtype == np.float32 and n >= KRYLOV_MIN_SIZE and k <= KRYLOV_MAX_VECTORS
+
+
 def _solve_accelerated(matrix: np.ndarray, k: int, out: np.ndarray, lanczos: Lanczos | None) -> None:
-    """Top-k eigenvectors of one full symmetric matrix into ``out`` (``[n, k]``), by Lanczos
-    where it applies and converges, else by LAPACK; the matrix may be overwritten."""
-    if lanczos is not None and matrix.dtype == np.float32 and matrix.shape[0] >= KRYLOV_MIN_SIZE and k <= KRYLOV_MAX_VECTORS:
+    """Top-k eigenvectors of one full symmetric matrix into ``out`` (``[n, k]``), by
+    ``lanczos`` where given and it converges, else by LAPACK; the matrix may be overwritten."""
+    if lanczos is not None:
         vectors = lanczos(matrix, k)
         if vectors is not None:
             out[:] = vectors
