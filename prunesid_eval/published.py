@@ -70,8 +70,9 @@ _TABLE: tuple[tuple[str, str, int, float], ...] = (
     ("visionzip", VIDEO_LLAVA, 17, 93.2),
 )
 
-READING_192 = ("ALGORITHM.md gives '98.5% / 98.6%' at 192 tokens without names; read in the PruneSID / "
-               "PruneSID-Dyn order of its 64-token line (not re-checked against the paper's table here).")
+READING_192 = ("The 192-token figures reached this project as '98.5% / 98.6%' without method names; read in "
+               "the PruneSID / PruneSID-Dyn order of the 64-token line (not re-checked against the paper's "
+               "table here).")
 _NOTES = {(LLAVA_15_7B, 192): READING_192}
 
 PUBLISHED: tuple[PublishedFigure, ...] = tuple(

@@ -1,7 +1,7 @@
 """A baseline that computes PruneSID the way the reference code does.
 
-Written for this project from the published algorithm (ALGORITHM.md) to reproduce the
-reference's *data flow and cost*: a ``[B, G, N, N]`` per-group similarity tensor, one
+Written for this project from the published algorithm (docs/algorithm.md, sections 2–5) to
+reproduce the reference's *data flow and cost*: a ``[B, G, N, N]`` per-group similarity tensor, one
 Python iteration per NMS pick over all groups, ``while`` loops for the bounds and the
 fill, and a Python loop over groups to gather the picks. It is an oracle of the tests
 (``test_parity.py``, ``test_selection.py``) and the yardstick of
