@@ -67,7 +67,7 @@ ANSWER_CACHE_SIZE = 64
 """Generations kept (token ids and one vocabulary-sized logit row each)."""
 PREFILL_BATCH = 8
 """Prompts per prefill-only forward pass (a sweep's points)."""
-FIRST_LOGITS_CACHE_SIZE = 256
+FIRST_LOGITS_CACHE_SIZE = 128
 """First-token logit rows kept from prefill-only passes (one vocabulary-sized row each)."""
 PROJECTION_CACHE_SIZE = 4
 """Media whose projected patch tokens stay cached (DivPrune prunes those)."""
