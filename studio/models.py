@@ -119,10 +119,10 @@ class ModelManager:
                 log.exception("background model load failed")
             try:
                 start = time.perf_counter()
-                prunesid.warm_up()
-                log.info("selection kernel ready in %.1f s", time.perf_counter() - start)
-            except Exception:  # the first selection compiles it instead
-                log.exception("compiling the selection kernel failed")
+                solver = prunesid.warm_up()
+                log.info("selection eigensolver ready in %.1f s: %s", time.perf_counter() - start, solver)
+            except Exception:  # the first selection prepares it instead
+                log.exception("preparing the selection eigensolver failed")
 
         thread = threading.Thread(target=work, name="prunesid-model-preload", daemon=True)
         thread.start()
