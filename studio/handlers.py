@@ -40,8 +40,11 @@ context for the full (unpruned) answer."""
 DEFAULT_BUDGET = 64
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 
+ANSWER_PANEL = ("full_head", "full_answer", "full_stats", "pruned_head", "pruned_answer", "pruned_stats", "fidelity")
+"""The answers side by side: drawn from the visitor's analysis, so they always belong to what is on screen."""
 VIEW_KEYS = ("state", "status", "kept", "groups", "groups_note", "nms", "importance", "group_chart",
-             "dynamic_chart", "dynamic_text", "summary", "gallery", "frame_chart", "frame", "stale")
+             "dynamic_chart", "dynamic_text", "summary", "gallery", "frame_chart", "frame", "stale",
+             "budget_label") + ANSWER_PANEL
 """Order of the outputs of :func:`on_prepare` / :func:`on_reselect` / :func:`on_view`."""
 ANSWER_KEYS = ("state", "full_head", "full_answer", "full_stats", "pruned_head", "pruned_answer",
                "pruned_stats", "fidelity", "stale")
@@ -133,7 +136,8 @@ def _empty_views(message: str) -> tuple:
     hidden = gr.update(visible=False)
     values = {k: None for k in VIEW_KEYS}
     values.update(state=None, status=status_line(message, "warn"), gallery=hidden, frame_chart=hidden,
-                  frame=gr.update(visible=False), stale="", dynamic_text="", summary="", groups_note="")
+                  frame=gr.update(visible=False), stale=stale_note(None), dynamic_text="", summary="",
+                  groups_note="", budget_label=gr.skip(), **answer_panel(None))
     return tuple(values[k] for k in VIEW_KEYS)
 
 
@@ -162,7 +166,8 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
     analysis = replace(analysis, drawn=drawn)
     multi = analysis.num_views > 1
     values: dict[str, Any] = {k: gr.skip() for k in VIEW_KEYS}
-    values.update(state=analysis, status=status, summary=V.summary(analysis, view), stale=stale_note(analysis))
+    values.update(state=analysis, status=status, summary=V.summary(analysis, view), stale=stale_note(analysis),
+                  budget_label=budget_text(analysis), **answer_panel(analysis))
     for part in parts:
         for name in PART_OUTPUTS[part]:
             values[name] = r[name]
@@ -184,16 +189,45 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
     return tuple(values[k] for k in VIEW_KEYS)
 
 
+def _answered_here(analysis: Analysis | None) -> bool:
+    a = analysis.answered if analysis is not None else None
+    return a is not None and (a["budget"], a["dynamic"]) == (analysis.budget, analysis.dynamic)
+
+
 def stale_note(analysis: Analysis | None) -> str:
-    """Tell the user when the answers below were made with other settings than the views show."""
+    """What the answer panel holds: nothing yet, the answers for exactly this setting, or (after the
+    slider or the toggle moved) nothing for this setting, with what the last answers were made with."""
     if analysis is None or analysis.answered is None:
         return "*Press **Run** to compare the answers with all tokens and with PruneSID's.*"
+    if _answered_here(analysis):
+        return ""
     a = analysis.answered
-    if a["budget"] != analysis.budget or a["dynamic"] != analysis.dynamic:
-        return (f"⚠ *The answers below were made with {a['budget']} tokens"
-                f"{' (dynamic)' if a['dynamic'] else ''}; the views now show {analysis.budget}. "
-                "Press **Run** to answer again.*")
-    return ""
+    made = f"{a['tokens']} tokens" + (f" (dynamic ratio, K = {a['budget']})" if a["dynamic"] else "")
+    return (f"⚠ *Not run for this setting: the last answers were made with {made}. "
+            "Press **Run** to answer with what the views show now.*")
+
+
+def answer_panel(analysis: Analysis | None) -> dict[str, Any]:
+    """The answer panel for ``analysis``: its answers when they were made for the current setting,
+    otherwise empty panels whose headers say what Run would compare."""
+    if _answered_here(analysis):
+        return dict(analysis.answered["texts"])
+    tokens = ("" if analysis is None or analysis.selection is None
+              else f" · {int(sum(analysis.budgets))} visual tokens")
+    full = "" if analysis is None else f" · {analysis.num_views * analysis.num_patches} visual tokens"
+    return {"full_head": f"#### Full{full}", "full_answer": "", "full_stats": "",
+            "pruned_head": f"#### PruneSID{tokens}", "pruned_answer": "", "pruned_stats": "", "fidelity": ""}
+
+
+def budget_text(analysis: Analysis) -> str:
+    """The line under the budget slider: K, and with the dynamic ratio on, what each view really gets."""
+    text = V.budget_label(analysis.budget, analysis.num_patches)
+    if not analysis.dynamic:
+        return text
+    given = analysis.budgets
+    if len(given) == 1:
+        return f"{text} · dynamic ratio: **{given[0]} tokens** for this image"
+    return f"{text} · dynamic ratio: {' + '.join(map(str, given))} = **{sum(given)} tokens** over {len(given)} views"
 
 
 def _status_for(analysis: Analysis, pipe: Pipeline, encoded_now: bool) -> str:
@@ -271,9 +305,17 @@ def on_tab(part: str):
     return handler
 
 
-def on_clear_answers() -> tuple:
-    """New media: the answers on screen were about the previous one, so clear them."""
-    return "", "", "", "", "", stale_note(None)
+def on_question(state: Analysis | None, question: Any) -> tuple:
+    """The question was edited: answers to another question are not shown as this one's."""
+    if state is None or state.answered is None:
+        return tuple(gr.skip() for _ in ANSWER_PANEL + ("stale",))
+    if isinstance(question, str) and question.strip() == state.answered["question"]:
+        values = dict(answer_panel(state), stale=stale_note(state))
+    else:
+        values = dict(answer_panel(None), full_head=f"#### Full · {state.num_views * state.num_patches} visual tokens",
+                      pruned_head=f"#### PruneSID · {int(sum(state.budgets))} visual tokens",
+                      stale="⚠ *Not run for this question yet: press **Run** to answer it.*")
+    return tuple(values[k] for k in ANSWER_PANEL + ("stale",))
 
 
 def _no_progress(*_args, **_kwargs):
@@ -296,9 +338,10 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     pipe = MANAGER.get(state.model_id)
     progress(0.1, desc="Answering twice: with all visual tokens, then with PruneSID's")
     result = answer(state, question, pipe, int(max_new_tokens or 64))
-    state = replace(state, answered={"budget": state.budget, "dynamic": state.dynamic,
-                                     "question": check_question(question)})
     texts = answer_texts(result, is_demo=pipe.is_demo, device=pipe.device)
+    state = replace(state, answered={"budget": state.budget, "dynamic": state.dynamic,
+                                     "question": check_question(question), "tokens": result.visual_tokens_pruned,
+                                     "texts": texts})
     values = dict(texts, state=state, stale=stale_note(state))
     return tuple(values[k] for k in ANSWER_KEYS)
 
@@ -358,7 +401,7 @@ def banner_text(manager: ModelManager = MANAGER) -> str:
     return f"Model: **{s.active}**"
 
 
-@guarded(lambda message: (status_line(message, "warn"), gr.skip(), None))
+@guarded(lambda message: (status_line(message, "warn"), gr.skip()) + (gr.skip(),) * (2 + len(ANSWER_PANEL)))
 def on_model_change(model_id: str, progress=gr.Progress()) -> tuple:
     """Model picker: load the model (or fall back to the demo), update the banner, drop old features."""
     if not model_id or not str(model_id).strip():
@@ -366,7 +409,8 @@ def on_model_change(model_id: str, progress=gr.Progress()) -> tuple:
     pipe = MANAGER.get(str(model_id).strip(), progress=progress)
     if MANAGER.state.fallback_reason:
         warn(MANAGER.state.fallback_reason + " — using the offline demo model instead.")
-    return banner_text(), gr.update(value=pipe.model_id), None
+    cleared = answer_panel(None)
+    return (banner_text(), gr.update(value=pipe.model_id), None, stale_note(None)) + tuple(cleared[k] for k in ANSWER_PANEL)
 
 
 def on_load() -> str:

@@ -202,7 +202,8 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                 importance=importance, group_chart=group_chart, dynamic_chart=dynamic_chart,
                 dynamic_text=dynamic_text, summary=summary, gallery=gallery, frame_chart=frame_chart, frame=frame,
                 stale=stale, full_head=full_head, full_answer=full_answer, full_stats=full_stats,
-                pruned_head=pruned_head, pruned_answer=pruned_answer, pruned_stats=pruned_stats, fidelity=fidelity)
+                pruned_head=pruned_head, pruned_answer=pruned_answer, pruned_stats=pruned_stats, fidelity=fidelity,
+                budget_label=budget_md)
     view_out = [comp[k] for k in H.VIEW_KEYS]
     answer_out = [comp[k] for k in H.ANSWER_KEYS]
     private = dict(api_visibility="private")
@@ -213,8 +214,6 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
         source.change(H.on_media(name), [source, model, budget, dynamic, state], [kind] + view_out,
                       show_progress="minimal", **MODEL_EVENTS, **private
                       ).then(H.on_load, None, [banner], **private)
-        source.upload(H.on_clear_answers, None, [full_answer, full_stats, pruned_answer, pruned_stats, fidelity, stale],
-                      queue=False, **private)
 
     run.click(H.on_prepare, [kind, image, video, model, budget, dynamic, frame, state], view_out,
               show_progress="minimal", **MODEL_EVENTS, **private
@@ -238,7 +237,10 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                             **private)
     dynamic.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
     frame.release(H.on_view, [state, frame, active], view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
-    model.input(H.on_model_change, model, [banner, model, state], show_progress="full",
+    answer_panel = [comp[k] for k in H.ANSWER_PANEL]
+    question.change(H.on_question, [state, question], answer_panel + [stale], queue=False, show_progress="hidden",
+                    **private)
+    model.input(H.on_model_change, model, [banner, model, state, stale] + answer_panel, show_progress="full",
                 **MODEL_EVENTS, **private)
     return image, question, budget
 

@@ -83,6 +83,8 @@ def test_upload_run_slide_and_read_every_view(page, app_url, tmp_path):
     page.wait_for_function("() => document.querySelector('#summary').innerText.includes('128 of 577 tokens kept')")
     assert "22.2% of 576" in text_of(page, "#budget-label")
     page.wait_for_function("() => document.querySelector('#stale').innerText.includes('made with 64 tokens')")
+    assert page.input_value("#pruned-answer textarea") == ""  # not shown as the answer for 128 tokens
+    assert "128 visual tokens" in text_of(page, "#pruned-head")
     wait_idle(page)
     shot(page, tmp_path, "2-slider-128")
 
@@ -97,6 +99,34 @@ def test_upload_run_slide_and_read_every_view(page, app_url, tmp_path):
         wait_idle(page)
         shot(page, tmp_path, "3-" + tab.lower().replace(" ", "-"))
     assert "φ" in text_of(page, "#dynamic-text") and "192" in text_of(page, "#dynamic-text")
+
+
+def test_answers_and_labels_belong_to_what_is_on_screen(page, app_url, tmp_path):
+    """Run on one example, then: the dynamic toggle relabels the budget and hides the answers; another
+    example clears them; the question box changes them back to 'not run'."""
+    page.goto(app_url)
+    page.wait_for_selector("#run")
+    page.get_by_text("What animal is this and what is it doing?").first.click()
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('64 of 577 tokens kept')")
+    page.click("#run")
+    page.wait_for_function("() => document.querySelector('#pruned-answer textarea').value.length > 0")
+    wait_idle(page)
+    page.check("#dynamic input[type=checkbox]")
+    page.wait_for_function("() => document.querySelector('#budget-label').innerText.includes('for this image')")
+    tokens = int(re.search(r"(\d+) tokens\s+for this image", text_of(page, "#budget-label")).group(1))
+    assert f"{tokens} visual tokens" in text_of(page, "#pruned-head")
+    assert page.input_value("#pruned-answer textarea") == "" and "Not run for this setting" in text_of(page, "#stale")
+    page.uncheck("#dynamic input[type=checkbox]")
+    page.wait_for_function("() => document.querySelector('#pruned-answer textarea').value.length > 0")
+    page.fill("#question textarea", "Something else entirely?")
+    page.wait_for_function("() => document.querySelector('#stale').innerText.includes('Not run for this question')")
+    assert page.input_value("#pruned-answer textarea") == ""
+    page.get_by_text("What drink is shown?").first.click()
+    page.wait_for_function("() => document.querySelector('#stale').innerText.includes('Press Run')")
+    page.wait_for_function("() => document.querySelector('#pruned-answer textarea').value === ''")
+    assert page.input_value("#full-answer textarea") == ""
+    wait_idle(page)
+    shot(page, tmp_path, "6-new-example-clears-answers")
 
 
 def test_bad_upload_shows_a_message_not_a_traceback(page, app_url, tmp_path):

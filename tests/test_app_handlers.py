@@ -271,7 +271,8 @@ def test_gpu_boundary_is_a_plain_call_without_spaces():
 
 
 def test_model_picker_falls_back_and_says_so(demo_model):
-    banner, model, state = H.on_model_change("no-such-org/picked-model", progress=H._no_progress)
+    banner, model, state, stale, *panel = H.on_model_change("no-such-org/picked-model", progress=H._no_progress)
+    assert "Press **Run**" in stale and dict(zip(H.ANSWER_PANEL, panel))["pruned_answer"] == ""
     assert "not meaningful" in banner and "no-such-org/picked-model" in banner
     assert model["value"] == "demo/tiny-llava-1.5" and state is None
     MANAGER.install(demo_model)  # back to the shared pipeline for later tests

@@ -66,7 +66,9 @@ def test_run_answers_with_exactly_the_selection_drawn(fake, image_path):
     compares = [c for c in fake.calls if c[0] == "compare"]
     assert len(compares) == 1 and compares[0][1] is state.selection  # no second selection
     assert out["pruned_head"] == "#### PruneSID · 48 visual tokens"
-    assert out["state"].answered == {"budget": 48, "dynamic": False, "question": "What is this?"}
+    answered = out["state"].answered
+    assert (answered["budget"], answered["dynamic"], answered["question"], answered["tokens"]) == (
+        48, False, "What is this?", 48)
 
 
 def test_dynamic_run_answers_the_dynamic_selection(fake, image_path):
@@ -123,3 +125,35 @@ def test_dynamic_chart_marks_the_budget_its_own_axis_gives(fake, image_path, mon
     assert drawn["budget"] == expected and drawn["mean_budget"] == 64
     assert f"**{expected}" in out["dynamic_text"]
     assert ("with the dynamic ratio" in drawn["label"]) is (not dynamic)
+
+
+def test_answers_follow_the_setting_on_screen(fake, image_path):
+    """Answers belong to one (media, budget, dynamic, question); any change hides them with a note, and
+    going back to the answered setting shows them again."""
+    state = prepared(image_path, budget=64)["state"]
+    answered = dict(zip(H.ANSWER_KEYS, H.on_answer(state, "What?", 64, False, 8, progress=H._no_progress)))
+    state = answered["state"]
+    moved = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 100, False, 1, "image", image_path, None, None, "kept")))
+    assert moved["pruned_answer"] == "" and moved["fidelity"] == ""
+    assert "Not run for this setting" in moved["stale"] and "made with 64 tokens" in moved["stale"]
+    assert moved["pruned_head"] == "#### PruneSID · 100 visual tokens"
+    dyn = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 64, True, 1, "image", image_path, None, None, "kept")))
+    k = int(dyn["state"].budgets[0])
+    assert "Not run for this setting" in dyn["stale"] and f"**{k} tokens** for this image" in dyn["budget_label"]
+    back = dict(zip(H.VIEW_KEYS, H.on_reselect(moved["state"], 64, False, 1, "image", image_path, None, None,
+                                               "kept")))
+    assert back["pruned_answer"] == answered["pruned_answer"] and back["stale"] == ""
+    other = dict(zip(H.ANSWER_PANEL + ("stale",), H.on_question(back["state"], "Something else?")))
+    assert other["pruned_answer"] == "" and "Not run for this question" in other["stale"]
+    same = dict(zip(H.ANSWER_PANEL + ("stale",), H.on_question(back["state"], "What?")))
+    assert same["pruned_answer"] == answered["pruned_answer"]
+
+
+def test_new_media_clears_the_answers(fake, image_path, tmp_path):
+    state = prepared(image_path)["state"]
+    state = dict(zip(H.ANSWER_KEYS, H.on_answer(state, "What?", 64, False, 8, progress=H._no_progress)))["state"]
+    second = tmp_path / "second.png"
+    fake_image(7).save(second)
+    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", str(second), None, None, 64, False, 1, state,
+                                             progress=H._no_progress)))
+    assert out["state"].answered is None and out["pruned_answer"] == "" and "Press **Run**" in out["stale"]
