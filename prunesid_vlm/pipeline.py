@@ -71,6 +71,8 @@ FIRST_LOGITS_CACHE_SIZE = 128
 """First-token logit rows kept from prefill-only passes (one vocabulary-sized row each)."""
 PROJECTION_CACHE_SIZE = 4
 """Media whose projected patch tokens stay cached (DivPrune prunes those)."""
+PREFILL_REPEATS = 3
+"""Prefill-only passes per run behind a reported prefill time (the median; full and pruned alternate)."""
 TOWER_VIEW_SIDE = 336
 """Side of the square a tower view is drawn on (the CLIP-L/336 input)."""
 
@@ -119,6 +121,7 @@ class Pipeline:
         self._projected = _LRU(PROJECTION_CACHE_SIZE)
         self._first_logits = _LRU(FIRST_LOGITS_CACHE_SIZE)
         self._calibration: Calibration | None = None
+        self._warm = False
         self.stats: Counter[str] = Counter()
         """What really ran: ``tower_images``, ``full_generations``, ``pruned_generations``, ``prefills``
         (prefill-only prompts), ``prefill_batches`` (their forward passes), ``projections``."""
@@ -390,12 +393,34 @@ class Pipeline:
             selection, selection_s = chosen, time.perf_counter() - start
         full = self.answer(images, question, None, max_new_tokens=max_new_tokens)
         pruned = self.answer(images, question, selection, max_new_tokens=max_new_tokens)
-        return self.result(feats, full, pruned, selection, selection_s)
+        prefill = self._on_model(self._prefill_medians, images, feats, question, selection)
+        return self.result(feats, full, pruned, selection, selection_s, prefill_s=prefill)
+
+    def _prefill_medians(self, images, feats: EncodedImages, question: str,
+                         selection: Selection) -> dict[str, float]:
+        """Median seconds of ``PREFILL_REPEATS`` prefill-only passes of the full and the pruned prompt,
+        their order alternating, after one untimed warm-up pass per model (the first pass of a model
+        pays for kernel selection and allocation, which is not what pruning changes)."""
+        prompts = {"full": self._prompt(images, feats, question, None)[:2],
+                   "pruned": self._prompt(images, feats, question, selection)[:2]}
+        run = lambda name: batched_first_logits(self.model, [prompts[name]], modality=self.adapter.modality)  # noqa: E731
+        if not self._warm:
+            run("full")
+            self._warm = True
+        times: dict[str, list[float]] = {"full": [], "pruned": []}
+        for repeat in range(PREFILL_REPEATS):
+            for name in ("full", "pruned") if repeat % 2 == 0 else ("pruned", "full"):
+                times[name].append(_timed(lambda: run(name), self.loaded.device)[1])
+        return {name: float(np.median(t)) for name, t in times.items()}
 
     def result(self, feats: EncodedImages, full: Answer, pruned: Answer, selection: Selection,
-               selection_s: float = 0.0) -> CompareResult:
-        """The comparison of two answers about ``feats`` (the second made with ``selection``)."""
+               selection_s: float = 0.0, prefill_s: dict[str, float] | None = None) -> CompareResult:
+        """The comparison of two answers about ``feats`` (the second made with ``selection``).
+
+        ``prefill_s``: measured prefill medians per run, in place of the answers' own one-off timings."""
         vision_s = sum(feats.tower_s)
+        if prefill_s is not None:
+            full, pruned = replace(full, prefill_s=prefill_s["full"]), replace(pruned, prefill_s=prefill_s["pruned"])
         return CompareResult(
             full_answer=full.text, pruned_answer=pruned.text, visual_tokens_full=full.visual_tokens,
             visual_tokens_pruned=pruned.visual_tokens,
@@ -407,7 +432,8 @@ class Pipeline:
             budgets=[int(n) - int(d) for n, d in zip(selection.num_tokens.tolist(), feats.drops_cls)],
             selection=selection, model_id=self.model_id, family=self.family, features_cached=all(feats.cached),
             full_tokens=list(full.tokens), pruned_tokens=list(pruned.tokens),
-            answers_cached={"full": full.cached, "pruned": pruned.cached})
+            answers_cached={"full": full.cached, "pruned": pruned.cached}, device=self.device,
+            prefill_repeats=PREFILL_REPEATS if prefill_s is not None else 1)
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
         """What the processor gives for the chat prompt (input_ids, pixel_values, ...): the plain path.

@@ -111,15 +111,28 @@ class CompareResult:
     pruned_tokens: list[int] = field(default_factory=list)
     answers_cached: dict[str, bool] = field(default_factory=dict)
     """Per run: the answer came from the pipeline's cache (timed when it ran)."""
+    device: str = "cpu"
+    """Where the model ran (``"cpu"`` or ``"cuda"``)."""
+    prefill_repeats: int = 1
+    """Prefill-only passes behind each prefill time (their median; 1: the generation's own)."""
 
     @property
     def prefill_speedup(self) -> float:
+        """Measured full / pruned prefill time (below 1: pruning made the prefill slower)."""
         return self.timings["full"]["prefill_s"] / max(self.timings["pruned"]["prefill_s"], 1e-12)
+
+    @property
+    def prefill_bound(self) -> float:
+        """Full / pruned prompt length: the speed-up a prefill whose cost grew linearly with the
+        sequence would show. Attention grows faster, so a measured speed-up can exceed it somewhat;
+        far above it means the timing is wrong."""
+        return self.prompt_tokens["full"] / max(self.prompt_tokens["pruned"], 1)
 
     def to_dict(self) -> dict:
         """JSON-ready (plain Python types; the selection as per-row summaries)."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "selection"}
         out["selection"] = [self.selection.to_dict(row) for row in range(self.selection.batch_size)]
         out["prefill_speedup"] = self.prefill_speedup
+        out["prefill_bound"] = self.prefill_bound
         out["fidelity_metric"] = "first_token_kl_nats"
         return out

@@ -123,6 +123,8 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         "pruned": {"answer": result.pruned_answer, "visual_tokens": result.visual_tokens_pruned,
                    "prefill_s": pruned["prefill_s"], "total_s": pruned["total_s"]},
         "prefill_speedup": result.prefill_speedup,
+        "prefill_bound": result.prefill_bound,
+        "device": result.device,
         "fidelity": {"first_token_kl_nats": result.fidelity, "first_token_agrees": result.first_token_agrees,
                      "same_answer": result.same_answer},
         "timings": result.timings,
@@ -338,7 +340,7 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     pipe = MANAGER.get(state.model_id)
     progress(0.1, desc="Answering twice: with all visual tokens, then with PruneSID's")
     result = answer(state, question, pipe, int(max_new_tokens or 64))
-    texts = answer_texts(result, is_demo=pipe.is_demo, device=pipe.device)
+    texts = answer_texts(result, is_demo=pipe.is_demo)
     state = replace(state, answered={"budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
                                      "texts": texts})
@@ -352,11 +354,18 @@ def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
+def speedup_text(ratio: float) -> str:
+    """``"3.1× faster"``, or ``"1.3× slower"`` when pruning did not pay off (never a bare ratio below 1)."""
+    if not np.isfinite(ratio) or ratio <= 0:
+        return "—"
+    return f"{ratio:.1f}× faster" if ratio >= 1 else f"{1 / ratio:.1f}× slower"
+
+
 def _cache_note(cached: bool) -> str:
     return " · *cached answer (times from the run that made it)*" if cached else ""
 
 
-def answer_texts(result: CompareResult, is_demo: bool = False, device: str = "cpu") -> dict[str, str]:
+def answer_texts(result: CompareResult, is_demo: bool = False) -> dict[str, str]:
     """Headers, answers, timing lines and the fidelity explanation for the answers panel."""
     full, pruned = result.timings["full"], result.timings["pruned"]
     total_speedup = full["total_s"] / max(pruned["total_s"], 1e-12)
@@ -366,20 +375,23 @@ def answer_texts(result: CompareResult, is_demo: bool = False, device: str = "cp
     same = "identical" if result.same_answer else "different"
     demo = (" *Demo model: random weights, so these answers are gibberish and only show the mechanics.*"
             if is_demo else "")
+    repeats = f" (median of {result.prefill_repeats})" if result.prefill_repeats > 1 else ""
     return {
         "full_head": f"#### Full · {result.visual_tokens_full} visual tokens",
         "full_answer": result.full_answer or "(empty answer)",
-        "full_stats": (f"prefill **{_ms(full['prefill_s'])}** · total **{_ms(full['total_s'])}**"
+        "full_stats": (f"prefill **{_ms(full['prefill_s'])}**{repeats} · total **{_ms(full['total_s'])}**"
                        + _cache_note(result.answers_cached.get("full", False))),
         "pruned_head": f"#### PruneSID · {result.visual_tokens_pruned} visual tokens{per}",
         "pruned_answer": result.pruned_answer or "(empty answer)",
-        "pruned_stats": (f"prefill **{_ms(pruned['prefill_s'])}** (**{result.prefill_speedup:.1f}×** faster) · "
-                         f"total **{_ms(pruned['total_s'])}** ({total_speedup:.2f}×)"
+        "pruned_stats": (f"prefill **{_ms(pruned['prefill_s'])}**{repeats} (**{speedup_text(result.prefill_speedup)}**; "
+                         f"the prompt is {result.prefill_bound:.1f}× shorter) · total **{_ms(pruned['total_s'])}** "
+                         f"({speedup_text(total_speedup)})"
                          + _cache_note(result.answers_cached.get("pruned", False))),
         "fidelity": (f"**Fidelity: {result.fidelity:.3f} nats** — how far PruneSID moved the model's choice of the "
                      f"first answer word (KL divergence of the first-token distributions; 0 = unchanged). "
                      f"Same first token: **{agree}**; whole answers: **{same}**. Totals include the shared vision "
-                     f"tower ({_ms(full['vision_s'])}) and greedy decoding; measured on this machine's {device.upper()}.{demo}"),
+                     f"tower ({_ms(full['vision_s'])}) and greedy decoding; measured on this machine's "
+                     f"{result.device.upper()}.{demo}"),
     }
 
 

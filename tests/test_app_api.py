@@ -56,3 +56,13 @@ def test_non_image_upload_is_a_readable_error(client, tmp_path):
     fake.write_text("not an image at all")
     with pytest.raises(Exception, match="not an image format"):
         client.predict(handle_file(str(fake)), "What?", 64, api_name="/analyze")
+
+
+def test_reported_prefill_speedups_stay_near_their_token_bound(client):
+    """Honest timings: over three calls, every measured prefill speed-up is at most 1.3× the
+    token-count bound (full / pruned prompt length) reported beside it."""
+    for _ in range(3):
+        result = client.predict(gradio_client.handle_file(str(ASSETS / "cat.jpg")), "What is this?", 64,
+                                api_name="/analyze")
+        assert result["prefill_bound"] > 1 and result["device"] in ("cpu", "cuda")
+        assert 0 < result["prefill_speedup"] <= 1.3 * result["prefill_bound"], result["timings"]

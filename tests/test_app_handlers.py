@@ -3,6 +3,7 @@ that bad input gives a message, never an exception."""
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def test_run_answers_twice_side_by_side(cat):
     assert out["full_head"] == "#### Full · 576 visual tokens"
     assert out["pruned_head"] == "#### PruneSID · 64 visual tokens"
     assert out["full_answer"] and out["pruned_answer"]
-    assert "prefill" in out["full_stats"] and "faster" in out["pruned_stats"]
+    assert "prefill" in out["full_stats"] and re.search(r"\d\.\d× (faster|slower)", out["pruned_stats"])
+    assert "shorter" in out["pruned_stats"] and "median of 3" in out["pruned_stats"]
     assert "Fidelity" in out["fidelity"] and "nats" in out["fidelity"] and "Demo model" in out["fidelity"]
     assert out["stale"] == ""
     # Moving the slider afterwards flags the answers as made with another budget.
