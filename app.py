@@ -28,6 +28,8 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("httpx", "httpcore", "urllib3"):  # one line per HTTP request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), prevent_thread_lock=True,
                 **LAUNCH_KWARGS)

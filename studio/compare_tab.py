@@ -317,21 +317,30 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     def _api_methods(text):
         return None if not str(text or "").strip() else str(text)
 
+    def compare(image: str, question: str, budget: float, methods: str, answers: bool) -> dict:
+        return compare_view(image, question, budget, check_methods(_api_methods(methods)), get_pipeline,
+                            answers=bool(answers))["json"]
+
+    def compare_stability(image: str, budget: float, seeds: float) -> dict:
+        return stability_view(image, budget, seeds, get_pipeline)["json"]
+
+    def compare_sweep(image: str, question: str, budgets: str, methods: str) -> dict:
+        return sweep_view(image, question, budgets, check_methods(_api_methods(methods)), get_pipeline)["json"]
+
     api_compare.click(
-        endpoint(lambda im, q, k, ms, ans: compare_view(im, q, k, check_methods(_api_methods(ms)), get_pipeline,
-                                                         answers=bool(ans))["json"], "compare"),
+        endpoint(compare, "compare"),
         [api_image, api_question, api_budget, api_methods, api_answers], api_out, api_name="compare",
         api_description="Every selection method at one budget on one image: tokens, kept indices, answers, "
                         "fidelity and the published relative accuracy (or 'not reported'), as JSON.",
         concurrency_id="model", concurrency_limit=1)
     api_stability.click(
-        endpoint(lambda im, k, s: stability_view(im, k, s, get_pipeline)["json"], "compare_stability"),
+        endpoint(compare_stability, "compare_stability"),
         [api_image, api_budget, api_seeds], api_out, api_name="compare_stability", api_visibility="undocumented",
         api_description="Jaccard of PruneSID's kept set: randomised PCA (one run per seed) vs exact, as JSON.",
         concurrency_id="model", concurrency_limit=1)
     api_sweep.click(
-        endpoint(lambda im, q, b, ms: sweep_view(im, q, b, check_methods(_api_methods(ms)), get_pipeline)["json"],
-                  "compare_sweep"),
-        [api_image, api_question, api_budgets, api_methods], api_out, api_name="compare_sweep", api_visibility="undocumented",
+        endpoint(compare_sweep, "compare_sweep"),
+        [api_image, api_question, api_budgets, api_methods], api_out, api_name="compare_sweep",
+        api_visibility="undocumented",
         api_description="Per method and budget: tokens, feature coverage and first-token KL, as JSON.",
         concurrency_id="model", concurrency_limit=1)

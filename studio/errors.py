@@ -30,6 +30,7 @@ def friendly(err: BaseException) -> str:
 def message_for(err: BaseException, where: str) -> str:
     """What to tell the person about ``err`` (logged with its traceback when unexpected)."""
     if isinstance(err, EXPECTED):
+        log.info("refused in %s: %s", where, err)  # one line: the input was the problem, not the code
         return friendly(err)
     log.error("unexpected error in %s", where, exc_info=err)
     return GENERIC_ERROR
@@ -69,13 +70,16 @@ def guarded(empty: Callable[[str], tuple]):
 
 
 def endpoint(fn: Callable, where: str) -> Callable:
-    """Wrap a scripted endpoint: errors → ``gr.Error`` with the message (the client raises it)."""
+    """Wrap a scripted endpoint: errors → ``gr.Error`` with the message (the client raises it).
+
+    ``message_for`` has logged what is worth logging; Gradio is told not to print the traceback of
+    the ``gr.Error`` itself (it would print one for every refused input)."""
 
     @functools.wraps(fn)
-    def call(*args):
+    def call(*args, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
-            raise gr.Error(message_for(err, "/" + where)) from None
+            raise gr.Error(message_for(err, "/" + where), print_exception=False) from None
 
     return call

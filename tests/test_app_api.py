@@ -66,3 +66,21 @@ def test_reported_prefill_speedups_stay_near_their_token_bound(client):
                                 api_name="/analyze")
         assert result["prefill_bound"] > 1 and result["device"] in ("cpu", "cuda")
         assert 0 < result["prefill_speedup"] <= 1.3 * result["prefill_bound"], result["timings"]
+
+
+def test_compare_parameters_are_named(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    params = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
+    assert params == ["image", "question", "budget", "methods", "answers"]
+
+
+def test_a_refused_input_logs_one_line_and_no_traceback(client, capfd, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="prunesid.studio")
+    with pytest.raises(Exception, match="between 2 and 577"):
+        client.predict(gradio_client.handle_file(str(ASSETS / "cat.jpg")), "q", 999, api_name="/analyze")
+    _, err = capfd.readouterr()
+    assert "Traceback" not in err
+    refused = [r for r in caplog.records if r.name == "prunesid.studio" and "between 2 and 577" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].exc_info is None
