@@ -51,12 +51,13 @@ from .rules import (
     select,
     selection_budgets,
     selection_key,
+    unseen_note,
     view_budgets,
 )
 
 __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer",
            "DEMO_MODEL_ID", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
-           "view_budgets", "selection_budgets", "select", "MAX_QUESTION_CHARS"]
+           "view_budgets", "selection_budgets", "select", "unseen_note", "MAX_QUESTION_CHARS"]
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor, "int | Sequence[int] | torch.Tensor"], Selection]
 """A selection rule with ``select_tokens``'s signature (PruneSID or a baseline)."""

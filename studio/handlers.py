@@ -24,6 +24,7 @@ from prunesid_vlm.pipeline import (
     check_budget,
     check_question,
     select,
+    unseen_note,
     view_budgets,
 )
 
@@ -118,6 +119,10 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         "budgets": result.budgets,
         "question": question,
         "selection": analysis.selection.to_dict(0),
+        "grid": list(analysis.grid),
+        "index_spaces": ("selection.keep holds tower indices (0 = CLS, patch p is p + 1), in the order handed to "
+                         "the language model; group, nms_rank, suppressed_by and importance are per patch index "
+                         "p = row * grid[1] + col, in raster order over the grid"),
         "full": {"answer": result.full_answer, "visual_tokens": result.visual_tokens_full,
                  "prefill_s": full["prefill_s"], "total_s": full["total_s"]},
         "pruned": {"answer": result.pruned_answer, "visual_tokens": result.visual_tokens_pruned,
@@ -239,6 +244,9 @@ def _status_for(analysis: Analysis, pipe: Pipeline, encoded_now: bool) -> str:
     if encoded_now:
         bits.append(f"vision tower {1000 * analysis.vision_s:.0f} ms" if analysis.vision_s else "features from cache")
     bits.extend(analysis.notes)
+    unseen = unseen_note(analysis.feats)
+    if unseen:
+        bits.append(unseen)
     return status_line(" · ".join(bits) if bits else "Ready.", "ok")
 
 

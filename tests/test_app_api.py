@@ -84,3 +84,9 @@ def test_a_refused_input_logs_one_line_and_no_traceback(client, capfd, caplog):
     assert "Traceback" not in err
     refused = [r for r in caplog.records if r.name == "prunesid.studio" and "between 2 and 577" in r.getMessage()]
     assert len(refused) == 1 and refused[0].exc_info is None
+
+
+def test_analyze_documents_its_index_spaces(client):
+    result = client.predict(gradio_client.handle_file(str(ASSETS / "cat.jpg")), "What?", 32, api_name="/analyze")
+    assert result["grid"] == [24, 24] and "tower indices (0 = CLS" in result["index_spaces"]
+    assert result["selection"]["keep"][0] == 0 and max(result["selection"]["keep"]) <= 576

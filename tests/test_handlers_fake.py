@@ -157,3 +157,13 @@ def test_new_media_clears_the_answers(fake, image_path, tmp_path):
     out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", str(second), None, None, 64, False, 1, state,
                                              progress=H._no_progress)))
     assert out["state"].answered is None and out["pruned_answer"] == "" and "Press **Run**" in out["stale"]
+
+
+def test_the_status_says_when_the_model_sees_only_the_middle_square(fake, tmp_path):
+    tall = tmp_path / "tall.png"
+    fake_image(3, size=(300, 1800)).save(tall)
+    out = prepared(str(tall))
+    assert "sees only the middle 300×300 px square of this 300×1800 image (17% of it)" in out["status"]
+    square = tmp_path / "square.png"
+    fake_image(4, size=(400, 400)).save(square)
+    assert "sees only" not in prepared(str(square))["status"]
