@@ -14,6 +14,7 @@ Three layers, as in :mod:`studio.handlers`:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
@@ -31,8 +32,8 @@ from .media import MediaError, load_image
 
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 24
-TABLE_HEADERS = ["method", "tokens to the LLM", "published rel. accuracy", "answer", "fidelity (KL, nats)",
-                 "selection ms"]
+TABLE_HEADERS = ["method", "tokens to the LLM", "answer on this image", "fidelity (KL, nats)", "selection ms",
+                 "paper's benchmark average (not this image)"]
 MAX_SEEDS = 16
 MAX_SWEEP_POINTS = 12
 
@@ -54,11 +55,23 @@ def parse_budgets(text: Any, num_patches: int = 576) -> list[int]:
     return budgets
 
 
-def _image(image: Any) -> tuple[list, list[str]]:
+def _media(image: Any, media: Any = None) -> tuple[list, list[str], str]:
+    """``(images, notes, label)``: the media of the Explore tab's current analysis when there is
+    one (an image, or a video's sampled frames), else the image input's file."""
+    if media is not None and getattr(media, "images", None):
+        name = Path(str(media.source)).name
+        label = f"the {len(media.images)} frames sampled from {name}" if media.kind == "video" else name
+        return list(media.images), list(media.notes), label
     if image is None or (isinstance(image, str) and not image):
         raise MediaError("No image yet: upload one (or pick an example) in the Explore tab.")
     img, notes = load_image(image)
-    return [img], notes
+    return [img], notes, Path(str(image)).name
+
+
+def context_line(label: str, budget: int, question: str | None, model_id: str) -> str:
+    """What a comparison was computed on, shown above its results."""
+    asked = f" · question: “{question}”" if question else " · no answers"
+    return f"**Compared on** {label} · K = {budget} per view{asked} · model `{model_id}`"
 
 
 def _reporter(progress: ProgressFn | None):
@@ -68,13 +81,13 @@ def _reporter(progress: ProgressFn | None):
 # ---- core steps (raise on bad input) -----------------------------------------------------------
 def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] | None, get_pipeline: GetPipeline,
                  *, answers: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 progress: ProgressFn | None = None) -> dict:
+                 progress: ProgressFn | None = None, media: Any = None) -> dict:
     """Every chosen method at one budget: overlays, a table and a JSON summary.
 
     Returns ``{"gallery": [(uint8 image, caption)], "table": [[...]], "json": {...}, ...}``."""
     names = check_methods(methods)
     question = check_question(question) if answers else None
-    images, notes = _image(image)
+    images, notes, label = _media(image, media)
     pipe = get_pipeline()
     if progress is not None:
         progress(0.05, desc="Encoding the image (cached after the first time)…")
@@ -89,9 +102,9 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     for r in out.runs:
         fig = published_figure(r.name, total, model)  # paper budgets: totals over views (NeXT)
         res = out.results.get(r.name)
-        table.append([r.label, _token_text(r), NOT_REPORTED if fig is None else fig.label(),
-                      res.pruned_answer if res else "—", f"{res.fidelity:.3f}" if res else "—",
-                      f"{1000 * r.seconds:.1f}"])
+        table.append([r.label, _token_text(r), res.pruned_answer if res else "—",
+                      f"{res.fidelity:.3f}" if res else "—", f"{1000 * r.seconds:.1f}",
+                      NOT_REPORTED if fig is None else fig.label()])
         row = r.to_dict()
         row.update({"tokens": int(r.selection.num_tokens.sum()),
                     "published": NOT_REPORTED if fig is None else fig.to_dict(),
@@ -106,8 +119,10 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
         "published_model": MODEL_LABELS[model], "published_budgets": published_budgets(model),
         "published": published_table(model), "notes": notes,
     }
+    summary["media"] = label
     return {"gallery": gallery, "table": table, "json": summary, "full_answer": out.full_answer,
-            "full_tokens": out.full_tokens, "selection_ms": 1000 * out.selection_s}
+            "full_tokens": out.full_tokens, "selection_ms": 1000 * out.selection_s,
+            "context": context_line(label, out.budget, question, pipe.model_id)}
 
 
 def _token_text(run) -> str:
@@ -120,7 +135,7 @@ def _token_text(run) -> str:
 
 
 def stability_view(image: Any, budget: Any, seeds: Any, get_pipeline: GetPipeline, *,
-                   progress: ProgressFn | None = None) -> dict:
+                   progress: ProgressFn | None = None, media: Any = None) -> dict:
     """PruneSID's randomised PCA with ``seeds`` seeds vs the exact PCA, on the image (first view)."""
     try:
         count = int(seeds)
@@ -128,7 +143,7 @@ def stability_view(image: Any, budget: Any, seeds: Any, get_pipeline: GetPipelin
         raise ValueError(f"The number of seeds must be a whole number, got {seeds!r}.") from None
     if not 2 <= count <= MAX_SEEDS:
         raise ValueError(f"Use between 2 and {MAX_SEEDS} seeds, got {count}.")
-    images, _ = _image(image)
+    images, _, label = _media(image, media)
     pipe = get_pipeline()
     feats, result = studies.stability_of(pipe, images, budget, range(count), progress=_reporter(progress))
     k = result.num_tokens
@@ -137,7 +152,8 @@ def stability_view(image: Any, budget: Any, seeds: Any, get_pipeline: GetPipelin
     overlay = draw_keep_frequency(pipe.view_pixels(images, feats)[0], result.keep_frequency, result.exact_kept,
                                   size=336, grid_shape=pipe.grid)
     d = result.to_dict()
-    text = (f"**Exact PCA:** the same {k - 1} patches every run (Jaccard with itself = {result.exact_repeat:.2f}).  \n"
+    text = (context_line(label, k, None, pipe.model_id) + " (first view)  \n"
+            f"**Exact PCA:** the same {k - 1} patches every run (Jaccard with itself = {result.exact_repeat:.2f}).  \n"
             f"**Randomised PCA (the reference's `pca_lowrank`), {count} seeds:** Jaccard with the exact result "
             f"{result.mean_vs_exact:.2f} on average (lowest {d['min_jaccard_vs_exact']:.2f}); between two seeds "
             f"{result.mean_pairwise:.2f}. {d['always_kept']} patches are kept by every seed, {d['sometimes_kept']} "
@@ -147,11 +163,12 @@ def stability_view(image: Any, budget: Any, seeds: Any, get_pipeline: GetPipelin
 
 
 def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] | None, get_pipeline: GetPipeline,
-               *, with_model: bool = True, mark: Any = None, progress: ProgressFn | None = None) -> dict:
+               *, with_model: bool = True, mark: Any = None, progress: ProgressFn | None = None,
+               media: Any = None) -> dict:
     """Fidelity (model: first-token KL) and feature coverage against budget, per method."""
     names = check_methods(methods)
     question = check_question(question) if with_model else None
-    images, _ = _image(image)
+    images, _, label = _media(image, media)
     pipe = get_pipeline()
     points = parse_budgets(budgets, pipe.num_patches)
     result, generations = studies.sweep(pipe, images, points, names, question=question, progress=_reporter(progress))
@@ -170,7 +187,7 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
                                 lower_is_better=False, marks=marks, colors=colors)
     model = studies.published_model(pipe)
     d = result.to_dict()
-    d.update({"model_id": pipe.model_id, "question": question, "generations": generations,
+    d.update({"model_id": pipe.model_id, "question": question, "generations": generations, "media": label,
               "published_model": MODEL_LABELS[model],
               "published": {m: {str(k): _published_text(m, k, model) for k in result.budgets}
                             for m in result.methods}})
@@ -190,13 +207,14 @@ def _fail(err: Exception, where: str) -> str:
 
 
 def on_compare(get_pipeline: GetPipeline):
-    def handler(image, question, budget, methods, answers, max_new_tokens, progress=gr.Progress()):
+    def handler(image, question, budget, methods, answers, max_new_tokens, media=None, progress=gr.Progress()):
         try:
             out = compare_view(image, question, budget, methods, get_pipeline, answers=bool(answers),
-                               max_new_tokens=int(max_new_tokens), progress=progress)
+                               max_new_tokens=int(max_new_tokens), progress=progress, media=media)
         except Exception as err:  # noqa: BLE001 — shown to the user, logged if unexpected
             return gr.skip(), gr.skip(), _fail(err, "compare"), gr.skip()
-        status = f"Selection with {len(out['table'])} methods: {out['selection_ms']:.0f} ms (features cached)."
+        status = (f"{out['context']}  \nSelection with {len(out['table'])} methods: {out['selection_ms']:.0f} ms "
+                  "(features cached).")
         if out["full_answer"] is not None:
             status += f"  \n**Answer with all {out['full_tokens']} visual tokens:** {out['full_answer']}"
         return out["gallery"], out["table"], status, out["json"]
@@ -205,9 +223,9 @@ def on_compare(get_pipeline: GetPipeline):
 
 
 def on_stability(get_pipeline: GetPipeline):
-    def handler(image, budget, seeds, progress=gr.Progress()):
+    def handler(image, budget, seeds, media=None, progress=gr.Progress()):
         try:
-            out = stability_view(image, budget, seeds, get_pipeline, progress=progress)
+            out = stability_view(image, budget, seeds, get_pipeline, progress=progress, media=media)
         except Exception as err:  # noqa: BLE001
             return gr.skip(), gr.skip(), _fail(err, "stability"), gr.skip()
         return out["overlay"], out["figure"], out["markdown"], out["json"]
@@ -216,14 +234,16 @@ def on_stability(get_pipeline: GetPipeline):
 
 
 def on_sweep(get_pipeline: GetPipeline):
-    def handler(image, question, budgets, methods, with_model, budget, progress=gr.Progress()):
+    def handler(image, question, budgets, methods, with_model, budget, media=None, progress=gr.Progress()):
         try:
             out = sweep_view(image, question, budgets, methods, get_pipeline, with_model=bool(with_model),
-                             mark=budget, progress=progress)
+                             mark=budget, progress=progress, media=media)
         except Exception as err:  # noqa: BLE001
             return gr.skip(), _fail(err, "sweep"), gr.skip()
         d = out["json"]
-        return out["figure"], f"Sweep over {len(d['budgets'])} budgets × {len(d['methods'])} methods in {d['seconds']:.1f} s.", d
+        asked = f" · question: “{d['question']}”" if d["question"] else ""
+        return (out["figure"], f"**Swept on** {d['media']}{asked} · {len(d['budgets'])} budgets × "
+                               f"{len(d['methods'])} methods in {d['seconds']:.1f} s.", d)
     handler.__name__ = "on_sweep"
     return handler
 
@@ -249,8 +269,11 @@ Yellow outlines: patches kept; blue tint: patches merged into VisionZip's contex
 
 
 # ---- layout --------------------------------------------------------------------------------
-def build_compare_tab(image_input, question_input, budget_input, get_pipeline: GetPipeline) -> None:
-    """The tab's components and events (call inside ``with gr.Tab("Compare methods"):``)."""
+def build_compare_tab(image_input, question_input, budget_input, get_pipeline: GetPipeline, media_state=None) -> None:
+    """The tab's components and events (call inside ``with gr.Tab("Compare methods"):``).
+
+    ``media_state``: the Explore tab's ``gr.State`` holding the visitor's analysis; when given, the
+    comparisons run on its media (the image, or a video's sampled frames) rather than the image input."""
     choices = [(s.label, s.name) for s in list_methods()]
     gr.Markdown(INTRO)
     with gr.Row(equal_height=True):
@@ -293,12 +316,14 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         gr.Markdown(methods_markdown())
 
     private = dict(api_visibility="private", concurrency_id="model", concurrency_limit=1)
-    run_compare.click(on_compare(get_pipeline), [image_input, question_input, budget_input, methods, answers, max_new],
+    media = [media_state] if media_state is not None else []
+    run_compare.click(on_compare(get_pipeline),
+                      [image_input, question_input, budget_input, methods, answers, max_new] + media,
                       [gallery, table, status, raw], **private)
-    run_stability.click(on_stability(get_pipeline), [image_input, budget_input, seeds],
+    run_stability.click(on_stability(get_pipeline), [image_input, budget_input, seeds] + media,
                         [frequency, stability_plot, stability_md, raw], **private)
     run_sweep.click(on_sweep(get_pipeline), [image_input, question_input, sweep_budgets, methods, with_model,
-                                             budget_input], [sweep_plot, status, raw], **private)
+                                             budget_input] + media, [sweep_plot, status, raw], **private)
 
     # Scripted endpoints (hidden on the page): JSON with method names, budgets and published figures.
     with gr.Row(visible=False):

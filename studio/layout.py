@@ -242,14 +242,14 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                     **private)
     model.input(H.on_model_change, model, [banner, model, state, stale] + answer_panel, show_progress="full",
                 **MODEL_EVENTS, **private)
-    return image, question, budget
+    return image, question, budget, state
 
 
-def _compare_tab(image, question, budget) -> None:
+def _compare_tab(image, question, budget, state) -> None:
     """The methods engineer's tab (``studio/compare_tab.py``), if it has landed."""
     from studio.compare_tab import build_compare_tab
 
-    build_compare_tab(image, question, budget, lambda: MANAGER.get())
+    build_compare_tab(image, question, budget, lambda: MANAGER.get(), media_state=state)
 
 
 def _api(demo: gr.Blocks) -> None:

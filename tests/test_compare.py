@@ -355,3 +355,29 @@ def test_stability_and_sweep_endpoints(llava_pipeline, image_path):
         client.close()
     finally:
         demo.close()
+
+
+def test_compare_follows_the_explore_tabs_media_video_frames_included(llava_pipeline, image_path):
+    """With the Explore tab's analysis given, Compare runs on its media — here a video's sampled frames —
+    not on whatever the image input still holds, and says what it compared."""
+    from pathlib import Path
+
+    from studio import handlers as H
+    from studio.compare_tab import compare_view, on_compare
+
+    video = Path(__file__).resolve().parents[1] / "assets" / "pan_zoom.mp4"
+    if not video.exists():
+        pytest.skip("assets/pan_zoom.mp4 is not in the checkout")
+    from studio.models import MANAGER
+
+    MANAGER.install(llava_pipeline)
+    state = dict(zip(H.VIEW_KEYS, H.on_prepare("video", None, str(video), None, 32, False, 1, None,
+                                               progress=H._no_progress)))["state"]
+    out = compare_view(image_path, "What happens?", 32, ["prunesid", "grid"], lambda: llava_pipeline,
+                       answers=False, media=state)
+    assert out["json"]["media"] == f"the {len(state.images)} frames sampled from pan_zoom.mp4"
+    assert out["json"]["selection_budgets"] == [32] * len(state.images)
+    assert "pan_zoom.mp4" in out["context"] and "K = 32" in out["context"]
+    status = on_compare(lambda: llava_pipeline)(image_path, "What happens?", 32, ["grid"], False, 4, state,
+                                                progress=lambda *a, **k: None)[2]
+    assert status.startswith("**Compared on** the") and "no answers" in status
