@@ -156,3 +156,23 @@ def test_video_shows_per_frame_overlays_and_budgets(page, app_url, tmp_path):
     wait_idle(page)
     assert "share" in text_of(page, "#dynamic-text")
     shot(page, tmp_path, "5-video")
+
+
+@pytest.mark.skipif(not (ASSETS / "pan_zoom.mp4").exists(), reason="assets/pan_zoom.mp4 is not in the checkout")
+def test_compare_tab_compares_what_explore_shows(page, app_url, tmp_path):
+    """An image was loaded first, then a video: Compare runs on the video's frames and says so."""
+    page.goto(app_url)
+    page.wait_for_selector("#run")
+    page.set_input_files("#image input[type=file]", str(ASSETS / "cat.jpg"))
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('tokens kept')")
+    page.get_by_role("tab", name="Video", exact=True).click()
+    page.set_input_files("#video input[type=file]", str(ASSETS / "pan_zoom.mp4"))
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('frames sampled')")
+    page.get_by_role("tab", name="Compare methods").click()
+    page.uncheck("#compare-answers input[type=checkbox]")
+    page.click("#compare-run")
+    page.wait_for_function("() => document.querySelector('#compare-status').innerText.includes('Compared on')")
+    status = text_of(page, "#compare-status")
+    assert "frames sampled from pan_zoom.mp4" in status and "cat.jpg" not in status
+    wait_idle(page)
+    shot(page, tmp_path, "7-compare-follows-video")
