@@ -154,4 +154,5 @@ def frame_chart(analysis: Analysis):
 
 KEPT_CAPTION = ("Drag the handle: on the left, the picture the model sees (336 × 336 px, 24 × 24 patches); on the "
                 "right, only the tokens handed to the language model stay bright (outlined in yellow); dropped "
-                "patches are dimmed.")
+                "patches are dimmed. PruneSID chooses from the image alone (the vision tower's features): the same "
+                "tokens are kept whatever the question; only the answers depend on it.")

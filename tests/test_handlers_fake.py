@@ -167,3 +167,13 @@ def test_the_status_says_when_the_model_sees_only_the_middle_square(fake, tmp_pa
     square = tmp_path / "square.png"
     fake_image(4, size=(400, 400)).save(square)
     assert "sees only" not in prepared(str(square))["status"]
+
+
+def test_the_page_says_the_selection_does_not_depend_on_the_question(fake, image_path):
+    from studio.views import KEPT_CAPTION
+
+    assert "whatever the question" in KEPT_CAPTION
+    state = prepared(image_path)["state"]
+    a = H.answer(state, "What colour is it?", fake, 4)
+    b = H.answer(state, "How many are there?", fake, 4)
+    assert a.selection is b.selection is state.selection  # one selection, whatever is asked
