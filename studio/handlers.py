@@ -10,6 +10,7 @@ Two layers:
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -404,8 +405,15 @@ def answer_texts(result: CompareResult, is_demo: bool = False) -> dict[str, str]
 
 
 # ---- model picker and banner ------------------------------------------------------------------
-def banner_text(manager: ModelManager = MANAGER) -> str:
-    """Markdown for the top banner: empty for a real model, a clear warning for the demo model."""
+def plain_markdown(text: str) -> str:
+    """``text`` with Markdown's and HTML's special characters escaped, so that what someone typed
+    (a model id in an error message) is shown as text and never as a link or an image."""
+    return re.sub(r"([\\`*_\[\]()<>!])", r"\\\1", text)
+
+
+def banner_text(manager: ModelManager = MANAGER, reason: str | None = None) -> str:
+    """Markdown for the top banner: the model in use (a clear warning for the demo model), with why
+    it fell back — the start-up fallback for everyone, or ``reason`` for the visitor it concerns."""
     s = manager.state
     if s.loading and s.active is None:
         return f"⏳ Loading **{s.requested}**… the first run waits for it."
@@ -415,7 +423,8 @@ def banner_text(manager: ModelManager = MANAGER) -> str:
                     "they only show how PruneSID and this app work. Pick a LLaVA checkpoint for real results.")
         return f"Model **{s.requested}** loads on first use."
     if s.is_demo:
-        why = f" ({s.fallback_reason})" if s.fallback_reason else ""
+        why = reason or s.fallback_reason
+        why = f" ({plain_markdown(why)})" if why else ""
         return ("⚠ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
                 f"they only show how PruneSID and this app work.{why}")
     return f"Model: **{s.active}**"
@@ -426,11 +435,14 @@ def on_model_change(model_id: str, progress=gr.Progress()) -> tuple:
     """Model picker: load the model (or fall back to the demo), update the banner, drop old features."""
     if not model_id or not str(model_id).strip():
         raise ValueError("Pick a model from the list or type a hub id / local folder.")
-    pipe = MANAGER.get(str(model_id).strip(), progress=progress)
-    if MANAGER.state.fallback_reason:
-        warn(MANAGER.state.fallback_reason + " — using the offline demo model instead.")
+    reasons: list[str] = []
+    pipe = MANAGER.get(str(model_id).strip(), progress=progress, reasons=reasons)
+    reason = reasons[0] if reasons else None
+    if reason:
+        warn(reason + " — using the offline demo model instead.")
     cleared = answer_panel(None)
-    return (banner_text(), gr.update(value=pipe.model_id), None, stale_note(None)) + tuple(cleared[k] for k in ANSWER_PANEL)
+    return ((banner_text(reason=reason), gr.update(value=pipe.model_id), None, stale_note(None))
+            + tuple(cleared[k] for k in ANSWER_PANEL))
 
 
 def on_load() -> str:

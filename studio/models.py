@@ -59,11 +59,13 @@ class ModelManager:
         self.state = ModelState(requested=model_id or default_model_id())
 
     # --- loading -------------------------------------------------------------------------
-    def get(self, model_id: str | None = None, progress=None) -> Pipeline:
+    def get(self, model_id: str | None = None, progress=None, reasons: list[str] | None = None) -> Pipeline:
         """The pipeline for ``model_id`` (default: the last requested), loading it if needed.
 
         Falls back to the demo model when loading fails; raises :class:`ModelLoadError` only
-        if even the demo model cannot be built.
+        if even the demo model cannot be built. Why a fallback happened is appended to ``reasons``
+        (for the visitor who asked); only the start-up model's fallback (``model_id=None``) is kept
+        in ``state`` for every visitor's banner, since another visitor's typo is nobody else's news.
         """
         with self._lock:
             wanted = (model_id or self.state.requested or DEMO_MODEL_ID).strip()
@@ -72,12 +74,16 @@ class ModelManager:
             self.state.requested = wanted
             self.state.loading = True
             try:
-                self._load(wanted, progress)
+                reason = self._load(wanted, progress)
             finally:
                 self.state.loading = False
+            self.state.fallback_reason = reason if model_id is None else None
+            if reason and reasons is not None:
+                reasons.append(reason)
             return self._pipe
 
-    def _load(self, wanted: str, progress) -> None:
+    def _load(self, wanted: str, progress) -> str | None:
+        """Load ``wanted`` (or the demo model instead); returns why it fell back, or None."""
         if progress is not None:
             progress(0.05, desc=f"Loading {wanted} (first use only)…")
         start = time.perf_counter()
@@ -96,9 +102,9 @@ class ModelManager:
         self._pipe = pipe
         self.state.active = pipe.model_id
         self.state.is_demo = pipe.is_demo
-        self.state.fallback_reason = reason
         log.info("model %s ready in %.1f s%s", pipe.model_id, time.perf_counter() - start,
                  f" (fallback: {reason})" if reason else "")
+        return reason
 
     def install(self, pipe: Pipeline) -> None:
         """Use an already loaded pipeline (tests, notebooks) instead of loading one."""

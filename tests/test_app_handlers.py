@@ -280,6 +280,16 @@ def test_model_picker_falls_back_and_says_so(demo_model):
     MANAGER.install(demo_model)  # back to the shared pipeline for later tests
 
 
+def test_a_failed_switch_is_told_to_that_visitor_only(demo_model):
+    typed = "evil/[click](http://example.invalid) ![px](http://example.invalid/p.png)"
+    banner, *_ = H.on_model_change(typed, progress=H._no_progress)
+    assert "evil" in banner and "](http" not in banner and "\\[click\\]" in banner  # shown as text
+    others = H.banner_text(MANAGER)
+    assert "evil" not in others and "not meaningful" in others  # the model in use, no one else's typo
+    assert not any("evil" in n for n in H.analyze(CAT, "What?", 64, max_new_tokens=2)["notes"])
+    MANAGER.install(demo_model)
+
+
 def test_group_image_layers_decode_to_the_mask_colours(tmp_path):
     """GroupImage writes each annotation as a palette PNG; decoded, it is the RGBA layer
     "group colour where the mask is > 0, alpha = mask × 255" (black and clear elsewhere)."""
