@@ -46,7 +46,7 @@ ANSWER_PANEL = ("full_head", "full_answer", "full_stats", "pruned_head", "pruned
 """The answers side by side: drawn from the visitor's analysis, so they always belong to what is on screen."""
 VIEW_KEYS = ("state", "status", "kept", "groups", "groups_note", "nms", "importance", "group_chart",
              "dynamic_chart", "dynamic_text", "summary", "gallery", "frame_chart", "frame", "stale",
-             "budget_label") + ANSWER_PANEL
+             "budget_label", "nms_group") + ANSWER_PANEL
 """Order of the outputs of :func:`on_prepare` / :func:`on_reselect` / :func:`on_view`."""
 ANSWER_KEYS = ("state", "full_head", "full_answer", "full_stats", "pruned_head", "pruned_answer",
                "pruned_stats", "fidelity", "stale")
@@ -157,7 +157,7 @@ def _redraw_refused(message: str) -> tuple:
     return tuple(values[k] for k in VIEW_KEYS)
 
 
-PART_OUTPUTS = {"kept": ("kept",), "groups": ("groups", "groups_note"), "nms": ("nms",),
+PART_OUTPUTS = {"kept": ("kept",), "groups": ("groups", "groups_note"), "nms": ("nms", "nms_group"),
                 "importance": ("importance",), "group_chart": ("group_chart",),
                 "dynamic": ("dynamic_chart", "dynamic_text", "frame_chart")}
 """Which outputs (``VIEW_KEYS``) each view part fills."""
@@ -185,6 +185,9 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
     for name in ("nms", "importance"):
         if name in parts:
             values[name] = png_file(r[name])
+    if "nms" in parts:
+        focus, choices = r["nms_group"]
+        values["nms_group"] = gr.update(choices=choices, value=focus)
     if "groups" in parts:
         base, items, colors = r["groups"]
         values["groups"] = gr.update(value=(png_file(base), items, colors), color_map=colors)
@@ -299,6 +302,14 @@ def on_view(state: Analysis | None, view: Any, active: str = "kept") -> tuple:
         return tuple(gr.skip() for _ in VIEW_KEYS)
     parts = (active,) if active in V.PARTS else V.PARTS
     return _view_outputs(state, int(view or 1) - 1, gr.skip(), parts)
+
+
+@guarded(_redraw_refused)
+def on_nms_group(state: Analysis | None, group: Any, view: Any) -> tuple:
+    """The NMS view's group picker: show that group's links in full (−1: every group)."""
+    if state is None or state.selection is None or group is None:
+        return tuple(gr.skip() for _ in VIEW_KEYS)
+    return _view_outputs(replace(state, nms_group=int(group)), int(view or 1) - 1, gr.skip(), ("nms",))
 
 
 def on_tab(part: str):

@@ -168,6 +168,8 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                                         show_label=False)
                     groups_note = gr.Markdown()
                 with gr.Tab("NMS", id="tab-nms") as tab_nms:
+                    nms_group = gr.Dropdown([], label="Group shown in full (the others faint)", elem_id="nms-group",
+                                            interactive=True)
                     nms = gr.Image(format="png", show_label=False, elem_id="nms", height=600, interactive=False)
                 with gr.Tab("Importance", id="tab-importance") as tab_importance:
                     importance = gr.Image(format="png", show_label=False, elem_id="importance", height=600,
@@ -203,7 +205,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                 dynamic_text=dynamic_text, summary=summary, gallery=gallery, frame_chart=frame_chart, frame=frame,
                 stale=stale, full_head=full_head, full_answer=full_answer, full_stats=full_stats,
                 pruned_head=pruned_head, pruned_answer=pruned_answer, pruned_stats=pruned_stats, fidelity=fidelity,
-                budget_label=budget_md)
+                budget_label=budget_md, nms_group=nms_group)
     view_out = [comp[k] for k in H.VIEW_KEYS]
     answer_out = [comp[k] for k in H.ANSWER_KEYS]
     private = dict(api_visibility="private")
@@ -236,6 +238,8 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                      ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS,
                             **private)
     dynamic.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
+    nms_group.input(H.on_nms_group, [state, nms_group, frame], view_out, show_progress="minimal", **REDRAW_EVENTS,
+                    **private)
     frame.release(H.on_view, [state, frame, active], view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
     answer_panel = [comp[k] for k in H.ANSWER_PANEL]
     question.change(H.on_question, [state, question], answer_panel + [stale], queue=False, show_progress="hidden",

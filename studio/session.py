@@ -37,6 +37,7 @@ class Analysis:
     selection: Selection | None = None
     selection_ms: float = 0.0
     drawn: dict = field(default_factory=dict)  # view part -> (budget, dynamic, view) it was drawn for
+    nms_group: int | None = None  # the group the NMS view shows in full (None: the one with most duplicates; -1: all)
     # Set by the last answer:
     answered: dict | None = None  # {"budget": K, "dynamic": bool, "question": str}
 

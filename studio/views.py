@@ -57,7 +57,10 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
     if "groups" in parts:
         out["groups"], out["groups_note"] = _group_annotations(pixels, sel, view, grid)
     if "nms" in parts:
-        out["nms"] = viz.draw_nms(pixels, sel, view, size=DISPLAY, grid_shape=grid)
+        focus, choices = nms_focus(analysis, view)
+        out["nms"] = viz.draw_nms(pixels, sel, view, size=DISPLAY, grid_shape=grid,
+                                  focus_group=None if focus < 0 else focus)
+        out["nms_group"] = (focus, choices)
     if "importance" in parts:
         out["importance"] = viz.draw_importance(
             pixels, sel, view, size=DISPLAY, grid_shape=grid, mark_kept=True,
@@ -68,6 +71,21 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
         out["dynamic_chart"], out["dynamic_text"] = _dynamic(analysis, view)
         out["frame_chart"] = frame_chart(analysis)
     return out
+
+
+def nms_focus(analysis: Analysis, view: int) -> tuple[int, list[tuple[str, int]]]:
+    """The group the NMS view shows in full (−1: all of them) and the picker's ``(label, group)``
+    choices: by default the group with the most near-duplicate links, since all groups' links at
+    once cross into an unreadable tangle."""
+    sr = viz.selection_row(analysis.selection, view)
+    links = np.bincount(sr.group[sr.suppressed_by >= 0], minlength=sr.num_groups)[: sr.num_groups]
+    groups = [g for g in range(sr.num_groups) if sr.group_size[g] > 0]
+    choices = [("all groups at once", -1)] + [
+        (f"group {g + 1}: {int(sr.group_size[g])} patches, {int(links[g])} near-duplicates", g) for g in groups]
+    wanted = analysis.nms_group
+    if wanted is None or (wanted >= 0 and wanted not in groups):
+        wanted = int(np.argmax(links)) if links.size and links.max() > 0 else (groups[0] if groups else -1)
+    return wanted, choices
 
 
 def _group_annotations(pixels, sel, view, grid):

@@ -177,3 +177,23 @@ def test_the_page_says_the_selection_does_not_depend_on_the_question(fake, image
     a = H.answer(state, "What colour is it?", fake, 4)
     b = H.answer(state, "How many are there?", fake, 4)
     assert a.selection is b.selection is state.selection  # one selection, whatever is asked
+
+
+def test_nms_view_shows_one_group_in_full_and_can_show_all(fake, image_path):
+    import numpy as np
+    from PIL import Image
+
+    out = prepared(image_path, budget=64)
+    update = out["nms_group"]
+    choices = [v for _, v in update["choices"]]
+    assert choices[0] == -1 and update["value"] in choices[1:]  # the busiest group by default
+    state = out["state"]
+    everything = dict(zip(H.VIEW_KEYS, H.on_nms_group(state, -1, 1)))
+    assert everything["nms_group"]["value"] == -1
+    side = 504  # the picture above the legend (whose height follows its text)
+    focused = np.asarray(Image.open(out["nms"]).convert("RGB"), dtype=int)[:side]
+    allg = np.asarray(Image.open(everything["nms"]).convert("RGB"), dtype=int)[:side]
+    assert focused.shape == allg.shape and np.abs(focused - allg).sum() > 0
+    # the focused picture is mostly grey: far fewer strongly coloured pixels than with every group in colour
+    saturation = lambda a: int(((a.max(-1) - a.min(-1)) > 60).sum())  # noqa: E731
+    assert saturation(focused) < saturation(allg)

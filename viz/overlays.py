@@ -272,8 +272,12 @@ def draw_nms(
     grid_shape: tuple[int, int] | None = None,
     background_dim: float = 0.45,
     legend: bool = True,
+    focus_group: int | None = None,
 ) -> np.ndarray:
     """Intra-group NMS: which near-duplicate each representative replaced.
+
+    With ``focus_group`` (a group index), that group is drawn in full and every other group
+    faint, so its links can be followed even when hundreds of lines cross.
 
     The image is shown in dimmed gray so the colours carry the meaning:
 
@@ -288,6 +292,10 @@ def draw_nms(
 
     image, grid, sr = prepare(image, selection, row, size, grid_shape)
     colors = group_colors(max(sr.num_groups, int(sr.group.max()) + 1))
+    if focus_group is not None:
+        faint = np.arange(len(colors)) != int(focus_group)
+        colors = colors.copy()
+        colors[faint] = (0.22 * colors[faint].astype(np.float32) + 0.78 * 70).astype(colors.dtype)
     out = blend(grayscale(image), BLACK, background_dim)
     lw = _line_width(grid)
 
@@ -311,23 +319,27 @@ def draw_nms(
     picks = sr.is_pick
     r = 0.26 * cell
     kept_pick = picks & sr.kept
-    out = _paint(out, grid, kept_pick, _disc_coverage(grid, r + 1.2 * lw), WHITE)
+    in_focus = np.ones_like(picks) if focus_group is None else sr.group == int(focus_group)
+    out = _paint(out, grid, kept_pick & in_focus, _disc_coverage(grid, r + 1.2 * lw), WHITE)
     out = _paint(out, grid, kept_pick, _disc_coverage(grid, r), per_patch)
     lost_pick = picks & ~sr.kept
     out = _paint(out, grid, lost_pick, _ring_coverage(grid, r, 1.5 * lw), per_patch)
     # Kept duplicates (budget filled from suppressed members).
     kept_dup = suppressed & sr.kept
-    out = _paint(out, grid, kept_dup, _square_coverage(grid, 0.3 * cell, 1.5 * lw), WHITE)
+    out = _paint(out, grid, kept_dup & in_focus, _square_coverage(grid, 0.3 * cell, 1.5 * lw), WHITE)
     if not legend:
         return out
+    sample = colors[0 if focus_group is None else int(focus_group)]
+    counted = (lambda mask: int(mask.sum())) if focus_group is None else (lambda mask: int((mask & in_focus).sum()))
     items = [
-        LegendItem("disc", colors[0], f"kept pick ({int(kept_pick.sum())})", edge=(255, 255, 255)),
-        LegendItem("ring", colors[0], f"pick not kept ({int(lost_pick.sum())})"),
-        LegendItem("line", colors[0], f"near-duplicate → its pick ({int(suppressed.sum())})"),
+        LegendItem("disc", sample, f"kept pick ({counted(kept_pick)})", edge=(255, 255, 255)),
+        LegendItem("ring", sample, f"pick not kept ({counted(lost_pick)})"),
+        LegendItem("line", sample, f"near-duplicate → its pick ({counted(suppressed)})"),
     ]
-    if kept_dup.any():
-        items.append(LegendItem("square", (90, 90, 90), f"kept duplicate ({int(kept_dup.sum())})"))
-    items.append(LegendItem("none", "", f"colour = group; duplicate = similarity > τ = {sr.tau:.2f}"))
+    if (kept_dup & in_focus).any():
+        items.append(LegendItem("square", (90, 90, 90), f"kept duplicate ({counted(kept_dup)})"))
+    where = "colour = group" if focus_group is None else f"group {int(focus_group) + 1} only"
+    items.append(LegendItem("none", "", f"{where}; duplicate = similarity > τ = {sr.tau:.2f}"))
     return stack_below(out, legend_band(items, out.shape[1], _scale(grid)))
 
 
