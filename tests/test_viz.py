@@ -325,3 +325,13 @@ def test_dynamic_ratio_cached_background_matches_a_full_draw():
     png = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     assert np.array_equal(png, viz.figure_to_array(fig))
     assert len(DynamicRatioFigure._backgrounds) == 3
+
+
+def test_a_long_colour_bar_title_shrinks_to_fit_instead_of_being_cut():
+    from viz._draw import colorbar_band
+
+    title = "importance = attention from the CLS token (kept tokens outlined)"
+    band = colorbar_band("inferno", 0.0, 1.0, title, width=336)
+    title_rows = band[: band.shape[0] // 3]
+    ink = (title_rows < 200).any(axis=(0, 2))  # columns with dark title pixels
+    assert ink.any() and not ink[:3].any() and not ink[-3:].any()

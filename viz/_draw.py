@@ -25,6 +25,15 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size=max(6, int(size)))
 
 
+def fitted_font(text: str, size: int, width: float) -> ImageFont.FreeTypeFont:
+    """The :func:`font` of ``size``, or smaller (down to 6 px), so that ``text`` fits in ``width`` pixels."""
+    f = font(size)
+    while size > 6 and f.getlength(text) > width:
+        size -= 1
+        f = font(size)
+    return f
+
+
 def rgb(color: str | Color) -> Color:
     return hex_to_rgb(color) if isinstance(color, str) else tuple(int(c) for c in color)  # type: ignore[return-value]
 
@@ -144,7 +153,8 @@ def colorbar_band(
     height = pad * 3 + fsize + bar_h + (0 if beside else fsize + pad)
     band = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(band)
-    draw.text((width / 2, pad + fsize / 2), title, fill=(20, 20, 20), font=f, anchor="mm")
+    title_font = fitted_font(title, fsize, width - 2 * pad)  # a long title shrinks rather than being cut off
+    draw.text((width / 2, pad + fsize / 2), title, fill=(20, 20, 20), font=title_font, anchor="mm")
     bx0, bx1 = (int(pad * 2 + w_lo), int(width - pad * 2 - w_hi)) if beside else (pad, width - pad)
     by0 = pad * 2 + fsize
     ramp = colormaps[cmap](np.linspace(0, 1, max(2, bx1 - bx0)))[:, :3]
