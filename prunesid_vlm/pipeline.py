@@ -217,7 +217,8 @@ class Pipeline:
             views=views, image_sizes=[(im.height, im.width) for im in images], vision_s=vision_s,
             cached=[i not in missing for i in range(len(images))], tower_s=[e[3] for e in entries],
             media_key=hashlib.sha1("|".join(keys).encode()).hexdigest(), phi=torch.cat([e[4] for e in entries]),
-            phi_ref=phi_ref, drops_cls=tuple(self.adapter.drops_cls(v) for v in views))
+            phi_ref=phi_ref, drops_cls=tuple(self.adapter.drops_cls(v) for v in views),
+            sources=tuple(i for i, e in enumerate(entries) for _ in e[2]))
 
     def _encode_views_of(self, images: list[Image.Image], keys: list[str]) -> tuple[dict, float]:
         """One tower pass over ``images``: per key, (hidden, attention, views, seconds, φ); and the seconds."""
@@ -238,8 +239,7 @@ class Pipeline:
                     side: int = TOWER_VIEW_SIDE) -> list[np.ndarray]:
         """Per view: uint8 ``[side, side, 3]``, the pixels its patch grid covers."""
         images = check_images(images)
-        frame = (lambda v, i: i) if self.one_clip else (lambda v, i: v.image)  # a clip's views are its frames
-        return [tower_view(images[frame(v, i)], v.box, side) for i, v in enumerate(feats.views)]
+        return [tower_view(images[source], v.box, side) for source, v in zip(feats.sources, feats.views)]
 
     # --- budgets and selection (pure; safe to call from any thread, no lock) ------------------
     def budgets(self, feats: EncodedImages, num_tokens: int, dynamic: bool = False) -> list[int]:

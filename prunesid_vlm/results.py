@@ -46,6 +46,9 @@ class EncodedImages:
     """Mean φ of the model's calibration images (the single-image dynamic ratio's reference)."""
     drops_cls: tuple[bool, ...] = ()
     """Per view: its CLS is dropped after selection (LLaVA-NeXT crops), so it is selected with one more."""
+    sources: tuple[int, ...] = ()
+    """Per view: the index of the image it was cut from. Unlike ``views[i].image`` (the media item
+    it is answered with), this tells a clip's frames apart."""
 
     @property
     def num_views(self) -> int:

@@ -123,7 +123,8 @@ def selection_key(selection: Selection) -> str:
 def unseen_note(feats: EncodedImages) -> str | None:
     """A sentence when the tower views leave part of an image out (LLaVA-1.5 and video frames keep
     only the centre square), else None. Boxes and sizes are in the image's own pixels."""
-    for (height, width), views in _views_by_image(feats):
+    for source, (height, width) in enumerate(feats.image_sizes):
+        views = [v for v, s in zip(feats.views, feats.sources) if s == source]
         covered = max((min(v.box[2], width) - max(v.box[0], 0)) * (min(v.box[3], height) - max(v.box[1], 0))
                       for v in views)
         if covered < 0.995 * width * height:
@@ -133,8 +134,3 @@ def unseen_note(feats: EncodedImages) -> str | None:
                     f"({100 * covered / (width * height):.0f}% of it); the rest is cut off before the tower.")
     return None
 
-
-def _views_by_image(feats: EncodedImages):
-    if feats.views and all(v.kind == "frame" for v in feats.views):  # a clip: one view per frame
-        return [(size, [v]) for size, v in zip(feats.image_sizes, feats.views)]
-    return [(size, [v for v in feats.views if v.image == i]) for i, size in enumerate(feats.image_sizes)]

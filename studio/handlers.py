@@ -218,10 +218,10 @@ def stale_note(analysis: Analysis | None) -> str:
             "Press **Run** to answer with what the views show now.*")
 
 
-def answer_panel(analysis: Analysis | None) -> dict[str, Any]:
-    """The answer panel for ``analysis``: its answers when they were made for the current setting,
-    otherwise empty panels whose headers say what Run would compare."""
-    if _answered_here(analysis):
+def answer_panel(analysis: Analysis | None, question: str | None = None) -> dict[str, Any]:
+    """The answer panel for ``analysis``: its answers when they were made for the current setting
+    (and, if given, for ``question``), otherwise empty panels whose headers say what Run would compare."""
+    if _answered_here(analysis) and (question is None or question.strip() == analysis.answered["question"]):
         return dict(analysis.answered["texts"])
     tokens = ("" if analysis is None or analysis.selection is None
               else f" · {int(sum(analysis.budgets))} visual tokens")
@@ -331,12 +331,10 @@ def on_question(state: Analysis | None, question: Any) -> tuple:
     """The question was edited: answers to another question are not shown as this one's."""
     if state is None or state.answered is None:
         return tuple(gr.skip() for _ in ANSWER_PANEL + ("stale",))
-    if isinstance(question, str) and question.strip() == state.answered["question"]:
-        values = dict(answer_panel(state), stale=stale_note(state))
-    else:
-        values = dict(answer_panel(None), full_head=f"#### Full · {state.num_views * state.num_patches} visual tokens",
-                      pruned_head=f"#### PruneSID · {int(sum(state.budgets))} visual tokens",
-                      stale="⚠ *Not run for this question yet: press **Run** to answer it.*")
+    question = question if isinstance(question, str) else ""
+    values = answer_panel(state, question)
+    values["stale"] = (stale_note(state) if question.strip() == state.answered["question"]
+                       else "⚠ *Not run for this question yet: press **Run** to answer it.*")
     return tuple(values[k] for k in ANSWER_PANEL + ("stale",))
 
 

@@ -64,10 +64,10 @@ class Analysis:
 
     def view_label(self, v: int) -> str:
         """Short human name of view ``v`` (frame time, crop position or image)."""
-        info = self.views[v]
+        info, frame = self.views[v], self.feats.sources[v]
         if self.kind == "video":
-            t = f" · t={self.frame_times[info.image]:.1f}s" if self.frame_times else ""
-            return f"frame {info.image + 1}{t}"
+            t = f" · t={self.frame_times[frame]:.1f}s" if self.frame_times else ""
+            return f"frame {frame + 1}{t}"
         if info.kind == "crop":
             return f"crop row {info.crop_row + 1}, col {info.crop_col + 1}"
         if info.kind == "base":

@@ -58,10 +58,11 @@ class FakePipeline:
         return EncodedImages(hidden_states=hidden_states, cls_attention=torch.cat(attention), views=views,
                              image_sizes=[(im.height, im.width) for im in images], vision_s=0.01,
                              cached=[False] * len(images), tower_s=[0.01] * len(images), media_key="fake",
-                             phi=information_score(hidden_states), phi_ref=0.3, drops_cls=(False,) * len(images))
+                             phi=information_score(hidden_states), phi_ref=0.3, drops_cls=(False,) * len(images),
+                             sources=tuple(range(len(images))))
 
     def view_pixels(self, images, feats) -> list[np.ndarray]:
-        return [tower_view(images[v.image], v.box) for v in feats.views]
+        return [tower_view(images[s], v.box) for s, v in zip(feats.sources, feats.views)]
 
     def select(self, feats, num_tokens, **kwargs):
         return select(feats, num_tokens, **kwargs)

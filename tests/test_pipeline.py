@@ -178,3 +178,17 @@ def test_cached_images_survive_a_batch_that_fills_the_cache(llava_pipeline):
     feats = pipe.encode(old[:2] + new)
     assert feats.cached == [True, True] + [False] * len(new)
     assert feats.num_views == FEATURE_CACHE_SIZE + 1
+
+
+def test_a_clips_views_know_their_frames(llava_next_video_pipeline, images):
+    """NeXT-Video answers all frames as one clip (every view's media item is 0), yet each view is
+    drawn from, and labelled as, its own frame."""
+    import numpy as np
+
+    from prunesid_vlm.pipeline import tower_view
+
+    pipe = llava_next_video_pipeline
+    feats = pipe.encode(images)
+    assert [v.image for v in feats.views] == [0, 0, 0] and feats.sources == (0, 1, 2)
+    pixels = pipe.view_pixels(images, feats)
+    assert all(np.array_equal(p, tower_view(im, v.box)) for p, im, v in zip(pixels, images, feats.views))
