@@ -27,11 +27,13 @@ def allocate_budgets(
     phi: torch.Tensor | Sequence[float],
     total: int,
     floor: int = DEFAULT_MIN_TOKENS,
-    ceiling: int = 577,
+    ceiling: int | Sequence[int] | torch.Tensor = 577,
 ) -> torch.Tensor:
     """Long ``[F]``: per-image budgets ∝ φ that sum exactly to ``total``, each in [floor, ceiling].
 
-    For a set of images, crops or video frames sharing ``total`` tokens. Budgets are found
+    ``ceiling`` is one bound for all images or one per image (a view with fewer tokens to
+    give, e.g. a LLaVA-NeXT crop that is partly padding). For a set of images, crops or
+    video frames sharing ``total`` tokens. Budgets are found
     by water-filling (``clamp(λ·φ, floor, ceiling)`` with λ set so the shares sum to
     ``total``); the integer parts are then completed by largest remainder (ties → earlier
     image), so the sum is exact and deterministic.
@@ -44,28 +46,32 @@ def allocate_budgets(
         raise ValueError("information scores must be finite")
     if not isinstance(total, numbers.Integral) or isinstance(total, bool):
         raise ValueError(f"total must be an int, got {type(total).__name__}")
-    if floor > ceiling:
-        raise ValueError(f"floor ({floor}) is above ceiling ({ceiling})")
-    if not count * floor <= total <= count * ceiling:
+    ceilings = torch.as_tensor(ceiling, dtype=torch.float64).flatten()
+    ceilings = ceilings.expand(count) if ceilings.numel() == 1 else ceilings
+    if ceilings.numel() != count or bool((ceilings < floor).any()):
+        raise ValueError(f"ceiling must be one bound or one per image, each at least floor ({floor}); got {ceiling}")
+    most = int(ceilings.sum())
+    if not count * floor <= total <= most:
+        bounds = f"{int(ceilings[0])}" if bool((ceilings == ceilings[0]).all()) else "their own most"
         raise ValueError(
             f"a total of {total} tokens cannot be split over {count} images with {floor} to "
-            f"{ceiling} tokens each (allowed total: {count * floor} to {count * ceiling})"
+            f"{bounds} tokens each (allowed total: {count * floor} to {most})"
         )
     weight = phi_t.clamp(min=1e-6)  # φ ≤ 0 (all patches identical) still gets the floor
-    # Water-filling: share_i = clamp(λ·φ_i, floor, ceiling), with λ such that Σ share = total.
+    # Water-filling: share_i = clamp(λ·φ_i, floor, ceiling_i), with λ such that Σ share = total.
     # Σ share is monotone in λ, so bisection finds it (to float64 precision in ~100 halvings).
-    low, high = 0.0, float(ceiling) / float(weight.min())
+    low, high = 0.0, float(ceilings.max()) / float(weight.min())
     for _ in range(200):
         middle = (low + high) / 2
-        if float((middle * weight).clamp(floor, ceiling).sum()) < total:
+        if float((middle * weight).clamp(min=floor).minimum(ceilings).sum()) < total:
             low = middle
         else:
             high = middle
-    share = (high * weight).clamp(floor, ceiling)
-    budgets = share.floor().long().clamp(floor, ceiling)
+    share = (high * weight).clamp(min=floor).minimum(ceilings)
+    budgets = share.floor().long().clamp(min=floor).minimum(ceilings.long())
     short = max(total - int(budgets.sum()), 0)
     remainder = share - share.floor()
-    remainder[budgets >= ceiling] = -1.0  # never push past the ceiling
+    remainder[budgets >= ceilings.long()] = -1.0  # never push past the ceiling
     order = torch.sort(remainder, descending=True, stable=True).indices
     budgets[order[:short]] += 1
     return budgets

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prunesid import information_score
 from prunesid.result import Selection
 
-from .adapters.base import Adapter, ViewInfo
+from .adapters.base import RECEIVED, Adapter, ViewInfo
 from .calibration import Calibration, load_or_compute
 from .families import adapter_for
 from .features import encode_views
@@ -41,7 +40,7 @@ from .generation import batched_first_logits, greedy_generate, shrink_placeholde
 from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, ModelSpec, list_models
-from .results import Answer, CompareResult, EncodedImages
+from .results import Answer, CompareResult, EncodedImages, TokenCounts
 from .rules import (
     MAX_QUESTION_CHARS,
     check_images,
@@ -51,13 +50,15 @@ from .rules import (
     select,
     selection_budgets,
     selection_key,
+    token_counts,
     unseen_note,
     view_budgets,
+    view_phis,
 )
 
-__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer",
+__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer", "TokenCounts",
            "DEMO_MODEL_ID", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
-           "view_budgets", "selection_budgets", "select", "unseen_note", "MAX_QUESTION_CHARS"]
+           "view_budgets", "selection_budgets", "select", "token_counts", "unseen_note", "MAX_QUESTION_CHARS"]
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor, "int | Sequence[int] | torch.Tensor"], Selection]
 """A selection rule with ``select_tokens``'s signature (PruneSID or a baseline)."""
@@ -179,7 +180,7 @@ class Pipeline:
         Computed once per model (a tower pass over five images) and cached on disk."""
         with self._lock:
             if self._calibration is None:
-                key = f"{self.loaded.path}|{self.loaded.dtype}"
+                key = f"{self.loaded.path}|{self.loaded.dtype}|phi on received patches"
                 self._calibration = load_or_compute(key, lambda images: self._on_model(self._phis_of, images))
             return self._calibration
 
@@ -189,9 +190,11 @@ class Pipeline:
 
     def _phis_of(self, images: list[Image.Image]) -> torch.Tensor:
         # Not through the feature cache: calibration images must not evict the user's images.
-        pixels = torch.cat([self.adapter.preprocess(im)[0] for im in images])
-        hidden, _ = self.adapter.postprocess(*encode_views(self.model, pixels))
-        return information_score(hidden.cpu())
+        pixels = [self.adapter.preprocess(im)[0] for im in images]
+        hidden, _ = self.adapter.postprocess(*encode_views(self.model, torch.cat(pixels)))
+        rows = [self.adapter.map_rows(p.shape[0], (im.height, im.width)) for p, im in zip(pixels, images)]
+        return view_phis(hidden.cpu(), _received(_joined_map_rows(rows, [p.shape[0] for p in pixels],
+                                                                  self.num_patches)))
 
     # --- features ------------------------------------------------------------------------
     def encode(self, images: Sequence[Image.Image]) -> EncodedImages:
@@ -218,7 +221,8 @@ class Pipeline:
             cached=[i not in missing for i in range(len(images))], tower_s=[e[3] for e in entries],
             media_key=hashlib.sha1("|".join(keys).encode()).hexdigest(), phi=torch.cat([e[4] for e in entries]),
             phi_ref=phi_ref, drops_cls=tuple(self.adapter.drops_cls(v) for v in views),
-            sources=tuple(i for i, e in enumerate(entries) for _ in e[2]))
+            sources=tuple(i for i, e in enumerate(entries) for _ in e[2]),
+            map_rows=_joined_map_rows([e[5] for e in entries], [e[0].shape[0] for e in entries], self.num_patches))
 
     def _encode_views_of(self, images: list[Image.Image], keys: list[str]) -> tuple[dict, float]:
         """One tower pass over ``images``: per key, (hidden, attention, views, seconds, φ); and the seconds."""
@@ -230,10 +234,11 @@ class Pipeline:
         synchronize(self.loaded.device)
         vision_s = time.perf_counter() - start
         hidden = hidden.cpu()
-        phi = information_score(hidden)
+        rows = [self.adapter.map_rows(c, (im.height, im.width)) for c, im in zip(counts, images)]
+        phi = view_phis(hidden, _received(_joined_map_rows(rows, counts, self.num_patches)))
         self.stats["tower_images"] += len(images)
-        return {key: (h, a, v, vision_s * len(v) / sum(counts), p) for key, h, a, p, v in
-                zip(keys, hidden.split(counts), cls.cpu().split(counts), phi.split(counts), views)}, vision_s
+        return {key: (h, a, v, vision_s * len(v) / sum(counts), p, m) for key, h, a, p, v, m in
+                zip(keys, hidden.split(counts), cls.cpu().split(counts), phi.split(counts), views, rows)}, vision_s
 
     def view_pixels(self, images: Sequence[Image.Image], feats: EncodedImages,
                     side: int = TOWER_VIEW_SIDE) -> list[np.ndarray]:
@@ -242,14 +247,21 @@ class Pipeline:
         return [tower_view(images[source], v.box, side) for source, v in zip(feats.sources, feats.views)]
 
     # --- budgets and selection (pure; safe to call from any thread, no lock) ------------------
-    def budgets(self, feats: EncodedImages, num_tokens: int, dynamic: bool = False) -> list[int]:
+    def budgets(self, feats: EncodedImages, num_tokens: int, dynamic: bool = False, mode: str = "per_view"
+                ) -> list[int]:
         """See :func:`view_budgets`."""
-        return view_budgets(feats, num_tokens, dynamic)
+        return view_budgets(feats, num_tokens, dynamic, mode)
 
     def select(self, feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, method: str = "prunesid",
-               options: dict | None = None, seed: int = 0) -> Selection:
+               options: dict | None = None, seed: int = 0, mode: str = "per_view") -> Selection:
         """See :func:`select`."""
-        return select(feats, num_tokens, dynamic=dynamic, method=method, options=options, seed=seed)
+        return select(feats, num_tokens, dynamic=dynamic, method=method, options=options, seed=seed, mode=mode)
+
+    def token_counts(self, feats: EncodedImages, selection: Selection | None = None) -> TokenCounts:
+        """Where the visual tokens of a prompt come from, without running the model: all of them
+        (``selection=None``: every received patch, no CLS) or ``selection``'s (its budgets, less
+        the CLS of views that drop it), plus LLaVA-NeXT's newline tokens."""
+        return token_counts(feats, selection)
 
     def projected_patches(self, feats: EncodedImages) -> torch.Tensor:
         """Float32 CPU ``[V, N, D_text]``: every view's patch rows through the projector (cached)."""
@@ -370,27 +382,29 @@ class Pipeline:
         return logits
 
     def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int = 64, *, dynamic: bool = False,
-                max_new_tokens: int = 64, selection: Selection | SelectFn | None = None) -> CompareResult:
+                max_new_tokens: int = 64, selection: Selection | SelectFn | None = None,
+                mode: str = "per_view") -> CompareResult:
         """Answer ``question`` about ``images`` with all visual tokens and with ``num_tokens`` per view.
 
         Args:
             num_tokens: visual tokens per view handed to the LLM, CLS included (2 … 1+N).
             dynamic: share the budget ∝ φ across views (see :func:`view_budgets`).
+            mode: ``"per_view"`` (``num_tokens`` per view) or ``"total"`` (over all views).
+                A rule passed as ``selection`` runs on every patch of every view.
             selection: the :class:`Selection` to answer with (e.g. the one on screen), or a rule
                 with ``select_tokens``'s signature; PruneSID's selection by default.
         """
         question = check_question(question)
         images = check_images(images)
         feats = self.encode(images)
-        k = check_budget(num_tokens, feats.num_patches)
+        budgets = view_budgets(feats, num_tokens, dynamic, mode)  # checks the budget
         selection_s = 0.0
         if not isinstance(selection, Selection):
             start = time.perf_counter()
             if selection is None:
-                chosen = select(feats, k, dynamic=dynamic)
+                chosen = select(feats, num_tokens, dynamic=dynamic, mode=mode)
             else:
-                chosen = selection(feats.hidden_states, feats.cls_attention,
-                                   selection_budgets(feats, view_budgets(feats, k, dynamic))).cpu()
+                chosen = selection(feats.hidden_states, feats.cls_attention, selection_budgets(feats, budgets)).cpu()
             selection, selection_s = chosen, time.perf_counter() - start
         full = self.answer(images, question, None, max_new_tokens=max_new_tokens)
         pruned = self.answer(images, question, selection, max_new_tokens=max_new_tokens)
@@ -434,6 +448,7 @@ class Pipeline:
             selection=selection, model_id=self.model_id, family=self.family, features_cached=all(feats.cached),
             full_tokens=list(full.tokens), pruned_tokens=list(pruned.tokens),
             answers_cached={"full": full.cached, "pruned": pruned.cached}, device=self.device,
+            counts={"full": self.token_counts(feats), "pruned": self.token_counts(feats, selection)},
             prefill_repeats=PREFILL_REPEATS if prefill_s is not None else 1)
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
@@ -461,6 +476,23 @@ def load_pipeline_or_demo(model_id_or_path: str, device: str | None = None, dtyp
         return load_pipeline(model_id_or_path, device, dtype), None
     except ModelLoadError as err:
         return load_pipeline(DEMO_MODEL_ID, device, dtype), f"{err} — showing the offline demo model instead."
+
+
+def _joined_map_rows(rows: list[torch.Tensor | None], counts: list[int], num_patches: int) -> torch.Tensor | None:
+    """One ``[V, N]`` map-row table over several images' views, rows renumbered to stay distinct."""
+    if all(r is None for r in rows):
+        return None
+    out, offset = [], 0
+    for r, count in zip(rows, counts):
+        if r is None:
+            r = torch.full((count, num_patches), RECEIVED, dtype=torch.long)
+        out.append(torch.where(r >= 0, r + offset, r))
+        offset += int(r.max().clamp(min=-1)) + 1
+    return torch.cat(out)
+
+
+def _received(map_rows: torch.Tensor | None) -> torch.Tensor | None:
+    return None if map_rows is None else map_rows >= RECEIVED
 
 
 def _merged_row(sel: Selection, row: int) -> torch.Tensor:

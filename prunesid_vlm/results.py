@@ -50,6 +50,18 @@ class EncodedImages:
     """Per view: the index of the image it was cut from. Unlike ``views[i].image`` (the media item
     it is answered with), this tells a clip's frames apart."""
 
+    map_rows: torch.Tensor | None = None
+    """Long ``[V, N]`` (see ``Adapter.map_rows``): per patch, its LLaVA-NeXT crop-map row (unique
+    across the images), ``RECEIVED`` (−1) outside the map, ``NOT_RECEIVED`` (−2) in the padding;
+    None when every patch is received and nothing is added between them."""
+
+    @property
+    def visible(self) -> torch.Tensor | None:
+        """Bool ``[V, N]``: the patches the language model receives on the full path (a LLaVA-NeXT
+        crop loses those in the padding); None when it receives all. The selection runs on these
+        patches only, and φ is measured on them."""
+        return None if self.map_rows is None else self.map_rows >= -1
+
     @property
     def num_views(self) -> int:
         return int(self.hidden_states.shape[0])
@@ -61,6 +73,37 @@ class EncodedImages:
     def view_rows(self, image: int) -> torch.Tensor:
         """Long: the view rows of one image, in order (base first for NeXT)."""
         return torch.tensor([i for i, v in enumerate(self.views) if v.image == image], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """The visual tokens one prompt hands to the language model, counted where they come from.
+
+    ``handed[v]``: tokens of tower view ``v`` (kept patches, its CLS where it keeps one, merged
+    tokens); ``newlines``: tokens of no view (LLaVA-NeXT's row ends on the crop map). Their sum
+    is the number of visual placeholders in the prompt."""
+
+    handed: tuple[int, ...]
+    newlines: int = 0
+    kinds: tuple[str, ...] = ()
+    """Per view: ``"image"``, ``"base"``, ``"crop"`` or ``"frame"``."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.handed) + self.newlines
+
+    def breakdown(self) -> str:
+        """E.g. ``"64 (base) + 63+64+64+64 (4 crops) + 20 newlines"``; ``""`` for a single view."""
+        if len(self.handed) == 1 and not self.newlines:
+            return ""
+        parts, kinds = [], self.kinds or ("view",) * len(self.handed)
+        for kind in dict.fromkeys(kinds):  # in order of first appearance
+            counts = [str(n) for n, k in zip(self.handed, kinds) if k == kind]
+            label = kind if len(counts) == 1 else f"{len(counts)} {kind}s"
+            parts.append(f"{'+'.join(counts)} ({label})")
+        if self.newlines:
+            parts.append(f"{self.newlines} newline{'s' if self.newlines != 1 else ''}")
+        return " + ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -118,6 +161,8 @@ class CompareResult:
     """Where the model ran (``"cpu"`` or ``"cuda"``)."""
     prefill_repeats: int = 1
     """Prefill-only passes behind each prefill time (their median; 1: the generation's own)."""
+    counts: dict[str, TokenCounts] = field(default_factory=dict)
+    """Per run (``"full"``, ``"pruned"``): where its visual tokens come from (sums to ``visual_tokens_*``)."""
 
     @property
     def prefill_speedup(self) -> float:
@@ -133,7 +178,9 @@ class CompareResult:
 
     def to_dict(self) -> dict:
         """JSON-ready (plain Python types; the selection as per-row summaries)."""
-        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "selection"}
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("selection", "counts")}
+        out["counts"] = {run: {"per_view": list(c.handed), "newlines": c.newlines, "total": c.total}
+                         for run, c in self.counts.items()}
         out["selection"] = [self.selection.to_dict(row) for row in range(self.selection.batch_size)]
         out["prefill_speedup"] = self.prefill_speedup
         out["prefill_bound"] = self.prefill_bound

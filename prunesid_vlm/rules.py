@@ -9,19 +9,23 @@ visitor's redraw is :func:`select` on that visitor's own :class:`EncodedImages`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
-from prunesid import allocate_budgets, dynamic_budget, select_tokens
+from prunesid import allocate_budgets, dynamic_budget, information_score, select_tokens
+from prunesid.config import DEFAULT_MIN_TOKENS
 from prunesid.result import Selection
+from prunesid.subset import concat_selections, expand_selection, subset_inputs
 from prunesid_eval.compare import method_fn
 from prunesid_eval.methods import get_method
 
-from .results import EncodedImages
+from .results import EncodedImages, TokenCounts
 
 MAX_QUESTION_CHARS = 2000
 """Longer questions are refused (LLaVA-1.5's context is 4096 tokens, most of it image)."""
@@ -74,19 +78,62 @@ def check_images(images) -> list[Image.Image]:
 
 
 # ---- budgets and selection on encoded features (pure: no model, no shared state) ------------
-def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False) -> list[int]:
-    """One budget per view (CLS included).
+BUDGET_MODES = ("per_view", "total")
+"""``per_view``: K tokens for every tower view; ``total``: K tokens over all views of the media
+(the paper's LLaVA-NeXT setting: 640 / 320 / 160 over the base view and its crops)."""
 
-    Fixed: ``num_tokens`` each. Dynamic: a single view gets ``num_tokens · φ / φ_ref``
-    (clamped); several views of one media item (crops, frames) share ``num_tokens × V`` ∝ φ.
+
+def check_budget_mode(mode: Any) -> str:
+    """``mode`` if it is one of :data:`BUDGET_MODES`, else a ValueError that names them."""
+    if mode not in BUDGET_MODES:
+        raise ValueError(f"The budget mode must be one of {', '.join(BUDGET_MODES)}; got {mode!r}.")
+    return mode
+
+
+def check_total_budget(num_tokens: Any, num_views: int, num_patches: int = 576) -> int:
+    """A total budget over ``num_views`` views as an int in [2·V, V·(1+N)], or a ValueError."""
+    if num_views == 1:
+        return check_budget(num_tokens, num_patches)
+    k = check_budget(num_tokens, num_views * (num_patches + 1) - 1)
+    if not 2 * num_views <= k <= num_views * (num_patches + 1):
+        raise ValueError(f"A total budget over {num_views} views must be between {2 * num_views} and "
+                         f"{num_views * (num_patches + 1)}; got {k}.")
+    return k
+
+
+def view_ceilings(feats: EncodedImages) -> list[int]:
+    """Per view: the most tokens it can hand over (CLS included where it keeps its CLS) — its
+    patches the language model receives, plus its CLS."""
+    drops = feats.drops_cls or (False,) * feats.num_views
+    counts = [feats.num_patches] * feats.num_views if feats.visible is None else feats.visible.sum(1).tolist()
+    return [int(c) + (0 if d else 1) for c, d in zip(counts, drops)]
+
+
+def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False, mode: str = "per_view") -> list[int]:
+    """One budget per view (CLS included), never above what the view can hand over.
+
+    ``per_view`` fixed: ``num_tokens`` each. ``per_view`` dynamic: a single view gets
+    ``num_tokens · φ / φ_ref`` (clamped); several views of one media item (crops, frames) share
+    ``num_tokens × V`` ∝ φ. ``total``: ``num_tokens`` over all views, split evenly (fixed) or ∝ φ
+    (dynamic).
     """
+    views, ceilings = feats.num_views, view_ceilings(feats)
+    if check_budget_mode(mode) == "total" and views > 1:
+        wanted = check_total_budget(num_tokens, views, feats.num_patches)
+        weights = feats.phi if dynamic else torch.ones(views)
+        return _shares(weights, wanted, ceilings)
     k = check_budget(num_tokens, feats.num_patches)
-    views, ceiling = feats.num_views, feats.num_patches + 1
     if not dynamic:
-        return [k] * views
+        return [min(k, c) for c in ceilings]
     if views == 1:
-        return [dynamic_budget(float(feats.phi[0]), k, feats.phi_ref, ceiling=ceiling)]
-    return [int(b) for b in allocate_budgets(feats.phi, k * views, ceiling=ceiling)]
+        return [dynamic_budget(float(feats.phi[0]), k, feats.phi_ref, ceiling=ceilings[0])]
+    return _shares(feats.phi, k * views, ceilings)
+
+
+def _shares(weights, total: int, ceilings: list[int]) -> list[int]:
+    floor = min(DEFAULT_MIN_TOKENS, *ceilings)
+    total = max(min(total, sum(ceilings)), floor * len(ceilings))
+    return [int(b) for b in allocate_budgets(weights, total, floor=floor, ceiling=ceilings)]
 
 
 def selection_budgets(feats: EncodedImages, budgets: Sequence[int]) -> list[int]:
@@ -95,20 +142,104 @@ def selection_budgets(feats: EncodedImages, budgets: Sequence[int]) -> list[int]
     return [min(int(b) + int(drop), ceiling) for b, drop in zip(budgets, feats.drops_cls or [False] * len(budgets))]
 
 
+def view_phis(hidden_states: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 ``[V]``: φ of every view, measured on the patches the language model receives."""
+    phi = information_score(hidden_states)
+    if visible is not None:
+        for view in (~visible.all(dim=1)).nonzero().flatten().tolist():  # the few partly padded crops
+            patches = visible[view].nonzero().flatten()
+            tower = torch.cat([patches.new_zeros(1), patches + 1])
+            phi[view] = information_score(hidden_states[view:view + 1, tower])[0]
+    return phi
+
+
 def select(feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, method: str = "prunesid",
-           options: dict | None = None, seed: int = 0) -> Selection:
-    """A registry method's selection on ``feats`` at ``num_tokens`` per view (CPU).
+           options: dict | None = None, seed: int = 0, mode: str = "per_view") -> Selection:
+    """A registry method's selection on ``feats`` at ``num_tokens`` per view (or in all, ``mode="total"``), CPU.
 
     A dynamic method (``prunesid-dyn``) gets its budgets from :func:`view_budgets` with
     ``dynamic=True`` — the same rule as PruneSID with ``dynamic=True`` — and runs PruneSID's
-    fixed-budget rule with them, so the two always agree.
+    fixed-budget rule with them, so the two always agree. Views with patches the language
+    model does not receive are selected on the received ones only (``feats.visible``).
     """
     spec = get_method(method)
-    budgets = selection_budgets(feats, view_budgets(feats, num_tokens, dynamic or spec.dynamic))
-    hidden, attention = feats.hidden_states, feats.cls_attention
+    budgets = selection_budgets(feats, view_budgets(feats, num_tokens, dynamic or spec.dynamic, mode))
     if spec.dynamic:
-        return replace(select_tokens(hidden, attention, budgets), method=spec.name)
-    return method_fn(spec, seed=seed, options=options)(hidden, attention, budgets).cpu()
+        rule = lambda h, a, b, _opts: replace(select_tokens(h, a, b), method=spec.name)  # noqa: E731
+    else:
+        rule = lambda h, a, b, opts: method_fn(spec, seed=seed, options=opts)(h, a, b).cpu()  # noqa: E731
+    hidden, attention, visible = feats.hidden_states, feats.cls_attention, feats.visible
+    if visible is None or bool(visible.all()):
+        return rule(hidden, attention, budgets, options)
+    whole = visible.all(dim=1)
+    rows: dict[int, Selection] = {}
+    if bool(whole.any()):
+        index = whole.nonzero().flatten()
+        together = rule(hidden[index], attention[index], [budgets[i] for i in index.tolist()],
+                        _rows_of(options, index))
+        rows.update({int(v): _row(together, r) for r, v in enumerate(index.tolist())})
+    for view in (~whole).nonzero().flatten().tolist():  # a few partly padded crops: one call each
+        patches = visible[view].nonzero().flatten()
+        sub_hidden, sub_attention = subset_inputs(hidden[view:view + 1], attention[view:view + 1], patches)
+        sub_options = _rows_of(options, torch.tensor([view]), patches)
+        if "grid_shape" in inspect.signature(spec.fn).parameters:  # a spatial rule: the received rectangle
+            sub_options = {**(sub_options or {}), spec.name: {**(sub_options or {}).get(spec.name, {}),
+                                                               "grid_shape": _rectangle(patches, feats.num_patches)}}
+        made = rule(sub_hidden, sub_attention, [budgets[view]], sub_options)
+        rows[view] = expand_selection(made, patches, feats.num_patches)
+    return concat_selections([rows[v] for v in range(feats.num_views)])
+
+
+def _row(selection: Selection, row: int) -> Selection:
+    """Row ``row`` of a selection, as a one-row selection."""
+    picked = {}
+    for name in ("keep", "num_tokens", "group", "num_groups", "nms_rank", "suppressed_by", "group_size",
+                 "group_survivors", "group_budget", "importance", "rho", "tau", "phi", "merged_tokens",
+                 "merged_into"):
+        value = getattr(selection, name)
+        picked[name] = None if value is None else value[row:row + 1]
+    return replace(selection, **picked)
+
+
+def _rectangle(patches: torch.Tensor, num_patches: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the rectangle of a square patch grid that ``patches`` (raster order) fill:
+    unpadding cuts whole rows or whole columns off a crop, so what it receives is one."""
+    side = math.isqrt(num_patches)
+    rows, cols = (patches // side).unique().numel(), (patches % side).unique().numel()
+    if rows * cols != patches.numel():
+        raise ValueError(f"{patches.numel()} received patches do not form a rectangle of the {side}x{side} grid")
+    return rows, cols
+
+
+def _rows_of(options: dict | None, views: torch.Tensor, patches: torch.Tensor | None = None) -> dict | None:
+    """Per-method options (``{method: {key: value}}``) for some views and, given ``patches``, those
+    patches only: the per-view tensors among them (DivPrune's projected ``features`` ``[V, N, D]``)."""
+    if not options:
+        return options
+    out = {}
+    for name, opts in options.items():
+        if "features" in opts:
+            features = opts["features"][views]
+            opts = {**opts, "features": features if patches is None else features[:, patches]}
+        out[name] = opts
+    return out
+
+
+def token_counts(feats: EncodedImages, selection: Selection | None = None) -> TokenCounts:
+    """Where a prompt's visual tokens come from: all of them (``selection=None``: every received
+    patch, no CLS) or ``selection``'s (its budgets, less the CLS of views that drop it), plus one
+    newline per crop-map row that is sent (LLaVA-NeXT). Pure: from ``feats.map_rows`` alone."""
+    drops = torch.tensor(feats.drops_cls or (False,) * feats.num_views, dtype=torch.long)
+    rows = feats.map_rows
+    if selection is None:
+        handed = torch.full((feats.num_views,), feats.num_patches) if rows is None else (rows >= -1).sum(1)
+        sent = rows
+    else:
+        handed = selection.num_tokens.cpu() - drops
+        sent = None if rows is None else rows[selection.kept_patches.cpu()]
+    newlines = 0 if sent is None else int(sent[sent >= 0].unique().numel())
+    return TokenCounts(handed=tuple(int(h) for h in handed), newlines=newlines,
+                       kinds=tuple(v.kind for v in feats.views))
 
 
 def selection_key(selection: Selection) -> str:

@@ -25,6 +25,7 @@ from prunesid_vlm.pipeline import (
     check_budget,
     check_question,
     select,
+    token_counts,
     unseen_note,
     view_budgets,
 )
@@ -223,11 +224,17 @@ def answer_panel(analysis: Analysis | None, question: str | None = None) -> dict
     (and, if given, for ``question``), otherwise empty panels whose headers say what Run would compare."""
     if _answered_here(analysis) and (question is None or question.strip() == analysis.answered["question"]):
         return dict(analysis.answered["texts"])
+    full = "" if analysis is None else tokens_head(token_counts(analysis.feats))
     tokens = ("" if analysis is None or analysis.selection is None
-              else f" · {int(sum(analysis.budgets))} visual tokens")
-    full = "" if analysis is None else f" · {analysis.num_views * analysis.num_patches} visual tokens"
+              else tokens_head(token_counts(analysis.feats, analysis.selection)))
     return {"full_head": f"#### Full{full}", "full_answer": "", "full_stats": "",
             "pruned_head": f"#### PruneSID{tokens}", "pruned_answer": "", "pruned_stats": "", "fidelity": ""}
+
+
+def tokens_head(counts) -> str:
+    """`` · 339 visual tokens`` and, for several views, where they come from (they add up)."""
+    parts = counts.breakdown()
+    return f" · {counts.total} visual tokens" + (f" = {parts}" if parts else "")
 
 
 def budget_text(analysis: Analysis) -> str:
@@ -387,19 +394,17 @@ def answer_texts(result: CompareResult, is_demo: bool = False) -> dict[str, str]
     """Headers, answers, timing lines and the fidelity explanation for the answers panel."""
     full, pruned = result.timings["full"], result.timings["pruned"]
     total_speedup = full["total_s"] / max(pruned["total_s"], 1e-12)
-    budgets = result.budgets
-    per = f" ({' + '.join(map(str, budgets))})" if len(budgets) > 1 else ""
     agree = "yes" if result.first_token_agrees else "no"
     same = "identical" if result.same_answer else "different"
     demo = (" *Demo model: random weights, so these answers are gibberish and only show the mechanics.*"
             if is_demo else "")
     repeats = f" (median of {result.prefill_repeats})" if result.prefill_repeats > 1 else ""
     return {
-        "full_head": f"#### Full · {result.visual_tokens_full} visual tokens",
+        "full_head": f"#### Full{tokens_head(result.counts['full'])}",
         "full_answer": result.full_answer or "(empty answer)",
         "full_stats": (f"prefill **{_ms(full['prefill_s'])}**{repeats} · total **{_ms(full['total_s'])}**"
                        + _cache_note(result.answers_cached.get("full", False))),
-        "pruned_head": f"#### PruneSID · {result.visual_tokens_pruned} visual tokens{per}",
+        "pruned_head": f"#### PruneSID{tokens_head(result.counts['pruned'])}",
         "pruned_answer": result.pruned_answer or "(empty answer)",
         "pruned_stats": (f"prefill **{_ms(pruned['prefill_s'])}**{repeats} (**{speedup_text(result.prefill_speedup)}**; "
                          f"the prompt is {result.prefill_bound:.1f}× shorter) · total **{_ms(pruned['total_s'])}** "

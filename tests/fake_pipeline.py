@@ -13,7 +13,8 @@ from PIL import Image
 from prunesid import information_score
 from prunesid_vlm.adapters.base import ViewInfo
 from prunesid_vlm.calibration import Calibration
-from prunesid_vlm.pipeline import CompareResult, EncodedImages, check_budget, check_question, select, tower_view
+from prunesid_vlm.pipeline import (CompareResult, EncodedImages, TokenCounts, check_budget, check_question, select,
+                                   tower_view)
 
 
 class FakePipeline:
@@ -79,8 +80,11 @@ class FakePipeline:
             visual_tokens_pruned=tokens, prompt_tokens={"full": 600, "pruned": 600 - 576 + tokens},
             timings={"full": dict(timing), "pruned": dict(timing)}, fidelity=0.0, first_token_agrees=True,
             same_answer=False, budgets=[int(n) for n in selection.num_tokens], selection=selection,
-            model_id=self.model_id, family=self.family, features_cached=True, answers_cached={"full": False,
-                                                                                              "pruned": False})
+            model_id=self.model_id, family=self.family, features_cached=True,
+            answers_cached={"full": False, "pruned": False},
+            counts={"full": TokenCounts(handed=(576,) * len(images), kinds=("image",) * len(images)),
+                    "pruned": TokenCounts(handed=tuple(int(n) for n in selection.num_tokens),
+                                          kinds=("image",) * len(images))})
 
     def method_options(self, feats, methods=None) -> dict:
         return {}

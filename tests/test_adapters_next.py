@@ -2,6 +2,7 @@
 the restoration of kept crop tokens in raster order on the unpadded map with newlines."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from prunesid import select_tokens
@@ -84,3 +85,53 @@ def test_dynamic_ratio_shares_the_total_across_base_and_crops(llava_next_pipelin
     result = pipe.compare([image], QUESTION, k, dynamic=True, max_new_tokens=2)
     assert len(result.budgets) == 5 and sum(result.budgets) == 5 * k
     assert result.selection.num_tokens.tolist() == [result.budgets[0]] + [b + 1 for b in result.budgets[1:]]
+
+
+def test_a_padded_crop_spends_its_budget_on_received_patches_only(llava_next_pipeline):
+    """A very wide image: its crops reach into the padding that unpadding drops. Every kept crop
+    patch is one the language model receives, so each crop hands over its whole budget."""
+    pipe, k = llava_next_pipeline, 64
+    image = make_image(7, 60, 1500)
+    feats = pipe.encode([image])
+    assert feats.visible is not None and not bool(feats.visible[1:].all())  # partly padded crops
+    sel = pipe.select(feats, k)
+    for view in range(1, feats.num_views):
+        kept = sel.kept_patches[view]
+        assert not bool((kept & ~feats.visible[view]).any())
+        assert int(kept.sum()) == min(k, int(feats.visible[view].sum()))
+    # PruneSID's groups live on the received patches only.
+    assert bool((sel.group[1:][~feats.visible[1:]] == -1).all())
+
+
+def test_token_counts_add_up_to_what_the_model_receives(llava_next_pipeline):
+    """The per-view counts plus the newlines are exactly the visual placeholders of each prompt."""
+    pipe = llava_next_pipeline
+    for image, mode, k in ((make_image(7, 60, 1500), "per_view", 64), (make_image(5, 300, 500), "per_view", 48),
+                           (make_image(5, 300, 500), "total", 160)):
+        feats = pipe.encode([image])
+        sel = pipe.select(feats, k, mode=mode)
+        result = pipe.compare([image], QUESTION, k, max_new_tokens=1, selection=sel)
+        full, pruned = result.counts["full"], result.counts["pruned"]
+        assert full.total == result.visual_tokens_full and pruned.total == result.visual_tokens_pruned
+        assert full.newlines > 0 and 0 < pruned.newlines <= full.newlines
+        assert list(pruned.handed) == result.budgets
+        if mode == "total":
+            assert sum(pruned.handed) == k
+        else:
+            assert all(h <= k for h in pruned.handed)
+        assert str(pruned.newlines) in pruned.breakdown() and "crops" in pruned.breakdown()
+
+
+def test_total_budget_mode_splits_the_papers_totals_over_the_views(llava_next_pipeline):
+    pipe = llava_next_pipeline
+    feats = pipe.encode([make_image(5, 300, 500)])
+    for total in (160, 320, 640):
+        budgets = pipe.budgets(feats, total, mode="total")
+        assert len(budgets) == feats.num_views and sum(budgets) == total
+        assert max(budgets) - min(budgets) <= 1 or any(b == c for b, c in zip(budgets, pipe.budgets(feats, 577)))
+        dynamic = pipe.budgets(feats, total, dynamic=True, mode="total")
+        assert sum(dynamic) == total
+    with pytest.raises(ValueError, match="total budget"):
+        pipe.budgets(feats, 3, mode="total")
+    with pytest.raises(ValueError, match="budget mode"):
+        pipe.budgets(feats, 64, mode="sum")

@@ -10,7 +10,7 @@ import torch
 from prunesid import information_score
 from prunesid_vlm import studies
 from prunesid_vlm.calibration import calibration_images
-from prunesid_vlm.pipeline import select, selection_budgets, view_budgets
+from prunesid_vlm.pipeline import select, selection_budgets, view_budgets, view_phis
 
 QUESTION = "What is in the picture?"
 
@@ -34,7 +34,10 @@ def test_calibration_phi_is_the_phi_of_a_users_image(any_pipeline):
     assert calibration.phi_ref == pytest.approx(float(phis.mean()), abs=1e-6)
     feats = pipe.encode(images[:1])
     assert feats.phi_ref == pytest.approx(calibration.phi_ref)
-    torch.testing.assert_close(feats.phi, information_score(feats.hidden_states))
+    # φ is measured on the patches the language model receives (a padded NeXT crop: fewer).
+    torch.testing.assert_close(feats.phi, view_phis(feats.hidden_states, feats.visible))
+    if feats.visible is None or bool(feats.visible.all()):
+        torch.testing.assert_close(feats.phi, information_score(feats.hidden_states))
 
 
 def test_dynamic_toggle_and_prunesid_dyn_give_the_same_budgets(llava_next_pipeline, images):
@@ -192,3 +195,16 @@ def test_a_clips_views_know_their_frames(llava_next_video_pipeline, images):
     assert [v.image for v in feats.views] == [0, 0, 0] and feats.sources == (0, 1, 2)
     pixels = pipe.view_pixels(images, feats)
     assert all(np.array_equal(p, tower_view(im, v.box)) for p, im, v in zip(pixels, images, feats.views))
+
+
+def test_token_counts_are_the_prompts_visual_tokens(any_pipeline, images):
+    pipe = any_pipeline
+    media = images[:3] if pipe.one_clip else images[:1]
+    feats = pipe.encode(media)
+    for k, dynamic in ((16, False), (64, True)):
+        sel = select(feats, k, dynamic=dynamic)
+        result = pipe.compare(media, QUESTION, k, dynamic=dynamic, max_new_tokens=1, selection=sel)
+        assert result.counts["full"].total == result.visual_tokens_full
+        assert result.counts["pruned"].total == result.visual_tokens_pruned
+        assert pipe.token_counts(feats, sel) == result.counts["pruned"]
+        assert result.to_dict()["counts"]["pruned"]["total"] == result.visual_tokens_pruned

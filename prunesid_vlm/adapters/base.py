@@ -13,6 +13,12 @@ import torch
 from PIL import Image
 
 
+RECEIVED = -1
+"""In :meth:`Adapter.map_rows`: a patch the language model receives outside LLaVA-NeXT's crop map."""
+NOT_RECEIVED = -2
+"""In :meth:`Adapter.map_rows`: a patch in the padding that unpadding drops."""
+
+
 @dataclass(frozen=True)
 class ViewInfo:
     """Where one tower view (an image, an AnyRes base/crop, or a frame) comes from.
@@ -55,6 +61,13 @@ class Adapter(Protocol):
     def drops_cls(self, view: ViewInfo) -> bool:
         """Whether a view's CLS is dropped after selection (it is then selected with one token
         more, so that it still hands over its budget)."""
+
+    def map_rows(self, num_views: int, image_size: tuple[int, int]) -> torch.Tensor | None:
+        """Long ``[V, N]`` for one image's views, or None when every patch is received and no
+        token is added between them: per patch, the row of LLaVA-NeXT's crop map it lands on
+        (each map row that is sent ends with one ``image_newline`` token), ``RECEIVED`` for a
+        patch sent outside the map (the base view), ``NOT_RECEIVED`` for one that unpadding
+        drops."""
 
     def project(self, rows: torch.Tensor) -> torch.Tensor:
         """``[T, D_vision]`` → ``[T, D_text]`` through the multimodal projector."""

@@ -52,6 +52,10 @@ class LlavaAdapter:
         """Whether the view's CLS is dropped after selection (it keeps its place here)."""
         return False
 
+    def map_rows(self, num_views: int, image_size: tuple[int, int]) -> torch.Tensor | None:
+        """Every patch of a view reaches the language model here, and nothing else does."""
+        return None
+
     def project(self, rows: torch.Tensor) -> torch.Tensor:
         """``[T, D_vision]`` → ``[T, D_text]`` through the multimodal projector."""
         projector = self.model.model.multi_modal_projector

@@ -4,14 +4,15 @@ Full path: transformers' own packing — base 24×24 in raster order, then the c
 merged into one ``(rows·24) × (cols·24)`` map, unpadded to the image's aspect, with one
 ``image_newline`` token after every map row.
 
-Pruned path (docs/algorithm.md, "LLaVA-NeXT"): every view gets its own budget.
+Pruned path (docs/algorithm.md, "LLaVA-NeXT"): every view gets its own budget, spent only
+on the patches the language model receives (:meth:`LlavaNextAdapter.map_rows`).
 * base view: its kept tower rows, CLS included, in the selection's order (as LLaVA-1.5);
 * crops: a crop has no place for its CLS on the map, so a crop with budget K is selected
   with K + 1 (CLS + K patches) and the CLS dropped; its kept patches are restored **in
   raster order on the unpadded map**, each map row that keeps a token ending with the
   newline token. (The reference code puts crop tokens at the wrong positions and drops the
-  newlines; this is the intended behaviour.) Kept patches that fall in the padding that
-  unpadding removes are dropped, so a crop can hand over a few fewer than K.
+  newlines; this is the intended behaviour.) The selection runs on the crop's patches that
+  survive unpadding only, so none of its budget goes to padding.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 from transformers.image_processing_utils import select_best_resolution
 
-from .base import ViewInfo
+from .base import NOT_RECEIVED, RECEIVED, ViewInfo
 from .llava import LlavaAdapter
 
 NEWLINE = -1
@@ -76,6 +77,17 @@ class LlavaNextAdapter(LlavaAdapter):
         """
         ids = torch.arange(num_views * self.num_patches, dtype=torch.float64).view(num_views, self.num_patches, 1)
         return self._pack(ids, image_size, torch.tensor([float(NEWLINE)], dtype=torch.float64))[:, 0].long()
+
+    def map_rows(self, num_views: int, image_size: tuple[int, int]) -> torch.Tensor:
+        """Long ``[V, N]``: the base view's patches ``RECEIVED``; each crop patch its row on the
+        unpadded crop map, or ``NOT_RECEIVED`` when it lies in the padding."""
+        slots = self.layout(num_views, image_size)[self.num_patches:]
+        is_newline = slots == NEWLINE
+        row = torch.cumsum(is_newline.long(), 0) - is_newline.long()  # map row of every slot
+        rows = torch.full((num_views * self.num_patches,), NOT_RECEIVED, dtype=torch.long)
+        rows[: self.num_patches] = RECEIVED
+        rows[slots[~is_newline]] = row[~is_newline]
+        return rows.view(num_views, self.num_patches)
 
     def full_features(self, hidden: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
         """Per image ``[T_i, D_text]``: exactly what ``get_image_features`` returns."""
