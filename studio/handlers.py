@@ -78,15 +78,26 @@ def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str
                     reference_phis=list(pipe.calibration().phis), notes=list(notes), frame_times=frame_times)
 
 
-def reselect(analysis: Analysis, budget: Any, dynamic: bool) -> Analysis:
-    """Select again on the session's cached features for a new budget / dynamic setting.
+def budget_rule(analysis: Analysis) -> tuple[int, str]:
+    """``(num_tokens, mode)`` for the pipeline: K per view, or K × views over all views when shared."""
+    if analysis.shared and analysis.num_views > 1:
+        return analysis.budget * analysis.num_views, "total"
+    return analysis.budget, "per_view"
+
+
+def reselect(analysis: Analysis, budget: Any, dynamic: bool, shared: bool | None = None) -> Analysis:
+    """Select again on the session's cached features for a new budget / dynamic / shared setting
+    (``shared=None`` keeps the session's).
 
     Pure: no model, no lock, nothing shared, so redraws of different visitors run side by side."""
     k = check_budget(budget, analysis.num_patches)
+    analysis = replace(analysis, budget=k, dynamic=bool(dynamic),
+                       shared=analysis.shared if shared is None else bool(shared))
+    num_tokens, mode = budget_rule(analysis)
     start = time.perf_counter()
-    sel = select(analysis.feats, k, dynamic=bool(dynamic))
+    sel = select(analysis.feats, num_tokens, dynamic=analysis.dynamic, mode=mode)
     ms = 1000 * (time.perf_counter() - start)
-    return replace(analysis, budget=k, dynamic=bool(dynamic), budgets=view_budgets(analysis.feats, k, bool(dynamic)),
+    return replace(analysis, budgets=view_budgets(analysis.feats, num_tokens, analysis.dynamic, mode),
                    selection=sel, selection_ms=ms)
 
 
@@ -94,8 +105,9 @@ def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: in
     """Both answers (all tokens vs PruneSID's) for the analysed media, with exactly the selection on screen."""
     if analysis.selection is None:
         raise ValueError("Nothing selected yet: pick a budget first.")
-    return pipe.compare(analysis.images, check_question(question), analysis.budget, dynamic=analysis.dynamic,
-                        max_new_tokens=int(max_new_tokens), selection=analysis.selection)
+    num_tokens, mode = budget_rule(analysis)
+    return pipe.compare(analysis.images, check_question(question), num_tokens, dynamic=analysis.dynamic,
+                        max_new_tokens=int(max_new_tokens), selection=analysis.selection, mode=mode)
 
 
 def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_new_tokens: int = 64,
@@ -168,7 +180,7 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
     """Outputs for ``VIEW_KEYS``: the ``parts`` are drawn, the other views are left as they are
     (and drawn when their tab is opened)."""
     view = max(0, min(int(view or 0), analysis.num_views - 1))
-    key = (analysis.budget, analysis.dynamic, view)
+    key = analysis.setting + (view,)
     drawn = {p: k for p, k in analysis.drawn.items() if k == key} if parts != V.PARTS else {}
     r = V.render(analysis, view, parts)
     drawn.update({p: key for p in parts})
@@ -203,7 +215,7 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
 
 def _answered_here(analysis: Analysis | None) -> bool:
     a = analysis.answered if analysis is not None else None
-    return a is not None and (a["budget"], a["dynamic"]) == (analysis.budget, analysis.dynamic)
+    return a is not None and a["setting"] == analysis.setting
 
 
 def stale_note(analysis: Analysis | None) -> str:
@@ -215,6 +227,8 @@ def stale_note(analysis: Analysis | None) -> str:
         return ""
     a = analysis.answered
     made = f"{a['tokens']} tokens" + (f" (dynamic ratio, K = {a['budget']})" if a["dynamic"] else "")
+    if a["setting"][2]:
+        made += " shared over all views"
     return (f"⚠ *Not run for this setting: the last answers were made with {made}. "
             "Press **Run** to answer with what the views show now.*")
 
@@ -240,9 +254,15 @@ def tokens_head(counts) -> str:
 def budget_text(analysis: Analysis) -> str:
     """The line under the budget slider: K, and with the dynamic ratio on, what each view really gets."""
     text = V.budget_label(analysis.budget, analysis.num_patches)
-    if not analysis.dynamic:
-        return text
     given = analysis.budgets
+    if analysis.setting[2]:
+        rule = "∝ φ" if analysis.dynamic else "evenly, a view taking no more than it can hand over"
+        return (f"{text} · shared over {len(given)} views ({rule}): {' + '.join(map(str, given))} = "
+                f"**{sum(given)} tokens**")
+    if not analysis.dynamic:
+        if len(given) > 1 and min(given) < analysis.budget:
+            return f"{text} per view · {' + '.join(map(str, given))} (a crop hands over at most what it shows)"
+        return text
     if len(given) == 1:
         return f"{text} · dynamic ratio: **{given[0]} tokens** for this image"
     return f"{text} · dynamic ratio: {' + '.join(map(str, given))} = **{sum(given)} tokens** over {len(given)} views"
@@ -268,7 +288,7 @@ def _matches(state: Analysis | None, kind: str, source: str | None, model_id: st
 
 @guarded(_empty_views)
 def on_prepare(kind: str, image: str | None, video: str | None, model_id: str | None, budget: Any, dynamic: bool,
-               view: Any = 1, state: Analysis | None = None, progress=gr.Progress()) -> tuple:
+               view: Any = 1, state: Analysis | None = None, shared: bool = False, progress=gr.Progress()) -> tuple:
     """Upload / example / Run: load the media, encode it (once), select and draw every view."""
     kind = "video" if kind == "video" else "image"
     source = video if kind == "video" else image
@@ -282,21 +302,21 @@ def on_prepare(kind: str, image: str | None, video: str | None, model_id: str | 
         analysis, fresh = encode(pipe, kind, source, images, notes, times), True
         if state is not None and state.answered and state.source == analysis.source:
             analysis.answered = None
-    analysis = reselect(analysis, budget, dynamic)
+    analysis = reselect(analysis, budget, dynamic, shared)
     return _view_outputs(analysis, (int(view or 1) - 1) if not fresh else 0, _status_for(analysis, pipe, fresh))
 
 
 @guarded(_redraw_refused)
 def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, kind: str, image: str | None,
-                video: str | None, model_id: str | None, active: str = "kept") -> tuple:
+                video: str | None, model_id: str | None, active: str = "kept", shared: bool = False) -> tuple:
     """Slider release / preset / dynamic toggle: re-select from cached features and redraw the
     visible view (``active``, one of ``views.PARTS``); no new answers."""
     if state is None:
         if not (image if kind != "video" else video):
             return tuple(gr.skip() for _ in VIEW_KEYS)  # nothing uploaded yet: just move the slider
-        return on_prepare.__wrapped__(kind, image, video, model_id, budget, dynamic, view, None,
+        return on_prepare.__wrapped__(kind, image, video, model_id, budget, dynamic, view, None, shared,
                                       progress=_no_progress)
-    analysis = reselect(state, budget, dynamic)
+    analysis = reselect(state, budget, dynamic, shared)
     parts = (active,) if active in V.PARTS else V.PARTS
     return _view_outputs(analysis, int(view or 1) - 1, status_line(
         f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.", "ok"), parts)
@@ -326,7 +346,7 @@ def on_tab(part: str):
         if state is None or state.selection is None:
             return (part,) + tuple(gr.skip() for _ in VIEW_KEYS)
         v = max(0, min(int(view or 1) - 1, state.num_views - 1))
-        if state.drawn.get(part) == (state.budget, state.dynamic, v):
+        if state.drawn.get(part) == state.setting + (v,):
             return (part,) + tuple(gr.skip() for _ in VIEW_KEYS)
         return (part,) + guarded(_redraw_refused)(_view_outputs)(state, v, gr.skip(), (part,))
 
@@ -366,7 +386,7 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     progress(0.1, desc="Answering twice: with all visual tokens, then with PruneSID's")
     result = answer(state, question, pipe, int(max_new_tokens or 64))
     texts = answer_texts(result, is_demo=pipe.is_demo)
-    state = replace(state, answered={"budget": state.budget, "dynamic": state.dynamic,
+    state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
                                      "texts": texts})
     values = dict(texts, state=state, stale=stale_note(state))
@@ -472,11 +492,11 @@ def on_media(kind: str):
     """Upload / example / clear of the image (``kind="image"``) or video input: analyse it at once."""
 
     def handler(source: str | None, model_id: str | None, budget: Any, dynamic: bool, state: Analysis | None,
-                progress=gr.Progress()) -> tuple:
+                shared: bool = False, progress=gr.Progress()) -> tuple:
         if not source:  # cleared: keep the page as it is
             return (kind,) + tuple(gr.skip() for _ in VIEW_KEYS)
         image, video = (source, None) if kind == "image" else (None, source)
-        return (kind,) + on_prepare(kind, image, video, model_id, budget, dynamic, 1, state, progress=progress)
+        return (kind,) + on_prepare(kind, image, video, model_id, budget, dynamic, 1, state, shared, progress=progress)
 
     handler.__name__ = f"on_{kind}_upload"
     return handler

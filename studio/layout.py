@@ -142,6 +142,9 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                 presets = [gr.Button(str(k), size="sm", elem_id=f"preset-{k}") for k in PRESETS]
                 preset_all = gr.Button("all 577", size="sm", elem_id="preset-all")
             dynamic = gr.Checkbox(False, label="Dynamic ratio: more tokens for more complex images", elem_id="dynamic")
+            shared = gr.Checkbox(False, label="Share K × views over all views (LLaVA-NeXT crops, video frames; the "
+                                              "paper's NeXT totals: K = 128 / 64 / 32 → 640 / 320 / 160)",
+                                 elem_id="shared")
             with gr.Accordion("Generation", open=False):
                 max_new = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens", elem_id="max-new")
             run = gr.Button("Run: draw the views and answer twice", variant="primary", elem_id="run")
@@ -213,11 +216,11 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     image_tab.select(lambda: "image", None, kind, queue=False, **private)
     video_tab.select(lambda: "video", None, kind, queue=False, **private)
     for source, name in ((image, "image"), (video, "video")):
-        source.change(H.on_media(name), [source, model, budget, dynamic, state], [kind] + view_out,
+        source.change(H.on_media(name), [source, model, budget, dynamic, state, shared], [kind] + view_out,
                       show_progress="minimal", **MODEL_EVENTS, **private
                       ).then(H.on_load, None, [banner], **private)
 
-    run.click(H.on_prepare, [kind, image, video, model, budget, dynamic, frame, state], view_out,
+    run.click(H.on_prepare, [kind, image, video, model, budget, dynamic, frame, state, shared], view_out,
               show_progress="minimal", **MODEL_EVENTS, **private
               ).then(H.on_answer, [state, question, budget, dynamic, max_new], answer_out,
                      **MODEL_EVENTS, **private
@@ -229,7 +232,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
         tab.select(H.on_tab(part), [state, frame], [active] + view_out, show_progress="minimal", **REDRAW_EVENTS,
                    **private)
 
-    reselect_in = [state, budget, dynamic, frame, kind, image, video, model, active]
+    reselect_in = [state, budget, dynamic, frame, kind, image, video, model, active, shared]
     budget.change(budget_label, budget, budget_md, queue=False, show_progress="hidden", **private)
     budget.release(H.on_reselect, reselect_in, view_out, show_progress="minimal", trigger_mode="always_last",
                    **REDRAW_EVENTS, **private)
@@ -237,7 +240,8 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
         button.click(lambda k=k: (k, budget_label(k)), None, [budget, budget_md], queue=False, **private
                      ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS,
                             **private)
-    dynamic.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
+    for toggle in (dynamic, shared):
+        toggle.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
     nms_group.input(H.on_nms_group, [state, nms_group, frame], view_out, show_progress="minimal", **REDRAW_EVENTS,
                     **private)
     frame.release(H.on_view, [state, frame, active], view_out, show_progress="minimal", **REDRAW_EVENTS, **private)

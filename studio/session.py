@@ -33,13 +33,19 @@ class Analysis:
     # Updated by each selection:
     budget: int = 64
     dynamic: bool = False
+    shared: bool = False  # K × views shared over all views (the paper's LLaVA-NeXT totals), not K per view
     budgets: list[int] = field(default_factory=list)
     selection: Selection | None = None
     selection_ms: float = 0.0
     drawn: dict = field(default_factory=dict)  # view part -> (budget, dynamic, view) it was drawn for
     nms_group: int | None = None  # the group the NMS view shows in full (None: the one with most duplicates; -1: all)
     # Set by the last answer:
-    answered: dict | None = None  # {"budget": K, "dynamic": bool, "question": str}
+    answered: dict | None = None  # {"setting": Analysis.setting, "question": str, "tokens": int, "texts": {...}}
+
+    @property
+    def setting(self) -> tuple[int, bool, bool]:
+        """What a selection (and the answers made with it) depends on besides the media."""
+        return (self.budget, self.dynamic, self.shared and self.num_views > 1)
 
     @property
     def phi_ref(self) -> float:

@@ -68,7 +68,8 @@ class FakePipeline:
     def select(self, feats, num_tokens, **kwargs):
         return select(feats, num_tokens, **kwargs)
 
-    def compare(self, images, question, num_tokens=64, *, dynamic=False, max_new_tokens=64, selection=None):
+    def compare(self, images, question, num_tokens=64, *, dynamic=False, max_new_tokens=64, selection=None,
+                mode="per_view"):
         question = check_question(question)
         k = check_budget(num_tokens)
         self.calls.append(("compare", selection))

@@ -2,6 +2,7 @@
 that bad input gives a message, never an exception."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import os
@@ -97,7 +98,7 @@ def test_slider_reselects_from_cached_features_and_redraws_only_the_visible_view
     assert int(out["state"].selection.num_tokens[0]) == 128
     assert Path(out["nms"]).exists()
     assert is_skip(out["kept"]) and is_skip(out["groups"]) and is_skip(out["group_chart"])
-    assert out["state"].drawn == {"nms": (128, False, 0)}
+    assert out["state"].drawn == {"nms": (128, False, False, 0)}
     assert out["state"].feats is state.feats  # no new tower pass
     # Opening another tab draws it for the new budget, once.
     tab = H.on_tab("kept")(out["state"], 1)
@@ -314,3 +315,25 @@ def test_group_image_layers_decode_to_the_mask_colours(tmp_path):
         got = np.asarray(Image.open(ann.image.path).convert("RGBA"))
         assert np.array_equal(got, want)
     assert all(np.array_equal(m, b) for m, b in zip(masks, before))  # the value is not modified
+
+
+def test_llava_next_shared_budget_and_headers_that_add_up(llava_next_pipeline):
+    """On LLaVA-NeXT: K per view or K × views shared over all views; the header's counts add up to
+    its total, and answers made per view are not shown as the shared setting's."""
+    pipe = llava_next_pipeline
+    images, notes, _, source = H.load_media("image", CAT, None)
+    analysis = H.reselect(H.encode(pipe, "image", source, images, notes, None), 64, False)
+    views = analysis.num_views
+    assert views > 1 and analysis.setting == (64, False, False)
+    head = H.answer_panel(analysis)["pruned_head"]
+    total = int(re.search(r"· (\d+) visual tokens", head).group(1))
+    parts = re.search(r"= (.*)$", head).group(1)
+    assert total == sum(int(n) for n in re.findall(r"\d+", parts.replace(f"{views - 1} crops", "")))
+    result = H.answer(analysis, "What is it?", pipe, max_new_tokens=1)
+    assert result.visual_tokens_pruned == total
+    answered = dataclasses.replace(analysis, answered={"setting": analysis.setting, "budget": 64, "dynamic": False,
+                                             "question": "What is it?", "tokens": total, "texts": {}})
+    shared = H.reselect(answered, 64, False, shared=True)
+    assert shared.setting == (64, False, True) and sum(shared.budgets) == 64 * views
+    assert "shared over" in H.budget_text(shared) and "Not run for this setting" in H.stale_note(shared)
+    assert H.reselect(shared, 64, False).shared  # shared=None keeps the session's setting

@@ -86,3 +86,30 @@ def test_dynamic_budgets_drive_a_batched_selection():
     sel = select_tokens(hidden, attention, budgets)
     assert sel.num_tokens.tolist() == budgets.tolist()
     assert int(sel.num_tokens.sum()) == 256
+
+
+def test_allocation_takes_one_ceiling_per_image():
+    """A view with fewer tokens to give (a partly padded LLaVA-NeXT crop) is capped at its own
+    ceiling; what it cannot take goes to the others, and the sum stays exact."""
+    phi = torch.tensor([0.5, 0.5, 0.5])
+    budgets = allocate_budgets(phi, 300, floor=4, ceiling=[577, 40, 577])
+    assert int(budgets.sum()) == 300 and int(budgets[1]) == 40 and int(budgets[0]) == int(budgets[2]) == 130
+    with pytest.raises(ValueError, match="allowed total"):
+        allocate_budgets(phi, 200, floor=4, ceiling=[50, 50, 50])
+    with pytest.raises(ValueError, match="one per image"):
+        allocate_budgets(phi, 100, floor=4, ceiling=[50, 50])
+
+
+def test_a_selection_on_a_subset_is_written_back_on_the_whole_axis():
+    from prunesid.subset import expand_selection, subset_inputs
+
+    hidden, attention = case_tensors(0)
+    n = attention.shape[1]
+    patches = torch.arange(n)[torch.arange(n) % 24 < 16]  # the left 16 columns of a 24x24 grid
+    sub = select_tokens(*subset_inputs(hidden, attention, patches), 32)
+    full = expand_selection(sub, patches, n)
+    assert full.group.shape == (1, n) and bool((full.group[0, torch.arange(n) % 24 >= 16] == -1).all())
+    kept = full.keep_row(0)
+    assert int(kept[0]) == 0 and bool(((kept[1:] - 1) % 24 < 16).all())
+    # Same tokens as the subset selection, named on the whole axis.
+    assert torch.equal(kept[1:] - 1, patches[sub.keep_row(0)[1:] - 1])
