@@ -58,6 +58,15 @@ def stage_clock(model: torch.nn.Module, device: torch.device) -> Iterator[StageC
             handle.remove()
 
 
+def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
+    """Lengths of the runs of ``token_id`` in a ``[1, L]`` prompt, in order (one run per image;
+    a video's frames share one run)."""
+    is_placeholder = (input_ids[0] == token_id).long()
+    edges = torch.diff(is_placeholder, prepend=is_placeholder.new_zeros(1), append=is_placeholder.new_zeros(1))
+    starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+    return (ends - starts).tolist()
+
+
 def shrink_placeholders(input_ids: torch.Tensor, token_id: int, full_counts: Sequence[int],
                         kept_counts: Sequence[int]) -> torch.Tensor:
     """Keep the first ``kept_counts[i]`` placeholders of each image's run; the rest of the prompt is unchanged.

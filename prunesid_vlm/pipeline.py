@@ -36,13 +36,14 @@ from .calibration import Calibration, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import batched_first_logits, greedy_generate, shrink_placeholders, synchronize
+from .generation import batched_first_logits, greedy_generate, placeholder_runs, shrink_placeholders, synchronize
 from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, ModelSpec, list_models
 from .results import Answer, CompareResult, EncodedImages, TokenCounts
 from .rules import (
     MAX_QUESTION_CHARS,
+    Frames,
     check_images,
     check_max_new_tokens,
     check_budget,
@@ -56,7 +57,7 @@ from .rules import (
     view_phis,
 )
 
-__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer", "TokenCounts",
+__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "unseen_note", "MAX_QUESTION_CHARS"]
 
@@ -201,14 +202,15 @@ class Pipeline:
         """Tower outputs for ``images`` (one pass over the uncached ones; LRU cache by content)."""
         images = check_images(images)
         phi_ref = self.phi_ref  # before the user's images: calibrated inside the same GPU boundary
-        keys = [_image_key(im) for im in images]
+        frames = isinstance(images, Frames) and self.adapter.frame_views_differ
+        keys = [_image_key(im) + ("|frame" if frames else "") for im in images]
         with self._lock:
             known = {k: self._features.get_fresh(k) for k in set(keys) if k in self._features}
             missing = [i for i, k in enumerate(keys) if k not in known]
             vision_s = 0.0
             if missing:
                 new, vision_s = self._on_model(self._encode_views_of, [images[i] for i in missing],
-                                               [keys[i] for i in missing])
+                                               [keys[i] for i in missing], frames)
                 known.update(new)
             for k in keys:
                 self._features.put(k, known[k], keep=len(known))
@@ -224,9 +226,12 @@ class Pipeline:
             sources=tuple(i for i, e in enumerate(entries) for _ in e[2]),
             map_rows=_joined_map_rows([e[5] for e in entries], [e[0].shape[0] for e in entries], self.num_patches))
 
-    def _encode_views_of(self, images: list[Image.Image], keys: list[str]) -> tuple[dict, float]:
-        """One tower pass over ``images``: per key, (hidden, attention, views, seconds, φ); and the seconds."""
-        pixels, views = zip(*(self.adapter.preprocess(im) for im in images))
+    def _encode_views_of(self, images: list[Image.Image], keys: list[str], frames: bool = False
+                         ) -> tuple[dict, float]:
+        """One tower pass over ``images`` (``frames``: each as a video frame's views): per key,
+        (hidden, attention, views, seconds, φ, map rows); and the seconds."""
+        prepare = self.adapter.preprocess_frame if frames else self.adapter.preprocess
+        pixels, views = zip(*(prepare(im) for im in images))
         counts = [p.shape[0] for p in pixels]
         synchronize(self.loaded.device)
         start = time.perf_counter()
@@ -234,11 +239,20 @@ class Pipeline:
         synchronize(self.loaded.device)
         vision_s = time.perf_counter() - start
         hidden = hidden.cpu()
-        rows = [self.adapter.map_rows(c, (im.height, im.width)) for c, im in zip(counts, images)]
+        rows = [None if frames else self.adapter.map_rows(c, (im.height, im.width)) for c, im in zip(counts, images)]
         phi = view_phis(hidden, _received(_joined_map_rows(rows, counts, self.num_patches)))
         self.stats["tower_images"] += len(images)
         return {key: (h, a, v, vision_s * len(v) / sum(counts), p, m) for key, h, a, p, v, m in
                 zip(keys, hidden.split(counts), cls.cpu().split(counts), phi.split(counts), views, rows)}, vision_s
+
+    def media_notes(self, feats: EncodedImages) -> list[str]:
+        """Sentences on what the model does not see as the visitor might expect: the part of an
+        image cut off before the tower, and frames sent without their AnyRes crops."""
+        notes = [n for n in (unseen_note(feats),) if n]
+        if self.adapter.frame_views_differ and feats.views and all(v.kind == "frame" for v in feats.views):
+            notes.append(f"Each frame goes to {self.model_id} as its base view alone ({self.num_patches} tokens, the "
+                         f"whole frame resized): its AnyRes crops would multiply the tokens past the model's context.")
+        return notes
 
     def view_pixels(self, images: Sequence[Image.Image], feats: EncodedImages,
                     side: int = TOWER_VIEW_SIDE) -> list[np.ndarray]:
@@ -354,6 +368,9 @@ class Pipeline:
                 # The pruned path pays for the full packing only where it gathers from it (AnyRes crops).
                 project_s = pruned_s + (full_s if getattr(self.adapter, "packs_from_full", False) else 0.0)
         input_ids = self.prompt_inputs(images, question)["input_ids"]
+        runs = placeholder_runs(input_ids, self.adapter.image_token_id)
+        if runs != [f.shape[0] for f in full]:  # frames as base views: the processor sized them as images
+            input_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, runs, [f.shape[0] for f in full])
         if selection is not None:
             input_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, [f.shape[0] for f in full],
                                             [f.shape[0] for f in visual])

@@ -67,14 +67,23 @@ def check_max_new_tokens(max_new_tokens: Any) -> int:
     return int(max_new_tokens)
 
 
+class Frames(list):
+    """The sampled frames of one video, as a list of PIL images. Unlike a list of images, on a
+    LLaVA-NeXT image model each frame goes in as its base view alone (N tokens, no AnyRes crops),
+    so that a clip stays within the language model's context; elsewhere frames are handled as the
+    model's own video or multi-image path handles them."""
+
+
 def check_images(images) -> list[Image.Image]:
-    """The images as RGB PIL images, or a ValueError for none or a non-image."""
+    """The images as RGB PIL images (still :class:`Frames` if they were), or a ValueError for none
+    or a non-image."""
     if images is None or len(images) == 0:
         raise ValueError("no image given: pass a list with at least one PIL image")
     bad = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
     if bad:
         raise ValueError(f"images must be PIL images, got {bad[0]}")
-    return [im.convert("RGB") if im.mode != "RGB" else im for im in images]
+    rgb = [im.convert("RGB") if im.mode != "RGB" else im for im in images]
+    return Frames(rgb) if isinstance(images, Frames) else rgb
 
 
 # ---- budgets and selection on encoded features (pure: no model, no shared state) ------------

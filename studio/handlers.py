@@ -21,12 +21,12 @@ import numpy as np
 from prunesid_vlm.pipeline import (
     MAX_QUESTION_CHARS,  # noqa: F401  (the question box's limit, read by the layout)
     CompareResult,
+    Frames,
     Pipeline,
     check_budget,
     check_question,
     select,
     token_counts,
-    unseen_note,
     view_budgets,
 )
 
@@ -62,7 +62,7 @@ def load_media(kind: str, image: str | None, video: str | None) -> tuple[list, l
             raise MediaError("No video yet: upload one (MP4/WebM/AVI) or pick the example.")
         frames, fps, duration, notes = load_video(video, max_frames=MAX_FRAMES)
         times = list(np.linspace(0, duration, len(frames) * 2 + 1)[1::2]) if duration > 0 else None
-        return frames, notes, times, str(video)
+        return Frames(frames), notes, times, str(video)
     if not image:
         raise MediaError("No image yet: upload one or pick an example.")
     img, notes = load_image(image)
@@ -120,6 +120,7 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
     analysis = reselect(encode(pipe, "image", source, images, notes, None), k, dynamic)
     result = answer(analysis, question, pipe, max_new_tokens)
     full, pruned = result.timings["full"], result.timings["pruned"]
+    notes = notes + pipe.media_notes(analysis.feats)
     state = manager.state
     if state.fallback_reason:
         notes = notes + [f"Fell back to the offline demo model: {state.fallback_reason}"]
@@ -141,6 +142,7 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
                  "prefill_s": full["prefill_s"], "total_s": full["total_s"]},
         "pruned": {"answer": result.pruned_answer, "visual_tokens": result.visual_tokens_pruned,
                    "prefill_s": pruned["prefill_s"], "total_s": pruned["total_s"]},
+        "token_counts": result.to_dict()["counts"],
         "prefill_speedup": result.prefill_speedup,
         "prefill_bound": result.prefill_bound,
         "device": result.device,
@@ -275,9 +277,7 @@ def _status_for(analysis: Analysis, pipe: Pipeline, encoded_now: bool) -> str:
     if encoded_now:
         bits.append(f"vision tower {1000 * analysis.vision_s:.0f} ms" if analysis.vision_s else "features from cache")
     bits.extend(analysis.notes)
-    unseen = unseen_note(analysis.feats)
-    if unseen:
-        bits.append(unseen)
+    bits.extend(pipe.media_notes(analysis.feats))
     return status_line(" · ".join(bits) if bits else "Ready.", "ok")
 
 

@@ -14,7 +14,7 @@ from prunesid import information_score
 from prunesid_vlm.adapters.base import ViewInfo
 from prunesid_vlm.calibration import Calibration
 from prunesid_vlm.pipeline import (CompareResult, EncodedImages, TokenCounts, check_budget, check_question, select,
-                                   tower_view)
+                                   tower_view, unseen_note)
 
 
 class FakePipeline:
@@ -61,6 +61,9 @@ class FakePipeline:
                              cached=[False] * len(images), tower_s=[0.01] * len(images), media_key="fake",
                              phi=information_score(hidden_states), phi_ref=0.3, drops_cls=(False,) * len(images),
                              sources=tuple(range(len(images))))
+
+    def media_notes(self, feats) -> list[str]:
+        return [n for n in (unseen_note(feats),) if n]
 
     def view_pixels(self, images, feats) -> list[np.ndarray]:
         return [tower_view(images[s], v.box) for s, v in zip(feats.sources, feats.views)]

@@ -135,3 +135,25 @@ def test_total_budget_mode_splits_the_papers_totals_over_the_views(llava_next_pi
         pipe.budgets(feats, 3, mode="total")
     with pytest.raises(ValueError, match="budget mode"):
         pipe.budgets(feats, 64, mode="sum")
+
+
+def test_video_frames_on_an_anyres_model_go_in_as_base_views(llava_next_pipeline):
+    """A clip on a LLaVA-NeXT image model: one 576-token base view per frame, no crops, so six
+    frames stay within a 4k context; the same pictures as still images still get AnyRes."""
+    from prunesid_vlm.pipeline import Frames
+
+    pipe = llava_next_pipeline
+    frames = Frames([make_image(s, 240, 320) for s in (1, 2, 3)])
+    feats = pipe.encode(frames)
+    assert [v.kind for v in feats.views] == ["frame"] * 3 and feats.map_rows is None
+    assert pipe.encode(list(frames)).num_views > 3  # as images: base + crops each
+    result = pipe.compare(frames, QUESTION, 64, max_new_tokens=2)
+    assert result.visual_tokens_full == 3 * pipe.num_patches and result.counts["full"].newlines == 0
+    assert result.visual_tokens_pruned == 3 * 64 == result.counts["pruned"].total
+    assert result.prompt_tokens["full"] - result.prompt_tokens["pruned"] == 3 * (pipe.num_patches - 64)
+    # The full path hands over exactly each frame's projected base-view patches.
+    _, prefills = _prefill_embeds(pipe, frames, 64)
+    full_ids = pipe.prompt_inputs(frames, QUESTION)["input_ids"][0]
+    assert prefills[0].shape[1] == result.prompt_tokens["full"] < len(full_ids)
+    assert any("base view alone" in n for n in pipe.media_notes(feats))
+    assert not any("base view alone" in n for n in pipe.media_notes(pipe.encode(list(frames))))

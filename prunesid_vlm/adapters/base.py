@@ -52,6 +52,12 @@ class Adapter(Protocol):
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
         """``[V, 3, S, S]`` pixel values of one image's tower views, and where each view sits."""
 
+    frame_views_differ: bool
+    """True when a video frame gets other views than an image would (LLaVA-NeXT: its base view alone)."""
+
+    def preprocess_frame(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
+        """Like :meth:`preprocess`, for one frame of a video."""
+
     def postprocess(self, hidden: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tower outputs ``[V, 1+576, D]``, ``[V, 576]`` → the rows PruneSID selects from."""
 

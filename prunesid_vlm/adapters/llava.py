@@ -48,6 +48,12 @@ class LlavaAdapter:
         width, height = image.size
         return pixels, [ViewInfo(image=0, kind="image", box=_center_crop_box(width, height))]
 
+    frame_views_differ = False
+
+    def preprocess_frame(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
+        """A frame is an image here."""
+        return self.preprocess(image)
+
     def drops_cls(self, view: ViewInfo) -> bool:
         """Whether the view's CLS is dropped after selection (it keeps its place here)."""
         return False

@@ -43,6 +43,14 @@ class LlavaNextAdapter(LlavaAdapter):
         views += [ViewInfo(0, "crop", self._crop_box(image, r, c), r, c) for r in range(rows) for c in range(cols)]
         return pixels, views
 
+    frame_views_differ = True
+
+    def preprocess_frame(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
+        """``[1, 3, S, S]``: a video frame's base view alone (the whole frame, resized). Every frame's
+        AnyRes crops would take 3–5× the tokens: six frames would exceed a 4k context."""
+        pixels, views = self.preprocess(image)
+        return pixels[:1], [ViewInfo(0, "frame", views[0].box)]
+
     def _crop_grid(self, height: int, width: int) -> tuple[int, int]:
         size = self.model.config.vision_config.image_size
         best_h, best_w = select_best_resolution((height, width), self.model.config.image_grid_pinpoints)
@@ -92,7 +100,7 @@ class LlavaNextAdapter(LlavaAdapter):
     def full_features(self, hidden: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
         """Per image ``[T_i, D_text]``: exactly what ``get_image_features`` returns."""
         newline = self.model.model.image_newline
-        return [self._pack(self.project(h[:, 1:]), size, newline) for h, size in zip(hidden, image_sizes)]
+        return [self.project(h[0, 1:]) if h.shape[0] == 1 else self._pack(self.project(h[:, 1:]), size, newline) for h, size in zip(hidden, image_sizes)]
 
     def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes,
                         full: list[torch.Tensor], merged: list[list[torch.Tensor | None]] | None = None
@@ -109,6 +117,9 @@ class LlavaNextAdapter(LlavaAdapter):
             base_rows = h[0, kept[0].to(h.device)]
             if extra[0] is not None:
                 base_rows = torch.cat([base_rows, extra[0].to(base_rows)])
+            if len(kept) == 1:  # a video frame's base view alone: no crop map
+                out.append(self.project(base_rows))
+                continue
             crops = packed[self.num_patches:]  # the crop map, newlines included
             parts = [self.project(base_rows), crops[self.crop_keep_mask(kept, size).to(crops.device)]]
             parts += [self.project(e) for e in extra[1:] if e is not None]
