@@ -265,12 +265,13 @@ def unseen_note(feats: EncodedImages) -> str | None:
     only the centre square), else None. Boxes and sizes are in the image's own pixels."""
     for source, (height, width) in enumerate(feats.image_sizes):
         views = [v for v, s in zip(feats.views, feats.sources) if s == source]
-        covered = max((min(v.box[2], width) - max(v.box[0], 0)) * (min(v.box[3], height) - max(v.box[1], 0))
-                      for v in views)
-        if covered < 0.995 * width * height:
-            side = int(round(min(width, height)))
+        spans = [(min(v.box[2], width) - max(v.box[0], 0), min(v.box[3], height) - max(v.box[1], 0)) for v in views]
+        seen_w, seen_h = max(spans, key=lambda s: s[0] * s[1])
+        if seen_w * seen_h < 0.995 * width * height:
+            # In shares of the picture, which stay true when the app shrank a large upload first.
             what = "frame" if views[0].kind == "frame" else "image"
-            return (f"The model sees only the middle {side}×{side} px square of this {width}×{height} {what} "
-                    f"({100 * covered / (width * height):.0f}% of it); the rest is cut off before the tower.")
+            return (f"The model sees only the middle square of this {what}: {100 * seen_w / width:.0f}% of its "
+                    f"width × {100 * seen_h / height:.0f}% of its height ({100 * seen_w * seen_h / (width * height):.0f}% "
+                    f"of it); the rest is cut off before the tower (see 'On the original').")
     return None
 

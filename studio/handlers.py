@@ -45,7 +45,7 @@ DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 
 ANSWER_PANEL = ("full_head", "full_answer", "full_stats", "pruned_head", "pruned_answer", "pruned_stats", "fidelity")
 """The answers side by side: drawn from the visitor's analysis, so they always belong to what is on screen."""
-VIEW_KEYS = ("state", "status", "kept", "groups", "groups_note", "nms", "importance", "group_chart",
+VIEW_KEYS = ("state", "status", "kept", "original", "groups", "groups_note", "nms", "importance", "group_chart",
              "dynamic_chart", "dynamic_text", "summary", "gallery", "frame_chart", "frame", "stale",
              "budget_label", "nms_group") + ANSWER_PANEL
 """Order of the outputs of :func:`on_prepare` / :func:`on_reselect` / :func:`on_view`."""
@@ -172,7 +172,7 @@ def _redraw_refused(message: str) -> tuple:
     return tuple(values[k] for k in VIEW_KEYS)
 
 
-PART_OUTPUTS = {"kept": ("kept",), "groups": ("groups", "groups_note"), "nms": ("nms", "nms_group"),
+PART_OUTPUTS = {"kept": ("kept",), "original": ("original",), "groups": ("groups", "groups_note"), "nms": ("nms", "nms_group"),
                 "importance": ("importance",), "group_chart": ("group_chart",),
                 "dynamic": ("dynamic_chart", "dynamic_text", "frame_chart")}
 """Which outputs (``VIEW_KEYS``) each view part fills."""
@@ -197,7 +197,7 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
     # Images go out as PNG files written here (fast zlib level, deduplicated by content).
     if "kept" in parts:
         values["kept"] = tuple(png_file(im) for im in r["kept"])
-    for name in ("nms", "importance"):
+    for name in ("nms", "importance", "original"):
         if name in parts:
             values[name] = png_file(r[name])
     if "nms" in parts:

@@ -14,6 +14,7 @@ from . import handlers as H
 from .components import GroupImage, SafeImage, SafeVideo
 from .models import MANAGER, model_choices
 from .plot_output import ChartPlot
+from . import views as V
 from .views import KEPT_CAPTION, budget_label
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,23 +167,32 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                     kept = gr.ImageSlider(label="original ↔ kept tokens", type="numpy", format="png",
                                           max_height=520, elem_id="kept", show_label=False)
                     gr.Markdown(KEPT_CAPTION)
+                with gr.Tab("On the original", id="tab-original") as tab_original:
+                    original = gr.Image(format="png", show_label=False, elem_id="original", height=600,
+                                        interactive=False)
+                    gr.Markdown(V.ORIGINAL_CAPTION)
                 with gr.Tab("Semantic groups", id="tab-groups") as tab_groups:
                     groups = GroupImage(format="png", show_legend=True, height=640, elem_id="groups",
                                         show_label=False)
                     groups_note = gr.Markdown()
+                    gr.Markdown(V.GROUPS_CAPTION)
                 with gr.Tab("NMS", id="tab-nms") as tab_nms:
                     nms_group = gr.Dropdown([], label="Group shown in full (the others faint)", elem_id="nms-group",
                                             interactive=True)
                     nms = gr.Image(format="png", show_label=False, elem_id="nms", height=600, interactive=False)
+                    gr.Markdown(V.NMS_CAPTION)
                 with gr.Tab("Importance", id="tab-importance") as tab_importance:
                     importance = gr.Image(format="png", show_label=False, elem_id="importance", height=600,
                                           interactive=False)
+                    gr.Markdown(V.IMPORTANCE_CAPTION)
                 with gr.Tab("Per-group budget", id="tab-chart") as tab_group_chart:
                     group_chart = ChartPlot(format="png", show_label=False, elem_id="group-chart")
+                    gr.Markdown(V.GROUP_CHART_CAPTION)
                 with gr.Tab("Dynamic ratio", id="tab-dynamic") as tab_dynamic:
                     dynamic_text = gr.Markdown(elem_id="dynamic-text")
                     dynamic_chart = ChartPlot(format="png", show_label=False, elem_id="dynamic-chart")
                     frame_chart = ChartPlot(format="png", show_label=False, visible=False, elem_id="frame-chart")
+                    gr.Markdown(V.DYNAMIC_CAPTION)
             frame = gr.Slider(1, 6, value=1, step=1, label="Frame", visible=False, elem_id="frame")
             gallery = gr.Gallery(label="Kept tokens per frame", columns=3, height="auto", format="png",
                                  visible=False, elem_id="gallery", object_fit="contain")
@@ -203,7 +213,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                     pruned_stats = gr.Markdown(elem_id="pruned-stats")
             fidelity = gr.Markdown(elem_id="fidelity")
 
-    comp = dict(state=state, status=status, kept=kept, groups=groups, groups_note=groups_note, nms=nms,
+    comp = dict(state=state, status=status, kept=kept, original=original, groups=groups, groups_note=groups_note, nms=nms,
                 importance=importance, group_chart=group_chart, dynamic_chart=dynamic_chart,
                 dynamic_text=dynamic_text, summary=summary, gallery=gallery, frame_chart=frame_chart, frame=frame,
                 stale=stale, full_head=full_head, full_answer=full_answer, full_stats=full_stats,
@@ -226,7 +236,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                      **MODEL_EVENTS, **private
                      ).then(H.on_load, None, [banner], **private)
 
-    view_tabs = dict(kept=tab_kept, groups=tab_groups, nms=tab_nms, importance=tab_importance,
+    view_tabs = dict(kept=tab_kept, original=tab_original, groups=tab_groups, nms=tab_nms, importance=tab_importance,
                      group_chart=tab_group_chart, dynamic=tab_dynamic)
     for part, tab in view_tabs.items():
         tab.select(H.on_tab(part), [state, frame], [active] + view_out, show_progress="minimal", **REDRAW_EVENTS,

@@ -102,7 +102,7 @@ def load_image(source: ImageInput) -> tuple[Image.Image, list[str]]:
         f = MAX_SIDE / max(w, h)
         new = (max(1, round(w * f)), max(1, round(h * f)))
         img = img.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        notes.append(f"Large image ({w}x{h}) downscaled to {new[0]}x{new[1]}; the model sees 336x336 anyway.")
+        notes.append(f"Large image ({w}×{h}) reduced to {new[0]}×{new[1]} first (the model's processor reduces it further).")
     return img, notes
 
 

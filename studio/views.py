@@ -15,6 +15,8 @@ from .session import Analysis
 
 DISPLAY = 504
 """Pixel side of the main overlays (21 px per patch: the 24×24 grid stays crisp)."""
+ORIGINAL_SIDE = 768
+"""Longer side of the picture on the original image (large photos reduced, small ones enlarged)."""
 THUMB = 336
 """Pixel side of the per-frame overlays in the video gallery."""
 MAX_GROUP_ANNOTATIONS = 16
@@ -23,7 +25,7 @@ smaller groups are pooled in one grey entry so the legend leaves room for the pi
 OTHER_GROUPS_HEX = "#9a9a9a"
 
 
-PARTS = ("kept", "groups", "nms", "importance", "group_chart", "dynamic")
+PARTS = ("kept", "original", "groups", "nms", "importance", "group_chart", "dynamic")
 """The views, one per tab. The slider redraws only the visible one; the others are drawn
 when their tab is opened (see ``studio.handlers.on_tab``)."""
 
@@ -54,6 +56,8 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
     if "kept" in parts:
         overlay = viz.draw_kept_tokens(pixels, sel, view, size=DISPLAY, grid_shape=grid, legend=False)
         out["kept"] = (viz.PatchGrid.for_display(DISPLAY, *grid).fit(pixels), overlay)
+    if "original" in parts:
+        out["original"] = on_original(analysis, view)
     if "groups" in parts:
         out["groups"], out["groups_note"] = _group_annotations(pixels, sel, view, grid)
     if "nms" in parts:
@@ -71,6 +75,23 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
         out["dynamic_chart"], out["dynamic_text"] = _dynamic(analysis, view)
         out["frame_chart"] = frame_chart(analysis)
     return out
+
+
+def on_original(analysis: Analysis, view: int) -> np.ndarray:
+    """The original image (or frame) of ``view`` at its own resolution: what the processor cuts
+    off or pads, where every view of it lies, and the kept tokens of ``view`` in place."""
+    source = analysis.feats.sources[view]
+    same = [v for v in range(analysis.num_views) if analysis.feats.sources[v] == source]
+    labels = None if len(same) == 1 else [_short_label(analysis, v) for v in same]
+    original = np.asarray(analysis.images[source].convert("RGB"))
+    return viz.draw_on_original(original, [analysis.views[v].box for v in same], focus=same.index(view),
+                                kept=analysis.selection.kept_patches[view].numpy(), grid_shape=analysis.grid,
+                                labels=labels, max_side=ORIGINAL_SIDE)
+
+
+def _short_label(analysis: Analysis, view: int) -> str:
+    info = analysis.views[view]
+    return f"crop {info.crop_row + 1},{info.crop_col + 1}" if info.kind == "crop" else info.kind
 
 
 def nms_focus(analysis: Analysis, view: int) -> tuple[int, list[tuple[str, int]]]:
@@ -174,3 +195,20 @@ KEPT_CAPTION = ("Drag the handle: on the left, the picture the model sees (336 �
                 "right, only the tokens handed to the language model stay bright (outlined in yellow); dropped "
                 "patches are dimmed. PruneSID chooses from the image alone (the vision tower's features): the same "
                 "tokens are kept whatever the question; only the answers depend on it.")
+
+ORIGINAL_CAPTION = ("The whole picture you gave, as the model's processor cuts it: hatched parts never reach the vision "
+                    "tower, grey is padding the processor adds, white boxes are the other views (LLaVA-NeXT crops). "
+                    "Inside the yellow box, the kept tokens of the view shown are outlined at the picture's own "
+                    "resolution.")
+GROUPS_CAPTION = ("Colours are PSCA groups: each patch joins the principal component of the patch features it loads on "
+                  "most, so a group can be spread over the picture. White dots are kept tokens.")
+NMS_CAPTION = ("Inside each group PruneSID takes the most important patch, drops the patches whose cosine similarity to "
+               "it is above τ, and repeats. A line joins each dropped near-duplicate to the pick that replaced it; "
+               "filled discs are picks that were kept, rings picks the group's budget had no room for.")
+IMPORTANCE_CAPTION = ("Brighter = more attention from the CLS token in the layer the model reads its features from: "
+                      "PruneSID's importance. Kept tokens are outlined. CLIP often has a few very bright 'artifact' "
+                      "patches; the colour scale is clipped at the 99th percentile.")
+GROUP_CHART_CAPTION = ("Per group: its size, how many of its patches survive NMS (distinct ones), and how many tokens it "
+                       "keeps. Groups with more distinct content get more of the budget.")
+DYNAMIC_CAPTION = ("φ = 1 − ρ (ρ: mean cosine similarity between patches). Busy pictures have a high φ and, with the "
+                   "dynamic ratio on, get more tokens; the grey marks are this model's calibration pictures.")

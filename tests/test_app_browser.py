@@ -176,3 +176,47 @@ def test_compare_tab_compares_what_explore_shows(page, app_url, tmp_path):
     assert "frames sampled from pan_zoom.mp4" in status and "cat.jpg" not in status
     wait_idle(page)
     shot(page, tmp_path, "7-compare-follows-video")
+
+
+def test_the_part_of_the_picture_the_model_sees_is_shown_and_said(page, app_url, tmp_path):
+    """A tall picture: LLaVA-1.5's processor keeps its middle square. The status line says so in
+    words, and the 'On the original' view draws the cut on the whole picture."""
+    from PIL import Image
+
+    tall = tmp_path / "tall.png"
+    Image.open(ASSETS / "cat.jpg").convert("RGB").resize((500, 3000)).save(tall)
+    page.goto(app_url)
+    page.wait_for_selector("#run")
+    page.set_input_files("#image input[type=file]", str(tall))
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('middle square')")
+    assert "100% of its width × 17% of its height" in text_of(page, "#status")
+    page.get_by_role("tab", name="On the original").click()
+    page.wait_for_selector("#original img")
+    wait_idle(page)
+    size = page.evaluate("() => { const i = document.querySelector('#original img');"
+                         " return [i.naturalWidth, i.naturalHeight]; }")
+    assert size[1] > size[0]  # the whole tall picture, not the square the tower sees
+    shot(page, tmp_path, "8-on-the-original-tall")
+
+
+def test_a_failed_model_switch_is_told_only_to_the_visitor_who_asked(page, app_url, tmp_path):
+    """Two visitors: one types a model that cannot load; only that visitor's banner says why."""
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
+    other = context.new_page()
+    other.set_default_timeout(60_000)
+    try:
+        page.goto(app_url)
+        page.wait_for_selector("#run")
+        box = page.locator("#model input")
+        box.fill("no-such-org/no-such-model-xyz")
+        box.press("Enter")
+        page.wait_for_function("() => document.querySelector('#banner').innerText.includes('no-such-model-xyz')")
+        other.goto(app_url)
+        other.wait_for_selector("#run")
+        other.wait_for_timeout(500)
+        assert "no-such-model-xyz" not in other.inner_text("#banner")
+        shot(page, tmp_path, "9-failed-switch-asker")
+        shot(other, tmp_path, "9-failed-switch-other")
+    finally:
+        context.close()

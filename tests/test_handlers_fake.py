@@ -163,7 +163,7 @@ def test_the_status_says_when_the_model_sees_only_the_middle_square(fake, tmp_pa
     tall = tmp_path / "tall.png"
     fake_image(3, size=(300, 1800)).save(tall)
     out = prepared(str(tall))
-    assert "sees only the middle 300×300 px square of this 300×1800 image (17% of it)" in out["status"]
+    assert "sees only the middle square of this image: 100% of its width × 17% of its height (17% of it)" in out["status"]
     square = tmp_path / "square.png"
     fake_image(4, size=(400, 400)).save(square)
     assert "sees only" not in prepared(str(square))["status"]

@@ -335,3 +335,26 @@ def test_a_long_colour_bar_title_shrinks_to_fit_instead_of_being_cut():
     title_rows = band[: band.shape[0] // 3]
     ink = (title_rows < 200).any(axis=(0, 2))  # columns with dark title pixels
     assert ink.any() and not ink[:3].any() and not ink[-3:].any()
+
+
+def test_on_original_shows_what_the_tower_sees_and_the_kept_tokens_in_place():
+    from viz import draw_on_original
+
+    image = np.full((300, 600, 3), 200, dtype=np.uint8)  # 600 wide, 300 high
+    kept = np.zeros(576, dtype=bool)
+    kept[0] = True
+    out = draw_on_original(image, [(150, 0, 450, 300)], kept=kept, max_side=600, legend=False)
+    assert out.shape == (300, 600, 3)
+    cell = 300 / 24
+    inside_kept = out[int(cell / 2), int(150 + cell / 2)]  # centre of patch 0 (top-left of the box)
+    dropped = out[int(cell / 2), int(150 + 1.5 * cell)]  # centre of patch 1
+    unseen = out[150, 40]  # left of the centre square: cut off by the processor
+    assert inside_kept.tolist() == [200, 200, 200]
+    assert dropped.max() < 120 and unseen.max() < 120
+    # A box reaching past the image (AnyRes padding) widens the canvas; the padding is grey.
+    padded = draw_on_original(image, [(0, 0, 600, 300), (0, -150, 300, 150)], focus=1, max_side=600, legend=False)
+    assert padded.shape[0] > 300 and padded[5, 450].tolist() == [150, 150, 150]
+    with_legend = draw_on_original(image, [(150, 0, 450, 300)], kept=kept, max_side=600)
+    assert with_legend.shape[0] > 300
+    with pytest.raises(ValueError, match="focus"):
+        draw_on_original(image, [(0, 0, 600, 300)], focus=2)

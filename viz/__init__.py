@@ -2,7 +2,8 @@
 matplotlib Figures out. No UI code here (the app wires these to Gradio components).
 
 Overlays (uint8 ``H x W x 3`` in, uint8 out; see :mod:`viz.overlays` for conventions):
-    draw_kept_tokens, draw_groups, group_masks, group_annotations, draw_nms, draw_importance
+    draw_kept_tokens, draw_groups, group_masks, group_annotations, draw_nms, draw_importance,
+    draw_on_original (the original picture as the processor cuts it, kept tokens in place)
 Charts (matplotlib Figures) and video helpers:
     plot_group_budgets, plot_dynamic_ratio, complexity_label, plot_frame_budgets, contact_sheet
 Geometry and colours:
@@ -19,6 +20,7 @@ from .overlays import (
     group_label,
     group_masks,
 )
+from .original import draw_on_original
 from .palette import KEPT_HEX, group_colors, group_hex
 from .plots import (
     complexity_label,
@@ -38,6 +40,7 @@ __all__ = [
     "draw_importance",
     "draw_kept_tokens",
     "draw_nms",
+    "draw_on_original",
     "group_annotations",
     "group_label",
     "group_masks",
