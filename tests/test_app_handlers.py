@@ -202,7 +202,7 @@ def test_awkward_images_are_converted_with_notes(tmp_path):
     exif = img.getexif()
     exif[0x0112] = 6
     img.save(rotated, exif=exif)
-    expected = {gray: None, rgba: "Transparent", str(deep): "16-bit", huge: "downscaled", str(rotated): "EXIF"}
+    expected = {gray: None, rgba: "Transparent", str(deep): "16-bit", huge: "reduced to", str(rotated): "EXIF"}
     for path, note in expected.items():
         out = prepare(path)
         assert out["state"] is not None, (path, out["status"])

@@ -171,7 +171,7 @@ def test_huge_image_downscaled(tmp_path):
     p = save(Image.new("RGB", (3000, 1000), (10, 20, 30)), tmp_path / "wide.png")
     img, notes = load_image(p)
     assert img.size == (MAX_SIDE, round(1000 * MAX_SIDE / 3000))
-    assert any("downscaled" in n for n in notes)
+    assert any("reduced to" in n for n in notes)
 
 
 def test_float_array_and_pil_and_bytes(tmp_path):

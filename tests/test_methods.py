@@ -1,7 +1,7 @@
 """Every registered selection method on the synthetic CLIP-like cases: the shared contract
 (exact token counts, valid distinct indices, one signature) and each rule's defining
 property. VisionZip, DivPrune and VisPruner are also checked against literal ports of
-their public code (written here from reading it), at budgets where that code runs."""
+their public code (``benchmarks/authors_baselines.py``), at budgets where that code runs."""
 from __future__ import annotations
 
 import json
@@ -20,6 +20,7 @@ from prunesid_eval.methods.topk import topk_select
 from prunesid_eval.methods.visionzip import contextual_count, visionzip_select
 from prunesid_eval.methods.vispruner import vispruner_select
 
+from benchmarks.authors_baselines import divprune_reference, visionzip_reference, vispruner_reference
 from reference_data import case_tensors, require_reference
 
 SEEDS = (0, 1, 2)
@@ -186,18 +187,6 @@ def test_random_covers_patches_uniformly():
 
 
 # ---- DivPrune ------------------------------------------------------------------------------------
-def divprune_reference(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Literal port of vbdi/divprune ``DivPrune`` (one image, [N, D]) + its final sort."""
-    norm = features / features.norm(dim=1, keepdim=True)
-    cosine_matrix = 1.0 - norm @ norm.t()
-    s = torch.empty(k, dtype=torch.long)
-    for i in range(k):
-        m2 = cosine_matrix if i == 0 else torch.index_select(cosine_matrix, 0, s[:i])
-        scores = torch.topk(m2, 2, dim=0, largest=False).values[1, :] if i == 0 else torch.min(m2, dim=0).values
-        s[i] = torch.argmax(scores)
-    return s.sort().values
-
-
 def test_divprune_matches_its_public_code(case):
     hidden, attention = case
     for k in (16, 64, 192):
@@ -234,33 +223,6 @@ def test_divprune_is_greedy_max_min(case):
 
 
 # ---- VisionZip -----------------------------------------------------------------------------------
-def visionzip_reference(hidden_states, attention, dominant, contextual):
-    """Literal port of dvlab-research/VisionZip ``CLIPVisionTower_VisionZip.forward`` after the
-    tower (metric = hidden states; ``dominant`` counts CLS as in ``visionzip(model, dominant=...)``)."""
-    metric = hidden_states
-    dominant_num = dominant - 1
-    b, t, d = hidden_states.shape
-    topk_indices = attention.topk(dominant_num, dim=1).indices + 1
-    all_indices = torch.cat([torch.zeros((b, 1), dtype=topk_indices.dtype), topk_indices], dim=1)
-    mask = torch.ones_like(hidden_states[:, :, 0], dtype=torch.bool).scatter_(1, all_indices, False)
-    dominant_tokens = hidden_states.masked_select(~mask.unsqueeze(-1)).view(b, dominant_num + 1, d)
-    metric_filtered = metric[mask].view(b, t - (dominant_num + 1), metric.shape[2])
-    hidden_filtered = hidden_states.masked_select(mask.unsqueeze(-1)).view(b, t - (dominant_num + 1), d)
-    metric_normalized = metric_filtered / metric_filtered.norm(dim=-1, keepdim=True)
-    length = metric_normalized.shape[1]
-    step = max(1, length // contextual)
-    target_indices = torch.arange(0, length, step)[:contextual]
-    target_tokens = metric_normalized[:, target_indices, :]
-    others = ~torch.isin(torch.arange(length), target_indices)
-    similarity = torch.bmm(metric_normalized[:, others, :], target_tokens.transpose(1, 2))
-    assign_one_hot = torch.zeros(b, int(others.sum()), contextual, dtype=hidden_filtered.dtype)
-    assign_one_hot.scatter_(2, similarity.argmax(dim=2).unsqueeze(-1), 1)
-    counts = assign_one_hot.sum(dim=1).clamp(min=1).unsqueeze(-1)
-    aggregated = torch.bmm(assign_one_hot.transpose(1, 2), hidden_filtered[:, others, :]) / counts
-    contextual_tokens = hidden_filtered[:, target_indices, :] + aggregated
-    return torch.cat([dominant_tokens, contextual_tokens], dim=1), all_indices
-
-
 @pytest.mark.parametrize("budget,dominant,contextual", [(64, 54, 10), (128, 108, 20), (192, 162, 30)])
 def test_visionzip_matches_its_public_code(case, budget, dominant, contextual):
     hidden, attention = case
@@ -306,36 +268,6 @@ def test_visionzip_options():
 
 
 # ---- VisPruner -----------------------------------------------------------------------------------
-def vispruner_reference(features, attention, visual_token_num, important_ratio=0.5):
-    """Literal port of Theia-4869/VisPruner ``encode_images`` selection ([B, N, C] patch states).
-
-    One change: its ``argsort`` calls break ties stably (the code leaves tie order to the
-    sort kernel; the synthetic cases do have exactly tied duplicate scores)."""
-    b, n, c = features.shape
-    important_token_num = int(visual_token_num * important_ratio)
-    diverse_token_num = visual_token_num - important_token_num
-    token_indices = attention.argsort(dim=-1, descending=True, stable=True)
-    important_indices = token_indices[:, :important_token_num]
-    residual_indices = token_indices[:, important_token_num:]
-    image_normalized = features / features.norm(dim=-1, keepdim=True)
-    while diverse_token_num > 0:
-        r_len = residual_indices.shape[1]
-        r = min(8, r_len - diverse_token_num)
-        if r <= 0:
-            break
-        residual_tokens = image_normalized[torch.arange(b).unsqueeze(-1).expand(-1, r_len), residual_indices]
-        a, bb = residual_tokens[..., ::2, :], residual_tokens[..., 1::2, :]
-        scores = (a @ bb.transpose(-1, -2)).max(dim=-1).values
-        distinct_indices = scores.argsort(dim=-1, descending=True, stable=True)[:, r:]
-        residual_indices = torch.cat([
-            residual_indices[..., ::2][torch.arange(b).unsqueeze(-1).expand(-1, r_len // 2 - r), distinct_indices],
-            residual_indices[..., 1::2]], dim=-1)
-    selected = torch.cat([important_indices, residual_indices], dim=-1) if diverse_token_num > 0 else important_indices
-    mask = torch.zeros(b, n, dtype=torch.bool)
-    mask.scatter_(1, selected, True)
-    return mask
-
-
 @pytest.mark.parametrize("budget", [16, 64, 128, 192])
 def test_vispruner_matches_its_public_code(case, budget):
     hidden, attention = case
