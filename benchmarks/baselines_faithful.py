@@ -52,15 +52,21 @@ def compare_one(hidden: torch.Tensor, attention: torch.Tensor, budget: int, dtyp
     theirs = torch.zeros(n, dtype=torch.bool)
     theirs[divprune_reference(states[0, 1:], budget)] = True
     out["divprune"] = _overlap(ours, theirs)
+    if dtype != torch.float32:
+        native = _patches(divprune_select(states, attention, budget, native_dtype=True).keep[0], n)
+        out["divprune, native_dtype"] = _overlap(native, theirs)
     if budget > contextual_count(budget, n) + 1:
         contextual = contextual_count(budget, n)
         ours = _patches(visionzip_select(states, attention, budget).keep[0], n)
         _, indices = visionzip_reference(states, attention, budget - contextual, contextual)
         out["visionzip"] = _overlap(ours, _patches(indices[0], n))
     ours = vispruner_select(states, attention, budget).kept_patches[0]
+    native = vispruner_select(states, attention, budget, native_dtype=True).kept_patches[0]
     for stable in (False, True):
         theirs = vispruner_reference(states[:, 1:], attention, budget, stable=stable)[0]
         out["vispruner" + (", stable sort" if stable else ", as published")] = _overlap(ours, theirs)
+        if dtype != torch.float32 and stable:
+            out["vispruner, native_dtype"] = _overlap(native, theirs)
     return out
 
 

@@ -11,6 +11,8 @@ through the :class:`~prunesid_vlm.pipeline.Pipeline`, so that nothing is generat
 """
 from __future__ import annotations
 
+import inspect
+
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -71,11 +73,27 @@ class MethodsComparison:
         return sum(r.seconds for r in self.runs)
 
 
+def with_native_dtype(options: dict, names: Sequence[str], dtype) -> dict:
+    """``options`` asking every method in ``names`` that has a ``native_dtype`` switch to use it
+    (DivPrune's projected features cast to ``dtype``, the model's)."""
+    out = {name: dict(opts) for name, opts in options.items()}
+    for name in names:
+        if "native_dtype" in inspect.signature(get_method(name).fn).parameters:
+            out.setdefault(name, {})["native_dtype"] = True
+            if "features" in out[name]:
+                out[name]["features"] = out[name]["features"].to(dtype)
+    return out
+
+
 def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: int,
                     methods: Sequence[str] | str | None = None, *, question: str | None = None,
-                    max_new_tokens: int = 24, progress: Progress | None = None) -> MethodsComparison:
+                    max_new_tokens: int = 24, progress: Progress | None = None,
+                    native_dtype: bool = False) -> MethodsComparison:
     """Each method's selection at ``num_tokens`` per view; with a ``question``, each method's
-    answer too (one full generation shared by all)."""
+    answer too (one full generation shared by all).
+
+    ``native_dtype``: the baselines that take it (DivPrune, VisPruner) compute in the model's
+    dtype, as their authors' code does, instead of float32 (it matters for bf16/fp16 models)."""
     names = check_methods(methods)
     if question is not None:
         question = check_question(question)
@@ -83,6 +101,8 @@ def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: i
     k = check_budget(num_tokens, feats.num_patches)
     model = published_model(pipe)
     options = pipe.method_options(feats, names)
+    if native_dtype:
+        options = with_native_dtype(options, names, feats.hidden_states.dtype)
     runs = []
     for name in names:
         start = time.perf_counter()

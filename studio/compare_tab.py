@@ -33,7 +33,7 @@ from .media import MediaError, load_image
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 24
 TABLE_HEADERS = ["method", "tokens to the LLM", "answer on this image", "fidelity (KL, nats)", "selection ms",
-                 "paper's benchmark average (not this image)"]
+                 "beside its authors' code (synthetic cases)", "paper's benchmark average (not this image)"]
 MAX_SEEDS = 16
 MAX_SWEEP_POINTS = 12
 
@@ -81,7 +81,7 @@ def _reporter(progress: ProgressFn | None):
 # ---- core steps (raise on bad input) -----------------------------------------------------------
 def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] | None, get_pipeline: GetPipeline,
                  *, answers: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 progress: ProgressFn | None = None, media: Any = None) -> dict:
+                 progress: ProgressFn | None = None, media: Any = None, native_dtype: bool = False) -> dict:
     """Every chosen method at one budget: overlays, a table and a JSON summary.
 
     Returns ``{"gallery": [(uint8 image, caption)], "table": [[...]], "json": {...}, ...}``."""
@@ -92,7 +92,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     if progress is not None:
         progress(0.05, desc="Encoding the image (cached after the first time)…")
     out = studies.compare_methods(pipe, images, budget, names, question=question, max_new_tokens=int(max_new_tokens),
-                                  progress=_reporter(progress))
+                                  progress=_reporter(progress), native_dtype=bool(native_dtype))
     model = studies.published_model(pipe)
     pixels = pipe.view_pixels(images, out.feats)[0]
     gallery = method_overlays(pixels, [(r.label, r.selection) for r in out.runs], size=336,
@@ -104,9 +104,9 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
         res = out.results.get(r.name)
         table.append([r.label, _token_text(r), res.pruned_answer if res else "—",
                       f"{res.fidelity:.3f}" if res else "—", f"{1000 * r.seconds:.1f}",
-                      NOT_REPORTED if fig is None else fig.label()])
+                      r.spec.versus_code or "—", NOT_REPORTED if fig is None else fig.label()])
         row = r.to_dict()
-        row.update({"tokens": int(r.selection.num_tokens.sum()),
+        row.update({"tokens": int(r.selection.num_tokens.sum()), "native_dtype": bool(native_dtype),
                     "published": NOT_REPORTED if fig is None else fig.to_dict(),
                     "answer": res.pruned_answer if res else None, "fidelity": res.fidelity if res else None,
                     "first_token_agrees": res.first_token_agrees if res else None})
@@ -207,10 +207,12 @@ def _fail(err: Exception, where: str) -> str:
 
 
 def on_compare(get_pipeline: GetPipeline):
-    def handler(image, question, budget, methods, answers, max_new_tokens, media=None, progress=gr.Progress()):
+    def handler(image, question, budget, methods, answers, max_new_tokens, native_dtype=False, media=None,
+                progress=gr.Progress()):
         try:
             out = compare_view(image, question, budget, methods, get_pipeline, answers=bool(answers),
-                               max_new_tokens=int(max_new_tokens), progress=progress, media=media)
+                               max_new_tokens=int(max_new_tokens), progress=progress, media=media,
+                               native_dtype=bool(native_dtype))
         except Exception as err:  # noqa: BLE001 — shown to the user, logged if unexpected
             return gr.skip(), gr.skip(), _fail(err, "compare"), gr.skip()
         status = (f"{out['context']}  \nSelection with {len(out['table'])} methods: {out['selection_ms']:.0f} ms "
@@ -284,6 +286,9 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
                                   elem_id="compare-answers")
             max_new = gr.Slider(1, 64, DEFAULT_MAX_NEW_TOKENS, step=1, label="Answer length (new tokens)",
                                 elem_id="compare-max-new")
+            native = gr.Checkbox(False, label="Baselines in the model's own dtype, as their authors' code computes "
+                                              "(bf16/fp16 on a GPU; a float32 model is unchanged)",
+                                 elem_id="compare-native-dtype")
     with gr.Row():
         run_compare = gr.Button("Compare at this budget", variant="primary", elem_id="compare-run")
         run_stability = gr.Button("Stability (randomised PCA)", elem_id="compare-stability")
@@ -318,7 +323,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     private = dict(api_visibility="private", concurrency_id="model", concurrency_limit=1)
     media = [media_state] if media_state is not None else []
     run_compare.click(on_compare(get_pipeline),
-                      [image_input, question_input, budget_input, methods, answers, max_new] + media,
+                      [image_input, question_input, budget_input, methods, answers, max_new, native] + media,
                       [gallery, table, status, raw], **private)
     run_stability.click(on_stability(get_pipeline), [image_input, budget_input, seeds] + media,
                         [frequency, stability_plot, stability_md, raw], **private)

@@ -378,6 +378,21 @@ def test_compare_follows_the_explore_tabs_media_video_frames_included(llava_pipe
     assert out["json"]["media"] == f"the {len(state.images)} frames sampled from pan_zoom.mp4"
     assert out["json"]["selection_budgets"] == [32] * len(state.images)
     assert "pan_zoom.mp4" in out["context"] and "K = 32" in out["context"]
-    status = on_compare(lambda: llava_pipeline)(image_path, "What happens?", 32, ["grid"], False, 4, state,
+    status = on_compare(lambda: llava_pipeline)(image_path, "What happens?", 32, ["grid"], False, 4, False, state,
                                                 progress=lambda *a, **k: None)[2]
     assert status.startswith("**Compared on** the") and "no answers" in status
+
+
+def test_native_dtype_reaches_the_baselines_that_take_it(llava_pipeline, images, image_path):
+    from prunesid_vlm.studies import with_native_dtype
+    from studio.compare_tab import TABLE_HEADERS, compare_view
+
+    feats = llava_pipeline.encode(images[:1])
+    options = with_native_dtype(llava_pipeline.method_options(feats, ["divprune", "vispruner", "grid"]),
+                                ["divprune", "vispruner", "grid"], torch.bfloat16)
+    assert options["divprune"]["native_dtype"] and options["vispruner"]["native_dtype"] and "grid" not in options
+    assert options["divprune"]["features"].dtype == torch.bfloat16
+    out = compare_view(image_path, "q", 64, ["divprune", "vispruner"], lambda: llava_pipeline, answers=False,
+                       native_dtype=True)
+    assert all(row["native_dtype"] for row in out["json"]["methods"])
+    assert any("authors" in h for h in TABLE_HEADERS) and all(len(r) == len(TABLE_HEADERS) for r in out["table"])

@@ -307,3 +307,21 @@ def test_every_method_takes_half_precision_states(name):
     # Rounding to bf16 flips near-ties; VisPruner's matching rounds reorder after a flip, so its diverse
     # half moves most (its important half uses the float32 attention and stays).
     assert overlap > (0.6 if name == "vispruner" else 0.8)
+
+
+@pytest.mark.parametrize("budget", [16, 64, 192])
+def test_native_dtype_reproduces_the_authors_bf16_numerics(budget):
+    """In bfloat16 the authors' code rounds many similarities to ties; computing in the states'
+    own dtype, ours keeps exactly their set (in float32 it keeps the more exact one)."""
+    require_reference()
+    hidden, attention = case_tensors(3)
+    states = hidden.bfloat16()
+    theirs = torch.zeros(N, dtype=torch.bool)
+    theirs[divprune_reference(states[0, 1:], budget)] = True
+    assert torch.equal(divprune_select(states, attention, budget, native_dtype=True).kept_patches[0], theirs)
+    theirs = vispruner_reference(states[:, 1:], attention, budget)[0]
+    assert torch.equal(vispruner_select(states, attention, budget, native_dtype=True).kept_patches[0], theirs)
+    # Default: float32 arithmetic whatever the states' dtype.
+    assert torch.equal(vispruner_select(states, attention, budget).kept_patches,
+                       vispruner_select(states.float(), attention, budget).kept_patches)
+

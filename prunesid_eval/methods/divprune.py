@@ -51,10 +51,10 @@ def max_min_greedy(distance: torch.Tensor, k: int) -> torch.Tensor:
     return picks
 
 
-def _core(hidden_states, cls_attention, k, *, features):
+def _core(hidden_states, cls_attention, k, *, features, native_dtype):
     n = cls_attention.shape[1]
     source = hidden_states[:, 1:] if features is None else features.to(hidden_states.device)
-    units = F.normalize(source.float(), dim=-1)  # (B, N, D)
+    units = F.normalize(source if native_dtype else source.float(), dim=-1)  # (B, N, D)
     distance = 1.0 - units @ units.transpose(1, 2)  # (B, N, N)
     picks = max_min_greedy(distance, min(k, n))
     return Picked(with_cls(picks, keep_cls=False))
@@ -67,12 +67,15 @@ def divprune_select(
     *,
     generator: torch.Generator | None = None,
     features: torch.Tensor | None = None,
+    native_dtype: bool = False,
 ) -> Selection:
     """``num_tokens`` patches (no CLS) by greedy max-min cosine distance; ``generator`` unused.
 
     ``features``: ``[B, N, D']`` per-patch features to measure distance on (default: the
-    tower's patch states ``hidden_states[:, 1:]``)."""
+    tower's patch states ``hidden_states[:, 1:]``). ``native_dtype``: compute the distances in
+    the features' own dtype (bf16/fp16 on a GPU), as the authors' code does, instead of float32."""
     n = cls_attention.shape[-1]
     if features is not None and features.shape[:2] != cls_attention.shape:
         raise ValueError(f"features must be [B, N, D'] with N = {n}, got {tuple(features.shape)}")
-    return run_rule("divprune", _core, hidden_states, cls_attention, num_tokens, max_tokens=n, features=features)
+    return run_rule("divprune", _core, hidden_states, cls_attention, num_tokens, max_tokens=n, features=features,
+                    native_dtype=native_dtype)

@@ -56,7 +56,7 @@ def remove_duplicates(similarity: torch.Tensor, residual: torch.Tensor, keep: in
     return residual
 
 
-def _core(hidden_states, cls_attention, k, *, important_ratio):
+def _core(hidden_states, cls_attention, k, *, important_ratio, native_dtype):
     n = cls_attention.shape[1]
     t = min(k, n)
     important = int(t * important_ratio)
@@ -64,7 +64,8 @@ def _core(hidden_states, cls_attention, k, *, important_ratio):
     order = descending_order(cls_attention.float())  # (B, N)
     chosen = order[:, :important]
     if diverse > 0:
-        units = F.normalize(hidden_states[:, 1:].float(), dim=-1)  # (B, N, D)
+        states = hidden_states[:, 1:]
+        units = F.normalize(states if native_dtype else states.float(), dim=-1)  # (B, N, D)
         similarity = units @ units.transpose(1, 2)  # (B, N, N)
         chosen = torch.cat([chosen, remove_duplicates(similarity, order[:, important:], diverse)], dim=1)
     return Picked(with_cls(chosen, keep_cls=False))
@@ -77,11 +78,13 @@ def vispruner_select(
     *,
     generator: torch.Generator | None = None,
     important_ratio: float = IMPORTANT_RATIO,
+    native_dtype: bool = False,
 ) -> Selection:
     """``num_tokens`` patches (no CLS): important by CLS attention + diverse after duplicate
-    removal; ``generator`` unused."""
+    removal; ``generator`` unused. ``native_dtype``: compare the states in their own dtype
+    (bf16/fp16 on a GPU), as the authors' code does, instead of float32."""
     if not 0.0 <= important_ratio <= 1.0:
         raise ValueError(f"important_ratio must be in [0, 1], got {important_ratio}")
     n = cls_attention.shape[-1]
     return run_rule("vispruner", _core, hidden_states, cls_attention, num_tokens, max_tokens=n,
-                    important_ratio=important_ratio)
+                    important_ratio=important_ratio, native_dtype=native_dtype)
