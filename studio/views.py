@@ -168,7 +168,14 @@ def summary(analysis: Analysis, view: int = 0) -> str:
     tau = float(sel.tau[view])
     nms = (f"{picks} patches survive NMS (similarity threshold τ = (K/32)·ρ = {tau:.3f}"
            + (", so at this budget nothing is suppressed)" if tau >= 1 else ")"))
-    return (f"**{k} of {analysis.num_patches + 1} tokens kept**{where}: {groups} semantic groups, {nms}; "
+    drops_cls = bool(analysis.feats.drops_cls and analysis.feats.drops_cls[view])
+    visible = analysis.feats.visible
+    received = analysis.num_patches if visible is None else int(visible[view].sum())
+    kept = (f"**{k - 1} of {received} patches kept**{where}, handed over without the view's CLS (the crop map "
+            f"has no place for it)" if drops_cls else f"**{k} of {analysis.num_patches + 1} tokens kept**{where}")
+    if received < analysis.num_patches:
+        kept += f"; {analysis.num_patches - received} patches of this view lie in padding the model never receives"
+    return (f"{kept}: {groups} semantic groups, {nms}; "
             f"mean similarity ρ = {float(sel.rho[view]):.3f}. Selected in {analysis.selection_ms:.0f} ms "
             f"from cached features.")
 
@@ -177,7 +184,7 @@ def gallery(analysis: Analysis) -> list[tuple[np.ndarray, str]]:
     """Per view (frame or crop): the kept-token overlay with a caption, for ``gr.Gallery``."""
     sel = analysis.selection
     return [(viz.draw_kept_tokens(analysis.view_pixels[v], sel, v, size=THUMB, grid_shape=analysis.grid, legend=False),
-             f"{analysis.view_label(v)} · {int(sel.num_tokens[v])} tokens") for v in range(analysis.num_views)]
+             f"{analysis.view_label(v)} · {analysis.budgets[v]} tokens") for v in range(analysis.num_views)]
 
 
 def frame_chart(analysis: Analysis):

@@ -141,8 +141,8 @@ METHODS: dict[str, MethodSpec] = {
             versus_code=("Float32 states: the same tokens as its code on 58–76 % of cases at K = 16–192 (mean Jaccard "
                          "0.78–0.94; torch 2.13 CPU), all of the difference from exactly tied scores that its unstable "
                          "argsort orders otherwise (with a stable sort swapped into its code: 100 %). Bfloat16 states: "
-                         "0 % identical (Jaccard 0.45–0.77) against its bf16 code; with native_dtype=True, its "
-                         "exact set."),
+                         "0 % identical (Jaccard 0.45–0.77) against its bf16 code; with native_dtype=True, the set "
+                         "its code keeps with the stable sort, on every case."),
         ),
     )
 }
