@@ -57,7 +57,7 @@ def prepare_cases(image: str) -> tuple[dict, dict]:
     from studio import handlers as H
 
     blocks = {b.elem_id: b for b in app.demo.blocks.values() if getattr(b, "elem_id", None)}
-    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image, None, None, 64, False, 1, None,
+    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image, None, 64, False, 1, None,
                                              progress=H._no_progress)))
     state = out["state"]
     if state is None:
@@ -72,7 +72,7 @@ def redraw(blocks: dict, state, k: int, part: str) -> None:
     """One slider release on ``part``'s tab, up to what Gradio sends back."""
     from studio import handlers as H
 
-    _postprocess(blocks, H.VIEW_KEYS, H.on_reselect(state, k, False, 1, "image", None, None, None, part))
+    _postprocess(blocks, H.VIEW_KEYS, H.on_reselect(state, k, False, 1, "image", None, None, part))
 
 
 def main() -> int:

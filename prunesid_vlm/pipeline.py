@@ -18,6 +18,7 @@ pruned answer once per selection. ``stats`` counts what really ran.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -168,6 +169,21 @@ class Pipeline:
             self._answers.clear()
             self._projected.clear()
             self._first_logits.clear()
+
+    @contextlib.contextmanager
+    def model_work(self):
+        """Hold the model: no tower pass, projection or generation runs meanwhile (for moving it)."""
+        with self._lock:
+            yield self
+
+    def move_to(self, device: str | torch.device) -> None:
+        """Move the model to ``device`` (its dtype kept), once work in progress on it has finished;
+        later work runs there. Cached features and answers are CPU data and stay valid."""
+        with self._lock:
+            device = torch.device(device)
+            self.model.to(device)
+            self.loaded.device = device
+            self._warm = False  # the next timed prefill warms up on the new device
 
     # --- the only way in -------------------------------------------------------------------
     def _on_model(self, work: Callable, *args):

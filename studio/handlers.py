@@ -115,7 +115,7 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
     """The ``/analyze`` endpoint: selection and both answers for one image, as JSON."""
     k = check_budget(budget)
     question = check_question(question)
-    pipe = manager.get()
+    pipe = manager.current()
     images, notes, _, source = load_media("image", image, None)
     analysis = reselect(encode(pipe, "image", source, images, notes, None), k, dynamic)
     result = answer(analysis, question, pipe, max_new_tokens)
@@ -281,40 +281,41 @@ def _status_for(analysis: Analysis, pipe: Pipeline, encoded_now: bool) -> str:
     return status_line(" · ".join(bits) if bits else "Ready.", "ok")
 
 
-def _matches(state: Analysis | None, kind: str, source: str | None, model_id: str | None) -> bool:
-    return (state is not None and state.kind == kind and state.source == source
-            and (not model_id or model_id in (state.model_id, MANAGER.state.requested)))
+def _matches(state: Analysis | None, kind: str, source: str | None, model_id: str) -> bool:
+    return state is not None and state.kind == kind and state.source == source and state.model_id == model_id
 
 
 @guarded(_empty_views)
-def on_prepare(kind: str, image: str | None, video: str | None, model_id: str | None, budget: Any, dynamic: bool,
-               view: Any = 1, state: Analysis | None = None, shared: bool = False, progress=gr.Progress()) -> tuple:
-    """Upload / example / Run: load the media, encode it (once), select and draw every view."""
+def on_prepare(kind: str, image: str | None, video: str | None, budget: Any, dynamic: bool, view: Any = 1,
+               state: Analysis | None = None, shared: bool = False, progress=gr.Progress()) -> tuple:
+    """Upload / example / Run: load the media, encode it with the model in use (once), select and
+    draw every view. Never switches the model: only the picker does."""
     kind = "video" if kind == "video" else "image"
     source = video if kind == "video" else image
-    pipe = MANAGER.get(model_id, progress=progress)
-    if _matches(state, kind, source, pipe.model_id) and state.model_id == pipe.model_id:
+    pipe = MANAGER.current(progress=progress)
+    if _matches(state, kind, source, pipe.model_id):
         analysis, fresh = state, False
     else:
         progress(0.7, desc="Reading the " + kind)
         images, notes, times, source = load_media(kind, image, video)
+        if state is not None and state.model_id != pipe.model_id and state.source == source:
+            notes = notes + [f"The model in use is now {pipe.model_id} (switched in the picker since your last "
+                             f"analysis, {state.model_id}); this {kind} was encoded again with it."]
         progress(0.8, desc=f"Encoding {len(images)} {'frames' if len(images) > 1 else 'image'} with the vision tower")
         analysis, fresh = encode(pipe, kind, source, images, notes, times), True
-        if state is not None and state.answered and state.source == analysis.source:
-            analysis.answered = None
     analysis = reselect(analysis, budget, dynamic, shared)
     return _view_outputs(analysis, (int(view or 1) - 1) if not fresh else 0, _status_for(analysis, pipe, fresh))
 
 
 @guarded(_redraw_refused)
 def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, kind: str, image: str | None,
-                video: str | None, model_id: str | None, active: str = "kept", shared: bool = False) -> tuple:
+                video: str | None, active: str = "kept", shared: bool = False) -> tuple:
     """Slider release / preset / dynamic toggle: re-select from cached features and redraw the
-    visible view (``active``, one of ``views.PARTS``); no new answers."""
+    visible view (``active``, one of ``views.PARTS``); no new answers, no model."""
     if state is None:
         if not (image if kind != "video" else video):
             return tuple(gr.skip() for _ in VIEW_KEYS)  # nothing uploaded yet: just move the slider
-        return on_prepare.__wrapped__(kind, image, video, model_id, budget, dynamic, view, None, shared,
+        return on_prepare.__wrapped__(kind, image, video, budget, dynamic, view, None, shared,
                                       progress=_no_progress)
     analysis = reselect(state, budget, dynamic, shared)
     parts = (active,) if active in V.PARTS else V.PARTS
@@ -382,7 +383,10 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     if state is None:
         raise ValueError("Nothing to answer about yet: upload an image or a video first.")
     check_question(question)
-    pipe = MANAGER.get(state.model_id)
+    pipe = MANAGER.current()
+    if pipe.model_id != state.model_id:
+        raise ValueError(f"The model in use changed to {pipe.model_id} since this picture was analysed with "
+                         f"{state.model_id}; press Run to analyse it with the new model.")
     progress(0.1, desc="Answering twice: with all visual tokens, then with PruneSID's")
     result = answer(state, question, pipe, int(max_new_tokens or 64))
     texts = answer_texts(result, is_demo=pipe.is_demo)
@@ -446,36 +450,41 @@ def plain_markdown(text: str) -> str:
 
 
 def banner_text(manager: ModelManager = MANAGER, reason: str | None = None) -> str:
-    """Markdown for the top banner: the model in use (a clear warning for the demo model), with why
-    it fell back — the start-up fallback for everyone, or ``reason`` for the visitor it concerns."""
+    """Markdown for the top banner: the model in use (a clear warning for the demo model), with the
+    start-up fallback's reason (everyone's news) and ``reason``, a failed switch's, for the visitor
+    who asked only. Everything typed by someone is escaped."""
     s = manager.state
-    if s.loading and s.active is None:
-        return f"⏳ Loading **{s.requested}**… the first run waits for it."
+    mine = f"  \n⚠ Your switch did not happen: {plain_markdown(reason)}" if reason else ""
+    loading = f"  \n⏳ Loading **{plain_markdown(s.loading)}**; the model above serves meanwhile." if s.loading else ""
+    return _model_line(s) + mine + loading
+
+
+def _model_line(s) -> str:
     if s.active is None:
         if s.requested.startswith("demo/"):
             return ("⚠ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
                     "they only show how PruneSID and this app work. Pick a LLaVA checkpoint for real results.")
         return f"Model **{s.requested}** loads on first use."
     if s.is_demo:
-        why = reason or s.fallback_reason
-        why = f" ({plain_markdown(why)})" if why else ""
+        why = f" ({plain_markdown(s.fallback_reason)})" if s.fallback_reason else ""
         return ("⚠ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
                 f"they only show how PruneSID and this app work.{why}")
-    return f"Model: **{s.active}**"
+    return f"Model: **{plain_markdown(s.active)}**"
 
 
 @guarded(lambda message: (status_line(message, "warn"), gr.skip()) + (gr.skip(),) * (2 + len(ANSWER_PANEL)))
-def on_model_change(model_id: str, progress=gr.Progress()) -> tuple:
-    """Model picker: load the model (or fall back to the demo), update the banner, drop old features."""
-    if not model_id or not str(model_id).strip():
-        raise ValueError("Pick a model from the list or type a hub id / local folder.")
-    reasons: list[str] = []
-    pipe = MANAGER.get(str(model_id).strip(), progress=progress, reasons=reasons)
-    reason = reasons[0] if reasons else None
-    if reason:
-        warn(reason + " — using the offline demo model instead.")
+def on_model_change(model_id: str, state: Analysis | None = None, progress=gr.Progress()) -> tuple:
+    """The picker, the only way to switch the model: the model in use keeps serving until the new
+    one has loaded; a refused or failed switch changes nothing and is told to this visitor only."""
+    outcome = MANAGER.switch(model_id, progress=progress)
+    if outcome.problem:
+        warn(outcome.problem)
+    picker = gr.update(value=outcome.pipe.model_id)
+    if not outcome.changed and state is not None and state.model_id == outcome.pipe.model_id:
+        return ((banner_text(reason=outcome.problem), picker, gr.skip(), gr.skip())
+                + tuple(gr.skip() for _ in ANSWER_PANEL))
     cleared = answer_panel(None)
-    return ((banner_text(reason=reason), gr.update(value=pipe.model_id), None, stale_note(None))
+    return ((banner_text(reason=outcome.problem), picker, None, stale_note(None))
             + tuple(cleared[k] for k in ANSWER_PANEL))
 
 
@@ -491,12 +500,12 @@ __all__ = [n for n in dir() if n.startswith(("on_", "check_", "load_media", "enc
 def on_media(kind: str):
     """Upload / example / clear of the image (``kind="image"``) or video input: analyse it at once."""
 
-    def handler(source: str | None, model_id: str | None, budget: Any, dynamic: bool, state: Analysis | None,
+    def handler(source: str | None, budget: Any, dynamic: bool, state: Analysis | None,
                 shared: bool = False, progress=gr.Progress()) -> tuple:
         if not source:  # cleared: keep the page as it is
             return (kind,) + tuple(gr.skip() for _ in VIEW_KEYS)
         image, video = (source, None) if kind == "image" else (None, source)
-        return (kind,) + on_prepare(kind, image, video, model_id, budget, dynamic, 1, state, shared, progress=progress)
+        return (kind,) + on_prepare(kind, image, video, budget, dynamic, 1, state, shared, progress=progress)
 
     handler.__name__ = f"on_{kind}_upload"
     return handler

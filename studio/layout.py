@@ -12,7 +12,7 @@ import gradio as gr
 
 from . import handlers as H
 from .components import GroupImage, SafeImage, SafeVideo
-from .models import MANAGER, model_choices
+from .models import MANAGER
 from .plot_output import ChartPlot
 from . import views as V
 from .views import KEPT_CAPTION, budget_label
@@ -134,8 +134,10 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                                       include_audio=True, height=260, elem_id="video")
             question = gr.Textbox(H.DEFAULT_QUESTION, label="Question", lines=2, max_length=H.MAX_QUESTION_CHARS,
                                   elem_id="question")
-            model = gr.Dropdown(model_choices(), value=MANAGER.state.requested, allow_custom_value=True,
-                                label="Model (hub id, local folder, or the offline demo)", elem_id="model")
+            model = gr.Dropdown(MANAGER.policy.choices(), value=MANAGER.state.requested,
+                                allow_custom_value=MANAGER.policy.allow_custom,
+                                label=("Model (hub id, local folder, or the offline demo)" if MANAGER.policy.allow_custom
+                                       else "Model"), elem_id="model")
             budget = gr.Slider(2, 577, value=H.DEFAULT_BUDGET, step=1, label="Visual tokens kept (K)",
                                elem_id="budget")
             budget_md = gr.Markdown(budget_label(H.DEFAULT_BUDGET), elem_id="budget-label")
@@ -226,11 +228,11 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     image_tab.select(lambda: "image", None, kind, queue=False, **private)
     video_tab.select(lambda: "video", None, kind, queue=False, **private)
     for source, name in ((image, "image"), (video, "video")):
-        source.change(H.on_media(name), [source, model, budget, dynamic, state, shared], [kind] + view_out,
+        source.change(H.on_media(name), [source, budget, dynamic, state, shared], [kind] + view_out,
                       show_progress="minimal", **MODEL_EVENTS, **private
                       ).then(H.on_load, None, [banner], **private)
 
-    run.click(H.on_prepare, [kind, image, video, model, budget, dynamic, frame, state, shared], view_out,
+    run.click(H.on_prepare, [kind, image, video, budget, dynamic, frame, state, shared], view_out,
               show_progress="minimal", **MODEL_EVENTS, **private
               ).then(H.on_answer, [state, question, budget, dynamic, max_new], answer_out,
                      **MODEL_EVENTS, **private
@@ -242,7 +244,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
         tab.select(H.on_tab(part), [state, frame], [active] + view_out, show_progress="minimal", **REDRAW_EVENTS,
                    **private)
 
-    reselect_in = [state, budget, dynamic, frame, kind, image, video, model, active, shared]
+    reselect_in = [state, budget, dynamic, frame, kind, image, video, active, shared]
     budget.change(budget_label, budget, budget_md, queue=False, show_progress="hidden", **private)
     budget.release(H.on_reselect, reselect_in, view_out, show_progress="minimal", trigger_mode="always_last",
                    **REDRAW_EVENTS, **private)
@@ -258,7 +260,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     answer_panel = [comp[k] for k in H.ANSWER_PANEL]
     question.change(H.on_question, [state, question], answer_panel + [stale], queue=False, show_progress="hidden",
                     **private)
-    model.input(H.on_model_change, model, [banner, model, state, stale] + answer_panel, show_progress="full",
+    model.input(H.on_model_change, [model, state], [banner, model, state, stale] + answer_panel, show_progress="full",
                 **MODEL_EVENTS, **private)
     return image, question, budget, state
 
@@ -267,7 +269,7 @@ def _compare_tab(image, question, budget, state) -> None:
     """The methods engineer's tab (``studio/compare_tab.py``), if it has landed."""
     from studio.compare_tab import build_compare_tab
 
-    build_compare_tab(image, question, budget, lambda: MANAGER.get(), media_state=state)
+    build_compare_tab(image, question, budget, lambda: MANAGER.current(), media_state=state)
 
 
 def _api(demo: gr.Blocks) -> None:

@@ -33,7 +33,7 @@ def demo_model(llava_pipeline):
 
 def prepare(path=CAT, budget=64, dynamic=False, kind="image"):
     image, video = (path, None) if kind == "image" else (None, path)
-    out = H.on_prepare(kind, image, video, None, budget, dynamic, 1, None, progress=H._no_progress)
+    out = H.on_prepare(kind, image, video, budget, dynamic, 1, None, progress=H._no_progress)
     return dict(zip(H.VIEW_KEYS, out))
 
 
@@ -93,7 +93,7 @@ def test_upload_draws_every_view(cat):
 
 def test_slider_reselects_from_cached_features_and_redraws_only_the_visible_view(cat):
     state = cat["state"]
-    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 128, False, 1, "image", None, None, None, "nms")))
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 128, False, 1, "image", None, None, "nms")))
     assert "128 of 577 tokens kept" in out["summary"]
     assert int(out["state"].selection.num_tokens[0]) == 128
     assert Path(out["nms"]).exists()
@@ -110,7 +110,7 @@ def test_slider_reselects_from_cached_features_and_redraws_only_the_visible_view
 
 
 def test_many_groups_are_pooled_in_the_legend(cat):
-    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 577, False, 1, "image", None, None, None, "groups")))
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 577, False, 1, "image", None, None, "groups")))
     _, annotations, colors = out["groups"]["value"]
     assert len(annotations) == V.MAX_GROUP_ANNOTATIONS
     assert "smaller groups" in annotations[-1][1] and colors[annotations[-1][1]] == V.OTHER_GROUPS_HEX
@@ -118,7 +118,7 @@ def test_many_groups_are_pooled_in_the_legend(cat):
 
 
 def test_dynamic_ratio_changes_the_budget_and_says_why(cat):
-    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 64, True, 1, "image", None, None, None, "dynamic")))
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 64, True, 1, "image", None, None, "dynamic")))
     state = out["state"]
     assert state.dynamic and len(state.budgets) == 1
     assert int(state.selection.num_tokens[0]) == state.budgets[0]
@@ -126,7 +126,7 @@ def test_dynamic_ratio_changes_the_budget_and_says_why(cat):
 
 
 def test_slider_before_any_upload_does_nothing():
-    out = H.on_reselect(None, 100, False, 1, "image", None, None, None, "kept")
+    out = H.on_reselect(None, 100, False, 1, "image", None, None, "kept")
     assert all(is_skip(v) for v in out)
 
 
@@ -142,7 +142,7 @@ def test_run_answers_twice_side_by_side(cat):
     assert "Fidelity" in out["fidelity"] and "nats" in out["fidelity"] and "Demo model" in out["fidelity"]
     assert out["stale"] == ""
     # Moving the slider afterwards flags the answers as made with another budget.
-    moved = dict(zip(H.VIEW_KEYS, H.on_reselect(out["state"], 100, False, 1, "image", None, None, None, "kept")))
+    moved = dict(zip(H.VIEW_KEYS, H.on_reselect(out["state"], 100, False, 1, "image", None, None, "kept")))
     assert "made with 64 tokens" in moved["stale"]
 
 
@@ -237,14 +237,14 @@ def test_empty_video_gives_a_message(tmp_path):
 
 
 def test_media_cleared_keeps_the_page():
-    out = H.on_media("image")(None, None, 64, False, None, progress=H._no_progress)
+    out = H.on_media("image")(None, 64, False, None, progress=H._no_progress)
     assert out[0] == "image" and all(is_skip(v) for v in out[1:])
 
 
 # ---- models and errors ----------------------------------------------------------------------------
 def test_unloadable_model_falls_back_to_the_demo_with_a_banner(demo_cache):
     manager = ModelManager("no-such-org/no-such-model")
-    pipe = manager.get()
+    pipe = manager.current()
     assert pipe.is_demo and manager.state.fallback_reason
     banner = H.banner_text(manager)
     assert "not meaningful" in banner and "no-such-org/no-such-model" in banner
@@ -259,7 +259,7 @@ def test_unexpected_errors_become_a_short_generic_message(cat, monkeypatch):
         raise RuntimeError("internal detail")
 
     monkeypatch.setattr(H, "reselect", boom)
-    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 100, False, 1, "image", None, None, None, "kept")))
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 100, False, 1, "image", None, None, "kept")))
     assert out["status"] == "⚠ " + GENERIC_ERROR and "internal detail" not in out["status"]
 
 
@@ -273,12 +273,12 @@ def test_gpu_boundary_is_a_plain_call_without_spaces():
     assert run_on_gpu(f, 1) == 2
 
 
-def test_model_picker_falls_back_and_says_so(demo_model):
-    banner, model, state, stale, *panel = H.on_model_change("no-such-org/picked-model", progress=H._no_progress)
-    assert "Press **Run**" in stale and dict(zip(H.ANSWER_PANEL, panel))["pruned_answer"] == ""
-    assert "not meaningful" in banner and "no-such-org/picked-model" in banner
-    assert model["value"] == "demo/tiny-llava-1.5" and state is None
-    MANAGER.install(demo_model)  # back to the shared pipeline for later tests
+def test_a_failed_switch_keeps_the_model_in_use_and_says_why(demo_model, cat):
+    banner, model, state, stale, *panel = H.on_model_change("no-such-org/picked-model", cat["state"],
+                                                            progress=H._no_progress)
+    assert "did not happen" in banner and "no-such-org/picked-model" in banner
+    assert model["value"] == "demo/tiny-llava-1.5" and MANAGER.current() is demo_model
+    assert is_skip(state) and is_skip(stale)  # the visitor's analysis still belongs to the model in use
 
 
 def test_a_failed_switch_is_told_to_that_visitor_only(demo_model):

@@ -371,7 +371,7 @@ def test_compare_follows_the_explore_tabs_media_video_frames_included(llava_pipe
     from studio.models import MANAGER
 
     MANAGER.install(llava_pipeline)
-    state = dict(zip(H.VIEW_KEYS, H.on_prepare("video", None, str(video), None, 32, False, 1, None,
+    state = dict(zip(H.VIEW_KEYS, H.on_prepare("video", None, str(video), 32, False, 1, None,
                                                progress=H._no_progress)))["state"]
     out = compare_view(image_path, "What happens?", 32, ["prunesid", "grid"], lambda: llava_pipeline,
                        answers=False, media=state)

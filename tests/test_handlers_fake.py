@@ -32,7 +32,7 @@ def image_path(tmp_path):
 
 
 def prepared(image_path, budget=64, dynamic=False):
-    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, None, budget, dynamic, 1, None,
+    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, budget, dynamic, 1, None,
                                              progress=H._no_progress)))
     assert out["state"] is not None, out["status"]
     return out
@@ -51,7 +51,7 @@ def test_redraws_do_not_touch_the_pipeline(fake, image_path):
     state = prepared(image_path)["state"]
     fake.calls.clear()
     for k, dynamic, part in [(128, False, "kept"), (32, True, "dynamic"), (200, False, "groups"), (16, False, "nms")]:
-        out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, k, dynamic, 1, "image", image_path, None, None, part)))
+        out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, k, dynamic, 1, "image", image_path, None, part)))
         assert out["state"].budget == k and out["status"].startswith("✓"), out["status"]
         state = out["state"]
     H.on_view(state, 1, "importance")
@@ -83,11 +83,11 @@ def test_pipeline_errors_become_messages(tmp_path, image_path):
     previous = MANAGER.loaded
     try:
         MANAGER.install(FakePipeline(fail_with=ValueError("the tower refused this image")))
-        out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, None, 64, False, 1, None,
+        out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, 64, False, 1, None,
                                                  progress=H._no_progress)))
         assert out["state"] is None and out["status"] == "⚠ The tower refused this image"
         MANAGER.install(FakePipeline(fail_with=RuntimeError("CUDA error: device-side assert")))
-        out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, None, 64, False, 1, None,
+        out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", image_path, None, 64, False, 1, None,
                                                  progress=H._no_progress)))
         assert out["status"] == "⚠ " + GENERIC_ERROR and "CUDA" not in out["status"]
     finally:
@@ -98,7 +98,7 @@ def test_pipeline_errors_become_messages(tmp_path, image_path):
 @pytest.mark.parametrize("budget", [1, 578, "lots", None])
 def test_bad_budgets_on_a_redraw_are_messages_and_keep_the_session(fake, image_path, budget):
     state = prepared(image_path)["state"]
-    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, budget, False, 1, "image", image_path, None, None, "kept")))
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, budget, False, 1, "image", image_path, None, "kept")))
     assert out["status"].startswith("⚠") and "budget" in out["status"]
     kept = {k: v for k, v in out.items() if k != "status"}
     assert all(isinstance(v, dict) and v.get("__type__") == "update" and "value" not in v for v in kept.values())
@@ -120,7 +120,7 @@ def test_dynamic_chart_marks_the_budget_its_own_axis_gives(fake, image_path, mon
 
     monkeypatch.setattr(V.viz, "plot_dynamic_ratio", spy)
     state = prepared(image_path, budget=64)["state"]
-    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 64, dynamic, 1, "image", image_path, None, None, "dynamic")))
+    out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 64, dynamic, 1, "image", image_path, None, "dynamic")))
     expected = dynamic_budget(drawn["phi"], 64, state.phi_ref, ceiling=577)
     assert drawn["budget"] == expected and drawn["mean_budget"] == 64
     assert f"**{expected}" in out["dynamic_text"]
@@ -133,14 +133,14 @@ def test_answers_follow_the_setting_on_screen(fake, image_path):
     state = prepared(image_path, budget=64)["state"]
     answered = dict(zip(H.ANSWER_KEYS, H.on_answer(state, "What?", 64, False, 8, progress=H._no_progress)))
     state = answered["state"]
-    moved = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 100, False, 1, "image", image_path, None, None, "kept")))
+    moved = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 100, False, 1, "image", image_path, None, "kept")))
     assert moved["pruned_answer"] == "" and moved["fidelity"] == ""
     assert "Not run for this setting" in moved["stale"] and "made with 64 tokens" in moved["stale"]
     assert moved["pruned_head"] == "#### PruneSID · 100 visual tokens"
-    dyn = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 64, True, 1, "image", image_path, None, None, "kept")))
+    dyn = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 64, True, 1, "image", image_path, None, "kept")))
     k = int(dyn["state"].budgets[0])
     assert "Not run for this setting" in dyn["stale"] and f"**{k} tokens** for this image" in dyn["budget_label"]
-    back = dict(zip(H.VIEW_KEYS, H.on_reselect(moved["state"], 64, False, 1, "image", image_path, None, None,
+    back = dict(zip(H.VIEW_KEYS, H.on_reselect(moved["state"], 64, False, 1, "image", image_path, None,
                                                "kept")))
     assert back["pruned_answer"] == answered["pruned_answer"] and back["stale"] == ""
     other = dict(zip(H.ANSWER_PANEL + ("stale",), H.on_question(back["state"], "Something else?")))
@@ -154,7 +154,7 @@ def test_new_media_clears_the_answers(fake, image_path, tmp_path):
     state = dict(zip(H.ANSWER_KEYS, H.on_answer(state, "What?", 64, False, 8, progress=H._no_progress)))["state"]
     second = tmp_path / "second.png"
     fake_image(7).save(second)
-    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", str(second), None, None, 64, False, 1, state,
+    out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", str(second), None, 64, False, 1, state,
                                              progress=H._no_progress)))
     assert out["state"].answered is None and out["pruned_answer"] == "" and "Press **Run**" in out["stale"]
 
