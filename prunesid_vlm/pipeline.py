@@ -52,6 +52,7 @@ from .rules import (
     select,
     selection_budgets,
     selection_key,
+    keeps_everything,
     token_counts,
     unseen_note,
     view_budgets,
@@ -369,6 +370,8 @@ class Pipeline:
         """``(input_ids, features, visual tokens, projection seconds)`` of one prompt: placeholders
         shrunk to the kept tokens, features as the model's ``mm_encoder_outputs`` takes them."""
         device = self.loaded.device
+        if selection is not None and keeps_everything(feats, selection):
+            selection = None  # a budget of 1+N or more: the model's own path, not CLS + every patch
         media = range(1 if self.one_clip else len(images))
         rows = [feats.view_rows(i) for i in media]
         hidden = [feats.hidden_states[r].to(device) for r in rows]

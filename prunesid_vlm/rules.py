@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import unicodedata
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -50,13 +51,26 @@ def check_budget(num_tokens: Any, num_patches: int = 576) -> int:
     return k
 
 
+PLACEHOLDER_WORDS = ("<image>", "<video>")
+"""Text the chat template turns into a picture placeholder: typed in a question, it would ask for
+a picture that is not there."""
+
+
 def check_question(question: Any) -> str:
-    """The question, stripped, or a ValueError for an empty or over-long one."""
+    """The question, stripped, or a ValueError for an empty, invisible, over-long one or one that
+    holds a picture placeholder. The one rule for every way in (the app, its endpoints, scripts)."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError("The question is empty: type a question about the image.")
     question = question.strip()
     if len(question) > MAX_QUESTION_CHARS:
         raise ValueError(f"The question is {len(question)} characters long; please keep it under {MAX_QUESTION_CHARS}.")
+    if not any(not ch.isspace() and unicodedata.category(ch)[0] not in "CZ" for ch in question):
+        raise ValueError("The question has no visible characters (only spaces, zero-width or control characters): "
+                         "type a question about the image.")
+    for word in PLACEHOLDER_WORDS:
+        if word in question.lower():
+            raise ValueError(f"The question contains {word}, which the model reads as a picture placeholder; leave it "
+                             "out (the picture is attached already).")
     return question
 
 
@@ -234,12 +248,23 @@ def _rows_of(options: dict | None, views: torch.Tensor, patches: torch.Tensor | 
     return out
 
 
+def keeps_everything(feats: EncodedImages, selection: Selection) -> bool:
+    """Whether ``selection`` keeps every patch the model receives, merging nothing (a budget of
+    1+N or more): the model is then answered through its own, unpruned path."""
+    if selection.merged_tokens is not None:
+        return False
+    kept = selection.kept_patches.cpu()
+    return bool(kept.all()) if feats.visible is None else bool((kept | ~feats.visible).all())
+
+
 def token_counts(feats: EncodedImages, selection: Selection | None = None) -> TokenCounts:
     """Where a prompt's visual tokens come from: all of them (``selection=None``: every received
     patch, no CLS) or ``selection``'s (its budgets, less the CLS of views that drop it), plus one
     newline per crop-map row that is sent (LLaVA-NeXT). Pure: from ``feats.map_rows`` alone."""
     drops = torch.tensor(feats.drops_cls or (False,) * feats.num_views, dtype=torch.long)
     rows = feats.map_rows
+    if selection is not None and keeps_everything(feats, selection):
+        selection = None
     if selection is None:
         handed = torch.full((feats.num_views,), feats.num_patches) if rows is None else (rows >= -1).sum(1)
         sent = rows

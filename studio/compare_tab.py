@@ -26,7 +26,7 @@ from prunesid_vlm import studies
 from prunesid_vlm.pipeline import Pipeline, check_budget, check_question
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability
 
-from .components import SafeImage
+from .components import RawNumber, SafeImage
 from .errors import endpoint, message_for, warn
 from .media import MediaError, load_image
 
@@ -86,7 +86,8 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
 
     Returns ``{"gallery": [(uint8 image, caption)], "table": [[...]], "json": {...}, ...}``."""
     names = check_methods(methods)
-    question = check_question(question) if answers else None
+    asked = check_question(question) if answers or (isinstance(question, str) and question.strip()) else None
+    question = asked if answers else None  # checked even when unused: one rule for every endpoint
     images, notes, label = _media(image, media)
     pipe = get_pipeline()
     if progress is not None:
@@ -167,7 +168,8 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
                media: Any = None) -> dict:
     """Fidelity (model: first-token KL) and feature coverage against budget, per method."""
     names = check_methods(methods)
-    question = check_question(question) if with_model else None
+    asked = check_question(question) if with_model or (isinstance(question, str) and question.strip()) else None
+    question = asked if with_model else None
     images, _, label = _media(image, media)
     pipe = get_pipeline()
     points = parse_budgets(budgets, pipe.num_patches)
@@ -334,10 +336,10 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     with gr.Row(visible=False):
         api_image = SafeImage(type="filepath", label="image")
         api_question = gr.Textbox(DEFAULT_QUESTION, label="question")
-        api_budget = gr.Number(64, label="budget", precision=0)
+        api_budget = RawNumber(64, label="budget", precision=0)
         api_methods = gr.Textbox("", label="methods (comma-separated registry names; empty = all)")
         api_answers = gr.Checkbox(True, label="answers")
-        api_seeds = gr.Number(len(DEFAULT_STABILITY_SEEDS), label="seeds", precision=0)
+        api_seeds = RawNumber(len(DEFAULT_STABILITY_SEEDS), label="seeds", precision=0)
         api_budgets = gr.Textbox(", ".join(str(k) for k in DEFAULT_SWEEP_BUDGETS), label="budgets")
         api_out = gr.JSON(label="result")
         api_compare = gr.Button("compare")

@@ -36,6 +36,18 @@ class SafeImage(gr.Image):
         return str(path)
 
 
+class RawNumber(gr.Number):
+    """``gr.Number`` for an endpoint's parameter that hands the value over as sent (``64``, ``"64"``,
+    ``"abc"``), so that the handler's own check answers a bad one with a clear message instead of
+    the framework failing to convert it."""
+
+    def get_block_name(self) -> str:
+        return "number"
+
+    def preprocess(self, payload):
+        return payload
+
+
 class SafeVideo(gr.Video):
     """``gr.Video`` that passes the uploaded path through without converting it."""
 

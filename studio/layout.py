@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import handlers as H
-from .components import GroupImage, SafeImage, SafeVideo
+from .components import GroupImage, RawNumber, SafeImage, SafeVideo
 from .models import MANAGER
 from .plot_output import ChartPlot
 from . import views as V
@@ -277,7 +277,7 @@ def _api(demo: gr.Blocks) -> None:
     with gr.Row(visible=False):
         api_image = SafeImage(type="filepath", label="image")
         api_question = gr.Textbox(label="question")
-        api_budget = gr.Number(label="budget", precision=0, value=H.DEFAULT_BUDGET)
+        api_budget = RawNumber(label="budget", precision=0, value=H.DEFAULT_BUDGET)
         api_out = gr.JSON(label="result")
         api_button = gr.Button("analyze")
     api_button.click(H.analyze_endpoint, [api_image, api_question, api_budget], api_out, api_name="analyze",

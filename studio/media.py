@@ -243,15 +243,21 @@ def load_video(
     try:
         if not cap.isOpened():
             raise MediaError(f"'{p.name}' could not be opened as a video (try MP4 with H.264).")
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        stated = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        if count <= 0:
-            # Some containers do not store a frame count: decode once to count.
+        count = stated
+        if stated <= SEQUENTIAL_DECODE_LIMIT:
+            # A missing or short stated count is checked by reading to the end (a header can lie or
+            # be absent; sampling only the frames it admits would miss the rest of the video).
             count = 0
-            while cap.grab():
+            while count < MAX_COUNTED_FRAMES and cap.grab():
                 count += 1
             cap.release()
             cap = cv2.VideoCapture(str(p))
+            if stated > 0 and count != stated:
+                notes.append(f"The file's header states {stated} frames but it holds "
+                             f"{count if count < MAX_COUNTED_FRAMES else f'at least {count}'}: frames are sampled "
+                             "over all of them.")
         if count <= 0:
             raise MediaError(f"'{p.name}' contains no video frames.")
         if not (0 < fps < 1000):
@@ -274,6 +280,10 @@ def load_video(
     notes.extend(loaded[0][1])  # the same size rule applies to every frame; report it once
     return [img for img, _ in loaded], fps, duration, notes
 
+
+MAX_COUNTED_FRAMES = 100_000
+"""When a video's stated frame count is checked by reading, reading stops here (about an hour at
+30 fps) and the video is treated as that long."""
 
 SEQUENTIAL_DECODE_LIMIT = 900
 """Videos up to this many frames (30 s at 30 fps) are decoded frame by frame, which is

@@ -90,3 +90,36 @@ def test_analyze_documents_its_index_spaces(client):
     result = client.predict(gradio_client.handle_file(str(ASSETS / "cat.jpg")), "What?", 32, api_name="/analyze")
     assert result["grid"] == [24, 24] and "tower indices (0 = CLS" in result["index_spaces"]
     assert result["selection"]["keep"][0] == 0 and max(result["selection"]["keep"]) <= 576
+
+
+# ---- the input gaps of issue 13, item 4: each refused (or served) with a clear message -------------
+def test_a_budget_sent_as_text_is_read_or_refused_clearly(client):
+    from gradio_client import handle_file
+
+    image = handle_file(str(ASSETS / "cat.jpg"))
+    assert client.predict(image, "What?", "64", api_name="/analyze")["budget"] == 64
+    with pytest.raises(Exception, match="must be a number, got 'abc'"):
+        client.predict(image, "What?", "abc", api_name="/analyze")
+
+
+def test_every_token_budget_answers_like_the_full_model(client):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(str(ASSETS / "cat.jpg")), "What?", 577, api_name="/analyze")
+    assert out["pruned"]["answer"] == out["full"]["answer"] and out["fidelity"]["first_token_kl_nats"] < 1e-6
+    assert out["pruned"]["visual_tokens"] == 576
+
+
+@pytest.mark.parametrize("question, message", [
+    ("x" * 24_000, "keep it under 2000"),
+    ("\u200b\u200c\u200d\ufeff", "no visible characters"),
+    ("Describe <image> please", "picture placeholder"),
+])
+@pytest.mark.parametrize("endpoint", ["/analyze", "/compare"])
+def test_one_question_rule_for_every_endpoint(client, endpoint, question, message):
+    from gradio_client import handle_file
+
+    image = handle_file(str(ASSETS / "cat.jpg"))
+    args = (image, question, 64) if endpoint == "/analyze" else (image, question, 64, "grid", False)
+    with pytest.raises(Exception, match=message):
+        client.predict(*args, api_name=endpoint)

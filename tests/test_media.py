@@ -233,3 +233,26 @@ def test_video_errors_are_readable(tmp_path):
 def test_bundled_video():
     frames, fps, dur, notes = load_video(ASSETS / "pan_zoom.mp4", max_frames=8)
     assert len(frames) == 8 and frames[0].size == (336, 336) and dur == pytest.approx(4.0, abs=0.1)
+
+
+def test_a_header_that_understates_the_frames_is_checked_by_reading(tmp_path, monkeypatch):
+    """The container claims 2 frames, the file holds 40: frames are sampled over all 40."""
+    p = write_video(tmp_path / "liar.mp4", 40)
+    real = cv2.VideoCapture
+
+    class LyingHeader:
+        def __init__(self, path):
+            self._cap = real(path)
+
+        def get(self, prop):
+            return 2.0 if prop == cv2.CAP_PROP_FRAME_COUNT else self._cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self._cap, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", LyingHeader)
+    frames, fps, duration, notes = load_video(p, max_frames=4)
+    assert len(frames) == 4 and duration == pytest.approx(4.0)
+    assert any("header states 2 frames but it holds 40" in n for n in notes)
+    levels = [float(np.asarray(f).mean()) for f in frames]
+    assert levels == sorted(levels) and levels[-1] > 5 * 30  # the last sample comes from the end

@@ -208,3 +208,13 @@ def test_token_counts_are_the_prompts_visual_tokens(any_pipeline, images):
         assert result.counts["pruned"].total == result.visual_tokens_pruned
         assert pipe.token_counts(feats, sel) == result.counts["pruned"]
         assert result.to_dict()["counts"]["pruned"]["total"] == result.visual_tokens_pruned
+
+
+def test_a_budget_of_every_token_answers_like_the_full_model(any_pipeline, images):
+    """K = 1+N (the page's 'all' preset) keeps every patch: the answer is the unpruned one,
+    first-token KL 0, and the counts are the full path's."""
+    pipe = any_pipeline
+    media = images[:3] if pipe.one_clip else images[:1]
+    result = pipe.compare(media, QUESTION, pipe.num_patches + 1, max_new_tokens=3)
+    assert result.pruned_tokens == result.full_tokens and result.fidelity == pytest.approx(0.0, abs=1e-6)
+    assert result.visual_tokens_pruned == result.visual_tokens_full == result.counts["pruned"].total
