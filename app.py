@@ -17,16 +17,27 @@ try:  # ZeroGPU: `spaces` must be imported before anything initialises CUDA
 except ImportError:
     pass
 
+import shutil  # noqa: E402
+
+from studio.components import written_folder  # noqa: E402
 from studio.layout import LAUNCH_KWARGS, QUEUE_KWARGS, build_demo  # noqa: E402
+from studio.limits import limit_queue_per_session  # noqa: E402
 from studio.models import MANAGER  # noqa: E402
 
 demo = build_demo()
 demo.queue(**QUEUE_KWARGS)
+limit_queue_per_session(demo)
+
+
+def _stop(*_signal) -> None:
+    raise KeyboardInterrupt  # SIGTERM (how a Space or a supervisor stops us): close down as on Ctrl-C
 
 
 def main() -> None:
     import logging
+    import signal
 
+    signal.signal(signal.SIGTERM, _stop)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for chatty in ("httpx", "httpcore", "urllib3"):  # one line per HTTP request otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -34,7 +45,10 @@ def main() -> None:
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), prevent_thread_lock=True,
                 **LAUNCH_KWARGS)
     MANAGER.preload_in_background()  # after the page is up, so the first visitor isn't kept waiting
-    demo.block_thread()
+    try:
+        demo.block_thread()
+    finally:  # Gradio empties its own cache on the way out; the images written for the page go too
+        shutil.rmtree(written_folder(), ignore_errors=True)
 
 
 if __name__ == "__main__":

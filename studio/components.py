@@ -20,6 +20,50 @@ from gradio import utils
 from gradio.data_classes import FileData
 from PIL import Image
 
+from . import limits
+
+
+_WRITES = {"count": 0}
+_WRITES_LOCK = threading.Lock()
+PRUNE_EVERY = 100
+"""The folder of written images is checked once every this many writes."""
+
+
+def _written(folder: Path) -> None:
+    """After a new file in ``folder``: every ``PRUNE_EVERY`` writes, keep only the newest
+    ``limits.PNG_FILES`` (a redraw reuses a file by content, so an old one is rarely needed again;
+    one that is gets written anew)."""
+    with _WRITES_LOCK:
+        _WRITES["count"] += 1
+        if _WRITES["count"] % PRUNE_EVERY:
+            return
+    prune_folder(folder, limits.PNG_FILES)
+
+
+def prune_folder(folder: Path, keep: int) -> int:
+    """Delete all but the ``keep`` most recently modified PNGs in ``folder``; returns how many went."""
+    files = []
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".png") and not entry.name.startswith("."):
+            try:
+                files.append((entry.stat().st_mtime, entry.path))
+            except FileNotFoundError:
+                continue
+    files.sort(reverse=True)
+    removed = 0
+    for _, path in files[keep:]:
+        try:
+            os.remove(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def written_folder() -> Path:
+    """Where the app writes the images it serves (inside Gradio's cache, which serves it)."""
+    return Path(utils.get_upload_folder()) / "prunesid-studio"
+
 
 class SafeImage(gr.Image):
     """``gr.Image(type="filepath")`` that never decodes the upload itself."""
@@ -116,6 +160,7 @@ def mask_png_file(alpha: np.ndarray, rgb: tuple[int, int, int], cache_dir: str |
         tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.png"
         im.save(tmp, format="PNG", compress_level=1, transparency=bytes(range(256)))
         os.replace(tmp, path)
+        _written(folder)
     return str(path.resolve())
 
 
@@ -147,4 +192,5 @@ def png_file(array: np.ndarray, cache_dir: str | None = None) -> str:
         tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.png"
         Image.fromarray(array).save(tmp, format="PNG", compress_level=1)  # 3 or 4 uint8 channels: RGB or RGBA
         os.replace(tmp, path)
+        _written(folder)
     return str(path.resolve())

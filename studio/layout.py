@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import handlers as H
+from . import limits
 from .components import GroupImage, RawNumber, SafeImage, SafeVideo
 from .models import MANAGER
 from .plot_output import ChartPlot
@@ -75,10 +76,12 @@ CSS = """
 """
 
 LAUNCH_KWARGS = dict(theme=gr.themes.Default(primary_hue="indigo"), css=CSS, max_file_size="100mb",
-                     footer_links=["api", "gradio", "settings"])
+                     footer_links=["api", "gradio", "settings"], state_session_capacity=limits.SESSION_CAPACITY)
 """Keyword arguments for ``demo.launch`` (Gradio 6 takes theme and CSS there)."""
-QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=32)
-"""``demo.queue``: at most 32 waiting jobs; events without a group below run one at a time."""
+QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=limits.QUEUE_SIZE)
+"""``demo.queue``: at most ``limits.QUEUE_SIZE`` waiting jobs (and ``limits.QUEUE_PER_SESSION`` per
+session, see :func:`studio.limits.limit_queue_per_session`); events without a group below run one
+at a time."""
 REDRAW_CONCURRENCY = 4
 """Redraws (slider, presets, dynamic toggle, view tabs, frame picker) of different visitors run
 side by side: they read only the visitor's own session state (no model, no lock)."""
@@ -102,7 +105,8 @@ def _examples() -> list[list[str]]:
 
 def build_demo() -> gr.Blocks:
     """The whole page (no model is loaded here)."""
-    with gr.Blocks(title="PruneSID Studio", analytics_enabled=False) as demo:
+    with gr.Blocks(title="PruneSID Studio", analytics_enabled=False,
+                   delete_cache=(limits.CACHE_CHECK_S, limits.CACHE_MAX_AGE_S)) as demo:
         gr.Markdown(HEADER)
         banner = gr.Markdown(H.banner_text(), elem_id="banner")
         with gr.Tabs():
@@ -120,7 +124,7 @@ def build_demo() -> gr.Blocks:
 
 def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     kind = gr.State("image")
-    state = gr.State(None)
+    state = gr.State(None, time_to_live=limits.SESSION_TTL_S)  # freed sooner when the tab closes
     active = gr.State("kept")  # the visible view tab (the slider redraws only that one)
     with gr.Row(equal_height=False):
         # ---- inputs -----------------------------------------------------------------------------
