@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             proc.terminate()
             proc.wait(timeout=30)
         leftover = folder_mb(cache)
+        left_names = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())[:8]
     print(f"{args.sessions} scripted sessions, one {args.side}×{args.side * 3 // 4} photo each, /analyze at K=64 "
           "(demo model, CPU)")
     print(f"  {'when':<34}{'server RSS MB':>14}{'cache MB':>10}{'files':>7}")
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  growth per session: {(peak[1] - base[1]) / args.sessions:.1f} MB RSS, "
           f"{(peak[2] - base[2]) / args.sessions:.2f} MB disk; kept after the clean-up: "
           f"{after[1] - base[1]:.0f} MB RSS, {after[2] - base[2]:.1f} MB disk")
-    print(f"  cache left after the server stopped: {leftover[0]:.1f} MB in {leftover[1]} files")
+    print(f"  cache left after the server stopped: {leftover[0]:.1f} MB in {leftover[1]} files"
+          + (f" ({', '.join(left_names)})" if left_names else ""))
 
 
 if __name__ == "__main__":

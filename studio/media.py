@@ -69,7 +69,7 @@ def load_image(source: ImageInput) -> tuple[Image.Image, list[str]]:
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise MediaError(f"No image file at '{path}'.")
+            raise MediaError(f"No image file named '{path.name}' (the upload may have expired; upload it again).")
         if path.stat().st_size == 0:
             raise MediaError(f"'{path.name}' is empty (0 bytes).")
         img = _open(path, f"'{path.name}'")
@@ -232,7 +232,7 @@ def load_video(
         max_frames = MAX_VIDEO_FRAMES
     p = Path(path)
     if not p.is_file():
-        raise MediaError(f"No video file at '{p}'.")
+        raise MediaError(f"No video file named '{p.name}' (the upload may have expired; upload it again).")
     size = p.stat().st_size
     if size == 0:
         raise MediaError(f"'{p.name}' is empty (0 bytes).")

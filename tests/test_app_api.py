@@ -123,3 +123,29 @@ def test_one_question_rule_for_every_endpoint(client, endpoint, question, messag
     args = (image, question, 64) if endpoint == "/analyze" else (image, question, 64, "grid", False)
     with pytest.raises(Exception, match=message):
         client.predict(*args, api_name=endpoint)
+
+
+def test_one_session_cannot_fill_the_queue_for_everyone(client, app_url):
+    """One scripted session submits ten jobs at once: it gets at most a few places in the queue (the
+    rest are refused with a message that says to retry), and another visitor still gets in."""
+    from gradio_client import handle_file
+
+    from studio.limits import QUEUE_PER_SESSION
+
+    image = handle_file(str(ASSETS / "cat.jpg"))
+    jobs = [client.submit(image, f"Busy question {i}?", 40 + i, api_name="/analyze") for i in range(10)]
+    other = gradio_client.Client(app_url, verbose=False)
+    try:
+        assert other.predict(image, "Am I served?", 64, api_name="/analyze")["budget"] == 64
+    finally:
+        other.close()
+    served, refused = 0, []
+    for job in jobs:
+        try:
+            job.result(timeout=300)
+            served += 1
+        except Exception as err:  # noqa: BLE001 - the refusal is what is tested
+            refused.append(str(err))
+    assert refused and served >= 1, (served, refused)
+    assert served <= QUEUE_PER_SESSION + 1  # the waiting ones plus the one running at the time
+    assert all("requests waiting" in r or "try again" in r.lower() for r in refused), refused[:2]

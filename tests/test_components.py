@@ -289,3 +289,19 @@ def test_chart_plot_leaves_other_cases_to_gr_plot(monkeypatch):
     assert webp.type == "matplotlib" and webp.plot.startswith("data:image/webp;base64,")
     monkeypatch.setitem(matplotlib.rcParams, "savefig.dpi", 100)  # savefig would not draw at the figure's dpi
     assert plot_pixels(ChartPlot(format="png").postprocess(small_figure()).plot).shape == (200, 300, 4)
+
+
+def test_the_folder_of_written_images_keeps_only_the_newest(tmp_path):
+    import os
+    import time
+
+    from studio.components import prune_folder
+
+    for i in range(10):
+        path = tmp_path / f"{i:02d}.png"
+        path.write_bytes(b"png")
+        os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))
+    (tmp_path / ".partial.png").write_bytes(b"being written")
+    assert prune_folder(tmp_path, keep=4) == 6
+    assert sorted(p.name for p in tmp_path.glob("[0-9]*.png")) == ["06.png", "07.png", "08.png", "09.png"]
+    assert (tmp_path / ".partial.png").exists()
