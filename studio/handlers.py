@@ -462,13 +462,14 @@ def banner_text(manager: ModelManager = MANAGER, reason: str | None = None) -> s
 def _model_line(s) -> str:
     if s.active is None:
         if s.requested.startswith("demo/"):
-            return ("⚠ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
-                    "they only show how PruneSID and this app work. Pick a LLaVA checkpoint for real results.")
-        return f"Model **{s.requested}** loads on first use."
+            return (f"⚠ **Offline demo model** `{s.requested}` (tiny, random weights): its answers and groups are "
+                    "**not meaningful**; they only show how PruneSID and this app work. Pick a LLaVA checkpoint for "
+                    "real results.")
+        return f"Model **{plain_markdown(s.requested)}** loads on first use."
     if s.is_demo:
         why = f" ({plain_markdown(s.fallback_reason)})" if s.fallback_reason else ""
-        return ("⚠ **Offline demo model** (tiny, random weights): its answers and groups are **not meaningful**; "
-                f"they only show how PruneSID and this app work.{why}")
+        return (f"⚠ **Offline demo model** `{s.active}` (tiny, random weights): its answers and groups are "
+                f"**not meaningful**; they only show how PruneSID and this app work.{why}")
     return f"Model: **{plain_markdown(s.active)}**"
 
 
@@ -488,9 +489,11 @@ def on_model_change(model_id: str, state: Analysis | None = None, progress=gr.Pr
             + tuple(cleared[k] for k in ANSWER_PANEL))
 
 
-def on_load() -> str:
-    """Page load (and after each run): the banner for whatever model is (or will be) in use."""
-    return banner_text()
+def on_load() -> tuple[str, Any]:
+    """Page load (and after each upload or run): the banner and the picker for the model in use now
+    (another visitor may have switched it)."""
+    active = MANAGER.state.active or MANAGER.state.requested
+    return banner_text(), gr.update(value=active)
 
 
 __all__ = [n for n in dir() if n.startswith(("on_", "check_", "load_media", "encode", "reselect", "answer",

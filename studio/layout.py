@@ -111,14 +111,14 @@ def build_demo() -> gr.Blocks:
         banner = gr.Markdown(H.banner_text(), elem_id="banner")
         with gr.Tabs():
             with gr.Tab("Explore PruneSID", id="explore"):
-                inputs = _explore_tab(demo, banner)
+                inputs, model = _explore_tab(demo, banner)
             if importlib.util.find_spec("studio.compare_tab") is not None:
                 with gr.Tab("Compare methods", id="compare"):
                     _compare_tab(*inputs)
         with gr.Accordion("About / how to read these views", open=False):
             gr.Markdown(ABOUT)
         _api(demo)
-        demo.load(H.on_load, None, [banner], api_visibility="private", queue=False)
+        demo.load(H.on_load, None, [banner, model], api_visibility="private", queue=False)
     return demo
 
 
@@ -234,13 +234,13 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     for source, name in ((image, "image"), (video, "video")):
         source.change(H.on_media(name), [source, budget, dynamic, state, shared], [kind] + view_out,
                       show_progress="minimal", **MODEL_EVENTS, **private
-                      ).then(H.on_load, None, [banner], **private)
+                      ).then(H.on_load, None, [banner, model], **private)
 
     run.click(H.on_prepare, [kind, image, video, budget, dynamic, frame, state, shared], view_out,
               show_progress="minimal", **MODEL_EVENTS, **private
               ).then(H.on_answer, [state, question, budget, dynamic, max_new], answer_out,
                      **MODEL_EVENTS, **private
-                     ).then(H.on_load, None, [banner], **private)
+                     ).then(H.on_load, None, [banner, model], **private)
 
     view_tabs = dict(kept=tab_kept, original=tab_original, groups=tab_groups, nms=tab_nms, importance=tab_importance,
                      group_chart=tab_group_chart, dynamic=tab_dynamic)
@@ -266,7 +266,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                     **private)
     model.input(H.on_model_change, [model, state], [banner, model, state, stale] + answer_panel, show_progress="full",
                 **MODEL_EVENTS, **private)
-    return image, question, budget, state
+    return (image, question, budget, state), model
 
 
 def _compare_tab(image, question, budget, state) -> None:

@@ -220,3 +220,36 @@ def test_a_failed_model_switch_is_told_only_to_the_visitor_who_asked(page, app_u
         shot(other, tmp_path, "9-failed-switch-other")
     finally:
         context.close()
+
+
+def test_a_switch_by_one_visitor_is_seen_by_the_other_and_nothing_mixes(page, app_url, tmp_path, llava_pipeline):
+    """Visitor B has a picture analysed; visitor A switches the model in the picker. B's page then
+    names the new model, and B's next Run analyses the picture again with it and says so."""
+    from studio.models import MANAGER
+
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
+    other = context.new_page()
+    other.set_default_timeout(60_000)
+    try:
+        other.goto(app_url)
+        other.wait_for_selector("#run")
+        other.set_input_files("#image input[type=file]", str(ASSETS / "cat.jpg"))
+        other.wait_for_function("() => document.querySelector('#summary').innerText.includes('tokens kept')")
+        page.goto(app_url)
+        page.wait_for_selector("#run")
+        box = page.locator("#model input")
+        box.fill("demo/tiny-llava-next")
+        box.press("Enter")
+        page.wait_for_function("() => document.querySelector('#banner').innerText.includes('demo/tiny-llava-next')")
+        other.click("#run")
+        other.wait_for_function("() => document.querySelector('#status').innerText.includes('encoded again')")
+        other.wait_for_function("() => document.querySelector('#banner').innerText.includes('demo/tiny-llava-next')")
+        other.wait_for_function("() => document.querySelector('#pruned-answer textarea').value.length > 0")
+        assert "crops" in text_of(other, "#pruned-head")  # answered by the NeXT model, its counts
+        other.wait_for_function("() => document.querySelector('#model input').value.includes('LLaVA-NeXT')")
+        wait_idle(other)
+        shot(other, tmp_path, "10-other-visitor-after-a-switch")
+    finally:
+        context.close()
+        MANAGER.install(llava_pipeline)
