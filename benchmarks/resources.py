@@ -76,11 +76,40 @@ def start_app(port: int, cache: Path, env_extra: dict[str, str]) -> subprocess.P
     raise RuntimeError("the app did not start within 3 minutes")
 
 
+def browser_visitors(url: str, photos: list[Path], pid: int, tabs: int, settle: float) -> list[tuple[str, float]]:
+    """``tabs`` browser visitors (headless Chromium) each upload a photo and keep their tab open;
+    then all close. The server's RSS before, with the tabs open, and ``settle`` seconds after."""
+    from playwright.sync_api import sync_playwright
+
+    rows = [("browser: before", rss_mb(pid))]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        contexts = []
+        for path in photos[:tabs]:
+            context = browser.new_context()
+            page = context.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.wait_for_selector("#run")
+            page.set_input_files("#image input[type=file]", str(path))
+            page.wait_for_function("() => document.querySelector('#summary').innerText.includes('tokens kept')")
+            contexts.append(context)
+        time.sleep(2)
+        rows.append((f"browser: {tabs} tabs open", rss_mb(pid)))
+        for context in contexts:
+            context.close()
+        time.sleep(settle)
+        rows.append((f"browser: {settle:.0f} s after closing", rss_mb(pid)))
+        browser.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=30)
     parser.add_argument("--side", type=int, default=2048, help="photo width in pixels")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to wait for the clean-up")
+    parser.add_argument("--tabs", type=int, default=8, help="browser visitors afterwards (0: none)")
     args = parser.parse_args(argv)
     from gradio_client import Client, handle_file
 
@@ -108,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((f"after {args.sessions} sessions ({seconds:.0f} s)", rss_mb(proc.pid), *folder_mb(cache)))
             time.sleep(args.settle)
             rows.append((f"{args.settle:.0f} s later", rss_mb(proc.pid), *folder_mb(cache)))
+            tabs = browser_visitors(url, photos, proc.pid, args.tabs, 8.0) if args.tabs > 0 else []
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -122,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  growth per session: {(peak[1] - base[1]) / args.sessions:.1f} MB RSS, "
           f"{(peak[2] - base[2]) / args.sessions:.2f} MB disk; kept after the clean-up: "
           f"{after[1] - base[1]:.0f} MB RSS, {after[2] - base[2]:.1f} MB disk")
+    if tabs:
+        (_, before), (_, opened), (_, closed) = tabs
+        print(f"  browser visitors: {before:.0f} MB before, {opened:.0f} MB with {args.tabs} tabs open "
+              f"({(opened - before) / args.tabs:.1f} MB each), {closed:.0f} MB 8 s after they closed "
+              f"({100 * (opened - closed) / max(opened - before, 1e-9):.0f}% of their memory returned)")
     print(f"  cache left after the server stopped: {leftover[0]:.1f} MB in {leftover[1]} files"
           + (f" ({', '.join(left_names)})" if left_names else ""))
 

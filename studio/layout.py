@@ -119,6 +119,15 @@ def build_demo() -> gr.Blocks:
             gr.Markdown(ABOUT)
         _api(demo)
         demo.load(H.on_load, None, [banner, model], api_visibility="private", queue=False)
+
+        def forget_session(request: gr.Request) -> None:
+            """The tab was closed: free this visitor's analysis now. Gradio would keep a closed
+            session's state an hour in case the tab is reopened; here the picture is simply
+            uploaded again."""
+            demo.state_holder.delete_state(request.session_hash)
+            limits.return_freed_memory()
+
+        demo.unload(forget_session)
     return demo
 
 

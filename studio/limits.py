@@ -14,6 +14,8 @@ resource benchmark, can set it:
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 
 import gradio as gr
@@ -36,6 +38,17 @@ PNG_FILES = _env_int("PRUNESID_PNG_FILES", 2000, minimum=50)
 
 QUEUE_PER_SESSION_MESSAGE = ("You already have {waiting} requests waiting; please wait for them to finish, then try "
                              "again.")
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed by Python back to the operating system where the C library can (glibc's
+    ``malloc_trim``): a visitor's picture and features are many mid-sized blocks, which glibc keeps
+    for reuse otherwise, so the server's size would not show that the visitor has gone."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def limit_queue_per_session(demo: gr.Blocks, per_session: int = QUEUE_PER_SESSION) -> None:

@@ -253,3 +253,32 @@ def test_a_switch_by_one_visitor_is_seen_by_the_other_and_nothing_mixes(page, ap
     finally:
         context.close()
         MANAGER.install(llava_pipeline)
+
+
+def test_a_closed_tab_frees_its_analysis(page, app_url):
+    """A visitor uploads a picture and closes the tab: the analysis (picture, features) is freed
+    at once, not kept for an hour in case the tab is reopened."""
+    import gc
+
+    from studio.session import Analysis
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Analysis) for o in gc.get_objects())
+
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
+    visitor = context.new_page()
+    visitor.set_default_timeout(60_000)
+    before = alive()
+    visitor.goto(app_url)
+    visitor.wait_for_selector("#run")
+    visitor.set_input_files("#image input[type=file]", str(ASSETS / "coffee.jpg"))
+    visitor.wait_for_function("() => document.querySelector('#summary').innerText.includes('tokens kept')")
+    assert alive() > before
+    context.close()
+    for _ in range(50):
+        if alive() <= before:
+            break
+        page.wait_for_timeout(200)
+    assert alive() <= before
