@@ -81,11 +81,11 @@ def demo_tokenizer():
 
 def save_demo_model(family: str, folder: Path) -> None:
     """Build the tiny ``family`` model with random weights and save model + processor to ``folder``."""
-    from transformers import CLIPVisionConfig, LlamaConfig
+    from transformers import CLIPVisionConfig
 
     tok = demo_tokenizer()
     vision = CLIPVisionConfig(**_VISION)
-    text = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=1, eos_token_id=2, **_TEXT)
+    text = demo_text_config(tok)
     image_id = tok.convert_tokens_to_ids("<image>")
     if family == "llava":
         model, processor = _llava(vision, text, tok, image_id)
@@ -100,6 +100,18 @@ def save_demo_model(family: str, folder: Path) -> None:
     model.generation_config.suppress_tokens = list(range(3, 3 + 256))
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def demo_text_config(tok):
+    """The tiny random Llama every demo checkpoint answers with (its answers mean nothing)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=1, eos_token_id=2, **_TEXT)
+
+
+def seeded(build):
+    """``build()`` with weights drawn from ``DEMO_SEED`` (the caller's RNG untouched), in eval mode."""
+    return _seeded(build)
 
 
 def _seeded(build):

@@ -19,7 +19,7 @@ import torch
 
 
 class ClsAttentionCapture:
-    """Collects the q/k projections of one CLIP attention layer while active."""
+    """Collects the q/k projections of one attention layer (CLIP's or DINOv2's) while active."""
 
     def __init__(self, attention: torch.nn.Module):
         self.attention = attention
@@ -37,12 +37,37 @@ class ClsAttentionCapture:
         if self.query is None or self.key is None:
             raise RuntimeError("the vision tower did not run while the capture was active")
         views, tokens, _ = self.key.shape
-        heads, head_dim = self.attention.num_heads, self.attention.head_dim
+        heads, head_dim = attention_heads(self.attention), self.attention.head_dim
         q = self.query.view(views, 1, heads, head_dim).transpose(1, 2)  # [V, H, 1, d]
         k = self.key.view(views, tokens, heads, head_dim).transpose(1, 2)  # [V, H, 1+N, d]
         # Softmax over all 1+N keys (CLS included), as eager attention does, then drop CLS→CLS.
-        weights = ((q @ k.transpose(-1, -2)).float() * self.attention.scale).softmax(-1)[:, :, 0]  # [V, H, 1+N]
+        weights = ((q @ k.transpose(-1, -2)).float() * attention_scale(self.attention)).softmax(-1)[:, :, 0]
         return weights[:, :, 1:].sum(1)
+
+
+def attention_heads(attention: torch.nn.Module) -> int:
+    """Head count of an attention module (CLIP: ``num_heads``; DINOv2: ``num_attention_heads``)."""
+    heads = getattr(attention, "num_heads", None) or getattr(attention, "num_attention_heads", None)
+    if not heads:
+        raise ValueError(f"{type(attention).__name__} has no head count this code knows")
+    return int(heads)
+
+
+def attention_scale(attention: torch.nn.Module) -> float:
+    """The softmax scale of an attention module (CLIP: ``scale``; DINOv2: ``scaling``)."""
+    scale = getattr(attention, "scale", None) or getattr(attention, "scaling", None)
+    return float(scale if scale is not None else attention.head_dim ** -0.5)
+
+
+def attention_layers(tower: torch.nn.Module) -> list[torch.nn.Module]:
+    """The tower's attention modules, first layer first (CLIP: ``encoder.layers[i].self_attn``;
+    DINOv2: ``encoder.layer[i].attention``)."""
+    encoder = tower.encoder
+    if hasattr(encoder, "layers"):
+        return [layer.self_attn for layer in encoder.layers]
+    if hasattr(encoder, "layer"):
+        return [layer.attention for layer in encoder.layer]
+    raise ValueError(f"{type(tower).__name__} has no encoder layers this code knows")
 
 
 @contextmanager
@@ -67,7 +92,7 @@ def feature_layer_index(model: torch.nn.Module) -> int:
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    """The CLIP vision model (transformers 5.x: ``model.model.vision_tower``, flat layout)."""
+    """The vision model, CLIP or DINOv2 (transformers 5.x: ``model.model.vision_tower``, flat layout)."""
     return model.model.vision_tower
 
 
@@ -86,8 +111,10 @@ def encode_views(model: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[to
     index = feature_layer_index(model)
     # hidden_states[0] is the embedding output and hidden_states[i] the output of layer i−1,
     # so the attention that produced hidden_states[index] sits in layers[index − 1] (index < 0: layers[index]).
-    layers = tower.encoder.layers
-    attention = layers[index if index < 0 else index - 1].self_attn
+    layers = attention_layers(tower)
+    attention = layers[index if index < 0 else index - 1]
+    # CLIP returns only the asked layer's states; DINOv2 takes a plain flag.
+    wanted = [index] if hasattr(tower.encoder, "layers") else True
     with capture_cls_attention(attention) as capture:
-        out = tower(pixel_values.to(tower.device, tower.dtype), output_hidden_states=[index], return_dict=True)
+        out = tower(pixel_values.to(tower.device, tower.dtype), output_hidden_states=wanted, return_dict=True)
     return out.hidden_states[index], capture.cls_attention()

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import torch
 
-from .demo_model import demo_model_path
+from .demo_model import cache_root, demo_model_path
 from .families import FAMILIES, family_for_model_type
-from .registry import demo_spec
+from .registry import DINOV2_DEMO_ID, ModelSpec, spec_for, tower_only_spec
+
+
+TOWERS_WITH_CLS = ("clip_vision_model", "dinov2")
+"""Vision towers whose CLS token's attention gives PruneSID's importance."""
 
 
 class ModelLoadError(RuntimeError):
@@ -32,6 +36,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     is_demo: bool
+    spec: ModelSpec | None = None
+    """What the registry knows of this model (its meaning, whether it answers); None for a
+    checkpoint it does not list."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -74,12 +81,37 @@ def load_model(model_id_or_path: str, device: str | torch.device | None = None,
                              "or the offline demo id 'demo/tiny-llava-1.5'.")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    spec = demo_spec(model_id_or_path)
-    path = str(demo_model_path(spec.family)) if spec else model_id_or_path
+    spec = spec_for(model_id_or_path.strip())
+    path = checkpoint_folder(spec) if spec is not None else model_id_or_path
     family = _family_of(path, model_id_or_path)
     model = _load_weights(family, path, model_id_or_path, device, dtype)
     processor = frame_processor(path, model) if FAMILIES[family].frame_processor else _load_processor(path, model_id_or_path)
-    return LoadedModel(model, processor, family, model_id_or_path, path, device, dtype, is_demo=spec is not None)
+    built_from = getattr(model.config, "prunesid_tower_only", None)
+    if spec is None and built_from:  # a tower-only folder loaded by its path
+        spec = tower_only_spec(built_from, family)
+    return LoadedModel(model, processor, family, model_id_or_path, path, device, dtype,
+                       is_demo=bool(spec and spec.is_demo), spec=spec)
+
+
+def checkpoint_folder(spec: ModelSpec) -> str:
+    """Where the checkpoint of a registry entry is: a demo or tower-only folder built into the cache
+    on first use, or the hub id / folder itself."""
+    from .dinov2_demo import DemoWeightsMissing, dinov2_demo_path
+    from .tower_only import tower_only_path
+
+    if spec.model_id == DINOV2_DEMO_ID:
+        try:
+            return str(dinov2_demo_path(cache_root()))
+        except DemoWeightsMissing as err:
+            raise ModelLoadError(str(err)) from err
+    if spec.is_demo:
+        return str(demo_model_path(spec.family))
+    if spec.answers == "none":
+        try:
+            return str(tower_only_path(spec, cache_root()))
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(_not_found_message(spec.model_id, err)) from err
+    return spec.model_id
 
 
 def _family_of(path: str, name: str) -> str:
@@ -93,9 +125,9 @@ def _family_of(path: str, name: str) -> str:
     if family is None:
         raise ModelLoadError(f"{name!r} is a {config.model_type!r} model; this app supports LLaVA-1.5, LLaVA-NeXT and "
                              f"LLaVA-NeXT-Video checkpoints in the transformers format (e.g. 'llava-hf/llava-1.5-7b-hf').")
-    if getattr(config.vision_config, "model_type", None) != "clip_vision_model":
-        raise ModelLoadError(f"{name!r} has a {config.vision_config.model_type!r} vision tower; PruneSID needs a CLIP "
-                             "tower with a CLS token.")
+    if getattr(config.vision_config, "model_type", None) not in TOWERS_WITH_CLS:
+        raise ModelLoadError(f"{name!r} has a {config.vision_config.model_type!r} vision tower; PruneSID's importance "
+                             "is the CLS token's attention, so it needs a tower with a CLS token (CLIP or DINOv2).")
     return family.name
 
 

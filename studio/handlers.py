@@ -73,7 +73,8 @@ def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str
            frame_times: list[float] | None) -> Analysis:
     """One tower pass over the media (cached by content); everything later reuses it."""
     feats = pipe.encode(images)
-    return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo, images=images,
+    return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo,
+                    random_features=pipe.random_features, answers=pipe.answers, images=images,
                     feats=feats, view_pixels=pipe.view_pixels(images, feats), grid=pipe.grid,
                     reference_phis=list(pipe.calibration().phis), notes=list(notes), frame_times=frame_times)
 
@@ -118,26 +119,34 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
     pipe = manager.current()
     images, notes, _, source = load_media("image", image, None)
     analysis = reselect(encode(pipe, "image", source, images, notes, None), k, dynamic)
-    result = answer(analysis, question, pipe, max_new_tokens)
-    full, pruned = result.timings["full"], result.timings["pruned"]
     notes = notes + pipe.media_notes(analysis.feats)
     state = manager.state
     if state.fallback_reason:
-        notes = notes + [f"Fell back to the offline demo model: {state.fallback_reason}"]
-    if pipe.is_demo:
-        notes = notes + ["Demo model (tiny, random weights): its answers and groups are not meaningful."]
-    return {
+        notes = notes + [f"Fell back to an offline demo model: {state.fallback_reason}"]
+    if pipe.meaning:
+        notes = notes + [f"{pipe.model_id}: {pipe.meaning}."]
+    head = {
         "model": pipe.model_id,
         "is_demo": pipe.is_demo,
+        "features_meaningful": not pipe.random_features,
+        "answers": pipe.answers,
         "budget": k,
         "dynamic": bool(dynamic),
-        "budgets": result.budgets,
         "question": question,
         "selection": analysis.selection.to_dict(0),
         "grid": list(analysis.grid),
         "index_spaces": ("selection.keep holds tower indices (0 = CLS, patch p is p + 1), in the order handed to "
                          "the language model; group, nms_rank, suppressed_by and importance are per patch index "
                          "p = row * grid[1] + col, in raster order over the grid"),
+        "token_counts": {"pruned": {"per_view": list(token_counts(analysis.feats, analysis.selection).handed)}},
+        "notes": notes,
+    }
+    if pipe.answers == "none":  # a vision tower alone: the selection is all there is
+        return dict(head, budgets=analysis.budgets, full=None, pruned=None, fidelity=None)
+    result = answer(analysis, question, pipe, max_new_tokens)
+    full, pruned = result.timings["full"], result.timings["pruned"]
+    return dict(head, **{
+        "budgets": result.budgets,
         "full": {"answer": result.full_answer, "visual_tokens": result.visual_tokens_full,
                  "prefill_s": full["prefill_s"], "total_s": full["total_s"]},
         "pruned": {"answer": result.pruned_answer, "visual_tokens": result.visual_tokens_pruned,
@@ -150,8 +159,7 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
                      "same_answer": result.same_answer},
         "timings": result.timings,
         "answers_cached": result.answers_cached,
-        "notes": notes,
-    }
+    })
 
 
 # ---- UI handlers (never raise) -------------------------------------------------------------
@@ -223,6 +231,10 @@ def _answered_here(analysis: Analysis | None) -> bool:
 def stale_note(analysis: Analysis | None) -> str:
     """What the answer panel holds: nothing yet, the answers for exactly this setting, or (after the
     slider or the toggle moved) nothing for this setting, with what the last answers were made with."""
+    if analysis is not None and analysis.answers == "none":
+        return (f"ℹ *{analysis.model_id} is a vision tower alone: the views above are exactly what it selects, but "
+                f"there is no language model, so there are no answers. For answers, pick the full checkpoint "
+                f"({analysis.model_id.removeprefix('tower/')}, a GPU with about 16 GB) or, on a CPU, a demo model.*")
     if analysis is None or analysis.answered is None:
         return "*Press **Run** to compare the answers with all tokens and with PruneSID's.*"
     if _answered_here(analysis):
@@ -387,9 +399,12 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     if pipe.model_id != state.model_id:
         raise ValueError(f"The model in use changed to {pipe.model_id} since this picture was analysed with "
                          f"{state.model_id}; press Run to analyse it with the new model.")
+    if pipe.answers == "none":
+        values = dict(answer_panel(state), state=state, stale=stale_note(state))
+        return tuple(values[k] for k in ANSWER_KEYS)
     progress(0.1, desc="Answering twice: with all visual tokens, then with PruneSID's")
     result = answer(state, question, pipe, int(max_new_tokens or 64))
-    texts = answer_texts(result, is_demo=pipe.is_demo)
+    texts = answer_texts(result, random_answers=pipe.answers == "random")
     state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
                                      "texts": texts})
@@ -414,14 +429,14 @@ def _cache_note(cached: bool) -> str:
     return " · *cached answer (times from the run that made it)*" if cached else ""
 
 
-def answer_texts(result: CompareResult, is_demo: bool = False) -> dict[str, str]:
+def answer_texts(result: CompareResult, random_answers: bool = False) -> dict[str, str]:
     """Headers, answers, timing lines and the fidelity explanation for the answers panel."""
     full, pruned = result.timings["full"], result.timings["pruned"]
     total_speedup = full["total_s"] / max(pruned["total_s"], 1e-12)
     agree = "yes" if result.first_token_agrees else "no"
     same = "identical" if result.same_answer else "different"
     demo = (" *Demo model: random weights, so these answers are gibberish and only show the mechanics.*"
-            if is_demo else "")
+            if random_answers else "")
     repeats = f" (median of {result.prefill_repeats})" if result.prefill_repeats > 1 else ""
     return {
         "full_head": f"#### Full{tokens_head(result.counts['full'])}",
@@ -466,10 +481,11 @@ def _model_line(s) -> str:
                     "**not meaningful**; they only show how PruneSID and this app work. Pick a LLaVA checkpoint for "
                     "real results.")
         return f"Model **{plain_markdown(s.requested)}** loads on first use."
+    why = f" ({plain_markdown(s.fallback_reason)})" if s.fallback_reason else ""
     if s.is_demo:
-        why = f" ({plain_markdown(s.fallback_reason)})" if s.fallback_reason else ""
-        return (f"⚠ **Offline demo model** `{s.active}` (tiny, random weights): its answers and groups are "
-                f"**not meaningful**; they only show how PruneSID and this app work.{why}")
+        return f"⚠ **Offline demo model** `{s.active}`: {s.meaning}.{why}"
+    if s.meaning:
+        return f"ℹ Model: **{plain_markdown(s.active)}** — {s.meaning}."
     return f"Model: **{plain_markdown(s.active)}**"
 
 

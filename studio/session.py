@@ -30,6 +30,8 @@ class Analysis:
     reference_phis: list[float]  # φ of the model's calibration views (their mean is feats.phi_ref)
     notes: list[str] = field(default_factory=list)
     frame_times: list[float] | None = None
+    random_features: bool = False  # the tower's weights are random: groups, importance and φ mean nothing
+    answers: str = "real"  # "real", "random" (gibberish) or "none" (a tower alone: no answers)
     # Updated by each selection:
     budget: int = 64
     dynamic: bool = False

@@ -155,7 +155,8 @@ def _dynamic(analysis: Analysis, view: int):
     else:
         text = (f"**Dynamic ratio off**: every image gets {analysis.budget} tokens. {label.capitalize()} has "
                 f"φ = {phi:.3f} ({level} complexity); with the dynamic ratio it would get **{would}** tokens.")
-    return fig, text + (" *(Demo model: its φ values are not meaningful.)*" if analysis.is_demo else "")
+    return fig, text + (" *(Random-weight demo model: its φ values are not meaningful.)*"
+                        if analysis.random_features else "")
 
 
 def summary(analysis: Analysis, view: int = 0) -> str:

@@ -27,6 +27,9 @@ class FakePipeline:
     grid = (24, 24)
     num_patches = 576
     one_clip = False
+    random_features = True
+    answers = "random"
+    meaning = "a stand-in without a model"
 
     def __init__(self, fail_with: Exception | None = None):
         self.calls: list[tuple[str, object]] = []

@@ -126,7 +126,7 @@ class _FakeGpuPipe:
 
         self.model_id, self.device, self.fail_on_cuda, self.moves = name, "cuda", fail_on_cuda, []
         self.loaded = type("Loaded", (), {"dtype": "bf16"})()
-        self.is_demo = False
+        self.is_demo, self.meaning = False, ""
         self.model_work = contextlib.nullcontext
 
     def move_to(self, device):
