@@ -27,6 +27,8 @@ import torch
 from .registry import TOWER_PREFIX, ModelSpec
 
 TOWER_KEY = "vision_tower."
+LEGACY_PREFIX = "vision_model."
+"""transformers 4 wrapped CLIP's vision weights in ``vision_model``; transformers 5 does not."""
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -64,7 +66,8 @@ def tower_shards(source: str) -> list[str]:
 
 def tower_state_dict(source: str) -> dict[str, torch.Tensor]:
     """The vision tower's weights from ``source``'s shards that hold them, keyed as the tower's own
-    ``state_dict`` (``vision_model.…``), whatever prefix the checkpoint stores them under."""
+    ``state_dict`` in transformers 5 (``embeddings.…``, ``encoder.…``): checkpoints saved by
+    transformers 4 store them as ``vision_tower.vision_model.…``, by 5 as ``[model.]vision_tower.…``."""
     from safetensors import safe_open
 
     state: dict[str, torch.Tensor] = {}
@@ -72,15 +75,19 @@ def tower_state_dict(source: str) -> dict[str, torch.Tensor]:
         with safe_open(str(fetch(source, shard)), framework="pt") as weights:
             for key in weights.keys():
                 if TOWER_KEY in key:
-                    state[key.split(TOWER_KEY, 1)[1]] = weights.get_tensor(key)
+                    state[_tower_key(key.split(TOWER_KEY, 1)[1])] = weights.get_tensor(key)
     return state
+
+
+def _tower_key(key: str) -> str:
+    return key[len(LEGACY_PREFIX):] if key.startswith(LEGACY_PREFIX) else key
 
 
 def tower_from(weights: str) -> dict[str, torch.Tensor]:
     """The state dict of a separate tower repository (a CLIP model: its vision half)."""
     from transformers import CLIPVisionModel
 
-    return CLIPVisionModel.from_pretrained(weights).state_dict()
+    return {_tower_key(k): v for k, v in CLIPVisionModel.from_pretrained(weights).state_dict().items()}
 
 
 def save_tower_only(spec: ModelSpec, folder: Path) -> None:
