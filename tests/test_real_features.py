@@ -97,3 +97,16 @@ def test_the_page_and_the_api_say_what_its_pictures_mean(dinov2_pipeline):
     assert dinov2_pipeline.meaning == DINOV2_DEMO_MEANING and dinov2_pipeline.answers == "random"
     assert not dinov2_pipeline.random_features and dinov2_pipeline.is_demo
     assert "not LLaVA's CLIP" in DINOV2_DEMO_MEANING and "answers are not" in DINOV2_DEMO_MEANING
+
+
+def test_every_view_of_the_app_draws_on_it(dinov2_pipeline):
+    """336 px views of a tower trained at 518 px: a 24 × 24 grid, and every picture of the page."""
+    from studio import handlers as H
+    from studio import views as V
+
+    assert dinov2_pipeline.grid == (24, 24) and dinov2_pipeline.num_patches == 576
+    images, notes, _, source = H.load_media("image", "assets/cat.jpg", None)
+    analysis = H.reselect(H.encode(dinov2_pipeline, "image", source, images, notes, None), 64, True)
+    drawn = V.render(analysis, 0)
+    assert set(drawn) >= {"kept", "original", "groups", "nms", "importance", "group_chart", "dynamic_chart"}
+    assert "not meaningful" not in drawn["dynamic_text"]

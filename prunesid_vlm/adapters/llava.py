@@ -12,6 +12,14 @@ from PIL import Image
 from .base import ViewInfo
 
 
+def input_side(processor, vision_config) -> int:
+    """Pixel side of the square a view reaches the tower at: the image processor's crop, which can
+    differ from the tower's pre-training size (DINOv2 trained at 518 px, fed 336 px here)."""
+    crop = getattr(getattr(processor, "image_processor", processor), "crop_size", None)
+    height = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)  # dict or SizeDict
+    return int(height) if height else int(vision_config.image_size)
+
+
 class LlavaAdapter:
     """Pre-processing and feature packing for ``LlavaForConditionalGeneration``."""
 
@@ -23,7 +31,7 @@ class LlavaAdapter:
         self.model = model
         self.processor = processor
         vision = model.config.vision_config
-        side = vision.image_size // vision.patch_size
+        side = input_side(processor, vision) // vision.patch_size
         self.grid = (side, side)
         self.num_patches = side * side
         self.image_token_id = model.config.image_token_id
