@@ -90,6 +90,10 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     question = asked if answers else None  # checked even when unused: one rule for every endpoint
     images, notes, label = _media(image, media)
     pipe = get_pipeline()
+    if question is not None and pipe.answers == "none":
+        question = None
+        notes = notes + [f"{pipe.model_id} is a vision tower alone: every method's tokens are compared, without "
+                         "answers."]
     if progress is not None:
         progress(0.05, desc="Encoding the image (cached after the first time)…")
     out = studies.compare_methods(pipe, images, budget, names, question=question, max_new_tokens=int(max_new_tokens),
@@ -172,6 +176,8 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
     question = asked if with_model else None
     images, _, label = _media(image, media)
     pipe = get_pipeline()
+    if pipe.answers == "none":  # a vision tower alone: feature coverage, no first-token fidelity
+        question = None
     points = parse_budgets(budgets, pipe.num_patches)
     result, generations = studies.sweep(pipe, images, points, names, question=question, progress=_reporter(progress))
     labels = dict(zip(result.methods, result.labels))

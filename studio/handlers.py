@@ -74,7 +74,8 @@ def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str
     """One tower pass over the media (cached by content); everything later reuses it."""
     feats = pipe.encode(images)
     return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo,
-                    random_features=pipe.random_features, answers=pipe.answers, images=images,
+                    random_features=pipe.random_features, answers=pipe.answers, model_meaning=pipe.meaning,
+                    images=images,
                     feats=feats, view_pixels=pipe.view_pixels(images, feats), grid=pipe.grid,
                     reference_phis=list(pipe.calibration().phis), notes=list(notes), frame_times=frame_times)
 
@@ -232,9 +233,7 @@ def stale_note(analysis: Analysis | None) -> str:
     """What the answer panel holds: nothing yet, the answers for exactly this setting, or (after the
     slider or the toggle moved) nothing for this setting, with what the last answers were made with."""
     if analysis is not None and analysis.answers == "none":
-        return (f"ℹ *{analysis.model_id} is a vision tower alone: the views above are exactly what it selects, but "
-                f"there is no language model, so there are no answers. For answers, pick the full checkpoint "
-                f"({analysis.model_id.removeprefix('tower/')}, a GPU with about 16 GB) or, on a CPU, a demo model.*")
+        return f"ℹ *No answers with this model: {analysis.model_meaning}.*"
     if analysis is None or analysis.answered is None:
         return "*Press **Run** to compare the answers with all tokens and with PruneSID's.*"
     if _answered_here(analysis):

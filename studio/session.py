@@ -32,6 +32,7 @@ class Analysis:
     frame_times: list[float] | None = None
     random_features: bool = False  # the tower's weights are random: groups, importance and φ mean nothing
     answers: str = "real"  # "real", "random" (gibberish) or "none" (a tower alone: no answers)
+    model_meaning: str = ""  # what the model's pictures and answers mean (registry), for the page
     # Updated by each selection:
     budget: int = 64
     dynamic: bool = False

@@ -232,12 +232,12 @@ def test_demo_model_leaves_the_global_rng_alone(tmp_path):
 
 
 def test_missing_folder_and_fallback_to_demo(demo_cache, tmp_path):
-    from prunesid_vlm.pipeline import DEMO_MODEL_ID, load_pipeline_or_demo
+    from prunesid_vlm.pipeline import load_pipeline_or_demo, offline_default
 
     with pytest.raises(ModelLoadError, match="there is no folder"):
         load_pipeline(str(tmp_path / "missing"))
     pipe, note = load_pipeline_or_demo(str(tmp_path / "missing"), device="cpu")
-    assert pipe.is_demo and pipe.model_id == DEMO_MODEL_ID and "demo" in note
+    assert pipe.is_demo and pipe.model_id == offline_default() and "demo" in note
 
 
 def test_dtype_and_device_resolution():

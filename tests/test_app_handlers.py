@@ -337,3 +337,24 @@ def test_llava_next_shared_budget_and_headers_that_add_up(llava_next_pipeline):
     assert shared.setting == (64, False, True) and sum(shared.budgets) == 64 * views
     assert "shared over" in H.budget_text(shared) and "Not run for this setting" in H.stale_note(shared)
     assert H.reselect(shared, 64, False).shared  # shared=None keeps the session's setting
+
+
+def test_a_tower_alone_shows_every_view_and_says_why_there_are_no_answers(demo_model):
+    from prunesid_vlm.pipeline import Pipeline
+    from prunesid_vlm.registry import tower_only_spec
+
+    tower = Pipeline(dataclasses.replace(demo_model.loaded, model_id="tower/org/llava-x",
+                                         spec=tower_only_spec("org/llava-x", "llava", "LLaVA-X")))
+    MANAGER.install(tower)
+    try:
+        out = prepare()
+        assert out["state"] is not None and out["state"].answers == "none"
+        assert "no language model" in out["stale"] and "pick org/llava-x on a GPU" in out["stale"]
+        answered = dict(zip(H.ANSWER_KEYS, H.on_answer(out["state"], "What?", 64, False, 4, progress=H._no_progress)))
+        assert answered["pruned_answer"] == "" and "no answers" in answered["stale"]
+        api = H.analyze(CAT, "What?", 64)
+        assert api["answers"] == "none" and api["full"] is None and len(api["selection"]["keep"]) == 64
+        assert any("no language model" in n for n in api["notes"])
+        assert "LLaVA-X" in H.banner_text(MANAGER)
+    finally:
+        MANAGER.install(demo_model)

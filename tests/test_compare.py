@@ -396,3 +396,25 @@ def test_native_dtype_reaches_the_baselines_that_take_it(llava_pipeline, images,
                        native_dtype=True)
     assert all(row["native_dtype"] for row in out["json"]["methods"])
     assert any("authors" in h for h in TABLE_HEADERS) and all(len(r) == len(TABLE_HEADERS) for r in out["table"])
+
+
+def test_a_tower_alone_compares_methods_and_sweeps_without_answers(llava_pipeline, image_path):
+    """Tower-only models have no language model: Compare, stability and the sweep still work, on
+    the selections alone, and say so."""
+    from dataclasses import replace as dc_replace
+
+    from PIL import Image
+
+    from prunesid_vlm.pipeline import NoAnswers, Pipeline
+    from prunesid_vlm.registry import tower_only_spec
+    from studio.compare_tab import compare_view, stability_view, sweep_view
+
+    tower = Pipeline(dc_replace(llava_pipeline.loaded, spec=tower_only_spec("org/llava", "llava")))
+    get = lambda: tower  # noqa: E731
+    out = compare_view(image_path, "What is it?", 64, ["prunesid", "grid"], get, answers=True)
+    assert out["json"]["question"] is None and any("vision tower alone" in n for n in out["json"]["notes"])
+    assert stability_view(image_path, 64, 3, get)["json"]
+    swept = sweep_view(image_path, "What is it?", "16, 64", ["prunesid"], get, with_model=True)
+    assert swept["json"]["question"] is None
+    with pytest.raises(NoAnswers):
+        tower.answer([Image.open(image_path)], "What?")
