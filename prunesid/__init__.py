@@ -13,10 +13,15 @@ from ._eigen import warm_up
 from .config import DEFAULT_CONFIG, PruneSIDConfig
 from .dynamic import allocate_budgets, dynamic_budget, information_score
 from .result import Selection
+from .qwen import QWEN_CONFIG, QwenConfig, qwen_budget, select_tokens_qwen
 from .selection import select_tokens
 
 __all__ = [
     "select_tokens",
+    "select_tokens_qwen",
+    "qwen_budget",
+    "QwenConfig",
+    "QWEN_CONFIG",
     "Selection",
     "PruneSIDConfig",
     "DEFAULT_CONFIG",

@@ -40,14 +40,15 @@ def group_bounds(
 
 
 def split_budget(
-    budget: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, survivors: torch.Tensor
+    budget: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, survivors: torch.Tensor, reserved: int = 1
 ) -> torch.Tensor:
     """Long ``[B, G]``: tokens per group before filling (step 7).
 
-    R = max(K − 1 − Σ lo, 0) slots (one is CLS) are shared in proportion to n_g by rounding
-    the cumulative share (fp32, round half to even, as the reference does).
+    R = max(K − reserved − Σ lo, 0) slots are shared in proportion to n_g by rounding the
+    cumulative share (fp32, round half to even, as the reference does). ``reserved`` is the CLS
+    slot of the LLaVA rule (1); the Qwen rule has none (0).
     """
-    remaining = (budget - 1 - lower.sum(dim=1)).clamp(min=0)  # R
+    remaining = (budget - reserved - lower.sum(dim=1)).clamp(min=0)  # R
     share = survivors / survivors.sum(dim=1, keepdim=True)  # float32, as in the reference
     cumulative = torch.round(torch.cumsum(share, dim=1) * remaining[:, None]).long()
     portion = cumulative - torch.nn.functional.pad(cumulative[:, :-1], (1, 0))
@@ -74,7 +75,7 @@ def fill_budget(
 @dataclass(frozen=True)
 class Picked:
     keep: torch.Tensor
-    """Long ``[B, Kmax]``: tower indices, CLS then group by group, -1 padded."""
+    """Long ``[B, Kmax]``: tower indices, CLS then group by group (or patch indices alone), -1 padded."""
     nms_rank: torch.Tensor
     """Long ``[B, N]``: position in the group's pick list, -1 for suppressed patches."""
 
@@ -86,12 +87,14 @@ def pick_tokens(
     sizes: torch.Tensor,
     tokens: torch.Tensor,
     num_tokens: torch.Tensor,
+    with_cls: bool = True,
 ) -> Picked:
     """Keep the first k_g members of every group and emit them in the reference order (steps 9–10).
 
     Inside a group the priority is: NMS picks in pick order (= importance order), then the
     suppressed members by importance. One sort by the key (group, suppressed, rank) lays out
     every group's members in that priority; a patch's priority is its offset in its group.
+    ``with_cls``: emit tower indices after a CLS slot (the LLaVA rule); else patch indices alone.
     """
     b, n = group.shape
     key = group * (2 * n) + (~survives).long() * n + ranks  # unique per patch
@@ -107,9 +110,12 @@ def pick_tokens(
 
     # Kept patches keep their sorted order; the rest go to the end.
     emit_key = torch.where(kept_sorted, position, position + n)
-    emit = order.gather(1, torch.sort(emit_key, dim=1).indices) + 1  # tower indices
+    emit = order.gather(1, torch.sort(emit_key, dim=1).indices)  # patch indices
     k_max = int(num_tokens.max())
-    keep = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=group.device), emit], dim=1)[:, :k_max]
+    if with_cls:
+        keep = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=group.device), emit + 1], dim=1)[:, :k_max]
+    else:
+        keep = emit[:, :k_max]
     slot = torch.arange(k_max, device=group.device)[None, :]
     keep = torch.where(slot < num_tokens[:, None], keep, torch.full_like(keep, -1))
     return Picked(keep, nms_rank)

@@ -11,7 +11,7 @@ with fewer groups has ``group_size == 0`` in its padding columns.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -64,6 +64,9 @@ class Selection:
     the kept rows. None for pure selection rules like PruneSID."""
     merged_into: torch.Tensor | None = None
     """Optional long ``[B, N]``: which merged token each patch was folded into, -1 if none."""
+    cls_row: bool = True
+    """Whether the token axis has a CLS row, so that ``keep`` holds tower indices (CLS = 0). False
+    for the Qwen rule on merged tokens, which have no CLS: ``keep`` then holds patch indices."""
 
     @property
     def batch_size(self) -> int:
@@ -77,8 +80,8 @@ class Selection:
     def kept_patches(self) -> torch.Tensor:
         """Bool ``[B, N]``: True where the patch is kept."""
         mask = torch.zeros(self.group.shape, dtype=torch.bool, device=self.keep.device)
-        patch = self.keep - 1
-        valid = patch >= 0
+        patch = self.keep - 1 if self.cls_row else self.keep
+        valid = (patch >= 0) & (self.keep >= 0)
         rows = torch.arange(self.batch_size, device=self.keep.device)[:, None].expand_as(patch)
         mask[rows[valid], patch[valid]] = True
         return mask
@@ -87,6 +90,13 @@ class Selection:
         """Long: the valid (non-padding) tower indices of one row, in emission order."""
         indices = self.keep[row]
         return indices[indices >= 0]
+
+    def on_tower_axis(self) -> "Selection":
+        """This selection with ``keep`` as tower indices (a CLS row in front of the patches, never
+        kept when there was none): how the app's pipeline holds every model's tokens."""
+        if self.cls_row:
+            return self
+        return replace(self, keep=torch.where(self.keep >= 0, self.keep + 1, self.keep), cls_row=True)
 
     def cpu(self) -> "Selection":
         """A copy with every tensor on the CPU (cheap to cache and to draw)."""
