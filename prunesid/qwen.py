@@ -68,6 +68,7 @@ def select_tokens_qwen(
     config: QwenConfig = QWEN_CONFIG,
     pca: str = "exact",
     generator: torch.Generator | None = None,
+    scale: bool = True,
 ) -> Selection:
     """Choose which merged visual tokens a Qwen2-VL / Qwen2.5-VL language model receives.
 
@@ -78,6 +79,8 @@ def select_tokens_qwen(
             int or one per row.
         pca: ``"exact"`` (deterministic) or ``"randomized"`` (the reference's ``pca_lowrank``
             scheme, from ``generator``).
+        scale: ``False`` when ``num_tokens`` already is K′ per row (a caller that shared a budget
+            across frames); it is then only capped at N.
 
     Returns:
         A :class:`Selection` with ``cls_row=False``: ``keep`` holds indices into N in the
@@ -92,7 +95,8 @@ def select_tokens_qwen(
     b, n, _ = tokens.shape
     device = tokens.device
     asked = budget_tensor(num_tokens, b, device)
-    need = torch.tensor([qwen_budget(n, int(k), config) for k in asked.tolist()], device=device)
+    need = torch.tensor([qwen_budget(n, int(k), config) if scale else min(int(k), n) for k in asked.tolist()],
+                        device=device)
     keeps_all = need >= n
     groups_per_row = torch.div(need, config.tokens_per_group, rounding_mode="floor").clamp(min=config.min_groups, max=n)
     g_max = int(groups_per_row.max())

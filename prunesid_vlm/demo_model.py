@@ -93,6 +93,8 @@ def save_demo_model(family: str, folder: Path) -> None:
         model, processor = _llava_next(vision, text, tok, image_id)
     elif family == "llava_next_video":
         model, processor = _llava_next_video(vision, text, tok, image_id)
+    elif family in ("qwen2_vl", "qwen2_5_vl"):
+        model, processor = _qwen(family)
     else:
         raise ValueError(f"no demo model for family {family!r}")
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -147,6 +149,45 @@ def _llava_next(vision, text, tok, image_id):
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA15_CHAT_TEMPLATE)
     return model, processor
+
+
+QWEN_DEMO_MAX_PIXELS = 512 * 28 * 28
+"""The Qwen demos see an image at up to 512 merged tokens (the real checkpoints' processors allow more)."""
+
+
+def _qwen(family: str):
+    """A tiny Qwen2-VL / Qwen2.5-VL (2 vision blocks, 2 decoder layers, M-RoPE sections 2/3/3)."""
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .qwen_processing import QWEN_CHAT_TEMPLATE, QwenProcessor
+
+    tok = demo_tokenizer()
+    tok.add_tokens(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                    "<|video_pad|>"], special_tokens=True)
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    ids = {name: tok.convert_tokens_to_ids(f"<|{name}|>") for name in ("vision_start", "vision_end", "image_pad",
+                                                                        "video_pad")}
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                pad_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]})
+    common = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    if family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, **common)
+        config_class, model_class = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
+    else:
+        vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, window_size=112,
+                      fullatt_block_indexes=[1], tokens_per_second=2, **common)
+        config_class, model_class = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
+    cfg = config_class(vision_config=vision, text_config=text, image_token_id=ids["image_pad"],
+                       video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
+                       vision_end_token_id=ids["vision_end"], bos_token_id=1, eos_token_id=2,
+                       pad_token_id=tok.pad_token_id)
+    model = _seeded(lambda: model_class(cfg))
+    model.generation_config.bos_token_id, model.generation_config.eos_token_id = 1, 2
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=QWEN_DEMO_MAX_PIXELS)
+    return model, QwenProcessor(tok, image_processor)
 
 
 def _llava_next_video(vision, text, tok, image_id):

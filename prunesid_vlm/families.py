@@ -13,6 +13,7 @@ from .adapters.base import Adapter
 from .adapters.llava import LlavaAdapter
 from .adapters.llava_next import LlavaNextAdapter
 from .adapters.llava_next_video import LlavaNextVideoAdapter
+from .adapters.qwen import QwenAdapter
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Family:
     frame_processor: bool = False
     """Build the processor from the tokenizer and a CLIP image processor (the family's own
     video processor needs torchvision, which this project does not depend on)."""
+    qwen: bool = False
+    """Qwen2-VL / Qwen2.5-VL: merged tokens without CLS, M-RoPE positions, the Qwen PruneSID rule,
+    a :class:`~prunesid_vlm.qwen_processing.QwenProcessor` and a :class:`QwenPipeline`."""
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -33,6 +37,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llava_next", "llava_next", "LlavaNextForConditionalGeneration", LlavaNextAdapter),
     Family("llava_next_video", "llava_next_video", "LlavaNextVideoForConditionalGeneration", LlavaNextVideoAdapter,
            frame_processor=True),
+    Family("qwen2_vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", QwenAdapter, qwen=True),
+    Family("qwen2_5_vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", QwenAdapter, qwen=True),
 )}
 
 

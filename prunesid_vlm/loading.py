@@ -85,7 +85,12 @@ def load_model(model_id_or_path: str, device: str | torch.device | None = None,
     path = checkpoint_folder(spec) if spec is not None else model_id_or_path
     family = _family_of(path, model_id_or_path)
     model = _load_weights(family, path, model_id_or_path, device, dtype)
-    processor = frame_processor(path, model) if FAMILIES[family].frame_processor else _load_processor(path, model_id_or_path)
+    if FAMILIES[family].qwen:
+        processor = qwen_processor(path, model_id_or_path)
+    elif FAMILIES[family].frame_processor:
+        processor = frame_processor(path, model)
+    else:
+        processor = _load_processor(path, model_id_or_path)
     built_from = getattr(model.config, "prunesid_tower_only", None)
     if spec is None and built_from:  # a tower-only folder loaded by its path
         spec = tower_only_spec(built_from, family)
@@ -125,7 +130,7 @@ def _family_of(path: str, name: str) -> str:
     if family is None:
         raise ModelLoadError(f"{name!r} is a {config.model_type!r} model; this app supports LLaVA-1.5, LLaVA-NeXT and "
                              f"LLaVA-NeXT-Video checkpoints in the transformers format (e.g. 'llava-hf/llava-1.5-7b-hf').")
-    if getattr(config.vision_config, "model_type", None) not in TOWERS_WITH_CLS:
+    if not family.qwen and getattr(config.vision_config, "model_type", None) not in TOWERS_WITH_CLS:
         raise ModelLoadError(f"{name!r} has a {config.vision_config.model_type!r} vision tower; PruneSID's importance "
                              "is the CLS token's attention, so it needs a tower with a CLS token (CLIP or DINOv2).")
     return family.name
@@ -183,6 +188,21 @@ def frame_processor(path: str, model: torch.nn.Module) -> FrameProcessor:
     size = model.config.vision_config.image_size
     return FrameProcessor(tokenizer, CLIPImageProcessorPil(size={"shortest_edge": size},
                                                            crop_size={"height": size, "width": size}))
+
+
+def qwen_processor(path: str, name: str):
+    """Qwen's tokenizer and image processor (its video processor needs torchvision: clips are
+    patched by :class:`~prunesid_vlm.qwen_processing.QwenProcessor` itself)."""
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+    from .qwen_processing import QwenProcessor
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load the tokenizer and image processor of {name!r}: {err}") from err
+    return QwenProcessor(tokenizer, image_processor)
 
 
 def _not_found_message(name: str, err: Exception) -> str:

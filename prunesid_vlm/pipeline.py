@@ -526,7 +526,14 @@ def load_pipeline(model_id_or_path: str, device: str | None = None, dtype=None) 
     Raises:
         ModelLoadError: the model cannot be loaded; the message says what to do.
     """
-    return Pipeline(load_model(model_id_or_path, device, dtype))
+    loaded = load_model(model_id_or_path, device, dtype)
+    from .families import FAMILIES
+
+    if FAMILIES[loaded.family].qwen:
+        from .qwen_pipeline import QwenPipeline
+
+        return QwenPipeline(loaded)
+    return Pipeline(loaded)
 
 
 def load_pipeline_or_demo(model_id_or_path: str, device: str | None = None, dtype=None) -> tuple[Pipeline, str | None]:

@@ -12,6 +12,8 @@ DEMO_MODEL_ID = "demo/tiny-llava-1.5"
 DEMO_NEXT_MODEL_ID = "demo/tiny-llava-next"
 DEMO_NEXT_VIDEO_MODEL_ID = "demo/tiny-llava-next-video"
 DINOV2_DEMO_ID = "demo/dinov2-small-llava"
+DEMO_QWEN2_ID = "demo/tiny-qwen2-vl"
+DEMO_QWEN25_ID = "demo/tiny-qwen2.5-vl"
 TOWER_PREFIX = "tower/"
 """``tower/<checkpoint>``: that checkpoint's vision tower alone (see :mod:`prunesid_vlm.tower_only`)."""
 
@@ -64,6 +66,12 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
               size="1.4 B"),
     ModelSpec("Intel/llava-gemma-2b", "llava", "llava-gemma 2B (Gemma-2B + CLIP-L/336)", size="2.8 B"),
     ModelSpec("xtuner/llava-phi-3-mini-hf", "llava", "LLaVA-Phi-3-mini (Phi-3-mini + CLIP-L/336)", size="4.1 B"),
+    ModelSpec("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", "Qwen2-VL 2B (any aspect ratio; video; answers on a CPU)",
+              size="2.2 B"),
+    ModelSpec("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl", "Qwen2-VL 7B (any aspect ratio; video)", size="8.3 B"),
+    ModelSpec("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", "Qwen2.5-VL 3B (any aspect ratio; video; answers on a CPU)",
+              size="3.8 B"),
+    ModelSpec("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "Qwen2.5-VL 7B (any aspect ratio; video)", size="8.3 B"),
     tower_only_spec("llava-hf/llava-1.5-7b-hf", "llava", "LLaVA-1.5 (7B and 13B share it)",
                     tower_weights="openai/clip-vit-large-patch14-336"),
     tower_only_spec("llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next", "LLaVA-NeXT Vicuna 7B"),
@@ -76,6 +84,10 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
               random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
     ModelSpec(DEMO_NEXT_VIDEO_MODEL_ID, "llava_next_video", "Offline demo: tiny LLaVA-NeXT-Video, random weights",
               is_demo=True, random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
+    ModelSpec(DEMO_QWEN2_ID, "qwen2_vl", "Offline demo: tiny Qwen2-VL, random weights", is_demo=True,
+              random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
+    ModelSpec(DEMO_QWEN25_ID, "qwen2_5_vl", "Offline demo: tiny Qwen2.5-VL, random weights", is_demo=True,
+              random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
 )
 
 

@@ -55,6 +55,16 @@ class EncodedImages:
     across the images), ``RECEIVED`` (−1) outside the map, ``NOT_RECEIVED`` (−2) in the padding;
     None when every patch is received and nothing is added between them."""
 
+    grid: tuple[int, int] | None = None
+    """``(rows, cols)`` of every view's token grid when it is not the model's fixed one (Qwen's
+    merged tokens follow the image's aspect ratio)."""
+    rule: str = "llava"
+    """Which PruneSID rule these tokens take: ``"llava"`` (CLS attention) or ``"qwen"`` (no CLS)."""
+    grid_thw: tuple[tuple[int, int, int], ...] = ()
+    """Qwen: the ``(t, h, w)`` patch grid of each media item (what M-RoPE positions follow)."""
+    clip: bool = False
+    """Qwen: the views are the temporal patches of one clip (else one view per image)."""
+
     @property
     def visible(self) -> torch.Tensor | None:
         """Bool ``[V, N]``: the patches the language model receives on the full path (a LLaVA-NeXT

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prunesid import allocate_budgets, dynamic_budget, information_score, select_tokens
+from prunesid import (QWEN_CONFIG, allocate_budgets, dynamic_budget, information_score, qwen_budget, select_tokens,
+                      select_tokens_qwen)
 from prunesid.config import DEFAULT_MIN_TOKENS
 from prunesid.result import Selection
 from prunesid.subset import concat_selections, expand_selection, subset_inputs
 from prunesid_eval.compare import method_fn
-from prunesid_eval.methods import get_method
+from prunesid_eval.methods import get_method, list_methods
 
 from .results import EncodedImages, TokenCounts
 
@@ -126,7 +127,9 @@ def check_total_budget(num_tokens: Any, num_views: int, num_patches: int = 576) 
 
 def view_ceilings(feats: EncodedImages) -> list[int]:
     """Per view: the most tokens it can hand over (CLS included where it keeps its CLS) — its
-    patches the language model receives, plus its CLS."""
+    patches the language model receives, plus its CLS (none for Qwen's merged tokens)."""
+    if feats.rule == "qwen":
+        return [feats.num_patches] * feats.num_views
     drops = feats.drops_cls or (False,) * feats.num_views
     counts = [feats.num_patches] * feats.num_views if feats.visible is None else feats.visible.sum(1).tolist()
     return [int(c) + (0 if d else 1) for c, d in zip(counts, drops)]
@@ -141,6 +144,8 @@ def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False, m
     (dynamic).
     """
     views, ceilings = feats.num_views, view_ceilings(feats)
+    if feats.rule == "qwen":
+        return _qwen_budgets(feats, num_tokens, dynamic or check_budget_mode(mode) == "total")
     if check_budget_mode(mode) == "total" and views > 1:
         wanted = check_total_budget(num_tokens, views, feats.num_patches)
         weights = feats.phi if dynamic else torch.ones(views)
@@ -153,6 +158,20 @@ def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False, m
     return _shares(feats.phi, k * views, ceilings)
 
 
+def _qwen_budgets(feats: EncodedImages, num_tokens: int, share: bool) -> list[int]:
+    """Qwen: K is per 576 tokens; each view keeps K′ = max(round(N·K/576), 16) of its N merged
+    tokens (the reference's scaling). Dynamic: a single view scales K by φ / φ_ref first; several
+    views (a clip's temporal patches) share Σ K′ in proportion to φ."""
+    k = check_budget(num_tokens, QWEN_CONFIG.reference_tokens)
+    views, n = feats.num_views, feats.num_patches
+    if share and views == 1:
+        k = dynamic_budget(float(feats.phi[0]), k, feats.phi_ref, ceiling=QWEN_CONFIG.reference_tokens + 1)
+    each = qwen_budget(n, k)
+    if not share or views == 1:
+        return [each] * views
+    return _shares(feats.phi, each * views, [n] * views)
+
+
 def _shares(weights, total: int, ceilings: list[int]) -> list[int]:
     floor = min(DEFAULT_MIN_TOKENS, *ceilings)
     total = max(min(total, sum(ceilings)), floor * len(ceilings))
@@ -161,7 +180,7 @@ def _shares(weights, total: int, ceilings: list[int]) -> list[int]:
 
 def selection_budgets(feats: EncodedImages, budgets: Sequence[int]) -> list[int]:
     """The budgets handed to the selection: a view whose CLS is dropped afterwards gets one more."""
-    ceiling = feats.num_patches + 1
+    ceiling = feats.num_patches + (0 if feats.rule == "qwen" else 1)
     return [min(int(b) + int(drop), ceiling) for b, drop in zip(budgets, feats.drops_cls or [False] * len(budgets))]
 
 
@@ -187,6 +206,8 @@ def select(feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, meth
     """
     spec = get_method(method)
     budgets = selection_budgets(feats, view_budgets(feats, num_tokens, dynamic or spec.dynamic, mode))
+    if feats.rule == "qwen":
+        return _select_qwen(feats, spec, budgets, options, seed)
     if spec.dynamic:
         rule = lambda h, a, b, _opts: replace(select_tokens(h, a, b), method=spec.name)  # noqa: E731
     else:
@@ -222,6 +243,32 @@ def _row(selection: Selection, row: int) -> Selection:
         value = getattr(selection, name)
         picked[name] = None if value is None else value[row:row + 1]
     return replace(selection, **picked)
+
+
+def _select_qwen(feats: EncodedImages, spec, budgets: list[int], options: dict | None, seed: int) -> Selection:
+    """A method on Qwen's merged tokens (no CLS): PruneSID is the reference's Qwen rule; the
+    baselines that rank by CLS attention are not available; the others keep no CLS."""
+    tokens = feats.hidden_states[:, 1:]
+    if spec.name in ("prunesid", "prunesid-dyn"):
+        chosen = select_tokens_qwen(tokens, budgets, scale=False)
+        return replace(chosen, method=spec.name).on_tower_axis().cpu()
+    if spec.needs_cls_attention:
+        raise ValueError(f"{spec.label} is not available for this model: it ranks patches by the CLS token's "
+                         "attention, and Qwen's vision tower has no CLS token.")
+    extra = {}
+    parameters = inspect.signature(spec.fn).parameters
+    if "keep_cls" in parameters:
+        extra["keep_cls"] = False
+    if "grid_shape" in parameters:
+        extra["grid_shape"] = feats.grid
+    opts = {**(options or {})}
+    opts[spec.name] = {**opts.get(spec.name, {}), **extra}
+    return method_fn(spec, seed=seed, options=opts)(feats.hidden_states, feats.cls_attention, budgets).cpu()
+
+
+def available_methods(feats: EncodedImages) -> list[str]:
+    """The registry methods that can run on ``feats`` (all but the CLS-attention ones on Qwen)."""
+    return [s.name for s in list_methods() if feats.rule != "qwen" or not s.needs_cls_attention]
 
 
 def _rectangle(patches: torch.Tensor, num_patches: int) -> tuple[int, int]:

@@ -48,6 +48,9 @@ class MethodSpec:
     """Whether some tokens are merged from dropped patches (``Selection.merged_tokens``)."""
     randomized: bool = False
     """Whether the result depends on the ``generator``."""
+    needs_cls_attention: bool = False
+    """Whether the method ranks patches by the CLS token's attention (not available on towers
+    without a CLS token, e.g. Qwen's merged tokens)."""
     dynamic: bool = False
     """Whether the method sets each view's budget from its content (the dynamic ratio). A caller
     that knows how views relate (the model pipeline: crops of one image, frames of one clip)
@@ -57,7 +60,7 @@ class MethodSpec:
         """JSON-ready description (no callable)."""
         return {"name": self.name, "label": self.label, "paper": self.paper, "code_url": self.code_url,
                 "keeps_cls": self.keeps_cls, "merges": self.merges, "randomized": self.randomized,
-                "dynamic": self.dynamic,
+                "dynamic": self.dynamic, "needs_cls_attention": self.needs_cls_attention,
                 "notes": self.notes, "deviations": list(self.deviations), "versus_code": self.versus_code}
 
 
@@ -98,6 +101,7 @@ METHODS: dict[str, MethodSpec] = {
             "importance-only baseline (cf. VisionZip's dominant tokens; FasterVLM, Zhang et al. 2024)", "", True,
             "CLS plus the patches with the largest CLS attention at layer −2 (heads summed).",
             ("Ties go to the lower patch index.",),
+            needs_cls_attention=True,
         ),
         MethodSpec(
             "visionzip", "VisionZip", visionzip.visionzip_select,
@@ -110,6 +114,7 @@ METHODS: dict[str, MethodSpec] = {
              "metric= accepts the keys.",
              "Ties to the lower index; float32 arithmetic."),
             merges=True,
+            needs_cls_attention=True,
             versus_code="Same kept tokens as its code on 100 of 100 cases at K = 16–192, in float32 and bfloat16.",
         ),
         MethodSpec(
@@ -138,6 +143,7 @@ METHODS: dict[str, MethodSpec] = {
              "Stable tie-breaking: exactly tied duplicate scores go to the earlier position; the code's argsort "
              "leaves their order to the sort kernel.",
              "Similarities in float32; the code computes them in the model's dtype (native_dtype=True does too)."),
+            needs_cls_attention=True,
             versus_code=("Float32 states: the same tokens as its code on 58–76 % of cases at K = 16–192 (mean Jaccard "
                          "0.78–0.94; torch 2.13 CPU), all of the difference from exactly tied scores that its unstable "
                          "argsort orders otherwise (with a stable sort swapped into its code: 100 %). Bfloat16 states: "
