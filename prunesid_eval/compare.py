@@ -207,11 +207,16 @@ def stability(
     *,
     row: int = 0,
     progress: Callable[[float, str], None] | None = None,
+    rule: Callable[..., Selection] | None = None,
 ) -> StabilityResult:
     """PruneSID with the randomised PCA (one run per seed, each with its own generator)
-    against the exact PCA, on one row of the features."""
+    against the exact PCA, on one row of the features.
+
+    ``rule(hidden_states, cls_attention, num_tokens, pca=, generator=)``: the PruneSID rule to
+    run (default the LLaVA one; the app passes the Qwen rule for Qwen's merged tokens)."""
     from .methods.prunesid_rules import prunesid_select
 
+    prunesid_select = rule or prunesid_select
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("stability needs at least one seed")
@@ -393,20 +398,26 @@ def budget_sweep(
     seed: int = DEFAULT_SEED,
     row: int = 0,
     progress: Callable[[float, str], None] | None = None,
+    selections: dict[str, Selection] | None = None,
 ) -> SweepResult:
     """Every method at every budget on one image: selections in one batched call per method,
     feature coverage for all of them at once, and ``fidelity(name, budget, selection)`` per
-    point when given (the model part; one call per method and budget)."""
+    point when given (the model part; one call per method and budget).
+
+    ``selections``: per method, its selections already made (one row per budget), for rules this
+    module does not run itself (Qwen's)."""
     specs = _specs(methods)
     budgets = tuple(sorted({int(k) for k in budgets}))
     start = time.perf_counter()
-    selections, seconds = {}, {}
+    given, made, seconds = dict(selections or {}), {}, {}
+    selections = made
     for i, spec in enumerate(specs):
         if progress is not None:
             progress(0.2 * i / len(specs), f"selecting: {spec.label}")
         t0 = time.perf_counter()
-        selections[spec.name] = sweep_selections(hidden_states, cls_attention, budgets, [spec], options=options,
-                                                 seed=seed, row=row)[spec.name]
+        made[spec.name] = (given[spec.name] if spec.name in given else
+                           sweep_selections(hidden_states, cls_attention, budgets, [spec], options=options,
+                                            seed=seed, row=row)[spec.name])
         seconds[spec.name] = time.perf_counter() - t0
     h = hidden_states[row : row + 1]
     cover = {name: [float(v) for v in coverage(h, sel)] for name, sel in selections.items()}

@@ -52,6 +52,8 @@ from .rules import (
     select,
     selection_budgets,
     selection_key,
+    available_methods,
+    budget_patches,
     keeps_everything,
     token_counts,
     unseen_note,
@@ -61,7 +63,7 @@ from .rules import (
 
 __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
-           "view_budgets", "selection_budgets", "select", "token_counts", "unseen_note", "MAX_QUESTION_CHARS"]
+           "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods", "unseen_note", "MAX_QUESTION_CHARS"]
 
 class NoAnswers(ValueError):
     """The model in use cannot answer (a vision tower alone); the message says what to pick instead."""

@@ -28,7 +28,7 @@ from .adapters.base import ViewInfo
 from .generation import synchronize
 from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key
 from .qwen_generation import first_logits_with_positions, greedy_with_positions
-from .rules import Frames, check_images, information_score
+from .rules import Frames, check_images, information_score, keeps_everything
 
 VISION_FPS = 2.0
 """Frames per second assumed for a clip's temporal positions (Qwen2.5-VL scales them by time)."""
@@ -149,6 +149,8 @@ class QwenPipeline(Pipeline):
             positions, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=types,
                                                             attention_mask=prompt["attention_mask"], **extra)
         next_position = int(positions.max()) + 1
+        if selection is not None and keeps_everything(feats, selection):
+            selection = None  # every token kept: the model's own order, not the selection's
         tokens = feats.hidden_states[:, 1:]  # [V, N, D]
         n = tokens.shape[1]
         kept = ([torch.arange(n)] * feats.num_views if selection is None

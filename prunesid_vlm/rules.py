@@ -57,6 +57,12 @@ PLACEHOLDER_WORDS = ("<image>", "<video>")
 a picture that is not there."""
 
 
+def budget_patches(feats: EncodedImages) -> int:
+    """The N a budget K is checked against: the view's patches, or 576 for Qwen, whose K is a
+    budget per 576 tokens scaled to each image (the reference's ``need_token_num``)."""
+    return QWEN_CONFIG.reference_tokens if feats.rule == "qwen" else feats.num_patches
+
+
 def check_question(question: Any) -> str:
     """The question, stripped, or a ValueError for an empty, invisible, over-long one or one that
     holds a picture placeholder. The one rule for every way in (the app, its endpoints, scripts)."""

@@ -19,12 +19,15 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from prunesid_eval.compare import MethodRun, StabilityResult, SweepResult, budget_sweep, stability
+from prunesid import select_tokens_qwen
+from prunesid.subset import concat_selections
+from prunesid_eval.compare import MethodRun, StabilityResult, SweepResult, budget_sweep, stability, take_row
 from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import FAMILY_MODEL, LLAVA_15_7B, published_figure
 
 from .fidelity import first_token_kl
 from .pipeline import Pipeline, check_budget, check_question, selection_budgets, view_budgets
+from .rules import available_methods, budget_patches
 from .results import CompareResult, EncodedImages
 
 Progress = Callable[[float, str], None]
@@ -67,6 +70,8 @@ class MethodsComparison:
     full_tokens: int | None = None
     generations: dict[str, int] = field(default_factory=dict)
     """Generations this comparison ran (``full``, ``pruned``); cached answers are not counted."""
+    unavailable: list[str] = field(default_factory=list)
+    """Methods asked for that cannot run on this model (CLS-attention ones on Qwen)."""
 
     @property
     def selection_s(self) -> float:
@@ -98,7 +103,10 @@ def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: i
     if question is not None:
         question = check_question(question)
     feats = pipe.encode(images)
-    k = check_budget(num_tokens, feats.num_patches)
+    k = check_budget(num_tokens, budget_patches(feats))
+    usable = available_methods(feats)
+    unavailable = [n for n in names if n not in usable]
+    names = [n for n in names if n in usable]
     model = published_model(pipe)
     options = pipe.method_options(feats, names)
     if native_dtype:
@@ -110,7 +118,7 @@ def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: i
         seconds = time.perf_counter() - start
         runs.append(MethodRun(get_method(name), sel, seconds, published_figure(name, int(sel.num_tokens.sum()), model)))
     out = MethodsComparison(feats=feats, budget=k, selection_budgets=selection_budgets(feats, view_budgets(feats, k)),
-                            runs=runs, question=question)
+                            runs=runs, question=question, unavailable=unavailable)
     if question is None:
         return out
     before = dict(pipe.stats)
@@ -130,8 +138,14 @@ def stability_of(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: int,
     """PruneSID's kept set with the reference's randomised PCA (one run per seed) against the
     exact PCA, on the first tower view."""
     feats = pipe.encode(images)
-    k = check_budget(num_tokens, feats.num_patches)
-    return feats, stability(feats.hidden_states, feats.cls_attention, k, seeds, progress=progress)
+    k = check_budget(num_tokens, budget_patches(feats))
+    rule = _qwen_rule if feats.rule == "qwen" else None
+    return feats, stability(feats.hidden_states, feats.cls_attention, k, seeds, progress=progress, rule=rule)
+
+
+def _qwen_rule(hidden_states, _cls_attention, num_tokens, *, pca="exact", generator=None):
+    """The Qwen rule on the merged tokens behind the zero row, on the tower axis."""
+    return select_tokens_qwen(hidden_states[:, 1:], num_tokens, pca=pca, generator=generator).on_tower_axis()
 
 
 def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
@@ -141,7 +155,8 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
     on the first tower view. Returns the result and the generations it ran."""
     names = check_methods(methods)
     feats = pipe.encode(images)
-    points = sorted({check_budget(k, feats.num_patches) for k in budgets})
+    names = [n for n in names if n in available_methods(feats)]
+    points = sorted({check_budget(k, budget_patches(feats)) for k in budgets})
     options = pipe.method_options(feats, names)
     options["prunesid-dyn"] = {"phi_ref": feats.phi_ref}  # the one-view rule of view_budgets
     before = dict(pipe.stats)
@@ -160,8 +175,13 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
 
         fidelity = point_fidelity
 
+    made = None
+    if feats.rule == "qwen":  # the rules the sweep runs itself are the CLS-token ones: hand it Qwen's
+        made = {name: concat_selections([take_row(pipe.select(feats, k, method=name, options=options), 0)
+                                         for k in points]) for name in names}
     result = budget_sweep(feats.hidden_states, feats.cls_attention, points, names, fidelity=fidelity,
-                          fidelity_metric=FIDELITY_METRIC if fidelity else None, options=options, progress=progress)
+                          fidelity_metric=FIDELITY_METRIC if fidelity else None, options=options, progress=progress,
+                          selections=made)
     return result, _generations_since(pipe, before)
 
 

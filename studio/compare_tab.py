@@ -20,10 +20,10 @@ from typing import Any, Callable, Sequence
 import gradio as gr
 
 from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
-from prunesid_eval.methods import list_methods
+from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
 from prunesid_vlm import studies
-from prunesid_vlm.pipeline import Pipeline, check_budget, check_question
+from prunesid_vlm.pipeline import Pipeline, budget_patches, check_budget, check_question
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability
 
 from .components import RawNumber, SafeImage
@@ -101,7 +101,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     model = studies.published_model(pipe)
     pixels = pipe.view_pixels(images, out.feats)[0]
     gallery = method_overlays(pixels, [(r.label, r.selection) for r in out.runs], size=336,
-                              grid_shape=pipe.grid, legend=False)  # the caption says it all
+                              grid_shape=out.feats.grid or pipe.grid, legend=False)  # the caption says it all
     total = sum(out.selection_budgets)
     table, rows = [], []
     for r in out.runs:
@@ -124,10 +124,16 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
         "published_model": MODEL_LABELS[model], "published_budgets": published_budgets(model),
         "published": published_table(model), "notes": notes,
     }
+    if out.unavailable:
+        summary["notes"] = summary["notes"] + [
+            f"Not available for {pipe.model_id}: {', '.join(get_method(n).label for n in out.unavailable)} (they rank "
+            "patches by the CLS token's attention, and this tower has none)."]
     summary["media"] = label
     return {"gallery": gallery, "table": table, "json": summary, "full_answer": out.full_answer,
             "full_tokens": out.full_tokens, "selection_ms": 1000 * out.selection_s,
-            "context": context_line(label, out.budget, question, pipe.model_id)}
+            "context": context_line(label, out.budget, question, pipe.model_id)
+            + (f" · not available for this model (no CLS token): "
+               f"{', '.join(get_method(n).label for n in out.unavailable)}" if out.unavailable else "")}
 
 
 def _token_text(run) -> str:
@@ -155,7 +161,7 @@ def stability_view(image: Any, budget: Any, seeds: Any, get_pipeline: GetPipelin
     fig = plot_stability(result.jaccard_vs_exact, result.pairwise, result.seeds, exact_repeat=result.exact_repeat,
                          num_tokens=k)
     overlay = draw_keep_frequency(pipe.view_pixels(images, feats)[0], result.keep_frequency, result.exact_kept,
-                                  size=336, grid_shape=pipe.grid)
+                                  size=336, grid_shape=feats.grid or pipe.grid)
     d = result.to_dict()
     text = (context_line(label, k, None, pipe.model_id) + " (first view)  \n"
             f"**Exact PCA:** the same {k - 1} patches every run (Jaccard with itself = {result.exact_repeat:.2f}).  \n"
@@ -178,7 +184,7 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
     pipe = get_pipeline()
     if pipe.answers == "none":  # a vision tower alone: feature coverage, no first-token fidelity
         question = None
-    points = parse_budgets(budgets, pipe.num_patches)
+    points = parse_budgets(budgets, budget_patches(pipe.encode(images)))  # features cached for the sweep
     result, generations = studies.sweep(pipe, images, points, names, question=question, progress=_reporter(progress))
     labels = dict(zip(result.methods, result.labels))
     colors = method_colors(list(result.labels))

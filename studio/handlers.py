@@ -23,6 +23,7 @@ from prunesid_vlm.pipeline import (
     CompareResult,
     Frames,
     Pipeline,
+    budget_patches,
     check_budget,
     check_question,
     select,
@@ -74,9 +75,10 @@ def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str
     """One tower pass over the media (cached by content); everything later reuses it."""
     feats = pipe.encode(images)
     return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo,
+                    grid=feats.grid or pipe.grid,
                     random_features=pipe.random_features, answers=pipe.answers, model_meaning=pipe.meaning,
                     images=images,
-                    feats=feats, view_pixels=pipe.view_pixels(images, feats), grid=pipe.grid,
+                    feats=feats, view_pixels=pipe.view_pixels(images, feats),
                     reference_phis=list(pipe.calibration().phis), notes=list(notes), frame_times=frame_times)
 
 
@@ -92,7 +94,7 @@ def reselect(analysis: Analysis, budget: Any, dynamic: bool, shared: bool | None
     (``shared=None`` keeps the session's).
 
     Pure: no model, no lock, nothing shared, so redraws of different visitors run side by side."""
-    k = check_budget(budget, analysis.num_patches)
+    k = check_budget(budget, budget_patches(analysis.feats))
     analysis = replace(analysis, budget=k, dynamic=bool(dynamic),
                        shared=analysis.shared if shared is None else bool(shared))
     num_tokens, mode = budget_rule(analysis)
@@ -266,8 +268,14 @@ def tokens_head(counts) -> str:
 
 def budget_text(analysis: Analysis) -> str:
     """The line under the budget slider: K, and with the dynamic ratio on, what each view really gets."""
-    text = V.budget_label(analysis.budget, analysis.num_patches)
     given = analysis.budgets
+    if analysis.feats.rule == "qwen":
+        per = "temporal patch" if analysis.feats.clip else "image"
+        each = given[0] if len(set(given)) == 1 else " + ".join(map(str, given))
+        return (f"**K = {analysis.budget}** per 576 tokens (Qwen's rule scales it): {each} of the "
+                f"{analysis.num_patches} merged tokens of each {per} (K′ = max(round(N·K/576), 16))"
+                + (", shared ∝ φ" if analysis.dynamic and len(given) > 1 else ""))
+    text = V.budget_label(analysis.budget, analysis.num_patches)
     if analysis.setting[2]:
         rule = "∝ φ" if analysis.dynamic else "evenly, a view taking no more than it can hand over"
         return (f"{text} · shared over {len(given)} views ({rule}): {' + '.join(map(str, given))} = "

@@ -169,6 +169,14 @@ def summary(analysis: Analysis, view: int = 0) -> str:
     tau = float(sel.tau[view])
     nms = (f"{picks} patches survive NMS (similarity threshold τ = (K/32)·ρ = {tau:.3f}"
            + (", so at this budget nothing is suppressed)" if tau >= 1 else ")"))
+    if analysis.feats.rule == "qwen":
+        rows, cols = analysis.grid
+        kept = (f"**{k} of {analysis.num_patches} merged tokens kept**{where} ({rows} × {cols} grid, 28 × 28 px each; no "
+                "CLS token: importance is each token's loading on its PSCA component)")
+        qwen_nms = (f"{picks} tokens survive NMS (threshold τ = max(18·K′/N, 1)·ρ′ = {tau:.3f}"
+                    + (", so nothing is suppressed)" if tau >= 1 else ")"))
+        return (f"{kept}: {groups} semantic groups, {qwen_nms}; ρ′ = {float(sel.rho[view]):.3f}. Selected in "
+                f"{analysis.selection_ms:.0f} ms from cached features.")
     drops_cls = bool(analysis.feats.drops_cls and analysis.feats.drops_cls[view])
     visible = analysis.feats.visible
     received = analysis.num_patches if visible is None else int(visible[view].sum())
@@ -199,7 +207,8 @@ def frame_chart(analysis: Analysis):
     return viz.plot_frame_budgets([int(v) for v in sel.num_tokens], phis=[float(v) for v in sel.phi], times=times)
 
 
-KEPT_CAPTION = ("Drag the handle: on the left, the picture the model sees (336 × 336 px, 24 × 24 patches); on the "
+KEPT_CAPTION = ("Drag the handle: on the left, the picture the model sees (for LLaVA-1.5 336 × 336 px, 24 × 24 patches; "
+                "Qwen sees the whole picture at its own aspect ratio, one token per 28 × 28 px); on the "
                 "right, only the tokens handed to the language model stay bright (outlined in yellow); dropped "
                 "patches are dimmed. PruneSID chooses from the image alone (the vision tower's features): the same "
                 "tokens are kept whatever the question; only the answers depend on it.")

@@ -29,6 +29,7 @@ def test_exactly_k_visual_tokens_reach_the_language_model(llava_pipeline, images
     pipe, k = llava_pipeline, 64
     feats = pipe.encode(images[:1])
     sel = select_tokens(feats.hidden_states, feats.cls_attention, k)
+    pipe.clear_caches()  # both answers must really run here, whatever earlier tests asked
     calls, handle = _lm_inputs(pipe.model)
     try:
         result = pipe.compare(images[:1], QUESTION, k, max_new_tokens=3)

@@ -204,8 +204,9 @@ def group_masks(
     masks are merged into one more entry at the end, labelled ``""`` (left out when empty).
     """
     sr = selection_row(selection, row)
-    rows, cols = grid_shape or sr.grid_shape()
-    grid = grid or PatchGrid.for_display(336, rows, cols)
+    if grid is None:
+        rows, cols = grid_shape or sr.grid_shape()
+        grid = PatchGrid.for_display(336, rows, cols)
     if grid.num_patches != sr.num_patches:
         raise ValueError(f"grid {grid.rows}x{grid.cols} does not match the selection's {sr.num_patches} patches")
     g_px = sr.group[grid.cell_map]
