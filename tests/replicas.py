@@ -90,3 +90,47 @@ def save_clip_replica(folder: Path, seed: int = 1) -> Path:
         torch.manual_seed(seed)
         CLIPModel(config).eval().save_pretrained(folder)
     return folder
+
+
+QWEN_CONFIGS = {
+    # Published configs (Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-3B-Instruct); depth reduced.
+    "Qwen/Qwen2-VL-2B-Instruct": ("qwen2_vl", dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12,
+                                                   num_key_value_heads=2),
+                                  dict(embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)),
+    "Qwen/Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", dict(hidden_size=2048, intermediate_size=11008, num_attention_heads=16,
+                                                       num_key_value_heads=2),
+                                    dict(hidden_size=1280, out_hidden_size=2048, intermediate_size=3420, num_heads=16,
+                                         window_size=112, fullatt_block_indexes=[1], tokens_per_second=2)),
+}
+
+
+def save_qwen_replica(folder: Path, checkpoint: str, seed: int = 0) -> Path:
+    """A replica of a Qwen checkpoint: its widths, 1 decoder layer, 2 vision blocks, M-RoPE 16/24/24."""
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
+
+    from prunesid_vlm.demo_model import demo_tokenizer
+    from prunesid_vlm.qwen_processing import QWEN_CHAT_TEMPLATE, QwenProcessor
+
+    family, text, vision = QWEN_CONFIGS[checkpoint]
+    tok = demo_tokenizer()
+    tok.add_tokens(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                    "<|video_pad|>"], special_tokens=True)
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    ids = {n: tok.convert_tokens_to_ids(f"<|{n}|>") for n in ("vision_start", "vision_end", "image_pad", "video_pad")}
+    text = dict(text, vocab_size=len(tok), num_hidden_layers=TEXT_LAYERS, max_position_embeddings=32768, bos_token_id=1,
+                eos_token_id=2, pad_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+    vision = dict(vision, depth=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    config_class, model_class = ((transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration)
+                                 if family == "qwen2_vl" else
+                                 (transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration))
+    config = config_class(vision_config=vision, text_config=text, image_token_id=ids["image_pad"],
+                          video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
+                          vision_end_token_id=ids["vision_end"], bos_token_id=1, eos_token_id=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config).eval()
+    model.save_pretrained(folder)
+    QwenProcessor(tok, Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056)).save_pretrained(folder)
+    return folder

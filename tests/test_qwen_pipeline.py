@@ -141,3 +141,22 @@ def test_every_view_and_the_compare_tab_work_on_qwens_grid(qwen, tmp_path):
     assert stable["num_tokens"] == int(analysis.selection.num_tokens[0])
     swept = sweep_view(str(path), "What is it?", "32, 64", ["prunesid", "grid", "topk"], get)["json"]
     assert set(swept["methods"]) == {"prunesid", "grid"}
+
+
+@pytest.mark.parametrize("checkpoint", ["Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"])
+def test_replicas_of_the_small_qwen_checkpoints(checkpoint, tmp_path, demo_cache):
+    """Real widths (reduced depth) through from_pretrained: the pruned prompt is K′ tokens shorter
+    by exactly what was dropped, and the unpruned answer is generate's."""
+    from prunesid_vlm.pipeline import list_models
+    from tests.replicas import save_qwen_replica
+
+    assert checkpoint in {s.model_id for s in list_models()}
+    pipe = load_pipeline(str(save_qwen_replica(tmp_path / "replica", checkpoint)), device="cpu")
+    image = picture(5, 224, 336)
+    result = pipe.compare([image], QUESTION, 64, max_new_tokens=2)
+    n = pipe.encode([image]).num_patches
+    assert result.visual_tokens_full == n == 8 * 12 and result.visual_tokens_pruned == 16  # the floor of 16
+    assert result.prompt_tokens["pruned"] == result.prompt_tokens["full"] - n + 16
+    inputs = pipe.prompt_inputs([image], QUESTION)
+    plain = pipe.model.generate(**inputs, do_sample=False, max_new_tokens=2)
+    assert result.full_tokens == plain[0, inputs["input_ids"].shape[1]:].tolist()
