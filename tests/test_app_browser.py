@@ -282,3 +282,42 @@ def test_a_closed_tab_frees_its_analysis(page, app_url):
             break
         page.wait_for_timeout(200)
     assert alive() <= before
+
+
+@pytest.mark.parametrize("model_id", ["demo/tiny-qwen2-vl", "demo/tiny-qwen2.5-vl"])
+def test_qwen_demo_models_in_the_page(page, app_url, tmp_path, llava_pipeline, model_id):
+    """Each Qwen demo from the picker: a wide picture on its own grid, answers with the kept count,
+    then the video example as temporal patches."""
+    from PIL import Image
+
+    from studio.models import MANAGER
+
+    wide = tmp_path / "wide.png"
+    Image.open(ASSETS / "coffee.jpg").convert("RGB").resize((700, 300)).save(wide)
+    try:
+        page.goto(app_url)
+        page.wait_for_selector("#run")
+        box = page.locator("#model input")
+        box.fill(model_id)
+        box.press("Enter")
+        page.wait_for_function(f"() => document.querySelector('#banner').innerText.includes('{model_id}')")
+        page.set_input_files("#image input[type=file]", str(wide))
+        page.wait_for_function("() => document.querySelector('#summary').innerText.includes('merged tokens kept')")
+        assert "per 576 tokens" in text_of(page, "#budget-label")
+        page.click("#run")
+        page.wait_for_function("() => document.querySelector('#pruned-answer textarea').value.length > 0")
+        kept = int(re.search(r"(\d+) of (\d+) merged tokens kept", text_of(page, "#summary")).group(1))
+        assert f"{kept} visual tokens" in text_of(page, "#pruned-head")
+        page.get_by_role("tab", name="Semantic groups").click()
+        page.wait_for_selector("#groups img")
+        wait_idle(page)
+        shot(page, tmp_path, f"11-{model_id.split('/')[-1]}-image")
+        page.get_by_role("tab", name="Video", exact=True).click()
+        page.set_input_files("#video input[type=file]", str(ASSETS / "pan_zoom.mp4"))
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('frames sampled')")
+        page.wait_for_selector("#gallery img")
+        assert "temporal patch" in text_of(page, "#budget-label")
+        wait_idle(page)
+        shot(page, tmp_path, f"11-{model_id.split('/')[-1]}-video")
+    finally:
+        MANAGER.install(llava_pipeline)
