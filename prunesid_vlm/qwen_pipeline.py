@@ -46,6 +46,20 @@ class QwenPipeline(Pipeline):
     def num_patches(self) -> int:
         return 0
 
+    def set_pixel_range(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Qwen's dynamic resolution: images are resized to between ``min_pixels`` and ``max_pixels``
+        (multiples of 28 px; one merged token per 28 × 28 px). Cached features are dropped."""
+        processor = self.processor.image_processor
+        low = int(min_pixels if min_pixels is not None else processor.size["shortest_edge"])
+        high = int(max_pixels if max_pixels is not None else processor.size["longest_edge"])
+        if not 28 * 28 <= low <= high:
+            raise ValueError(f"the pixel range must satisfy 784 <= min_pixels <= max_pixels, got {low} and {high}")
+        with self._lock:
+            processor.size = {"shortest_edge": low, "longest_edge": high}
+            self._features.clear()
+            self._answers.clear()
+            self._first_logits.clear()
+
     # --- features ------------------------------------------------------------------------
     def _merged_tokens(self, images: list[Image.Image], frames: bool) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Float ``[V, N, D]`` merged tokens (one view per image, or per temporal patch of a clip)

@@ -160,3 +160,16 @@ def test_replicas_of_the_small_qwen_checkpoints(checkpoint, tmp_path, demo_cache
     inputs = pipe.prompt_inputs([image], QUESTION)
     plain = pipe.model.generate(**inputs, do_sample=False, max_new_tokens=2)
     assert result.full_tokens == plain[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_the_pixel_range_sets_how_many_tokens_an_image_gets(qwen):
+    image = picture(6, 600, 900)
+    before = qwen.encode([image]).num_patches
+    try:
+        qwen.set_pixel_range(max_pixels=64 * 28 * 28)
+        assert qwen.encode([image]).num_patches <= 64 < before
+        with pytest.raises(ValueError, match="pixel range"):
+            qwen.set_pixel_range(min_pixels=10)
+    finally:
+        qwen.set_pixel_range(max_pixels=512 * 28 * 28)
+    assert qwen.encode([image]).num_patches == before
