@@ -1,0 +1,235 @@
+"""The fidelity report on a folder of images and videos: several methods and budgets, per-item
+figures in CSV and JSON, and plots; resumable.
+
+For every picture (or clip: its sampled frames, as the app takes them) and every (method, budget)
+point: the answer with all visual tokens (once per item) and with the method's, greedy; whether
+the answers are the same and the first answer token agrees; the first-token KL (nats); the visual
+tokens handed over; and each run's prefill time (one run each, on this machine: indicative, not a
+benchmark). Items already in ``results.jsonl`` under the same settings are skipped, so an
+interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv")
+MAX_FRAMES = 6
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What a report computes; its hash decides which earlier results can be reused."""
+
+    model: str
+    methods: tuple[str, ...]
+    budgets: tuple[int, ...]
+    question: str
+    max_new_tokens: int = 16
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(self.__dict__, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ItemResult:
+    """One picture or clip: its figures per (method, budget)."""
+
+    item: str
+    kind: str
+    settings: str
+    full_answer: str
+    full_tokens: int
+    full_prefill_s: float
+    points: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+def media_files(folder: Path) -> list[Path]:
+    """The images and videos of ``folder`` (not its subfolders), by name."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} holds no image or video ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
+    return files
+
+
+def item_id(path: Path) -> str:
+    """Name, size and modification time: an edited file is measured again."""
+    stat = path.stat()
+    return f"{path.name}|{stat.st_size}|{int(stat.st_mtime)}"
+
+
+def load_item(path: Path):
+    """``(images, kind)``: one picture, or a clip's sampled frames (the app's media rules)."""
+    from prunesid_vlm.pipeline import Frames
+    from studio.media import load_image, load_video  # the app's decoding rules (no Gradio in that module)
+
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        frames, _, _, _ = load_video(path, max_frames=MAX_FRAMES)
+        return Frames(frames), "video"
+    image, _ = load_image(path)
+    return [image], "image"
+
+
+def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> ItemResult:
+    """Every (method, budget) point of one item."""
+    from prunesid_vlm.pipeline import available_methods
+
+    feats = pipe.encode(images)
+    full = pipe.answer(images, settings.question, max_new_tokens=settings.max_new_tokens)
+    result = ItemResult(item=item, kind=kind, settings=settings.key(), full_answer=full.text,
+                        full_tokens=full.visual_tokens, full_prefill_s=full.prefill_s)
+    usable = set(available_methods(feats))
+    for method in settings.methods:
+        for budget in settings.budgets:
+            if method not in usable:
+                result.points.append({"method": method, "budget": budget, "available": False})
+                continue
+            selection = pipe.select(feats, budget, method=method)
+            pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens)
+            compared = pipe.result(feats, full, pruned, selection)
+            result.points.append({
+                "method": method, "budget": budget, "available": True, "tokens": pruned.visual_tokens,
+                "first_token_kl": compared.fidelity, "first_token_agrees": compared.first_token_agrees,
+                "same_answer": compared.same_answer, "answer": pruned.text, "prefill_s": pruned.prefill_s,
+                "keep": [selection.keep_row(v).tolist() for v in range(selection.batch_size)]})
+    return result
+
+
+def run_report(folder: Path, out: Path, settings: ReportSettings, *, pipe=None,
+               progress: Callable[[Iterable], Iterable] | None = None) -> list[ItemResult]:
+    """Measure every item of ``folder`` not yet in ``out/results.jsonl`` under ``settings``; then
+    write the CSV, the summary and the plots from all results. Returns every item's result."""
+    from prunesid_vlm.pipeline import load_pipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "results.jsonl"
+    done = {r.item: r for r in read_results(log) if r.settings == settings.key()}
+    files = media_files(folder)
+    todo = [p for p in files if item_id(p) not in done]
+    if todo:
+        pipe = pipe or load_pipeline(settings.model)
+        if pipe.answers == "none":
+            raise ValueError(f"{pipe.model_id} is a vision tower alone: the report compares answers, pick a model "
+                             "that answers (a demo model offline).")
+        bar = progress(todo) if progress else todo
+        for path in bar:
+            images, kind = load_item(path)
+            result = measure(pipe, images, settings, item_id(path), kind)
+            with log.open("a") as handle:  # one line per finished item: an interruption loses at most one
+                handle.write(result.to_json() + "\n")
+            done[result.item] = result
+    results = [done[item_id(p)] for p in files]
+    write_outputs(results, settings, out, folder, pipe)
+    return results
+
+
+def read_results(log: Path) -> list[ItemResult]:
+    """Earlier results (a line cut short by an interruption is ignored)."""
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            out.append(ItemResult(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return out
+
+
+def summarise(results: list[ItemResult], settings: ReportSettings) -> dict:
+    """Per method and budget: mean first-token KL, answer and first-token agreement rates, mean tokens."""
+    table = {}
+    for method in settings.methods:
+        rows = {}
+        for budget in settings.budgets:
+            points = [p for r in results for p in r.points
+                      if p["method"] == method and p["budget"] == budget and p.get("available")]
+            if not points:
+                rows[str(budget)] = None
+                continue
+            rows[str(budget)] = {
+                "items": len(points), "mean_first_token_kl": float(np.mean([p["first_token_kl"] for p in points])),
+                "same_answer_rate": float(np.mean([p["same_answer"] for p in points])),
+                "first_token_agreement": float(np.mean([p["first_token_agrees"] for p in points])),
+                "mean_tokens": float(np.mean([p["tokens"] for p in points]))}
+        table[method] = rows
+    return {"settings": settings.__dict__, "items": len(results), "per_method": table,
+            "note": ("First-token KL in nats (0 = pruning did not move the model's first answer token); prefill times "
+                     "are single runs on this machine.")}
+
+
+def write_outputs(results: list[ItemResult], settings: ReportSettings, out: Path, folder: Path, pipe=None) -> None:
+    """``results.csv``, ``summary.json``, ``fidelity.png`` and ``worst.png``."""
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item", "kind", "method", "budget", "available", "tokens", "full_tokens", "first_token_kl",
+                         "first_token_agrees", "same_answer", "prefill_s", "full_prefill_s"])
+        for r in results:
+            for p in r.points:
+                writer.writerow([r.item.split("|")[0], r.kind, p["method"], p["budget"], p.get("available"),
+                                 p.get("tokens"), r.full_tokens, p.get("first_token_kl"), p.get("first_token_agrees"),
+                                 p.get("same_answer"), p.get("prefill_s"), r.full_prefill_s])
+    summary = summarise(results, settings)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_fidelity(summary, settings, out / "fidelity.png")
+    if pipe is not None:
+        plot_worst(results, settings, folder, out / "worst.png", pipe)
+
+
+def plot_fidelity(summary: dict, settings: ReportSettings, path: Path) -> None:
+    """Mean first-token KL (top) and the share of unchanged answers (bottom) against budget."""
+    from viz import figure_to_array
+    from viz.compare import plot_budget_sweep
+    from PIL import Image
+
+    kl, same = {}, {}
+    for method, rows in summary["per_method"].items():
+        values = [rows[str(b)] for b in settings.budgets]
+        if all(v is None for v in values):
+            continue
+        kl[method] = [math.nan if v is None else v["mean_first_token_kl"] for v in values]
+        same[method] = [math.nan if v is None else v["same_answer_rate"] for v in values]
+    if not kl:
+        return
+    fig = plot_budget_sweep(list(settings.budgets), kl, ylabel="mean first-token KL (nats)",
+                            title=f"Fidelity against budget, {summary['items']} items, {settings.model}",
+                            ax_extra=("answers unchanged", same))
+    Image.fromarray(figure_to_array(fig)).save(path)
+
+
+def plot_worst(results: list[ItemResult], settings: ReportSettings, folder: Path, path: Path, pipe,
+               count: int = 6) -> None:
+    """The items PruneSID's smallest budget moves most (largest first-token KL), with its kept tokens."""
+    import viz
+    from PIL import Image
+
+    method = "prunesid" if "prunesid" in settings.methods else settings.methods[0]
+    budget = min(settings.budgets)
+    scored = [(p["first_token_kl"], r, p) for r in results for p in r.points
+              if p["method"] == method and p["budget"] == budget and p.get("available")]
+    scored.sort(key=lambda t: -t[0])
+    tiles, labels = [], []
+    for kl, r, p in scored[:count]:
+        images, _ = load_item(folder / r.item.split("|")[0])
+        feats = pipe.encode(images)
+        selection = pipe.select(feats, budget, method=method)
+        pixels = pipe.view_pixels(images, feats)[0]
+        tiles.append(viz.draw_kept_tokens(pixels, selection, 0, size=336, grid_shape=feats.grid or pipe.grid,
+                                          legend=False))
+        labels.append(f"{r.item.split('|')[0]} · KL {kl:.3f}" + (" · same answer" if p["same_answer"] else ""))
+    if tiles:
+        Image.fromarray(viz.contact_sheet(tiles, labels, cols=3)).save(path)

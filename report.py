@@ -1,0 +1,52 @@
+"""Fidelity report on a folder of images and videos: how much each method and budget changes the
+model's answers, per item, with plots. Resumable: run it again to continue.
+
+    python report.py assets/ --out report/ --model demo/dinov2-small-llava \\
+        --methods prunesid,visionzip,random --budgets 16,64,192
+
+Writes ``results.jsonl`` (one line per finished item), ``results.csv``, ``summary.json``,
+``fidelity.png`` (mean first-token KL and unchanged answers against budget, per method) and
+``worst.png`` (the items PruneSID's smallest budget moves most, with its kept tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("report"))
+    parser.add_argument("--model", default=None, help="hub id, folder or demo id (default: the app's start-up model)")
+    parser.add_argument("--methods", default="prunesid,prunesid-dyn,visionzip,divprune,random")
+    parser.add_argument("--budgets", default="16,32,64,128,192")
+    parser.add_argument("--question", default="Describe the picture in one sentence.")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+    from tqdm import tqdm
+
+    from prunesid_eval.methods import get_method
+    from prunesid_report.report import ReportSettings, run_report
+    from prunesid_vlm.pipeline import check_budget, check_question, offline_default
+
+    try:
+        methods = tuple(get_method(m.strip()).name for m in args.methods.split(",") if m.strip())
+        budgets = tuple(sorted({check_budget(b.strip()) for b in args.budgets.split(",") if b.strip()}))
+        settings = ReportSettings(model=args.model or os.environ.get("PRUNESID_MODEL") or offline_default(),
+                                  methods=methods, budgets=budgets, question=check_question(args.question),
+                                  max_new_tokens=args.max_new_tokens)
+        results = run_report(args.folder, args.out, settings, progress=lambda items: tqdm(items, desc="items"))
+    except ValueError as err:
+        print(f"report: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(results)} items; results in {args.out}/ (results.csv, summary.json, fidelity.png, worst.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The fidelity report on a folder (issue 16, item 4): per-item figures for every method and
+budget, plots, and a run that continues where an interrupted one stopped."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from prunesid_report import report as R
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
+        shutil.copy(ASSETS / name, media / name)
+    (media / "notes.txt").write_text("not media")
+    return media
+
+
+def settings(pipe):
+    return R.ReportSettings(model=pipe.model_id, methods=("prunesid", "random"), budgets=(16, 64), question="What?",
+                            max_new_tokens=3)
+
+
+def test_the_report_measures_every_point_and_draws(llava_pipeline, folder, tmp_path):
+    out = tmp_path / "out"
+    results = R.run_report(folder, out, settings(llava_pipeline), pipe=llava_pipeline)
+    assert [r.item.split("|")[0] for r in results] == ["cat.jpg", "coffee.jpg", "rocket.jpg"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 3 * 2 * 2 and {r["method"] for r in rows} == {"prunesid", "random"}
+    assert all(float(r["first_token_kl"]) >= 0 and r["tokens"] in ("16", "64") for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["per_method"]["prunesid"]["64"]["items"] == 3
+    assert (out / "fidelity.png").stat().st_size > 10_000 and (out / "worst.png").stat().st_size > 10_000
+
+
+def test_an_interrupted_report_continues_without_redoing_finished_items(llava_pipeline, folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+
+    def stop_after_one(items):
+        for i, item in enumerate(items):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield item
+
+    with pytest.raises(KeyboardInterrupt):
+        R.run_report(folder, out, settings(llava_pipeline), pipe=llava_pipeline, progress=stop_after_one)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    measured = []
+    real = R.measure
+    monkeypatch.setattr(R, "measure", lambda pipe, images, s, item, kind: measured.append(item) or
+                        real(pipe, images, s, item, kind))
+    results = R.run_report(folder, out, settings(llava_pipeline), pipe=llava_pipeline)
+    assert len(results) == 3 and [m.split("|")[0] for m in measured] == ["coffee.jpg", "rocket.jpg"]
+    # Other settings do not reuse these results.
+    other = R.ReportSettings(model=llava_pipeline.model_id, methods=("prunesid",), budgets=(32,), question="What?")
+    measured.clear()
+    R.run_report(folder, tmp_path / "out", other, pipe=llava_pipeline)
+    assert len(measured) == 3
+
+
+def test_bad_folders_are_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match="not a folder"):
+        R.media_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no image or video"):
+        R.media_files(tmp_path)
+
+
+def test_the_command_runs_on_a_folder(llava_pipeline, folder, tmp_path, monkeypatch):
+    import report
+
+    monkeypatch.setattr("prunesid_vlm.pipeline.load_pipeline", lambda *a, **k: llava_pipeline)
+    assert report.main([str(folder), "--out", str(tmp_path / "cli"), "--methods", "prunesid", "--budgets", "32",
+                        "--model", llava_pipeline.model_id, "--max-new-tokens", "2"]) == 0
+    assert (tmp_path / "cli" / "results.csv").exists()
+    assert report.main([str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")]) == 2
