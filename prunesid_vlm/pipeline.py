@@ -37,7 +37,8 @@ from .calibration import Calibration, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import batched_first_logits, greedy_generate, placeholder_runs, shrink_placeholders, synchronize
+from .generation import (batched_first_logits, continuation_logprob, greedy_generate, placeholder_runs, shrink_placeholders,
+                         synchronize)
 from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
@@ -392,6 +393,29 @@ class Pipeline:
                     found[prompt] = row
                     self._first_logits.put(prompt, row)
             return [found[p] for p in prompts]
+
+    def loglikelihood(self, images: Sequence[Image.Image], question: str, continuation: str | Sequence[int],
+                      selection: Selection | None = None) -> tuple[float, bool]:
+        """``(log P(continuation | prompt), whether greedy decoding would produce it)``, with all
+        visual tokens or ``selection``'s: what multiple-choice benchmarks score. ``continuation``
+        is text (tokenised without special tokens) or token ids."""
+        self._check_answers()
+        question = check_question(question)
+        images = check_images(images)
+        feats = self.encode(images)
+        if isinstance(continuation, str):
+            ids = self.processor.tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        else:
+            ids = torch.tensor([list(continuation)], dtype=torch.long)
+        if ids.shape[1] == 0:
+            raise ValueError("the continuation is empty")
+        with self._lock:
+            return self._on_model(self._loglikelihood, images, feats, question, selection, ids)
+
+    def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                       continuation: torch.Tensor) -> tuple[float, bool]:
+        input_ids, features = self._prompt(images, feats, question, selection)[:2]
+        return continuation_logprob(self.model, input_ids, features, continuation, modality=self.adapter.modality)
 
     def _prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
                 ) -> tuple[torch.Tensor, object, int, float]:

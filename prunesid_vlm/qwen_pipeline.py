@@ -25,7 +25,7 @@ from PIL import Image
 from prunesid.result import Selection
 
 from .adapters.base import ViewInfo
-from .generation import synchronize
+from .generation import continuation_logprob, synchronize
 from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key
 from .qwen_generation import first_logits_with_positions, greedy_with_positions
 from .rules import Frames, check_images, information_score, keeps_everything
@@ -213,6 +213,12 @@ class QwenPipeline(Pipeline):
             for name in ("full", "pruned") if repeat % 2 == 0 else ("pruned", "full"):
                 times[name].append(_timed(lambda: run(name), self.loaded.device)[1])
         return {name: float(np.median(t)) for name, t in times.items()}
+
+    def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                       continuation: torch.Tensor) -> tuple[float, bool]:
+        ids, features, positions, next_position, _ = self._qwen_prompt(images, feats, question, selection)
+        return continuation_logprob(self.model, ids, features, continuation, position_ids=positions,
+                                    next_position=next_position)
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
         """The model's ordinary inputs (``input_ids``, pixels, grids, ``mm_token_type_ids``): what

@@ -26,7 +26,9 @@ from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROJECT_PACKAGES = ("prunesid", "prunesid_eval", "prunesid_vlm", "studio", "viz")
+PROJECT_PACKAGES = ("prunesid", "prunesid_eval", "prunesid_vlm", "studio", "viz", "prunesid_lmms", "prunesid_report")
+TOOLS = ("prunesid_lmms", "prunesid_report", "evaluate.py", "report.py")
+"""The batch tools (lmms-eval model, fidelity report): users of the public doors, like the app."""
 MODEL_AND_UI = ("transformers", "PIL", "cv2", "gradio", "matplotlib")
 HEAVY_ON_IMPORT = ("numba", "scipy", *MODEL_AND_UI)
 """What ``import prunesid`` must not load: the eigensolver imports SciPy and numba on its
@@ -218,7 +220,7 @@ def test_prunesid_eval_imports_no_model_or_ui():
 
 
 def test_only_prunesid_vlm_imports_transformers():
-    files = python_files("prunesid", "prunesid_eval", "studio", "viz", "app.py")
+    files = python_files("prunesid", "prunesid_eval", "studio", "viz", "app.py", *TOOLS)
     found = violations(files, in_roots("transformers"))
     assert not found, report(found, "transformers is imported only in prunesid_vlm/")
 
@@ -240,3 +242,18 @@ def test_studio_uses_only_public_doors():
         found, "studio/ and app.py may import prunesid (top-level names), prunesid.result, public prunesid_eval "
                "modules, prunesid_vlm, prunesid_vlm.pipeline and prunesid_vlm.studies, viz's public modules and "
                "studio itself")
+
+
+def tool_may_import(module: str) -> bool:
+    """The batch tools use what the app uses, plus the app's media decoding, and no Gradio."""
+    if module.split(".")[0] == "gradio":
+        return False
+    if module.split(".")[0] == "studio":
+        return module == "studio.media"
+    return studio_may_import(module) or module.split(".")[0] in ("prunesid_lmms", "prunesid_report")
+
+
+def test_the_batch_tools_use_only_public_doors():
+    found = violations(python_files(*TOOLS), lambda imp: not tool_may_import(imp.module))
+    assert not found, report(found, "prunesid_lmms/, prunesid_report/, evaluate.py and report.py may import what the app "
+                                    "may (public doors), studio.media for decoding, and no gradio")

@@ -218,3 +218,16 @@ def test_a_budget_of_every_token_answers_like_the_full_model(any_pipeline, image
     result = pipe.compare(media, QUESTION, pipe.num_patches + 1, max_new_tokens=3)
     assert result.pruned_tokens == result.full_tokens and result.fidelity == pytest.approx(0.0, abs=1e-6)
     assert result.visual_tokens_pruned == result.visual_tokens_full == result.counts["pruned"].total
+
+
+def test_loglikelihood_scores_a_continuation_as_the_model_would_generate_it(any_pipeline, images):
+    """The greedy answer's own tokens are 'greedy' and score higher than another continuation."""
+    pipe = any_pipeline
+    media = images[:3] if pipe.one_clip else images[:1]
+    feats = pipe.encode(media)
+    sel = select(feats, 32)
+    answer = pipe.answer(media, QUESTION, sel, max_new_tokens=3)
+    logprob, greedy = pipe.loglikelihood(media, QUESTION, answer.tokens, sel)
+    assert greedy and logprob <= 0
+    other, other_greedy = pipe.loglikelihood(media, QUESTION, "zzzz qqqq", sel)
+    assert other < logprob and not other_greedy

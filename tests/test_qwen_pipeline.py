@@ -173,3 +173,11 @@ def test_the_pixel_range_sets_how_many_tokens_an_image_gets(qwen):
     finally:
         qwen.set_pixel_range(max_pixels=512 * 28 * 28)
     assert qwen.encode([image]).num_patches == before
+
+
+def test_loglikelihood_keeps_the_positions_too(qwen):
+    image = picture(7)
+    sel = select(qwen.encode([image]), 64)
+    answer = qwen.answer([image], QUESTION, sel, max_new_tokens=3)
+    logprob, greedy = qwen.loglikelihood([image], QUESTION, answer.tokens, sel)
+    assert greedy and logprob <= 0
