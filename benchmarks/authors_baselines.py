@@ -82,3 +82,36 @@ def vispruner_reference(features, attention, visual_token_num, important_ratio=0
     mask = torch.zeros(b, n, dtype=torch.bool)
     mask.scatter_(1, selected, True)
     return mask
+
+
+def cdpruner_reference(image_features, image_embeds, text_embeds, visual_token_num):
+    """Literal port of Theia-4869/CDPruner ``encode_images`` after the tower: ``image_features``
+    ``[B, N, D]`` projected tokens, ``image_embeds`` ``[B, N, C]`` CLIP image embeddings,
+    ``text_embeds`` ``[M, C]`` CLIP text embeddings of the instruction's segments; returns the index
+    mask ``[B, N]``."""
+    B, N, C = image_features.shape
+    device = image_features.device
+    image_normalized = image_features / image_features.norm(dim=-1, keepdim=True)
+    image_normalized = image_normalized.float()
+    similarity = torch.matmul(image_normalized, image_normalized.transpose(1, 2))
+    image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+    text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
+    relevance = torch.matmul(image_embeds, text_embeds.t())
+    relevance = (-relevance).mean(dim=-1)
+    relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
+    kernel = relevance.unsqueeze(2) * similarity * relevance.unsqueeze(1)
+    cis = torch.zeros((visual_token_num, B, N), device=device)
+    di2s = torch.diagonal(kernel, dim1=1, dim2=2).clone()
+    select_idx = torch.empty((visual_token_num, B), dtype=torch.long, device=device)
+    for i in range(visual_token_num):
+        j = torch.argmax(di2s, dim=-1)
+        select_idx[i] = j
+        eis = (kernel[torch.arange(B), j] - torch.einsum('tb,tbn->bn', cis[:i, torch.arange(B), j], cis[:i])) \
+            / torch.sqrt(di2s[torch.arange(B), j]).unsqueeze(-1)
+        cis[i, :, :] = eis
+        di2s -= torch.square(eis)
+        di2s[torch.arange(B), j] = -float('inf')
+    select_idx = torch.sort(select_idx.t()).values
+    index_masks = torch.zeros(B, N, dtype=torch.bool, device=device)
+    index_masks.scatter_(1, select_idx, True)
+    return index_masks

@@ -53,7 +53,7 @@ def _check_contract(sel, budget, spec):
 def test_registry_lists_every_method_once():
     names = [s.name for s in list_methods()]
     assert names[0] == "prunesid"
-    assert set(names) == {"prunesid", "prunesid-dyn", "random", "grid", "topk", "visionzip", "divprune", "vispruner"}
+    assert set(names) == {"prunesid", "prunesid-dyn", "random", "grid", "topk", "visionzip", "divprune", "vispruner", "cdpruner"}
     assert len(names) == len(set(names)) == len(METHODS)
     for spec in list_methods():
         assert get_method(spec.name) is spec
@@ -304,9 +304,9 @@ def test_every_method_takes_half_precision_states(name):
     if half.merged_tokens is not None:
         assert half.merged_tokens.dtype == torch.bfloat16
     overlap = (half.kept_patches & full.kept_patches).sum() / full.kept_patches.sum()
-    # Rounding to bf16 flips near-ties; VisPruner's matching rounds reorder after a flip, so its diverse
-    # half moves most (its important half uses the float32 attention and stays).
-    assert overlap > (0.6 if name == "vispruner" else 0.8)
+    # Rounding to bf16 flips near-ties; VisPruner's matching rounds and CDPruner's greedy DPP gains
+    # reorder after a flip, so they move most (VisPruner's important half uses the float32 attention).
+    assert overlap > (0.6 if name in ("vispruner", "cdpruner") else 0.8)
 
 
 @pytest.mark.parametrize("budget", [16, 64, 192])
@@ -325,3 +325,34 @@ def test_native_dtype_reproduces_the_authors_bf16_numerics(budget):
     assert torch.equal(vispruner_select(states, attention, budget).kept_patches,
                        vispruner_select(states.float(), attention, budget).kept_patches)
 
+
+
+# ---- CDPruner ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", [16, 64, 128])
+def test_cdpruner_matches_its_public_code(case, budget):
+    from benchmarks.authors_baselines import cdpruner_reference
+    from prunesid_eval.methods.cdpruner import cdpruner_select
+
+    hidden, attention = case
+    g = torch.Generator().manual_seed(budget)
+    projected = hidden[:, 1:] @ torch.randn(hidden.shape[-1], 96, generator=g)  # the LLM's input tokens
+    image_embeds = hidden[:, 1:] @ torch.randn(hidden.shape[-1], 48, generator=g)  # CLIP image embeddings
+    text_embeds = torch.randn(2, 48, generator=g)  # two 77-token segments of the instruction
+    relevance = -(F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T).mean(-1)
+    ours = cdpruner_select(hidden, attention, budget, features=projected, relevance=relevance)
+    assert torch.equal(ours.kept_patches, cdpruner_reference(projected, image_embeds, text_embeds, budget))
+    assert not bool((ours.keep_row(0) == 0).any()) and int(ours.num_tokens[0]) == budget
+
+
+def test_cdpruner_depends_on_the_instruction_and_without_one_is_a_plain_dpp(case):
+    from prunesid_eval.methods.cdpruner import cdpruner_select, dpp_greedy_map
+
+    hidden, attention = case
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.rand(1, N, generator=g), torch.rand(1, N, generator=g)
+    a = cdpruner_select(hidden, attention, 64, relevance=first).kept_patches
+    b = cdpruner_select(hidden, attention, 64, relevance=second).kept_patches
+    assert not torch.equal(a, b)
+    plain = cdpruner_select(hidden, attention, 64).keep_row(0) - 1
+    units = F.normalize(hidden[:, 1:].float(), dim=-1)
+    assert torch.equal(plain, dpp_greedy_map(units @ units.transpose(1, 2), 64)[0].sort().values)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from prunesid.result import Selection
-from . import divprune, grid, prunesid_rules, random_select, topk, visionzip, vispruner
+from . import cdpruner, divprune, grid, prunesid_rules, random_select, topk, visionzip, vispruner
 
 SelectFn = Callable[..., Selection]
 
@@ -48,6 +48,9 @@ class MethodSpec:
     """Whether some tokens are merged from dropped patches (``Selection.merged_tokens``)."""
     randomized: bool = False
     """Whether the result depends on the ``generator``."""
+    needs_question: bool = False
+    """Whether the method chooses by the question (CDPruner): its kept set moves when only the
+    question changes; PruneSID's and the others' do not."""
     needs_cls_attention: bool = False
     """Whether the method ranks patches by the CLS token's attention (not available on towers
     without a CLS token, e.g. Qwen's merged tokens)."""
@@ -61,6 +64,7 @@ class MethodSpec:
         return {"name": self.name, "label": self.label, "paper": self.paper, "code_url": self.code_url,
                 "keeps_cls": self.keeps_cls, "merges": self.merges, "randomized": self.randomized,
                 "dynamic": self.dynamic, "needs_cls_attention": self.needs_cls_attention,
+                "needs_question": self.needs_question,
                 "notes": self.notes, "deviations": list(self.deviations), "versus_code": self.versus_code}
 
 
@@ -149,6 +153,18 @@ METHODS: dict[str, MethodSpec] = {
                          "argsort orders otherwise (with a stable sort swapped into its code: 100 %). Bfloat16 states: "
                          "0 % identical (Jaccard 0.45–0.77) against its bf16 code; with native_dtype=True, the set "
                          "its code keeps with the stable sort, on every case."),
+        ),
+        MethodSpec(
+            "cdpruner", "CDPruner", cdpruner.cdpruner_select,
+            "Zhang et al., Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning in "
+            "MLLMs (CDPruner), NeurIPS 2025", "https://github.com/Theia-4869/CDPruner", False,
+            "Greedy MAP of a DPP whose kernel is the tokens' cosine similarity weighted by their relevance to the "
+            "instruction (CLIP image vs text embeddings): diverse tokens that matter for this question.",
+            ("Relevance scaled per image (the code scales by the whole batch's minimum and maximum; the same for "
+             "one image).",
+             "Without an instruction, the relevance is 1: a DPP on similarity alone."),
+            needs_question=True,
+            versus_code="Same tokens as its code on every synthetic case tested (tests/test_methods.py).",
         ),
     )
 }
