@@ -42,6 +42,7 @@ from .generation import (batched_first_logits, continuation_logprob, greedy_gene
 from .gpu import run_on_gpu
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
+from .relevance import NoTextTower, text_side_for
 from .results import Answer, CompareResult, EncodedImages, TokenCounts
 from .rules import (
     MAX_QUESTION_CHARS,
@@ -134,6 +135,7 @@ class Pipeline:
         self._first_logits = _LRU(FIRST_LOGITS_CACHE_SIZE)
         self._calibration: Calibration | None = None
         self._warm = False
+        self._text_side = None
         self.stats: Counter[str] = Counter()
         """What really ran: ``tower_images``, ``full_generations``, ``pruned_generations``, ``prefills``
         (prefill-only prompts), ``prefill_batches`` (their forward passes), ``projections``."""
@@ -337,12 +339,50 @@ class Pipeline:
         self.stats["projections"] += 1
         return rows.float().cpu().reshape(v, tokens - 1, -1).clone()
 
-    def method_options(self, feats: EncodedImages, methods: Sequence[str] | None = None) -> dict[str, dict]:
-        """Per-method options the registry's rules need from the model: DivPrune prunes the
-        *projected* tokens, as its code prunes the LLM's input embeddings (projected once, cached)."""
-        if methods is not None and "divprune" not in methods:
-            return {}
-        return {"divprune": {"features": self.projected_patches(feats)}}
+    def method_options(self, feats: EncodedImages, methods: Sequence[str] | None = None,
+                       question: str | None = None) -> dict[str, dict]:
+        """Per-method options the registry's rules need from the model: DivPrune and CDPruner measure
+        similarity on the *projected* tokens, as their code does (projected once, cached); CDPruner
+        also weighs each token by its relevance to ``question`` (none given: a plain DPP)."""
+        wanted = set(methods) if methods is not None else {"divprune", "cdpruner"}
+        options: dict[str, dict] = {}
+        if wanted & {"divprune", "cdpruner"}:
+            projected = self.projected_patches(feats)
+            options = {name: {"features": projected} for name in wanted & {"divprune", "cdpruner"}}
+        if "cdpruner" in wanted and question is not None:
+            options["cdpruner"]["relevance"] = self.instruction_relevance(feats, question)
+        return options
+
+    def text_side(self):
+        """CLIP's text side for CDPruner's instruction relevance (loaded once; NoTextTower if none)."""
+        with self._lock:
+            if self._text_side is None:
+                vision = self.model.config.vision_config
+                self._text_side = text_side_for(vision, demo=self.is_demo, tokenizer=self.processor.tokenizer)
+            return self._text_side
+
+    def instruction_relevance(self, feats: EncodedImages, question: str) -> torch.Tensor:
+        """Float32 ``[V, N]``: CDPruner's raw relevance of every patch to ``question`` (cached)."""
+        question = check_question(question)
+        key = ("relevance", feats.media_key, question)
+        with self._lock:
+            hit = self._projected.get_fresh(key)
+            if hit is None:
+                side = self.text_side()
+                tower = self.model.model.vision_tower
+                hit = self._on_model(side.relevance, feats.hidden_states, tower.post_layernorm, question)
+                self._projected.put(key, hit)
+            return hit
+
+    def available_methods(self, feats: EncodedImages) -> list[str]:
+        """The registry methods that can run on ``feats`` with this model (CDPruner needs CLIP's text side)."""
+        names = available_methods(feats)
+        if "cdpruner" in names:
+            try:
+                self.text_side()
+            except NoTextTower:
+                names = [n for n in names if n != "cdpruner"]
+        return names
 
     # --- answers ---------------------------------------------------------------------------
     def answer(self, images: Sequence[Image.Image], question: str, selection: Selection | None = None, *,

@@ -274,7 +274,8 @@ def _select_qwen(feats: EncodedImages, spec, budgets: list[int], options: dict |
 
 def available_methods(feats: EncodedImages) -> list[str]:
     """The registry methods that can run on ``feats`` (all but the CLS-attention ones on Qwen)."""
-    return [s.name for s in list_methods() if feats.rule != "qwen" or not s.needs_cls_attention]
+    return [s.name for s in list_methods()
+            if feats.rule != "qwen" or not (s.needs_cls_attention or s.needs_question)]
 
 
 def _rectangle(patches: torch.Tensor, num_patches: int) -> tuple[int, int]:

@@ -93,22 +93,23 @@ def with_native_dtype(options: dict, names: Sequence[str], dtype) -> dict:
 def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: int,
                     methods: Sequence[str] | str | None = None, *, question: str | None = None,
                     max_new_tokens: int = 24, progress: Progress | None = None,
-                    native_dtype: bool = False) -> MethodsComparison:
+                    native_dtype: bool = False, instruction: str | None = None) -> MethodsComparison:
     """Each method's selection at ``num_tokens`` per view; with a ``question``, each method's
     answer too (one full generation shared by all).
 
     ``native_dtype``: the baselines that take it (DivPrune, VisPruner) compute in the model's
-    dtype, as their authors' code does, instead of float32 (it matters for bf16/fp16 models)."""
+    dtype, as their authors' code does, instead of float32 (it matters for bf16/fp16 models).
+    ``instruction``: what CDPruner conditions on (default: ``question``; with neither, a plain DPP)."""
     names = check_methods(methods)
     if question is not None:
         question = check_question(question)
     feats = pipe.encode(images)
     k = check_budget(num_tokens, budget_patches(feats))
-    usable = available_methods(feats)
+    usable = pipe.available_methods(feats)
     unavailable = [n for n in names if n not in usable]
     names = [n for n in names if n in usable]
     model = published_model(pipe)
-    options = pipe.method_options(feats, names)
+    options = pipe.method_options(feats, names, question=instruction or question)
     if native_dtype:
         options = with_native_dtype(options, names, feats.hidden_states.dtype)
     runs = []
@@ -155,9 +156,9 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
     on the first tower view. Returns the result and the generations it ran."""
     names = check_methods(methods)
     feats = pipe.encode(images)
-    names = [n for n in names if n in available_methods(feats)]
+    names = [n for n in names if n in pipe.available_methods(feats)]
     points = sorted({check_budget(k, budget_patches(feats)) for k in budgets})
-    options = pipe.method_options(feats, names)
+    options = pipe.method_options(feats, names, question=question)
     options["prunesid-dyn"] = {"phi_ref": feats.phi_ref}  # the one-view rule of view_budgets
     before = dict(pipe.stats)
     fidelity = None
@@ -191,3 +192,38 @@ def _generations_since(pipe: Pipeline, before: dict[str, int]) -> dict[str, int]
     names = {"full": "full_generations", "pruned": "pruned_generations", "prefills": "prefills",
              "prefill_batches": "prefill_batches"}
     return {short: pipe.stats[key] - before.get(key, 0) for short, key in names.items()}
+
+
+@dataclass
+class QuestionSensitivity:
+    """Each method's kept tokens for each of several questions about one media item."""
+
+    feats: EncodedImages
+    budget: int
+    questions: list[str]
+    selections: dict[str, list]
+    """Per method: one selection per question."""
+
+    def jaccard(self, method: str) -> list[float]:
+        """Per question after the first: the Jaccard index of its kept patches with the first's (view 0)."""
+        first = self.selections[method][0].kept_patches[0]
+        out = []
+        for other in self.selections[method][1:]:
+            mask = other.kept_patches[0]
+            out.append(float((first & mask).sum()) / max(float((first | mask).sum()), 1.0))
+        return out
+
+
+def question_sensitivity(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: int, questions: Sequence[str],
+                         methods: Sequence[str] = ("prunesid", "cdpruner")) -> QuestionSensitivity:
+    """Whether a method's kept tokens move when only the question changes: CDPruner chooses by the
+    question; PruneSID (and every other method here) from the picture alone."""
+    questions = [check_question(q) for q in questions]
+    if len(questions) < 2:
+        raise ValueError("give at least two questions to compare")
+    feats = pipe.encode(images)
+    k = check_budget(num_tokens, budget_patches(feats))
+    names = [m for m in check_methods(list(methods)) if m in pipe.available_methods(feats)]
+    chosen = {name: [pipe.select(feats, k, method=name, options=pipe.method_options(feats, [name], question=q))
+                     for q in questions] for name in names}
+    return QuestionSensitivity(feats=feats, budget=k, questions=questions, selections=chosen)

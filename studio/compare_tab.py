@@ -97,7 +97,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     if progress is not None:
         progress(0.05, desc="Encoding the image (cached after the first time)…")
     out = studies.compare_methods(pipe, images, budget, names, question=question, max_new_tokens=int(max_new_tokens),
-                                  progress=_reporter(progress), native_dtype=bool(native_dtype))
+                                  progress=_reporter(progress), native_dtype=bool(native_dtype), instruction=asked)
     model = studies.published_model(pipe)
     pixels = pipe.view_pixels(images, out.feats)[0]
     gallery = method_overlays(pixels, [(r.label, r.selection) for r in out.runs], size=336,
@@ -238,6 +238,43 @@ def on_compare(get_pipeline: GetPipeline):
     return handler
 
 
+def question_view(image: Any, question: Any, other_question: Any, budget: Any, get_pipeline: GetPipeline, *,
+                  media: Any = None) -> dict:
+    """PruneSID's and CDPruner's kept tokens for two questions about the same picture."""
+    images, _, label = _media(image, media)
+    pipe = get_pipeline()
+    out = studies.question_sensitivity(pipe, images, budget, [question, other_question])
+    pixels = pipe.view_pixels(images, out.feats)[0]
+    grid = out.feats.grid or pipe.grid
+    items, lines = [], []
+    for name, selections in out.selections.items():
+        spec = get_method(name)
+        for q, sel in zip(out.questions, selections):
+            items.append((sel, f"{spec.label} · “{q}”"))
+        jaccard = out.jaccard(name)[0]
+        moves = "the same tokens for both questions" if jaccard == 1.0 else f"Jaccard {jaccard:.2f} between the questions"
+        lines.append(f"- **{spec.label}**: {moves}" + (" (it chooses by the question)" if spec.needs_question else
+                                                         " (it chooses from the picture alone)"))
+    if "cdpruner" not in out.selections:
+        lines.append(f"- CDPruner is not available for {pipe.model_id}: it needs the CLIP text tower its vision "
+                     "tower came with.")
+    gallery = method_overlays(pixels, [(lbl, sel) for sel, lbl in items], size=336, grid_shape=grid, legend=False)
+    text = (f"**Compared on** {label} · K = {out.budget} · model `{pipe.model_id}`  \n" + "\n".join(lines))
+    return {"gallery": gallery, "markdown": text,
+            "json": {name: out.jaccard(name) for name in out.selections} | {"questions": out.questions}}
+
+
+def on_question_sensitivity(get_pipeline: GetPipeline):
+    def handler(image, question, other_question, budget, media=None, progress=gr.Progress()):
+        try:
+            out = question_view(image, question, other_question, budget, get_pipeline, media=media)
+        except Exception as err:  # noqa: BLE001
+            return gr.skip(), _fail(err, "question sensitivity"), gr.skip()
+        return out["gallery"], out["markdown"], out["json"]
+    handler.__name__ = "on_question_sensitivity"
+    return handler
+
+
 def on_stability(get_pipeline: GetPipeline):
     def handler(image, budget, seeds, media=None, progress=gr.Progress()):
         try:
@@ -270,6 +307,7 @@ def methods_markdown() -> str:
     for s in list_methods():
         src = f"[code]({s.code_url})" if s.code_url else "simple baseline"
         lines.append(f"- **{s.label}** (`{s.name}`; {'keeps' if s.keeps_cls else 'no'} CLS; {src}). {s.notes}"
+                     + (" **Chooses by the question** (see the Question tab)." if s.needs_question else "")
                      + (f" *Deviations:* {' '.join(s.deviations)}" if s.deviations else "")
                      + (f" — {s.paper}" if s.paper != "—" else ""))
     lines.append("\nPublished figures: PruneSID paper (arXiv 2603.09480) tables, averages over its benchmarks "
@@ -314,6 +352,16 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
                                  height=660, allow_preview=True, elem_id="compare-gallery")
             table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str"] * len(TABLE_HEADERS), wrap=True,
                                  interactive=False, elem_id="compare-table")
+        with gr.Tab("Question", id="compare-question-tab"):
+            gr.Markdown("Does the question change which tokens are kept? PruneSID chooses from the picture alone; "
+                        "CDPruner weighs each token by its relevance to the question (CLIP's text tower).")
+            with gr.Row():
+                other_question = gr.Textbox("What is in the background?", label="A second question", scale=4,
+                                            elem_id="compare-other-question")
+                run_question = gr.Button("Compare the two questions", scale=1, elem_id="compare-question")
+            question_md = gr.Markdown(elem_id="compare-question-text")
+            question_gallery = gr.Gallery(label="Kept tokens per method and question", columns=2, format="png",
+                                          object_fit="contain", height=560, elem_id="compare-question-gallery")
         with gr.Tab("Stability", id="compare-stability-tab"):
             seeds = gr.Slider(2, MAX_SEEDS, len(DEFAULT_STABILITY_SEEDS), step=1, label="Seeds of the randomised PCA",
                               elem_id="compare-seeds")
@@ -339,6 +387,8 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     run_compare.click(on_compare(get_pipeline),
                       [image_input, question_input, budget_input, methods, answers, max_new, native] + media,
                       [gallery, table, status, raw], **private)
+    run_question.click(on_question_sensitivity(get_pipeline), [image_input, question_input, other_question, budget_input]
+                       + media, [question_gallery, question_md, raw], **private)
     run_stability.click(on_stability(get_pipeline), [image_input, budget_input, seeds] + media,
                         [frequency, stability_plot, stability_md, raw], **private)
     run_sweep.click(on_sweep(get_pipeline), [image_input, question_input, sweep_budgets, methods, with_model,

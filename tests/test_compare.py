@@ -418,3 +418,13 @@ def test_a_tower_alone_compares_methods_and_sweeps_without_answers(llava_pipelin
     assert swept["json"]["question"] is None
     with pytest.raises(NoAnswers):
         tower.answer([Image.open(image_path)], "What?")
+
+
+def test_cdpruner_moves_with_the_question_and_prunesid_does_not(llava_pipeline, image_path):
+    from studio.compare_tab import question_view
+
+    out = question_view(image_path, "What animal is this?", "What is in the background?", 64, lambda: llava_pipeline)
+    assert out["json"]["prunesid"] == [1.0] and out["json"]["cdpruner"][0] < 1.0
+    assert "chooses by the question" in out["markdown"] and len(out["gallery"]) == 4
+    with pytest.raises(ValueError, match="empty"):
+        question_view(image_path, "What?", "", 64, lambda: llava_pipeline)

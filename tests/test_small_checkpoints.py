@@ -45,3 +45,30 @@ def test_sizes_are_listed_for_real_checkpoints():
     for spec in list_models():
         if not spec.is_demo and spec.answers != "none":
             assert spec.size.endswith(" B"), spec.model_id
+
+
+def test_cdpruner_on_a_real_width_replica(tmp_path, demo_cache):
+    """CLIP-L/336 widths with a CLIP-L-width text side (random weights, as offline tests must be):
+    the relevance has one value per patch and CDPruner's kept set follows the question."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from prunesid_vlm.pipeline import select
+    from prunesid_vlm.relevance import TextSide
+
+    folder = save_replica(tmp_path / "llava-1.5", text=TEXT_MODELS["bczhou/tiny-llava-v1-hf"], max_shard_size="4GB")
+    pipe = load_pipeline(str(folder), device="cpu")
+    tok = pipe.processor.tokenizer
+    config = CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=1,
+                            num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    pipe._text_side = TextSide(CLIPTextModelWithProjection(config).eval(), torch.nn.Linear(1024, 768, bias=False),
+                               tok, "a CLIP-L-width random text side")
+    feats = pipe.encode([make_image(9)])
+    relevance = pipe.instruction_relevance(feats, "Where is the red square?")
+    assert relevance.shape == (1, 576) and torch.isfinite(relevance).all()
+    kept = [select(feats, 64, method="cdpruner", options=pipe.method_options(feats, ["cdpruner"], question=q))
+            for q in ("Where is the red square?", "What colour is the sky?")]
+    assert not torch.equal(kept[0].kept_patches, kept[1].kept_patches)
+    assert all(int(k.num_tokens[0]) == 64 for k in kept)
