@@ -183,3 +183,21 @@ def continuation_logprob(model: torch.nn.Module, input_ids: torch.Tensor, featur
     suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
     choice = logits.index_fill(1, torch.tensor(suppress, device=device), float("-inf")) if suppress else logits
     return float(picked.sum()), bool((choice.argmax(-1) == target).all())  # greedy as generate decodes
+
+
+def suppressed_tokens(model) -> list[int]:
+    return list(getattr(model.generation_config, "suppress_tokens", None) or [])
+
+
+def eos_ids(model) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+
+
+def next_token(model, logits: torch.Tensor) -> int:
+    """Greedy choice after the generation config's suppressed tokens, as ``generate`` makes it."""
+    suppress = suppressed_tokens(model)
+    if suppress:
+        logits = logits.clone()
+        logits[:, suppress] = float("-inf")
+    return int(logits[0].argmax())

@@ -40,6 +40,7 @@ from .fidelity import first_token_kl
 from .generation import (batched_first_logits, continuation_logprob, greedy_generate, placeholder_runs, shrink_placeholders,
                          synchronize)
 from .gpu import run_on_gpu
+from .inllm import InLLMSchedule, StagedRun, language_model_layers, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
 from .relevance import NoTextTower, text_side_for
@@ -386,27 +387,81 @@ class Pipeline:
 
     # --- answers ---------------------------------------------------------------------------
     def answer(self, images: Sequence[Image.Image], question: str, selection: Selection | None = None, *,
-               max_new_tokens: int = 64) -> Answer:
-        """Greedy answer with all visual tokens (``selection=None``) or with ``selection``'s.
+               max_new_tokens: int = 64, in_llm: InLLMSchedule | None = None) -> Answer:
+        """Greedy answer with all visual tokens (``selection=None``) or with ``selection``'s, and
+        with ``in_llm``'s stages inside the language model when given (see :mod:`.inllm`).
 
         Cached: once per (media, question, max_new_tokens) for the full answer, and once per
-        selection as well for a pruned one (a hit comes back with ``cached=True``)."""
+        selection and schedule as well otherwise (a hit comes back with ``cached=True``)."""
         self._check_answers()
         question = check_question(question)
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         images = check_images(images)
         feats = self.encode(images)
-        if selection is not None and selection.batch_size != feats.num_views:
-            raise ValueError(f"The selection has {selection.batch_size} rows but the media has {feats.num_views} "
-                             "tower views: select again on these features.")
-        key = (feats.media_key, question, None if selection is None else selection_key(selection), max_new_tokens)
+        self._check_selection(feats, selection)
+        staged = in_llm is not None and in_llm.active
+        if staged:
+            self.in_llm_layers()  # refuses a model the staged loop does not cover
+        chosen = None if selection is None else selection_key(selection)
+        # The schedule joins the selection's slot: first_token_logits reuses answers by (media, question, slot).
+        key = (feats.media_key, question, (chosen, in_llm.key()) if staged else chosen, max_new_tokens)
         with self._lock:
             hit = self._answers.get_fresh(key)
             if hit is not None:
                 return replace(hit, cached=True)
-            made = self._on_model(self._generate, images, feats, question, selection, max_new_tokens)
+            if staged:
+                made = self._on_model(self._generate_staged, images, feats, question, selection, in_llm, max_new_tokens)
+            else:
+                made = self._on_model(self._generate, images, feats, question, selection, max_new_tokens)
             self._answers.put(key, made)
             return made
+
+    @staticmethod
+    def _check_selection(feats: EncodedImages, selection: Selection | None) -> None:
+        if selection is not None and selection.batch_size != feats.num_views:
+            raise ValueError(f"The selection has {selection.batch_size} rows but the media has {feats.num_views} "
+                             "tower views: select again on these features.")
+
+    # --- pruning inside the language model ----------------------------------------------------
+    def in_llm_layers(self) -> int:
+        """Decoder layers of the language model, which in-LLM schedules count in.
+
+        Raises:
+            ValueError: the staged loop does not cover this model's language model."""
+        self._check_answers()
+        return len(language_model_layers(self.model))
+
+    def staged_prefill(self, images: Sequence[Image.Image], question: str, selection: Selection | None,
+                       in_llm: InLLMSchedule) -> StagedRun:
+        """The first answer token's logits and the prefill with ``selection`` (None: every visual token)
+        and ``in_llm``'s stages, through the per-layer loop — also with no stage, so that runs with and
+        without stages are timed by the same code. Not cached: a study times it."""
+        question = check_question(question)
+        images = check_images(images)
+        feats = self.encode(images)
+        self._check_selection(feats, selection)
+        self.in_llm_layers()
+        with self._lock:
+            return self._on_model(self._staged_run, images, feats, question, selection, in_llm, 1, True)
+
+    def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool) -> tuple[StagedRun, int, float]:
+        input_ids, features, visual_tokens, project_s = self._prompt(images, feats, question, selection)
+        flat = torch.cat(list(features)) if self.adapter.modality == "image" else features[0]
+        run = staged_generate(self.model, input_ids, flat, self.adapter.image_token_id, in_llm,
+                              max_new_tokens=max_new_tokens, prefill_only=prefill_only)
+        return run if prefill_only else (run, visual_tokens, project_s)
+
+    def _generate_staged(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                         in_llm: InLLMSchedule, max_new_tokens: int) -> Answer:
+        run, visual_tokens, project_s = self._staged_run(images, feats, question, selection, in_llm, max_new_tokens,
+                                                         False)
+        self.stats["staged_generations"] += 1
+        text = self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip()
+        return Answer(text=text, tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits,
+                      visual_tokens=visual_tokens, prompt_tokens=run.prompt_tokens, project_s=project_s,
+                      prefill_s=run.prefill_s, decode_s=run.decode_s,
+                      image_tokens_per_layer=tuple(run.image_tokens_per_layer))
 
     def first_token_logits(self, images: Sequence[Image.Image], question: str,
                            selections: Sequence[Selection | None]) -> list[torch.Tensor]:

@@ -14,16 +14,7 @@ import time
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .generation import GenerationRun, synchronize
-
-
-def _suppressed(model) -> list[int]:
-    return list(getattr(model.generation_config, "suppress_tokens", None) or [])
-
-
-def _eos(model) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+from .generation import GenerationRun, eos_ids, next_token, synchronize
 
 
 def _step(model, input_ids, positions, cache, mm_outputs=None):
@@ -32,15 +23,6 @@ def _step(model, input_ids, positions, cache, mm_outputs=None):
     kwargs = {"mm_encoder_outputs": mm_outputs} if mm_outputs else {}
     out = model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
     return out.logits[:, -1].float(), out.cache
-
-
-def _next_token(model, logits: torch.Tensor) -> int:
-    """Greedy choice after the generation config's suppressed tokens, as ``generate`` makes it."""
-    suppress = _suppressed(model)
-    if suppress:
-        logits = logits.clone()
-        logits[:, suppress] = float("-inf")
-    return int(logits[0].argmax())
 
 
 @torch.inference_mode()
@@ -57,9 +39,9 @@ def greedy_with_positions(model: torch.nn.Module, input_ids: torch.Tensor, mm_ou
     synchronize(device)
     prefill_end = time.perf_counter()
     first = logits[0].cpu()
-    tokens, eos = [], _eos(model)
+    tokens, eos = [], eos_ids(model)
     for step in range(max_new_tokens):
-        token = _next_token(model, logits)
+        token = next_token(model, logits)
         tokens.append(token)
         if token in eos or step == max_new_tokens - 1:
             break

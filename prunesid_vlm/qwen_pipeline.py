@@ -180,6 +180,11 @@ class QwenPipeline(Pipeline):
         return (ids[:, index], {kind: features}, positions[:, :, index], next_position,
                 sum(int(f.shape[0]) for f in features))
 
+    def in_llm_layers(self) -> int:
+        self._check_answers()
+        raise ValueError("In-LLM pruning (FastV, PyramidDrop) is not available on Qwen2-VL and Qwen2.5-VL here: their "
+                         "3-D rotary positions (M-RoPE) are not covered by the staged loop; it runs on the LLaVA models.")
+
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                   max_new_tokens: int) -> Answer:
         ids, features, positions, next_position, visual = self._qwen_prompt(images, feats, question, selection)

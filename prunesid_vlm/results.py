@@ -132,6 +132,8 @@ class Answer:
     cached: bool = False
     """True when this object came from the pipeline's answer cache (its timings are those of the
     run that made it)."""
+    image_tokens_per_layer: tuple[int, ...] = ()
+    """With in-LLM stages: the image tokens each decoder layer saw (empty without)."""
 
 
 @dataclass

@@ -1,0 +1,178 @@
+"""PruneSID combined with pruning inside the language model: the study the paper's reviewers asked for.
+
+For one picture (or clip) and one question, every variant's first answer token is compared with the
+unpruned model's, and its prefill is measured, against the total compression:
+
+* **PruneSID alone** at each budget (the image tokens every decoder layer sees);
+* **FastV alone**: every visual token enters, FastV's stage (after layer K = 2) keeps as many as
+  PruneSID's budget, so the two meet at equal tokens after the stage;
+* **PruneSID + FastV** and **PruneSID + PyramidDrop**: PruneSID's budget enters, then the stages
+  drop half of what is left (once after K = 2; after each of ¼, ½ and ¾ of the depth).
+
+Total compression is the full prompt's image tokens summed over the decoder layers, divided by the
+variant's (what the layers' work on image tokens shrinks by). Prefill FLOPs are estimated from each
+layer's sequence length (:func:`~prunesid_vlm.inllm.prefill_flops`); prefill seconds are medians of
+passes through the same per-layer loop, every variant in one rotating order per repeat, so that they
+are measured side by side.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from prunesid.result import Selection
+
+from .fidelity import first_token_kl
+from .inllm import NO_STAGES, InLLMSchedule, prefill_flops
+from .pipeline import Pipeline, check_budget, check_question
+from .rules import budget_patches
+
+Progress = Callable[[float, str], None]
+
+KINDS = ("prunesid", "fastv", "prunesid+fastv", "prunesid+pyramiddrop")
+KIND_LABELS = {"full": "No pruning", "prunesid": "PruneSID alone", "fastv": "FastV alone",
+               "prunesid+fastv": "PruneSID + FastV", "prunesid+pyramiddrop": "PruneSID + PyramidDrop"}
+DEFAULT_BUDGETS = (192, 128, 64, 32, 16)
+STAGE_KEEP = 0.5
+"""What each in-LLM stage keeps after PruneSID: FastV's and PyramidDrop's published ratio (50 %)."""
+
+
+@dataclass
+class VariantRun:
+    """One variant at one budget: its tokens per layer, cost and first-token fidelity."""
+
+    kind: str
+    budget: int | None
+    schedule: InLLMSchedule
+    image_tokens_per_layer: list[int]
+    tokens_per_layer: list[int]
+    flops: float
+    prefill_s: float
+    first_token_kl: float
+    first_token_agrees: bool
+
+    @property
+    def label(self) -> str:
+        if self.kind == "full":
+            return KIND_LABELS["full"]
+        budget = "" if self.budget is None else f" {self.budget}"
+        return f"{KIND_LABELS[self.kind]}{budget}"
+
+    @property
+    def mean_image_tokens(self) -> float:
+        return float(np.mean(self.image_tokens_per_layer))
+
+
+@dataclass
+class CombinationStudy:
+    """Every variant of :func:`combination_study`, with the unpruned run they are measured against."""
+
+    question: str
+    num_layers: int
+    full: VariantRun
+    runs: list[VariantRun] = field(default_factory=list)
+    selections: dict[int, Selection] = field(default_factory=dict)
+    """PruneSID's selection per budget (what enters the language model)."""
+    repeats: int = 1
+
+    def compression(self, run: VariantRun) -> float:
+        """Image tokens over all layers, full over ``run``'s."""
+        return sum(self.full.image_tokens_per_layer) / max(sum(run.image_tokens_per_layer), 1)
+
+    def kinds(self) -> list[str]:
+        return [k for k in KINDS if any(r.kind == k for r in self.runs)]
+
+    def of_kind(self, kind: str) -> list[VariantRun]:
+        return [r for r in self.runs if r.kind == kind]
+
+    def rows(self) -> list[dict]:
+        """One row per run (the unpruned one first), for tables and JSON."""
+        out = []
+        for run in [self.full, *self.runs]:
+            out.append({"variant": run.label, "kind": run.kind, "kind_label": KIND_LABELS[run.kind], "budget": run.budget, "in_llm": run.schedule.name,
+                        "image_tokens_per_layer": run.image_tokens_per_layer,
+                        "mean_image_tokens": round(run.mean_image_tokens, 1),
+                        "compression": round(self.compression(run), 2),
+                        "prefill_gflops": round(run.flops / 1e9, 3),
+                        "flops_vs_full": round(run.flops / self.full.flops, 3),
+                        "prefill_ms": round(run.prefill_s * 1e3, 2),
+                        "time_vs_full": round(run.prefill_s / self.full.prefill_s, 3),
+                        "first_token_kl": round(run.first_token_kl, 5),
+                        "first_token_agrees": run.first_token_agrees})
+        return out
+
+
+def schedules_for(num_layers: int, keep: float = STAGE_KEEP) -> dict[str, InLLMSchedule]:
+    """The in-LLM stage of each combined kind, at the published layers scaled to ``num_layers``."""
+    return {"prunesid+fastv": InLLMSchedule.fastv_for(num_layers, keep),
+            "prunesid+pyramiddrop": InLLMSchedule.pyramiddrop_for(num_layers, keep)}
+
+
+def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: str,
+                      budgets: Sequence[int] = DEFAULT_BUDGETS, *, kinds: Sequence[str] = KINDS,
+                      repeats: int = 3, method: str = "prunesid", progress: Progress | None = None
+                      ) -> CombinationStudy:
+    """Run every variant of ``kinds`` at every budget (per view, as the app's slider) on ``images``.
+
+    Budgets beyond the model's patches are dropped; ``method`` is the pre-LLM method (PruneSID by
+    default; any registry method composes the same way).
+
+    Raises:
+        ValueError: no usable budget, an unknown kind, or a model the in-LLM stages do not cover."""
+    question = check_question(question)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {', '.join(KINDS)}")
+    num_layers = pipe.in_llm_layers()
+    feats = pipe.encode(images)
+    patches = budget_patches(feats)
+    points = sorted({check_budget(b, patches) for b in budgets if int(b) <= patches}, reverse=True)
+    if not points:
+        raise ValueError(f"no budget fits this model's {patches} patches per view")
+    report = progress or (lambda *_: None)
+    combined = schedules_for(num_layers)
+    plan: list[tuple[str, int | None, Selection | None, InLLMSchedule]] = [("full", None, None, NO_STAGES)]
+    selections = {}
+    full_tokens = None
+    for k in points:
+        selections[k] = pipe.select(feats, k, method=method)
+        for kind in kinds:
+            if kind == "prunesid":
+                plan.append((kind, k, selections[k], NO_STAGES))
+            elif kind == "fastv":
+                plan.append((kind, k, None, None))  # keep fraction set once the full run's count is known
+            else:
+                plan.append((kind, k, selections[k], combined[kind]))
+    timings: dict[int, list[float]] = {i: [] for i in range(len(plan))}
+    made: dict[int, object] = {}
+    for repeat in range(max(1, repeats)):
+        order = list(range(len(plan)))
+        order = order[repeat % len(order):] + order[:repeat % len(order)]  # each variant leads once in turn
+        for step, index in enumerate(order):
+            kind, k, selection, schedule = plan[index]
+            if kind == "fastv":
+                pruned = pipe.token_counts(feats, selections[k]).total
+                schedule = InLLMSchedule.fastv_for(num_layers, min(1.0, pruned / full_tokens))
+                plan[index] = (kind, k, None, schedule)
+            run = pipe.staged_prefill(images, question, selection, schedule)
+            if kind == "full":
+                full_tokens = run.image_tokens_per_layer[0]
+            timings[index].append(run.prefill_s)
+            made[index] = run
+            report((repeat * len(plan) + step + 1) / (max(1, repeats) * len(plan)),
+                   f"repeat {repeat + 1}: {KIND_LABELS[kind]}{'' if k is None else f' {k}'}")
+    config = pipe.model.model.language_model.config
+    variants = []
+    for index, (kind, k, _selection, schedule) in enumerate(plan):
+        run = made[index]
+        variants.append(VariantRun(
+            kind=kind, budget=k, schedule=schedule, image_tokens_per_layer=list(run.image_tokens_per_layer),
+            tokens_per_layer=list(run.tokens_per_layer), flops=prefill_flops(run.tokens_per_layer, config),
+            prefill_s=float(np.median(timings[index])),
+            first_token_kl=first_token_kl(made[0].first_logits, run.first_logits),
+            first_token_agrees=bool(made[0].first_logits.argmax() == run.first_logits.argmax())))
+    return CombinationStudy(question=question, num_layers=num_layers, full=variants[0], runs=variants[1:],
+                            selections=selections, repeats=max(1, repeats))

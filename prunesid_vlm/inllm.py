@@ -1,0 +1,246 @@
+"""Pruning inside the language model, after a pre-LLM method: FastV's rule and PyramidDrop's
+staged schedule, composable with any selection of the registry.
+
+FastV (Chen et al., ECCV 2024): after decoder layer K, keep the image tokens the last prompt token
+attends to most (attention averaged over heads) and drop the rest for every later layer.
+PyramidDrop (Xing et al., CVPR 2025): the same ranking at several layers (e.g. after 8, 16 and 24),
+each stage keeping a fraction of the image tokens still present.
+
+The prefill runs the language model's own modules layer by layer (embeddings with the visual
+features in their placeholders, rotary embeddings, decoder layers, final norm, head): nothing is
+patched and nothing outlives the call. The attention weights are computed only at the layers that
+rank (the last query against every key, as that layer's attention computes them). Kept tokens keep
+their original positions; the cache holds, per layer, the tokens that layer saw, so decoding goes
+on consistently (each generated token at the full sequence's next position). Language models with
+ordinary 1-D rotary positions (LLaVA-1.5, LLaVA-NeXT, NeXT-Video); Qwen's M-RoPE is not covered.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .generation import GenerationRun, eos_ids, next_token, synchronize
+
+SUPPORTED_LANGUAGE_MODELS = ("llama", "mistral", "qwen2", "phi3")
+"""Decoder types whose layers this loop runs as their model does (no embedding scaling, 1-D rotary
+positions); Gemma scales its embeddings inside its model's forward and is refused."""
+
+
+@dataclass(frozen=True)
+class InLLMSchedule:
+    """After decoder layer ``after[i]`` (that many layers done), keep ``keep[i]`` of the image tokens
+    still present (a fraction; see :func:`stage_keeps`)."""
+
+    after: tuple[int, ...] = ()
+    keep: tuple[float, ...] = ()
+    name: str = "none"
+
+    def __post_init__(self):
+        if len(self.after) != len(self.keep):
+            raise ValueError("one keep fraction per stage")
+        if any(not 0 < k <= 1 for k in self.keep):
+            raise ValueError(f"keep fractions must be in (0, 1], got {self.keep}")
+        if list(self.after) != sorted(set(self.after)) or any(a < 1 for a in self.after):
+            raise ValueError(f"stages must be increasing layer counts ≥ 1, got {self.after}")
+
+    @classmethod
+    def fastv(cls, layer: int = 2, keep: float = 0.5) -> InLLMSchedule:
+        """FastV: one stage after ``layer`` layers (the paper's K = 2, R = 50 %: half the image tokens
+        dropped)."""
+        return cls((layer,), (keep,), f"FastV K={layer}, keep {keep:.0%}")
+
+    @classmethod
+    def pyramiddrop(cls, layers: Sequence[int] = (8, 16, 24), keep: float = 0.5) -> InLLMSchedule:
+        """PyramidDrop: a stage after each of ``layers``, each keeping ``keep`` of what is left (the
+        paper's LLaVA-1.5 setting: after 8, 16 and 24 of 32 layers, λ = 0.5)."""
+        layers = tuple(int(x) for x in layers)
+        return cls(layers, (keep,) * len(layers), f"PyramidDrop {'/'.join(map(str, layers))}, keep {keep:.0%}")
+
+    @classmethod
+    def fastv_for(cls, num_layers: int, keep: float = 0.5) -> InLLMSchedule:
+        """FastV's K = 2 on a model deep enough for it, else after its first layer."""
+        return cls.fastv(min(2, max(1, num_layers - 1)), keep)
+
+    @classmethod
+    def pyramiddrop_for(cls, num_layers: int, keep: float = 0.5) -> InLLMSchedule:
+        """PyramidDrop's stages at a quarter, half and three quarters of the depth (8/16/24 of 32)."""
+        stages = sorted({min(num_layers - 1, max(1, round(num_layers * f))) for f in (0.25, 0.5, 0.75)})
+        return cls.pyramiddrop(stages if num_layers > 1 else (), keep)
+
+    def key(self) -> str:
+        return f"{self.after}|{self.keep}"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.after)
+
+    def image_tokens_per_layer(self, image_tokens: int, num_layers: int) -> list[int]:
+        """The image tokens each decoder layer sees when ``image_tokens`` enter the first."""
+        counts, stages = [], dict(zip(self.after, self.keep))
+        for index in range(num_layers):
+            if index in stages:
+                image_tokens = stage_keeps(image_tokens, stages[index])
+            counts.append(image_tokens)
+        return counts
+
+
+NO_STAGES = InLLMSchedule()
+
+
+@dataclass
+class StagedRun(GenerationRun):
+    """A greedy run with in-LLM pruning, and the image tokens each decoder layer saw."""
+
+    image_tokens_per_layer: list[int] = field(default_factory=list)
+    tokens_per_layer: list[int] = field(default_factory=list)
+
+
+def _query_and_keys(attention, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([1, H, 1, d], [1, H_kv, L, d])``: the last position's query and every key, before rotary
+    embedding, from the layer's own projections (separate or fused as Phi-3's ``qkv_proj``)."""
+    head_dim, length = attention.head_dim, normed.shape[1]
+    if hasattr(attention, "qkv_proj"):
+        q_size = attention.config.num_attention_heads * head_dim
+        kv_size = attention.config.num_key_value_heads * head_dim
+        q = attention.qkv_proj(normed[:, -1:])[..., :q_size]
+        k = attention.qkv_proj(normed)[..., q_size:q_size + kv_size]
+    else:
+        q, k = attention.q_proj(normed[:, -1:]), attention.k_proj(normed)
+    return (q.view(1, 1, -1, head_dim).transpose(1, 2), k.view(1, length, -1, head_dim).transpose(1, 2))
+
+
+def last_query_attention(layer: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor) -> torch.Tensor:
+    """Float ``[L]``: the attention of the last position to every position in ``layer`` (softmax over
+    the keys, mean over heads) — the row FastV ranks by, without the other L − 1 rows."""
+    attention = layer.self_attn
+    rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb  # the model's own rotary rule
+    q, k = _query_and_keys(attention, layer.input_layernorm(hidden))
+    q, _ = rotate(q, q, cos[:, -1:], sin[:, -1:])
+    _, k = rotate(k, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * attention.scaling  # [1, H, 1, L]
+    return scores.softmax(-1)[0, :, 0].mean(0)
+
+
+def _embed(model, input_ids: torch.Tensor, features: torch.Tensor, token_id: int) -> torch.Tensor:
+    """The prompt's embeddings with the visual features in their placeholders, in order (as the
+    model's own multimodal merge places them)."""
+    embeds = model.model.get_input_embeddings()(input_ids)
+    mask = (input_ids == token_id)[..., None]
+    if int(mask.sum()) != features.shape[0]:
+        raise ValueError(f"{int(mask.sum())} placeholders for {features.shape[0]} visual tokens")
+    return embeds.masked_scatter(mask, features.to(embeds.dtype))
+
+
+def _causal_mask(config, length: int, dtype: torch.dtype, device) -> torch.Tensor | None:
+    """None where the attention kernel masks causally by itself (sdpa, flash); an additive mask for
+    eager attention, which does not."""
+    if config._attn_implementation != "eager" or length == 1:
+        return None
+    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+    return mask[None, None]
+
+
+def language_model_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers the staged loop runs; a clear error for decoders it does not cover."""
+    lm = model.model.language_model
+    kind = lm.config.model_type
+    if kind not in SUPPORTED_LANGUAGE_MODELS:
+        raise ValueError(f"In-LLM pruning covers {', '.join(SUPPORTED_LANGUAGE_MODELS)} language models; this "
+                         f"model's is {kind!r}.")
+    return lm.layers[: lm.config.num_hidden_layers]
+
+
+def stage_keeps(image_tokens: int, keep: float) -> int:
+    """Image tokens a stage keeps of ``image_tokens``: ``round(keep · n)`` as FastV's code rounds,
+    at least one while any are left."""
+    return min(image_tokens, max(1, round(keep * image_tokens))) if image_tokens else 0
+
+
+def _drop(stage_keep: float, attention: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor | None:
+    """Positions (sorted) to keep after a stage: every text token and the most-attended image
+    tokens; None when nothing is dropped."""
+    images = is_image.nonzero().flatten()
+    keep = stage_keeps(images.numel(), stage_keep)
+    if keep >= images.numel():
+        return None
+    # Ties (equal attention) go to the earlier token: a stable descending sort, not topk.
+    top = images[torch.sort(attention[images], descending=True, stable=True).indices[:keep]]
+    return torch.cat([(~is_image).nonzero().flatten(), top]).sort().values
+
+
+@torch.inference_mode()
+def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: torch.Tensor, token_id: int,
+                    schedule: InLLMSchedule, max_new_tokens: int = 64, prefill_only: bool = False) -> StagedRun:
+    """Greedy answer with ``features`` (``[T, D]``, the visual tokens in placeholder order) and the
+    in-LLM ``schedule``; with ``prefill_only``, only the first answer token's logits."""
+    from transformers import DynamicCache
+
+    device = model.device
+    lm = model.model.language_model
+    layers = language_model_layers(model)
+    if schedule.after and schedule.after[-1] > len(layers):
+        raise ValueError(f"a stage after layer {schedule.after[-1]} is beyond this model's {len(layers)} layers")
+    stages = {after: keep for after, keep in zip(schedule.after, schedule.keep) if after < len(layers)}
+    input_ids = input_ids.to(device)
+    is_image = input_ids[0] == token_id
+    hidden = _embed(model, input_ids, features.to(device), token_id)
+    positions = torch.arange(input_ids.shape[1], device=device)
+    cache = DynamicCache(config=lm.config)
+    image_counts, token_counts = [], []
+    attention = None
+    synchronize(device)
+    start = time.perf_counter()
+    cos, sin = lm.rotary_emb(hidden, positions[None])
+    for index, layer in enumerate(layers):
+        if index in stages:  # rank by the attention of the layer just run, drop for every later one
+            kept = _drop(stages[index], attention, is_image)
+            if kept is not None:
+                hidden, positions, is_image = hidden[:, kept], positions[kept], is_image[kept]
+                cos, sin = cos[:, kept], sin[:, kept]
+        if index + 1 in stages:
+            attention = last_query_attention(layer, hidden, cos, sin)
+        image_counts.append(int(is_image.sum()))
+        token_counts.append(int(hidden.shape[1]))
+        hidden = layer(hidden, attention_mask=_causal_mask(lm.config, hidden.shape[1], hidden.dtype, device),
+                       position_ids=positions[None], cache=cache, use_cache=True, position_embeddings=(cos, sin))
+    logits = model.lm_head(lm.norm(hidden[:, -1:]))[:, -1].float()
+    synchronize(device)
+    prefill_end = time.perf_counter()
+    first = logits[0].cpu()
+    tokens = []
+    if not prefill_only:
+        eos, next_position = eos_ids(model), int(input_ids.shape[1])
+        for step in range(max_new_tokens):
+            token = next_token(model, logits)
+            tokens.append(token)
+            if token in eos or step == max_new_tokens - 1:
+                break
+            # Each new token at the full prompt's next position, whatever the layers dropped.
+            position = torch.tensor([[next_position + step]], device=device)
+            hidden = model.model.get_input_embeddings()(torch.tensor([[token]], device=device))
+            cos, sin = lm.rotary_emb(hidden, position)
+            for layer in layers:
+                hidden = layer(hidden, attention_mask=None, position_ids=position, cache=cache, use_cache=True,
+                               position_embeddings=(cos, sin))
+            logits = model.lm_head(lm.norm(hidden))[:, -1].float()
+    synchronize(device)
+    end = time.perf_counter()
+    return StagedRun(tokens=torch.tensor(tokens, dtype=torch.long), first_logits=first,
+                     prompt_tokens=int(input_ids.shape[1]), prefill_s=prefill_end - start, decode_s=end - prefill_end,
+                     image_tokens_per_layer=image_counts, tokens_per_layer=token_counts)
+
+
+def prefill_flops(tokens_per_layer: list[int], config) -> float:
+    """Estimated prefill FLOPs of a decoder with these per-layer sequence lengths: per layer,
+    2 · (its weights) · n for the projections and MLP, plus 4 · n² · width for attention."""
+    width, inner = config.hidden_size, config.intermediate_size
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or width // heads
+    weights = width * head_dim * (2 * heads + 2 * kv) + 3 * width * inner
+    return float(sum(2 * weights * n + 4 * n * n * width for n in tokens_per_layer))
