@@ -97,6 +97,10 @@ class StagedRun(GenerationRun):
 
     image_tokens_per_layer: list[int] = field(default_factory=list)
     tokens_per_layer: list[int] = field(default_factory=list)
+    kept_after: dict[int, list[int]] = field(default_factory=dict)
+    """Per stage that dropped tokens (its layer count): the prompt positions every later layer kept."""
+    step_logits: list[torch.Tensor] = field(default_factory=list)
+    """Float32 ``[vocab]`` per generated token, with ``keep_logits`` (as ``generate``'s ``output_logits``)."""
 
 
 def _query_and_keys(attention, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +180,8 @@ def _drop(stage_keep: float, attention: torch.Tensor, is_image: torch.Tensor) ->
 
 @torch.inference_mode()
 def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: torch.Tensor, token_id: int,
-                    schedule: InLLMSchedule, max_new_tokens: int = 64, prefill_only: bool = False) -> StagedRun:
+                    schedule: InLLMSchedule, max_new_tokens: int = 64, prefill_only: bool = False,
+                    keep_logits: bool = False) -> StagedRun:
     """Greedy answer with ``features`` (``[T, D]``, the visual tokens in placeholder order) and the
     in-LLM ``schedule``; with ``prefill_only``, only the first answer token's logits."""
     from transformers import DynamicCache
@@ -192,7 +197,7 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     hidden = _embed(model, input_ids, features.to(device), token_id)
     positions = torch.arange(input_ids.shape[1], device=device)
     cache = DynamicCache(config=lm.config)
-    image_counts, token_counts = [], []
+    image_counts, token_counts, kept_after = [], [], {}
     attention = None
     synchronize(device)
     start = time.perf_counter()
@@ -203,6 +208,7 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
             if kept is not None:
                 hidden, positions, is_image = hidden[:, kept], positions[kept], is_image[kept]
                 cos, sin = cos[:, kept], sin[:, kept]
+                kept_after[index] = positions.tolist()
         if index + 1 in stages:
             attention = last_query_attention(layer, hidden, cos, sin)
         image_counts.append(int(is_image.sum()))
@@ -213,12 +219,14 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     synchronize(device)
     prefill_end = time.perf_counter()
     first = logits[0].cpu()
-    tokens = []
+    tokens, kept_logits = [], []
     if not prefill_only:
         eos, next_position = eos_ids(model), int(input_ids.shape[1])
         for step in range(max_new_tokens):
             token = next_token(model, logits)
             tokens.append(token)
+            if keep_logits:
+                kept_logits.append(logits[0].cpu())
             if token in eos or step == max_new_tokens - 1:
                 break
             # Each new token at the full prompt's next position, whatever the layers dropped.
@@ -233,7 +241,8 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     end = time.perf_counter()
     return StagedRun(tokens=torch.tensor(tokens, dtype=torch.long), first_logits=first,
                      prompt_tokens=int(input_ids.shape[1]), prefill_s=prefill_end - start, decode_s=end - prefill_end,
-                     image_tokens_per_layer=image_counts, tokens_per_layer=token_counts)
+                     image_tokens_per_layer=image_counts, tokens_per_layer=token_counts, kept_after=kept_after,
+                     step_logits=kept_logits)
 
 
 def prefill_flops(tokens_per_layer: list[int], config) -> float:

@@ -34,17 +34,18 @@ VISION_LAYERS = 3
 TEXT_LAYERS = 1
 
 
-def _text_config(kind: str, widths: dict, tok):
+def _text_config(kind: str, widths: dict, tok, layers: int = TEXT_LAYERS):
     from transformers import GemmaConfig, LlamaConfig
 
     common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=1, eos_token_id=2,
-                  num_hidden_layers=TEXT_LAYERS, max_position_embeddings=4096, **widths)
+                  num_hidden_layers=layers, max_position_embeddings=4096, **widths)
     return GemmaConfig(**common) if kind == "gemma" else LlamaConfig(**common)
 
 
 def save_replica(folder: Path, family: str = "llava", text: tuple[str, dict] | None = None, seed: int = 0,
-                 max_shard_size: str = "50MB", tower_state: dict | None = None) -> Path:
-    """A ``family`` checkpoint with CLIP-L/336 widths in ``folder`` (model, image processor, tokenizer)."""
+                 max_shard_size: str = "50MB", tower_state: dict | None = None, text_layers: int = TEXT_LAYERS) -> Path:
+    """A ``family`` checkpoint with CLIP-L/336 widths in ``folder`` (model, image processor, tokenizer);
+    ``text`` (kind, widths) with ``text_layers`` decoder layers, else the demo's language model."""
     import transformers
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaNextImageProcessorPil
 
@@ -52,7 +53,7 @@ def save_replica(folder: Path, family: str = "llava", text: tuple[str, dict] | N
 
     tok = demo_tokenizer()
     vision = CLIPVisionConfig(num_hidden_layers=VISION_LAYERS, **CLIP_L_336)
-    text_config = demo_text_config(tok) if text is None else _text_config(*text, tok)
+    text_config = demo_text_config(tok) if text is None else _text_config(*text, tok, text_layers)
     image_id = tok.convert_tokens_to_ids("<image>")
     common = dict(vision_config=vision, text_config=text_config, image_token_index=image_id, vision_feature_layer=-2,
                   vision_feature_select_strategy="default")

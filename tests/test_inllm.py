@@ -1,0 +1,261 @@
+"""Pruning inside the language model (FastV, PyramidDrop) after a pre-LLM selection: the image tokens
+each layer sees, the ranking row, the unpruned path unchanged, the decoding cache consistent."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from prunesid_vlm.generation import greedy_generate
+from prunesid_vlm.inllm import (
+    NO_STAGES,
+    InLLMSchedule,
+    _embed,
+    language_model_layers,
+    last_query_attention,
+    prefill_flops,
+    stage_keeps,
+    staged_generate,
+)
+from prunesid_vlm.pipeline import load_pipeline
+
+from tests.conftest import make_image
+from tests.replicas import TEXT_MODELS, save_replica
+
+QUESTION = "What is in the picture?"
+SMALL_GQA = ("llama", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2))
+
+
+@pytest.fixture(scope="module")
+def deep_pipeline(tmp_path_factory):
+    """A LLaVA-1.5 replica (CLIP-L/336 tower) whose language model has 8 layers and grouped KV heads."""
+    folder = save_replica(tmp_path_factory.mktemp("deep-llava"), text=SMALL_GQA, text_layers=8)
+    return load_pipeline(str(folder))
+
+
+def _prompt(pipe, image, selection=None):
+    feats = pipe.encode([image])
+    ids, features, visual, _ = pipe._prompt([image], feats, QUESTION, selection)
+    return ids, features, torch.cat(list(features))
+
+
+# --- schedules -------------------------------------------------------------------------------
+def test_schedules_follow_the_published_settings_and_scale_to_depth():
+    assert InLLMSchedule.fastv().after == (2,) and InLLMSchedule.fastv().keep == (0.5,)
+    assert InLLMSchedule.pyramiddrop().after == (8, 16, 24)
+    assert InLLMSchedule.pyramiddrop_for(32).after == (8, 16, 24)
+    assert InLLMSchedule.fastv_for(32).after == (2,)
+    assert InLLMSchedule.fastv_for(2).after == (1,)  # the demo's two layers: after the first
+    assert InLLMSchedule.pyramiddrop_for(8).after == (2, 4, 6)
+    assert InLLMSchedule.pyramiddrop_for(2).after == (1,)
+    assert not NO_STAGES.active and InLLMSchedule.fastv().active
+
+
+@pytest.mark.parametrize("bad", [dict(after=(2,), keep=()), dict(after=(2,), keep=(0.0,)), dict(after=(2,), keep=(1.5,)),
+                                 dict(after=(4, 2), keep=(0.5, 0.5)), dict(after=(0,), keep=(0.5,))])
+def test_bad_schedules_are_refused(bad):
+    with pytest.raises(ValueError):
+        InLLMSchedule(**bad)
+
+
+def test_stage_keeps_rounds_as_fastv_and_keeps_one():
+    assert stage_keeps(576, 0.5) == 288
+    assert stage_keeps(3, 0.5) == 2  # round(1.5) = 2 (banker's rounding, as Python's round in FastV's code)
+    assert stage_keeps(1, 0.1) == 1
+    assert stage_keeps(0, 0.5) == 0
+    assert InLLMSchedule.pyramiddrop((2, 4, 6)).image_tokens_per_layer(64, 8) == [64, 64, 32, 32, 16, 16, 8, 8]
+
+
+# --- the ranking row -------------------------------------------------------------------------
+def _eager_rows(pipe, hidden):
+    lm = pipe.model.model.language_model
+    saved = lm.config._attn_implementation
+    lm.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            out = lm(inputs_embeds=hidden, output_attentions=True)
+    finally:
+        lm.config._attn_implementation = saved
+    return [a[0, :, -1].mean(0) for a in out.attentions]
+
+
+@pytest.mark.parametrize("which", ["demo", "deep"])
+def test_the_ranking_row_is_eager_attention_of_the_last_token(which, llava_pipeline, deep_pipeline):
+    pipe = llava_pipeline if which == "demo" else deep_pipeline
+    ids, _, flat = _prompt(pipe, make_image(3))
+    lm = pipe.model.model.language_model
+    hidden = _embed(pipe.model, ids, flat, pipe.adapter.image_token_id)
+    cos, sin = lm.rotary_emb(hidden, torch.arange(ids.shape[1])[None])
+    reference = _eager_rows(pipe, hidden)
+    with torch.no_grad():
+        state = hidden
+        for layer, expected in zip(lm.layers, reference):
+            mine = last_query_attention(layer, state, cos, sin)
+            torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-6)
+            state = layer(state, position_ids=torch.arange(ids.shape[1])[None], position_embeddings=(cos, sin))
+
+
+# --- the unpruned path and K = last layer ------------------------------------------------------
+@pytest.mark.parametrize("budget", [None, 64])
+def test_no_stages_is_the_models_own_generation(budget, llava_pipeline):
+    pipe, image = llava_pipeline, make_image(4)
+    selection = None if budget is None else pipe.select(pipe.encode([image]), budget)
+    ids, features, flat = _prompt(pipe, image, selection)
+    plain = greedy_generate(pipe.model, ids, features, max_new_tokens=10)
+    staged = staged_generate(pipe.model, ids, flat, pipe.adapter.image_token_id, NO_STAGES, max_new_tokens=10)
+    assert staged.tokens.tolist() == plain.tokens.tolist()
+    torch.testing.assert_close(staged.first_logits, plain.first_logits, rtol=1e-5, atol=1e-5)
+    assert staged.image_tokens_per_layer == [576 if budget is None else 64] * 2
+
+
+def test_a_stage_after_the_last_layer_is_the_pre_llm_method_alone(deep_pipeline):
+    pipe, image = deep_pipeline, make_image(5)
+    selection = pipe.select(pipe.encode([image]), 64)
+    alone = pipe.answer([image], QUESTION, selection, max_new_tokens=8)
+    last = InLLMSchedule.fastv(pipe.in_llm_layers(), 0.25)
+    combined = pipe.answer([image], QUESTION, selection, max_new_tokens=8, in_llm=last)
+    assert combined.tokens == alone.tokens
+    torch.testing.assert_close(combined.first_logits, alone.first_logits, rtol=1e-5, atol=1e-5)
+    assert combined.image_tokens_per_layer == (64,) * 8
+
+
+# --- token counts per layer --------------------------------------------------------------------
+def test_pyramiddrop_after_prunesid_counts_per_layer(deep_pipeline):
+    pipe, image = deep_pipeline, make_image(6)
+    selection = pipe.select(pipe.encode([image]), 64)
+    schedule = InLLMSchedule.pyramiddrop_for(8)
+    run = pipe.staged_prefill([image], QUESTION, selection, schedule)
+    assert run.image_tokens_per_layer == [64, 64, 32, 32, 16, 16, 8, 8]
+    text = run.prompt_tokens - 64
+    assert run.tokens_per_layer == [text + n for n in run.image_tokens_per_layer]
+    assert sorted(run.kept_after) == [2, 4, 6]
+    # Every text token stays; each stage keeps a subset of the one before.
+    image_positions = set((pipe._prompt([image], pipe.encode([image]), QUESTION, selection)[0][0]
+                           == pipe.adapter.image_token_id).nonzero().flatten().tolist())
+    previous = set(range(run.prompt_tokens))
+    for layer in (2, 4, 6):
+        kept = set(run.kept_after[layer])
+        assert kept <= previous and kept - image_positions == previous - image_positions
+        previous = kept
+
+
+def test_fastv_alone_on_every_token_and_on_the_next_demo(llava_next_pipeline):
+    pipe, image = llava_next_pipeline, make_image(7, 300, 500)
+    feats = pipe.encode([image])
+    run = pipe.staged_prefill([image], QUESTION, None, InLLMSchedule.fastv(1, 0.25))
+    full = pipe.token_counts(feats).total
+    assert run.image_tokens_per_layer == [full, stage_keeps(full, 0.25)]
+    selection = pipe.select(feats, 32)
+    pruned = pipe.token_counts(feats, selection).total
+    run = pipe.staged_prefill([image], QUESTION, selection, InLLMSchedule.fastv(1, 0.5))
+    assert run.image_tokens_per_layer == [pruned, stage_keeps(pruned, 0.5)]
+
+
+def test_video_model_stages_its_frames(llava_next_video_pipeline):
+    pipe = llava_next_video_pipeline
+    frames = [make_image(s) for s in range(4)]
+    selection = pipe.select(pipe.encode(frames), 16)
+    run = pipe.staged_prefill(frames, QUESTION, selection, InLLMSchedule.fastv(1, 0.5))
+    handed = pipe.token_counts(pipe.encode(frames), selection).total
+    assert run.image_tokens_per_layer == [handed, stage_keeps(handed, 0.5)]
+
+
+# --- the cache: decoding after the drops ----------------------------------------------------------
+def _masked_reference_logits(pipe, ids, flat, generated, kept_after):
+    """Logits at every position of prompt + generated, recomputed without any cache: every layer sees
+    the whole sequence, and a stage's dropped prompt tokens are masked out as keys for later layers."""
+    lm = pipe.model.model.language_model
+    full_ids = torch.cat([ids, torch.tensor([generated[:-1]])], dim=1) if len(generated) > 1 else ids
+    hidden = _embed(pipe.model, full_ids, flat, pipe.adapter.image_token_id)
+    length = full_ids.shape[1]
+    positions = torch.arange(length)[None]
+    cos, sin = lm.rotary_emb(hidden, positions)
+    causal = torch.full((length, length), torch.finfo(hidden.dtype).min).triu(1)
+    allowed = torch.ones(length, dtype=torch.bool)
+    with torch.no_grad():
+        for index, layer in enumerate(lm.layers):
+            if index in kept_after:
+                allowed = torch.zeros(length, dtype=torch.bool)
+                allowed[kept_after[index]] = True
+                allowed[ids.shape[1]:] = True  # generated tokens are never dropped
+            mask = causal.masked_fill(~allowed[None, :], torch.finfo(hidden.dtype).min)
+            hidden = layer(hidden, attention_mask=mask[None, None], position_ids=positions,
+                           position_embeddings=(cos, sin))
+        return pipe.model.lm_head(lm.norm(hidden))[0].float()
+
+
+def test_decoding_after_the_stages_matches_a_masked_recompute(deep_pipeline):
+    pipe, image = deep_pipeline, make_image(8)
+    selection = pipe.select(pipe.encode([image]), 64)
+    ids, _, flat = _prompt(pipe, image, selection)
+    run = staged_generate(pipe.model, ids, flat, pipe.adapter.image_token_id, InLLMSchedule.pyramiddrop_for(8),
+                          max_new_tokens=6, keep_logits=True)
+    generated = run.tokens.tolist()
+    assert len(generated) == 6
+    reference = _masked_reference_logits(pipe, ids, flat, generated, run.kept_after)
+    start = ids.shape[1] - 1
+    torch.testing.assert_close(reference[start], run.first_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reference[start:start + len(generated)], torch.stack(run.step_logits),
+                               rtol=1e-4, atol=1e-4)
+    assert reference[start:start + len(generated)].argmax(-1).tolist() == generated
+
+
+# --- the pipeline's door -----------------------------------------------------------------------------
+def test_answers_with_stages_are_cached_apart_from_plain_ones(llava_pipeline):
+    pipe, image = llava_pipeline, make_image(9)
+    selection = pipe.select(pipe.encode([image]), 32)
+    plain = pipe.answer([image], QUESTION, selection, max_new_tokens=6)
+    staged = pipe.answer([image], QUESTION, selection, max_new_tokens=6, in_llm=InLLMSchedule.fastv(1, 0.25))
+    again = pipe.answer([image], QUESTION, selection, max_new_tokens=6, in_llm=InLLMSchedule.fastv(1, 0.25))
+    assert not staged.cached and again.cached and again.tokens == staged.tokens
+    assert staged.image_tokens_per_layer == (32, 8) and plain.image_tokens_per_layer == ()
+    # The first-token logits of the plain prompt are still the plain answer's, not the staged one's.
+    (logits,) = pipe.first_token_logits([image], QUESTION, [selection])
+    torch.testing.assert_close(logits, plain.first_logits)
+    with_no_stage = pipe.answer([image], QUESTION, selection, max_new_tokens=6, in_llm=NO_STAGES)
+    assert with_no_stage.cached and with_no_stage.tokens == plain.tokens
+
+
+def test_stages_beyond_the_model_and_uncovered_models_are_refused(llava_pipeline):
+    with pytest.raises(ValueError, match="beyond this model's 2 layers"):
+        llava_pipeline.answer([make_image(1)], QUESTION, in_llm=InLLMSchedule.fastv(3))
+    gemma = SimpleNamespace(model=SimpleNamespace(language_model=SimpleNamespace(
+        config=SimpleNamespace(model_type="gemma", num_hidden_layers=18), layers=[])))
+    with pytest.raises(ValueError, match="'gemma'"):
+        language_model_layers(gemma)
+
+
+def test_qwen_says_why_it_has_no_stages(demo_cache):
+    pipe = load_pipeline("demo/tiny-qwen2-vl")
+    with pytest.raises(ValueError, match="M-RoPE"):
+        pipe.answer([make_image(1)], QUESTION, in_llm=InLLMSchedule.fastv(1))
+
+
+def test_prefill_flops_shrink_with_the_tokens():
+    config = SimpleNamespace(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32)
+    full = prefill_flops([640] * 32, config)
+    # 32 layers × 202.4 M weights = 6.48e9: 2 · 6.48e9 · 640 = 8.29e12, attention 4 · 640² · 4096 · 32 = 0.21e12.
+    assert 8.4e12 < full < 8.6e12
+    pruned = prefill_flops([128] * 32, config)
+    assert pruned < full / 4.5
+
+
+# --- a real-width replica -----------------------------------------------------------------------------
+def test_real_width_replica_with_grouped_heads(tmp_path):
+    """TinyLlama's published widths (2048, 32 heads over 4 KV heads) under a CLIP-L/336 tower, 4 layers."""
+    folder = save_replica(tmp_path / "tinyllava", text=TEXT_MODELS["bczhou/tiny-llava-v1-hf"], text_layers=4,
+                          max_shard_size="4GB")
+    pipe = load_pipeline(str(folder))
+    image = make_image(10)
+    selection = pipe.select(pipe.encode([image]), 64)
+    ids, _, flat = _prompt(pipe, image, selection)
+    lm = pipe.model.model.language_model
+    hidden = _embed(pipe.model, ids, flat, pipe.adapter.image_token_id)
+    cos, sin = lm.rotary_emb(hidden, torch.arange(ids.shape[1])[None])
+    torch.testing.assert_close(last_query_attention(lm.layers[0], hidden, cos, sin), _eager_rows(pipe, hidden)[0],
+                               rtol=1e-4, atol=1e-6)
+    run = pipe.staged_prefill([image], QUESTION, selection, InLLMSchedule.pyramiddrop_for(4))
+    assert run.image_tokens_per_layer == [64, 32, 16, 8]
+    alone = pipe.staged_prefill([image], QUESTION, selection, NO_STAGES)
+    assert run.tokens_per_layer[-1] < alone.tokens_per_layer[-1]
