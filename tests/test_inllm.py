@@ -19,19 +19,10 @@ from prunesid_vlm.inllm import (
     staged_generate,
 )
 from prunesid_vlm.pipeline import load_pipeline
-
 from tests.conftest import make_image
 from tests.replicas import TEXT_MODELS, save_replica
 
 QUESTION = "What is in the picture?"
-SMALL_GQA = ("llama", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2))
-
-
-@pytest.fixture(scope="module")
-def deep_pipeline(tmp_path_factory):
-    """A LLaVA-1.5 replica (CLIP-L/336 tower) whose language model has 8 layers and grouped KV heads."""
-    folder = save_replica(tmp_path_factory.mktemp("deep-llava"), text=SMALL_GQA, text_layers=8)
-    return load_pipeline(str(folder))
 
 
 def _prompt(pipe, image, selection=None):
@@ -81,8 +72,8 @@ def _eager_rows(pipe, hidden):
 
 
 @pytest.mark.parametrize("which", ["demo", "deep"])
-def test_the_ranking_row_is_eager_attention_of_the_last_token(which, llava_pipeline, deep_pipeline):
-    pipe = llava_pipeline if which == "demo" else deep_pipeline
+def test_the_ranking_row_is_eager_attention_of_the_last_token(which, llava_pipeline, deep_llava_pipeline):
+    pipe = llava_pipeline if which == "demo" else deep_llava_pipeline
     ids, _, flat = _prompt(pipe, make_image(3))
     lm = pipe.model.model.language_model
     hidden = _embed(pipe.model, ids, flat, pipe.adapter.image_token_id)
@@ -109,8 +100,8 @@ def test_no_stages_is_the_models_own_generation(budget, llava_pipeline):
     assert staged.image_tokens_per_layer == [576 if budget is None else 64] * 2
 
 
-def test_a_stage_after_the_last_layer_is_the_pre_llm_method_alone(deep_pipeline):
-    pipe, image = deep_pipeline, make_image(5)
+def test_a_stage_after_the_last_layer_is_the_pre_llm_method_alone(deep_llava_pipeline):
+    pipe, image = deep_llava_pipeline, make_image(5)
     selection = pipe.select(pipe.encode([image]), 64)
     alone = pipe.answer([image], QUESTION, selection, max_new_tokens=8)
     last = InLLMSchedule.fastv(pipe.in_llm_layers(), 0.25)
@@ -121,8 +112,8 @@ def test_a_stage_after_the_last_layer_is_the_pre_llm_method_alone(deep_pipeline)
 
 
 # --- token counts per layer --------------------------------------------------------------------
-def test_pyramiddrop_after_prunesid_counts_per_layer(deep_pipeline):
-    pipe, image = deep_pipeline, make_image(6)
+def test_pyramiddrop_after_prunesid_counts_per_layer(deep_llava_pipeline):
+    pipe, image = deep_llava_pipeline, make_image(6)
     selection = pipe.select(pipe.encode([image]), 64)
     schedule = InLLMSchedule.pyramiddrop_for(8)
     run = pipe.staged_prefill([image], QUESTION, selection, schedule)
@@ -185,8 +176,8 @@ def _masked_reference_logits(pipe, ids, flat, generated, kept_after):
         return pipe.model.lm_head(lm.norm(hidden))[0].float()
 
 
-def test_decoding_after_the_stages_matches_a_masked_recompute(deep_pipeline):
-    pipe, image = deep_pipeline, make_image(8)
+def test_decoding_after_the_stages_matches_a_masked_recompute(deep_llava_pipeline):
+    pipe, image = deep_llava_pipeline, make_image(8)
     selection = pipe.select(pipe.encode([image]), 64)
     ids, _, flat = _prompt(pipe, image, selection)
     run = staged_generate(pipe.model, ids, flat, pipe.adapter.image_token_id, InLLMSchedule.pyramiddrop_for(8),

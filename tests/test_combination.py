@@ -1,0 +1,79 @@
+"""The combination study (PruneSID alone, FastV alone, PruneSID + FastV / PyramidDrop): its variants'
+token schedules, compression, costs and fidelity, and its plot."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from prunesid_vlm.combination import KINDS, combination_study
+from prunesid_vlm.inllm import stage_keeps
+from prunesid_vlm.pipeline import load_pipeline
+from tests.conftest import make_image
+from viz import figure_to_array
+from viz.combination import plot_combination
+
+QUESTION = "What is in the picture?"
+
+
+def test_study_on_an_eight_layer_replica(deep_llava_pipeline):
+    study = combination_study(deep_llava_pipeline, [make_image(1)], QUESTION, budgets=(128, 64, 16), repeats=2)
+    assert study.num_layers == 8 and study.full.image_tokens_per_layer == [576] * 8
+    assert [r.kind for r in study.runs] == [k for _ in range(3) for k in KINDS]
+    for run in study.runs:
+        counts = run.image_tokens_per_layer
+        if run.kind == "prunesid":
+            assert counts == [run.budget] * 8
+        elif run.kind == "fastv":  # every token enters; FastV's stage keeps as many as the budget
+            assert counts == [576, 576] + [run.budget] * 6
+        elif run.kind == "prunesid+fastv":
+            assert counts == [run.budget] * 2 + [stage_keeps(run.budget, 0.5)] * 6
+        else:
+            half = stage_keeps(run.budget, 0.5)
+            quarter = stage_keeps(half, 0.5)
+            assert counts == [run.budget] * 2 + [half] * 2 + [quarter] * 2 + [stage_keeps(quarter, 0.5)] * 2
+        assert study.compression(run) == pytest.approx(576 * 8 / sum(counts))
+        assert run.flops < study.full.flops and run.prefill_s > 0
+        assert run.first_token_kl >= 0 and math.isfinite(run.first_token_kl)
+    # The combinations compress further than PruneSID alone at the same budget, and cost fewer FLOPs.
+    for budget in (128, 64, 16):
+        alone, fastv, pyramid = (next(r for r in study.runs if r.kind == k and r.budget == budget)
+                                 for k in ("prunesid", "prunesid+fastv", "prunesid+pyramiddrop"))
+        assert study.compression(fastv) > study.compression(alone) and fastv.flops < alone.flops
+        assert study.compression(pyramid) > study.compression(alone)
+    assert study.full.first_token_kl == 0.0 and study.full.first_token_agrees
+    rows = study.rows()
+    assert rows[0]["kind"] == "full" and rows[0]["compression"] == 1.0 and len(rows) == 1 + 12
+
+
+def test_the_pre_llm_selection_is_the_apps(deep_llava_pipeline):
+    image = make_image(2)
+    study = combination_study(deep_llava_pipeline, [image], QUESTION, budgets=(64,), kinds=("prunesid",), repeats=1)
+    expected = deep_llava_pipeline.select(deep_llava_pipeline.encode([image]), 64)
+    assert np.array_equal(study.selections[64].kept_patches.numpy(), expected.kept_patches.numpy())
+
+
+def test_study_on_the_demo_and_its_plot(llava_pipeline):
+    study = combination_study(llava_pipeline, [make_image(3)], QUESTION, budgets=(192, 64, 16), repeats=1)
+    assert study.num_layers == 2
+    combined = [r for r in study.runs if r.kind == "prunesid+pyramiddrop"]
+    assert [r.image_tokens_per_layer for r in combined] == [[192, 96], [64, 32], [16, 8]]
+    fig = plot_combination(study.rows(), schedule_budget=64)
+    pixels = figure_to_array(fig)
+    assert pixels.shape[0] > 400 and pixels.std() > 10
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "Token schedule at budget 64" in titles
+
+
+def test_bad_requests_say_why(llava_pipeline):
+    image = make_image(4)
+    with pytest.raises(ValueError, match="unknown variants"):
+        combination_study(llava_pipeline, [image], QUESTION, kinds=("fastv", "sparsevlm"))
+    with pytest.raises(ValueError, match="no budget fits"):
+        combination_study(llava_pipeline, [image], QUESTION, budgets=(5000,))
+    with pytest.raises(ValueError):
+        combination_study(llava_pipeline, [image], "   ")
+    qwen = load_pipeline("demo/tiny-qwen2-vl")
+    with pytest.raises(ValueError, match="M-RoPE"):
+        combination_study(qwen, [image], QUESTION)
