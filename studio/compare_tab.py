@@ -10,7 +10,8 @@ Three layers, as in :mod:`studio.handlers`:
 * ``on_*`` handlers that never raise (a ``gr.Warning`` and a status line instead);
 * JSON endpoints for ``gradio_client``: ``/compare`` (public: every method at one budget, with the
   published figures), and, callable but left out of the API page to keep it small,
-  ``/compare_stability`` (image, budget, seeds) and ``/compare_sweep`` (image, question, budgets, methods).
+  ``/compare_stability`` (image, budget, seeds), ``/compare_sweep`` (image, question, budgets, methods)
+  and ``/compare_in_llm`` (image, question, budgets: the combinations with in-LLM pruning).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from viz.compare import draw_keep_frequency, method_colors, method_overlays, plo
 
 from .components import RawNumber, SafeImage
 from .errors import endpoint, message_for, warn
+from .inllm_tab import build_inllm_tab, combination_view
 from .media import MediaError, load_image
 
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
@@ -318,7 +320,7 @@ def methods_markdown() -> str:
 
 INTRO = """Every method gets **the same image, question and token budget** as the Explore tab and hands the
 language model the same number of visual tokens (PruneSID-Dyn adapts its own budget to the image).
-Yellow outlines: patches kept; blue tint: patches merged into VisionZip's contextual tokens; dark: dropped.
+The *Inside the LLM* tab combines PruneSID with FastV and PyramidDrop. Yellow outlines: patches kept; blue tint: patches merged into VisionZip's contextual tokens; dark: dropped.
 *Fidelity* is KL(full ‖ pruned) of the first answer token in nats (0 = pruning changed nothing)."""
 
 
@@ -329,6 +331,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     ``media_state``: the Explore tab's ``gr.State`` holding the visitor's analysis; when given, the
     comparisons run on its media (the image, or a video's sampled frames) rather than the image input."""
     choices = [(s.label, s.name) for s in list_methods()]
+    media = [media_state] if media_state is not None else []
     gr.Markdown(INTRO)
     with gr.Row(equal_height=True):
         methods = gr.CheckboxGroup(choices, value=[c[1] for c in choices], label="Methods", scale=4,
@@ -362,6 +365,8 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
             question_md = gr.Markdown(elem_id="compare-question-text")
             question_gallery = gr.Gallery(label="Kept tokens per method and question", columns=2, format="png",
                                           object_fit="contain", height=560, elem_id="compare-question-gallery")
+        with gr.Tab("Inside the LLM", id="compare-inllm-tab"):
+            wire_inllm = build_inllm_tab(image_input, question_input, budget_input, get_pipeline, media)
         with gr.Tab("Stability", id="compare-stability-tab"):
             seeds = gr.Slider(2, MAX_SEEDS, len(DEFAULT_STABILITY_SEEDS), step=1, label="Seeds of the randomised PCA",
                               elem_id="compare-seeds")
@@ -383,7 +388,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         gr.Markdown(methods_markdown())
 
     private = dict(api_visibility="private", concurrency_id="model", concurrency_limit=1)
-    media = [media_state] if media_state is not None else []
+    wire_inllm(raw)
     run_compare.click(on_compare(get_pipeline),
                       [image_input, question_input, budget_input, methods, answers, max_new, native] + media,
                       [gallery, table, status, raw], **private)
@@ -407,6 +412,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         api_compare = gr.Button("compare")
         api_stability = gr.Button("compare_stability")
         api_sweep = gr.Button("compare_sweep")
+        api_inllm = gr.Button("compare_in_llm")
 
     def _api_methods(text):
         return None if not str(text or "").strip() else str(text)
@@ -420,6 +426,9 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
 
     def compare_sweep(image: str, question: str, budgets: str, methods: str) -> dict:
         return sweep_view(image, question, budgets, check_methods(_api_methods(methods)), get_pipeline)["json"]
+
+    def compare_in_llm(image: str, question: str, budgets: str) -> dict:
+        return combination_view(image, question, budgets, get_pipeline)["json"]
 
     api_compare.click(
         endpoint(compare, "compare"),
@@ -437,4 +446,10 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         [api_image, api_question, api_budgets, api_methods], api_out, api_name="compare_sweep",
         api_visibility="undocumented",
         api_description="Per method and budget: tokens, feature coverage and first-token KL, as JSON.",
+        concurrency_id="model", concurrency_limit=1)
+    api_inllm.click(
+        endpoint(compare_in_llm, "compare_in_llm"),
+        [api_image, api_question, api_budgets], api_out, api_name="compare_in_llm", api_visibility="undocumented",
+        api_description="PruneSID alone, FastV alone and PruneSID + FastV / PyramidDrop per budget: image tokens per "
+                        "layer, total compression, prefill FLOPs and time, first-token KL, as JSON.",
         concurrency_id="model", concurrency_limit=1)

@@ -1,0 +1,115 @@
+"""The Compare tab's "Inside the LLM" view: PruneSID before the language model, FastV inside it, and
+both together (PruneSID + FastV, PruneSID + PyramidDrop), on the visitor's picture and question.
+
+Core step :func:`combination_view` (raises with a message for a person), handler
+:func:`on_combination` (never raises), and :func:`build_inllm_tab` (components and events, called
+by :func:`studio.compare_tab.build_compare_tab` inside its sub-tabs).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from prunesid_vlm.combination import DEFAULT_BUDGETS, STAGE_KEEP, combination_study, schedules_for
+from prunesid_vlm.pipeline import budget_patches, check_question
+from viz.combination import plot_combination
+
+TABLE_HEADERS = ["variant", "image tokens per layer", "total compression", "prefill FLOPs vs none",
+                 "prefill time vs none", "first-token KL (nats)", "first token"]
+REPEATS = 3
+MAX_BUDGETS = 6
+"""Budgets per run: each costs four variants × REPEATS prefills."""
+
+EXPLAINER = f"""How far can pruning go when it happens **before** the language model (PruneSID), **inside** it
+(FastV: after decoder layer K = 2 keep the image tokens the last prompt token attends to most; PyramidDrop: the same
+ranking after ¼, ½ and ¾ of the depth, each keeping half), or **both**? Each stage after PruneSID keeps
+{STAGE_KEEP:.0%}; FastV alone keeps as many as PruneSID's budget, so both meet there. *Total compression*: the
+image tokens summed over all decoder layers without pruning, over the variant's. FLOPs are estimated from each
+layer's sequence length; times are medians of {REPEATS} prefills per variant, all measured in one rotating order."""
+
+
+def _schedule_text(counts: list[int]) -> str:
+    """``576 → 288 (after layer 2)``: the image tokens and where they change."""
+    parts = [str(counts[0])]
+    for layer in range(1, len(counts)):
+        if counts[layer] != counts[layer - 1]:
+            parts.append(f"{counts[layer]} (after layer {layer})")
+    return " → ".join(parts) + ("" if len(parts) > 1 else " (every layer)")
+
+
+def depth_note(num_layers: int) -> str:
+    """Where the stages fall on this model, and what that means on a shallow demo model."""
+    stages = schedules_for(num_layers)
+    fastv, pyramid = stages["prunesid+fastv"].after, stages["prunesid+pyramiddrop"].after
+    text = (f"This language model has **{num_layers} decoder layers**: FastV's stage after layer {fastv[0]}, "
+            f"PyramidDrop's after {', '.join(map(str, pyramid))}.")
+    if num_layers < 8:
+        text += (" On so shallow a model FastV and PyramidDrop collapse to the same single stage, and the stages "
+                 "save little; the published settings (K = 2; 8/16/24) are for 32-layer models.")
+    return text
+
+
+def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, mark: Any = None,
+                     media: Any = None, progress=None, repeats: int = REPEATS) -> dict:
+    """The study on the visitor's media: ``{"figure", "table", "markdown", "json"}``."""
+    from .compare_tab import _media, _reporter, parse_budgets
+
+    question = check_question(question)
+    images, _, label = _media(image, media)
+    pipe = get_pipeline()
+    num_layers = pipe.in_llm_layers()  # says why before any work on a model it does not cover
+    points = parse_budgets(budgets, budget_patches(pipe.encode(images)))
+    if len(points) > MAX_BUDGETS:
+        raise ValueError(f"At most {MAX_BUDGETS} budgets per run (each costs {4 * repeats} prefills), got {len(points)}.")
+    study = combination_study(pipe, images, question, points, repeats=repeats, progress=_reporter(progress))
+    rows = study.rows()
+    shown = None
+    try:
+        shown = int(float(mark)) if mark is not None else None
+    except (TypeError, ValueError):
+        shown = None
+    figure = plot_combination(rows, schedule_budget=shown)
+    table = [[r["variant"], _schedule_text(r["image_tokens_per_layer"]), f"{r['compression']:.1f}×",
+              f"{r['flops_vs_full']:.2f}", f"{r['time_vs_full']:.2f}", f"{r['first_token_kl']:.4f}",
+              "same" if r["first_token_agrees"] else "changed"] for r in rows]
+    meaning = f"  \nℹ {pipe.model_id}: {pipe.meaning}." if pipe.meaning else ""
+    markdown = (f"**Measured on** {label} · question: “{question}” · model `{pipe.model_id}` on {pipe.device} · "
+                f"no pruning: {rows[0]['prefill_ms']:.1f} ms prefill, {rows[0]['prefill_gflops']:.2f} GFLOPs.  \n"
+                f"{depth_note(num_layers)}{meaning}")
+    return {"figure": figure, "table": table, "markdown": markdown,
+            "json": {"model_id": pipe.model_id, "question": question, "media": label, "num_layers": num_layers,
+                     "repeats": study.repeats, "device": pipe.device, "rows": rows}}
+
+
+def on_combination(get_pipeline):
+    def handler(image, question, budgets, budget, media=None, progress=gr.Progress()):
+        from .compare_tab import _fail
+
+        try:
+            out = combination_view(image, question, budgets, get_pipeline, mark=budget, media=media,
+                                   progress=progress)
+        except Exception as err:  # noqa: BLE001 — shown to the visitor, logged if unexpected
+            return gr.skip(), gr.skip(), _fail(err, "the in-LLM study"), gr.skip()
+        return out["figure"], out["table"], out["markdown"], out["json"]
+    handler.__name__ = "on_combination"
+    return handler
+
+
+def build_inllm_tab(image_input, question_input, budget_input, get_pipeline, media: list):
+    """The sub-tab's components (call inside ``with gr.Tab(...):``); returns ``wire(raw)``, which
+    connects its button once the Compare tab's raw-JSON component exists."""
+    gr.Markdown(EXPLAINER)
+    with gr.Row():
+        budgets = gr.Textbox(", ".join(map(str, DEFAULT_BUDGETS)), label="PruneSID budgets (per view)", scale=4,
+                             elem_id="inllm-budgets")
+        run = gr.Button("Run the combinations", scale=1, elem_id="inllm-run")
+    text = gr.Markdown(elem_id="inllm-text")
+    plot = gr.Plot(show_label=False, elem_id="inllm-plot")
+    table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str"] * len(TABLE_HEADERS), wrap=True, interactive=False,
+                         elem_id="inllm-table")
+
+    def wire(raw) -> None:
+        run.click(on_combination(get_pipeline), [image_input, question_input, budgets, budget_input] + media,
+                  [plot, table, text, raw], api_visibility="private", concurrency_id="model", concurrency_limit=1)
+    return wire

@@ -1,0 +1,66 @@
+"""The Compare tab's "Inside the LLM" view and its scripted endpoint."""
+from __future__ import annotations
+
+import pytest
+
+from prunesid_vlm.pipeline import load_pipeline
+from studio.inllm_tab import combination_view, depth_note, on_combination
+from tests.conftest import make_image
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inllm") / "blocks.png"
+    make_image(11).save(path)
+    return str(path)
+
+
+def test_the_view_on_the_demo(llava_pipeline, image_path):
+    out = combination_view(image_path, "What is it?", "64, 16", lambda: llava_pipeline, mark=64, repeats=1)
+    assert len(out["table"]) == 1 + 4 * 2
+    assert out["table"][0][0] == "No pruning" and out["table"][0][1] == "576 (every layer)"
+    combined = next(r for r in out["table"] if r[0] == "PruneSID + FastV 64")
+    assert combined[1] == "64 → 32 (after layer 1)" and combined[2] == "12.0×"  # 2 · 576 / (64 + 32)
+    assert "2 decoder layers" in out["markdown"] and "collapse" in out["markdown"]
+    assert "not meaningful" in out["markdown"] or "random" in out["markdown"]
+    assert out["json"]["num_layers"] == 2 and len(out["json"]["rows"]) == 9
+    assert any(ax.get_title() == "Token schedule at budget 64" for ax in out["figure"].axes)
+
+
+def test_depth_note_on_a_published_depth():
+    note = depth_note(32)
+    assert "after layer 2" in note and "8, 16, 24" in note and "collapse" not in note
+
+
+def test_bad_requests_become_messages(llava_pipeline, image_path, demo_cache):
+    with pytest.raises(ValueError, match="At most 6 budgets"):
+        combination_view(image_path, "What?", "2, 4, 8, 16, 32, 64, 128", lambda: llava_pipeline)
+    with pytest.raises(ValueError):
+        combination_view(image_path, "", "64", lambda: llava_pipeline)
+    qwen = load_pipeline("demo/tiny-qwen2-vl")
+    plot, table, text, raw = on_combination(lambda: qwen)(image_path, "What?", "64", 64, progress=None)
+    assert text.startswith("⚠") and "M-RoPE" in text
+    _, _, text, _ = on_combination(lambda: llava_pipeline)(None, "What?", "64", 64, progress=None)
+    assert text.startswith("⚠") and "image" in text.lower()
+
+
+def test_the_scripted_endpoint(llava_pipeline, image_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    import gradio as gr
+
+    from studio.compare_tab import build_compare_tab
+
+    with gr.Blocks() as demo:
+        image = gr.Image(type="filepath")
+        build_compare_tab(image, gr.Textbox("q"), gr.Slider(2, 577, 64, step=1), lambda: llava_pipeline)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        out = client.predict(gradio_client.handle_file(image_path), "What is this?", "32", api_name="/compare_in_llm")
+        assert [r["kind"] for r in out["rows"]] == ["full", "prunesid", "fastv", "prunesid+fastv",
+                                                    "prunesid+pyramiddrop"]
+        assert out["rows"][3]["image_tokens_per_layer"] == [32, 16]
+        client.close()
+    finally:
+        demo.close()
