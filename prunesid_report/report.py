@@ -85,7 +85,12 @@ def load_item(path: Path):
 
 
 def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> ItemResult:
-    """Every (method, budget) point of one item."""
+    """Every (method, budget) point of one item. A method may carry an in-LLM stage
+    (``prunesid+fastv``, ``prunesid+pyramiddrop``) or be FastV alone (``fastv``): see
+    :mod:`prunesid_vlm.combination`."""
+    from prunesid_vlm.combination import parse_variant, variant_run
+    from prunesid_vlm.fidelity import first_token_kl
+    from prunesid_vlm.inllm import prefill_flops
     from prunesid_vlm.pipeline import available_methods
 
     feats = pipe.encode(images)
@@ -93,19 +98,35 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
     result = ItemResult(item=item, kind=kind, settings=settings.key(), full_answer=full.text,
                         full_tokens=full.visual_tokens, full_prefill_s=full.prefill_s)
     usable = set(available_methods(feats))
+    staged = any(parse_variant(m)[1] for m in settings.methods)
+    num_layers = pipe.in_llm_layers() if staged else 0
+    config = pipe.model.model.language_model.config if staged else None
+    full_image = pipe.token_counts(feats).total
     for method in settings.methods:
+        base, stage = parse_variant(method)
         for budget in settings.budgets:
-            if method not in usable:
+            if base is not None and base not in usable:
                 result.points.append({"method": method, "budget": budget, "available": False})
                 continue
-            selection = pipe.select(feats, budget, method=method)
-            pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens)
-            compared = pipe.result(feats, full, pruned, selection)
-            result.points.append({
+            selection, schedule = variant_run(pipe, feats, method, budget, num_layers)
+            pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens,
+                                 in_llm=schedule if stage else None)
+            point = {
                 "method": method, "budget": budget, "available": True, "tokens": pruned.visual_tokens,
-                "first_token_kl": compared.fidelity, "first_token_agrees": compared.first_token_agrees,
-                "same_answer": compared.same_answer, "answer": pruned.text, "prefill_s": pruned.prefill_s,
-                "keep": [selection.keep_row(v).tolist() for v in range(selection.batch_size)]})
+                "first_token_kl": first_token_kl(full.first_logits, pruned.first_logits),
+                "first_token_agrees": bool(full.first_logits.argmax() == pruned.first_logits.argmax()),
+                "same_answer": full.tokens == pruned.tokens, "answer": pruned.text, "prefill_s": pruned.prefill_s,
+                "keep": None if selection is None else [selection.keep_row(v).tolist()
+                                                        for v in range(selection.batch_size)]}
+            if staged:  # every point's per-layer figures, so that variants compare on one scale
+                per_layer = list(pruned.image_tokens_per_layer) or [pruned.visual_tokens] * num_layers
+                text = pruned.prompt_tokens - pruned.visual_tokens
+                full_text = full.prompt_tokens - full.visual_tokens
+                point.update(
+                    image_tokens_per_layer=per_layer, compression=full_image * num_layers / max(sum(per_layer), 1),
+                    flops_vs_full=prefill_flops([text + n for n in per_layer], config)
+                    / prefill_flops([full_text + full_image] * num_layers, config))
+            result.points.append(point)
     return result
 
 
@@ -166,6 +187,9 @@ def summarise(results: list[ItemResult], settings: ReportSettings) -> dict:
                 "same_answer_rate": float(np.mean([p["same_answer"] for p in points])),
                 "first_token_agreement": float(np.mean([p["first_token_agrees"] for p in points])),
                 "mean_tokens": float(np.mean([p["tokens"] for p in points]))}
+            if all("compression" in p for p in points):
+                rows[str(budget)].update(mean_compression=float(np.mean([p["compression"] for p in points])),
+                                         mean_flops_vs_full=float(np.mean([p["flops_vs_full"] for p in points])))
         table[method] = rows
     return {"settings": settings.__dict__, "items": len(results), "per_method": table,
             "note": ("First-token KL in nats (0 = pruning did not move the model's first answer token); prefill times "
@@ -177,15 +201,18 @@ def write_outputs(results: list[ItemResult], settings: ReportSettings, out: Path
     with (out / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["item", "kind", "method", "budget", "available", "tokens", "full_tokens", "first_token_kl",
-                         "first_token_agrees", "same_answer", "prefill_s", "full_prefill_s"])
+                         "first_token_agrees", "same_answer", "prefill_s", "full_prefill_s", "compression",
+                         "flops_vs_full"])
         for r in results:
             for p in r.points:
                 writer.writerow([r.item.split("|")[0], r.kind, p["method"], p["budget"], p.get("available"),
                                  p.get("tokens"), r.full_tokens, p.get("first_token_kl"), p.get("first_token_agrees"),
-                                 p.get("same_answer"), p.get("prefill_s"), r.full_prefill_s])
+                                 p.get("same_answer"), p.get("prefill_s"), r.full_prefill_s, p.get("compression"),
+                                 p.get("flops_vs_full")])
     summary = summarise(results, settings)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_fidelity(summary, settings, out / "fidelity.png")
+    plot_compression(results, settings, out / "combination.png")
     if pipe is not None:
         plot_worst(results, settings, folder, out / "worst.png", pipe)
 
@@ -209,6 +236,49 @@ def plot_fidelity(summary: dict, settings: ReportSettings, path: Path) -> None:
                             title=f"Fidelity against budget, {summary['items']} items, {settings.model}",
                             ax_extra=("answers unchanged", same))
     Image.fromarray(figure_to_array(fig)).save(path)
+
+
+def combination_rows(results: list[ItemResult], settings: ReportSettings) -> list[dict]:
+    """Means over items per (method, budget) of the points with per-layer figures, as the rows
+    :func:`viz.combination.plot_combination` takes (the unpruned reference first); empty without
+    in-LLM variants. Times are single runs relative to the same item's unpruned prefill."""
+    rows = []
+    for method in settings.methods:
+        for budget in settings.budgets:
+            points = [(r, p) for r in results for p in r.points if p["method"] == method and p["budget"] == budget
+                      and p.get("available") and "compression" in p]
+            if not points:
+                continue
+            layers = np.mean([p["image_tokens_per_layer"] for _, p in points], axis=0)
+            rows.append({"kind": method, "kind_label": method, "budget": budget,
+                         "compression": float(np.mean([p["compression"] for _, p in points])),
+                         "first_token_kl": float(np.mean([p["first_token_kl"] for _, p in points])),
+                         "first_token_agrees": float(np.mean([p["first_token_agrees"] for _, p in points])) >= 0.5,
+                         "flops_vs_full": float(np.mean([p["flops_vs_full"] for _, p in points])),
+                         "time_vs_full": float(np.mean([p["prefill_s"] / r.full_prefill_s for r, p in points])),
+                         "image_tokens_per_layer": [round(float(v), 1) for v in layers]})
+    if not rows:
+        return []
+    layers = len(rows[0]["image_tokens_per_layer"])
+    full = float(np.mean([r.full_tokens for r in results]))
+    return [{"kind": "full", "kind_label": "no pruning", "budget": None, "compression": 1.0, "first_token_kl": 0.0,
+             "first_token_agrees": True, "flops_vs_full": 1.0, "time_vs_full": 1.0,
+             "image_tokens_per_layer": [full] * layers}, *rows]
+
+
+def plot_compression(results: list[ItemResult], settings: ReportSettings, path: Path) -> None:
+    """With in-LLM variants: mean fidelity and prefill cost against total compression, and the mean
+    token schedule at the budget nearest 64 (``combination.png``)."""
+    from PIL import Image
+
+    from viz import figure_to_array
+    from viz.combination import plot_combination
+
+    rows = combination_rows(results, settings)
+    if rows:
+        fig = plot_combination(rows, title=f"Before and inside the language model, mean over {len(results)} items, "
+                                           f"{settings.model}")
+        Image.fromarray(figure_to_array(fig)).save(path)
 
 
 def plot_worst(results: list[ItemResult], settings: ReportSettings, folder: Path, path: Path, pipe,

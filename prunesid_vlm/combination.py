@@ -105,10 +105,45 @@ class CombinationStudy:
         return out
 
 
+STAGES = {"fastv": InLLMSchedule.fastv_for, "pyramiddrop": InLLMSchedule.pyramiddrop_for}
+"""In-LLM stages by name, at the published layers scaled to a model's depth."""
+
+
 def schedules_for(num_layers: int, keep: float = STAGE_KEEP) -> dict[str, InLLMSchedule]:
     """The in-LLM stage of each combined kind, at the published layers scaled to ``num_layers``."""
-    return {"prunesid+fastv": InLLMSchedule.fastv_for(num_layers, keep),
-            "prunesid+pyramiddrop": InLLMSchedule.pyramiddrop_for(num_layers, keep)}
+    return {f"prunesid+{name}": make(num_layers, keep) for name, make in STAGES.items()}
+
+
+def parse_variant(label: str) -> tuple[str | None, str | None]:
+    """``"prunesid"`` → ``("prunesid", None)``; ``"visionzip+pyramiddrop"`` → ``("visionzip",
+    "pyramiddrop")``; ``"fastv"`` → ``(None, "fastv")`` (FastV alone). Registry names are checked."""
+    from prunesid_eval.methods import get_method
+
+    label = str(label).strip().lower()
+    if label in STAGES:
+        return None, label
+    method, _, stage = label.partition("+")
+    if stage and stage not in STAGES:
+        raise ValueError(f"unknown in-LLM stage {stage!r} in {label!r}; known: {', '.join(STAGES)}")
+    return get_method(method).name, stage or None
+
+
+def matched_fastv(pipe: Pipeline, feats, budget: int, num_layers: int) -> InLLMSchedule:
+    """FastV alone, keeping after its stage as many image tokens as PruneSID's ``budget`` hands the
+    language model (so that the two meet at equal tokens after the stage)."""
+    full = pipe.token_counts(feats).total
+    pruned = pipe.token_counts(feats, pipe.select(feats, budget)).total
+    return InLLMSchedule.fastv_for(num_layers, min(1.0, pruned / full))
+
+
+def variant_run(pipe: Pipeline, feats, label: str, budget: int, num_layers: int
+                ) -> tuple[Selection | None, InLLMSchedule]:
+    """What enters the language model and what its layers drop, for a variant label at ``budget``."""
+    method, stage = parse_variant(label)
+    if method is None:
+        return None, matched_fastv(pipe, feats, budget, num_layers)
+    selection = pipe.select(feats, budget, method=method)
+    return selection, (STAGES[stage](num_layers, STAGE_KEEP) if stage else NO_STAGES)
 
 
 def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: str,
@@ -133,19 +168,13 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
     if not points:
         raise ValueError(f"no budget fits this model's {patches} patches per view")
     report = progress or (lambda *_: None)
-    combined = schedules_for(num_layers)
     plan: list[tuple[str, int | None, Selection | None, InLLMSchedule]] = [("full", None, None, NO_STAGES)]
     selections = {}
-    full_tokens = None
     for k in points:
         selections[k] = pipe.select(feats, k, method=method)
         for kind in kinds:
-            if kind == "prunesid":
-                plan.append((kind, k, selections[k], NO_STAGES))
-            elif kind == "fastv":
-                plan.append((kind, k, None, None))  # keep fraction set once the full run's count is known
-            else:
-                plan.append((kind, k, selections[k], combined[kind]))
+            label = kind.replace("prunesid", method) if kind != "fastv" else kind
+            plan.append((kind, k, *variant_run(pipe, feats, label, k, num_layers)))
     timings: dict[int, list[float]] = {i: [] for i in range(len(plan))}
     made: dict[int, object] = {}
     for repeat in range(max(1, repeats)):
@@ -153,13 +182,7 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
         order = order[repeat % len(order):] + order[:repeat % len(order)]  # each variant leads once in turn
         for step, index in enumerate(order):
             kind, k, selection, schedule = plan[index]
-            if kind == "fastv":
-                pruned = pipe.token_counts(feats, selections[k]).total
-                schedule = InLLMSchedule.fastv_for(num_layers, min(1.0, pruned / full_tokens))
-                plan[index] = (kind, k, None, schedule)
             run = pipe.staged_prefill(images, question, selection, schedule)
-            if kind == "full":
-                full_tokens = run.image_tokens_per_layer[0]
             timings[index].append(run.prefill_s)
             made[index] = run
             report((repeat * len(plan) + step + 1) / (max(1, repeats) * len(plan)),

@@ -81,3 +81,39 @@ def test_the_command_runs_on_a_folder(llava_pipeline, folder, tmp_path, monkeypa
                         "--model", llava_pipeline.model_id, "--max-new-tokens", "2"]) == 0
     assert (tmp_path / "cli" / "results.csv").exists()
     assert report.main([str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_in_llm_variants_in_the_report(deep_llava_pipeline, folder, tmp_path):
+    """PruneSID alone, FastV alone and the combinations on an 8-layer replica: per-layer token
+    counts per point, compression and FLOPs in the summary, and the compression plot."""
+    pipe = deep_llava_pipeline
+    chosen = R.ReportSettings(model=pipe.model_id, methods=("prunesid", "fastv", "prunesid+fastv",
+                                                            "prunesid+pyramiddrop"),
+                              budgets=(64,), question="What?", max_new_tokens=3)
+    out = tmp_path / "out"
+    results = R.run_report(folder, out, chosen, pipe=pipe)
+    points = {p["method"]: p for p in results[0].points}
+    assert points["prunesid"]["image_tokens_per_layer"] == [64] * 8
+    assert points["fastv"]["image_tokens_per_layer"] == [576] * 2 + [64] * 6
+    assert points["prunesid+fastv"]["image_tokens_per_layer"] == [64] * 2 + [32] * 6
+    assert points["prunesid+pyramiddrop"]["image_tokens_per_layer"] == [64, 64, 32, 32, 16, 16, 8, 8]
+    assert points["prunesid+pyramiddrop"]["compression"] == pytest.approx(576 * 8 / 240)
+    assert points["fastv"]["keep"] is None and points["prunesid+fastv"]["keep"] == points["prunesid"]["keep"]
+    summary = json.loads((out / "summary.json").read_text())
+    row = summary["per_method"]["prunesid+fastv"]["64"]
+    assert row["mean_compression"] == pytest.approx(576 * 8 / (64 * 2 + 32 * 6))
+    assert row["mean_flops_vs_full"] < summary["per_method"]["prunesid"]["64"]["mean_flops_vs_full"] < 1
+    assert (out / "combination.png").stat().st_size > 10_000
+    rows = R.combination_rows(results, chosen)
+    assert rows[0]["kind"] == "full" and len(rows) == 5
+
+
+def test_unknown_in_llm_stages_are_refused():
+    from prunesid_vlm.combination import parse_variant
+
+    assert parse_variant("VisionZip+PyramidDrop") == ("visionzip", "pyramiddrop")
+    assert parse_variant("fastv") == (None, "fastv")
+    with pytest.raises(ValueError, match="unknown in-LLM stage"):
+        parse_variant("prunesid+sparsevlm")
+    with pytest.raises(ValueError, match="unknown selection method"):
+        parse_variant("nope+fastv")
