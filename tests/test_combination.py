@@ -77,3 +77,20 @@ def test_bad_requests_say_why(llava_pipeline):
     qwen = load_pipeline("demo/tiny-qwen2-vl")
     with pytest.raises(ValueError, match="M-RoPE"):
         combination_study(qwen, [image], QUESTION)
+
+
+def test_the_script_writes_the_study(llava_pipeline, tmp_path, capsys):
+    import json
+
+    import inllm_study
+
+    image = tmp_path / "blocks.png"
+    make_image(5).save(image)
+    code = inllm_study.main([str(image), "--model", llava_pipeline.model_id, "--budgets", "64,16", "--repeats", "1",
+                             "--out", str(tmp_path / "study")])
+    assert code == 0
+    saved = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert saved["num_layers"] == 2 and len(saved["rows"]) == 1 + 4 * 2
+    assert (tmp_path / "study" / "study.png").stat().st_size > 10_000
+    assert "PruneSID + PyramidDrop 16" in capsys.readouterr().out
+    assert inllm_study.main([str(tmp_path / "missing.png"), "--model", llava_pipeline.model_id]) == 2
