@@ -88,9 +88,7 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
     """Every (method, budget) point of one item. A method may carry an in-LLM stage
     (``prunesid+fastv``, ``prunesid+pyramiddrop``) or be FastV alone (``fastv``): see
     :mod:`prunesid_vlm.combination`."""
-    from prunesid_vlm.combination import parse_variant, variant_run
-    from prunesid_vlm.fidelity import first_token_kl
-    from prunesid_vlm.inllm import prefill_flops
+    from prunesid_vlm.combination import answer_figures, parse_variant, variant_run
     from prunesid_vlm.pipeline import available_methods
 
     feats = pipe.encode(images)
@@ -99,9 +97,7 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
                         full_tokens=full.visual_tokens, full_prefill_s=full.prefill_s)
     usable = set(available_methods(feats))
     staged = any(parse_variant(m)[1] for m in settings.methods)
-    num_layers = pipe.in_llm_layers() if staged else 0
-    config = pipe.model.model.language_model.config if staged else None
-    full_image = pipe.token_counts(feats).total
+    num_layers = pipe.in_llm_layers() if staged else 0  # per-layer figures for every point, staged or not
     for method in settings.methods:
         base, stage = parse_variant(method)
         for budget in settings.budgets:
@@ -111,22 +107,12 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
             selection, schedule = variant_run(pipe, feats, method, budget, num_layers)
             pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens,
                                  in_llm=schedule if stage else None)
-            point = {
+            result.points.append({
                 "method": method, "budget": budget, "available": True, "tokens": pruned.visual_tokens,
-                "first_token_kl": first_token_kl(full.first_logits, pruned.first_logits),
-                "first_token_agrees": bool(full.first_logits.argmax() == pruned.first_logits.argmax()),
-                "same_answer": full.tokens == pruned.tokens, "answer": pruned.text, "prefill_s": pruned.prefill_s,
+                "answer": pruned.text, "prefill_s": pruned.prefill_s,
                 "keep": None if selection is None else [selection.keep_row(v).tolist()
-                                                        for v in range(selection.batch_size)]}
-            if staged:  # every point's per-layer figures, so that variants compare on one scale
-                per_layer = list(pruned.image_tokens_per_layer) or [pruned.visual_tokens] * num_layers
-                text = pruned.prompt_tokens - pruned.visual_tokens
-                full_text = full.prompt_tokens - full.visual_tokens
-                point.update(
-                    image_tokens_per_layer=per_layer, compression=full_image * num_layers / max(sum(per_layer), 1),
-                    flops_vs_full=prefill_flops([text + n for n in per_layer], config)
-                    / prefill_flops([full_text + full_image] * num_layers, config))
-            result.points.append(point)
+                                                        for v in range(selection.batch_size)],
+                **answer_figures(pipe, feats, full, pruned, num_layers)})
     return result
 
 

@@ -26,8 +26,9 @@ from PIL import Image
 from prunesid.result import Selection
 
 from .fidelity import first_token_kl
-from .inllm import NO_STAGES, InLLMSchedule, prefill_flops
+from .inllm import NO_STAGES, InLLMSchedule
 from .pipeline import Pipeline, check_budget, check_question
+from .results import Answer, EncodedImages
 from .rules import budget_patches
 
 Progress = Callable[[float, str], None]
@@ -136,6 +137,24 @@ def matched_fastv(pipe: Pipeline, feats, budget: int, num_layers: int) -> InLLMS
     return InLLMSchedule.fastv_for(num_layers, min(1.0, pruned / full))
 
 
+def answer_figures(pipe: Pipeline, feats: EncodedImages, full: Answer, pruned: Answer,
+                   num_layers: int = 0) -> dict:
+    """How ``pruned`` differs from ``full`` (first-token KL, first token, whole answer); with
+    ``num_layers``, also the image tokens each layer saw, the total compression and the prefill
+    FLOPs relative to no pruning, so that variants with and without in-LLM stages compare on one scale."""
+    out = {"first_token_kl": first_token_kl(full.first_logits, pruned.first_logits),
+           "first_token_agrees": bool(full.first_logits.argmax() == pruned.first_logits.argmax()),
+           "same_answer": full.tokens == pruned.tokens}
+    if num_layers:
+        full_image = pipe.token_counts(feats).total
+        per_layer = list(pruned.image_tokens_per_layer) or [pruned.visual_tokens] * num_layers
+        text, full_text = pruned.prompt_tokens - pruned.visual_tokens, full.prompt_tokens - full.visual_tokens
+        out.update(image_tokens_per_layer=per_layer, compression=full_image * num_layers / max(sum(per_layer), 1),
+                   flops_vs_full=pipe.prefill_flops([text + n for n in per_layer])
+                   / pipe.prefill_flops([full_text + full_image] * num_layers))
+    return out
+
+
 def variant_run(pipe: Pipeline, feats, label: str, budget: int, num_layers: int
                 ) -> tuple[Selection | None, InLLMSchedule]:
     """What enters the language model and what its layers drop, for a variant label at ``budget``."""
@@ -187,13 +206,12 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
             made[index] = run
             report((repeat * len(plan) + step + 1) / (max(1, repeats) * len(plan)),
                    f"repeat {repeat + 1}: {KIND_LABELS[kind]}{'' if k is None else f' {k}'}")
-    config = pipe.model.model.language_model.config
     variants = []
     for index, (kind, k, _selection, schedule) in enumerate(plan):
         run = made[index]
         variants.append(VariantRun(
             kind=kind, budget=k, schedule=schedule, image_tokens_per_layer=list(run.image_tokens_per_layer),
-            tokens_per_layer=list(run.tokens_per_layer), flops=prefill_flops(run.tokens_per_layer, config),
+            tokens_per_layer=list(run.tokens_per_layer), flops=pipe.prefill_flops(run.tokens_per_layer),
             prefill_s=float(np.median(timings[index])),
             first_token_kl=first_token_kl(made[0].first_logits, run.first_logits),
             first_token_agrees=bool(made[0].first_logits.argmax() == run.first_logits.argmax())))

@@ -40,7 +40,7 @@ from .fidelity import first_token_kl
 from .generation import (batched_first_logits, continuation_logprob, greedy_generate, placeholder_runs, shrink_placeholders,
                          synchronize)
 from .gpu import run_on_gpu
-from .inllm import InLLMSchedule, StagedRun, language_model_layers, staged_generate
+from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
 from .relevance import NoTextTower, text_side_for
@@ -430,6 +430,10 @@ class Pipeline:
             ValueError: the staged loop does not cover this model's language model."""
         self._check_answers()
         return len(language_model_layers(self.model))
+
+    def prefill_flops(self, tokens_per_layer: Sequence[int]) -> float:
+        """Estimated prefill FLOPs of this language model when its layers see these sequence lengths."""
+        return prefill_flops(list(tokens_per_layer), self.model.model.language_model.config)
 
     def staged_prefill(self, images: Sequence[Image.Image], question: str, selection: Selection | None,
                        in_llm: InLLMSchedule) -> StagedRun:

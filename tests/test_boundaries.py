@@ -157,7 +157,7 @@ def studio_may_import(module: str) -> bool:
         return module in ("prunesid", "prunesid.result")
     if root == "prunesid_vlm":
         # The pipeline, and the studies that run on it through its public API only.
-        return module in ("prunesid_vlm", "prunesid_vlm.pipeline", "prunesid_vlm.studies")
+        return module in ("prunesid_vlm", "prunesid_vlm.pipeline", "prunesid_vlm.studies", "prunesid_vlm.combination")
     return _public(module)  # prunesid_eval and viz: any public module
 
 
@@ -240,7 +240,7 @@ def test_studio_uses_only_public_doors():
     found = violations(python_files("studio", "app.py"), lambda imp: not studio_may_import(imp.module))
     assert not found, report(
         found, "studio/ and app.py may import prunesid (top-level names), prunesid.result, public prunesid_eval "
-               "modules, prunesid_vlm, prunesid_vlm.pipeline and prunesid_vlm.studies, viz's public modules and "
+               "modules, prunesid_vlm, prunesid_vlm.pipeline, prunesid_vlm.studies and prunesid_vlm.combination, viz's public modules and "
                "studio itself")
 
 
