@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 ROOT = Path(__file__).resolve().parents[1]
 
 PROJECT_PACKAGES = ("prunesid", "prunesid_eval", "prunesid_vlm", "studio", "viz", "prunesid_lmms", "prunesid_report")
-TOOLS = ("prunesid_lmms", "prunesid_report", "evaluate.py", "report.py")
+TOOLS = ("prunesid_lmms", "prunesid_report", "evaluate.py", "report.py", "inllm_study.py")
 """The batch tools (lmms-eval model, fidelity report): users of the public doors, like the app."""
 MODEL_AND_UI = ("transformers", "PIL", "cv2", "gradio", "matplotlib")
 HEAVY_ON_IMPORT = ("numba", "scipy", *MODEL_AND_UI)
@@ -255,5 +255,5 @@ def tool_may_import(module: str) -> bool:
 
 def test_the_batch_tools_use_only_public_doors():
     found = violations(python_files(*TOOLS), lambda imp: not tool_may_import(imp.module))
-    assert not found, report(found, "prunesid_lmms/, prunesid_report/, evaluate.py and report.py may import what the app "
+    assert not found, report(found, "prunesid_lmms/, prunesid_report/, evaluate.py, report.py and inllm_study.py may import what the app "
                                     "may (public doors), studio.media for decoding, and no gradio")
