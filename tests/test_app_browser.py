@@ -321,3 +321,23 @@ def test_qwen_demo_models_in_the_page(page, app_url, tmp_path, llava_pipeline, m
         shot(page, tmp_path, f"11-{model_id.split('/')[-1]}-video")
     finally:
         MANAGER.install(llava_pipeline)
+
+
+def test_inside_the_llm_runs_on_the_visitors_picture(page, app_url, tmp_path):
+    """Compare → Inside the LLM: the combination study on the uploaded picture, its plot and table."""
+    page.goto(app_url)
+    page.wait_for_selector("#run")
+    page.set_input_files("#image input[type=file]", str(ASSETS / "coffee.jpg"))
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('tokens kept')")
+    page.get_by_role("tab", name="Compare methods").click()
+    page.get_by_role("tab", name="Inside the LLM").click()
+    page.fill("#inllm-budgets textarea, #inllm-budgets input", "64, 16")
+    page.click("#inllm-run")
+    page.wait_for_function("() => document.querySelector('#inllm-text').innerText.includes('Measured on')")
+    wait_idle(page)
+    text = text_of(page, "#inllm-text")
+    assert "coffee.jpg" in text and "2 decoder layers" in text
+    table = text_of(page, "#inllm-table")
+    assert "PruneSID + PyramidDrop 16" in table and "64 → 32 (after layer 1)" in table
+    assert page.locator("#inllm-plot img, #inllm-plot canvas, #inllm-plot svg").count() > 0
+    shot(page, tmp_path, "12-inside-the-llm")
