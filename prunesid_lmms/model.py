@@ -6,7 +6,9 @@ Model arguments (``--model_args key=value,...``): ``pretrained`` (hub id, folder
 ``method`` (``prunesid``, ``prunesid-dyn``, ``visionzip``, ``divprune``, ``vispruner``, ``random``,
 ``grid``, ``topk`` or ``none``), ``num_tokens`` (K per view, CLS included; per 576 tokens on Qwen),
 ``dynamic`` (the dynamic ratio), ``budget_mode`` (``per_view`` or ``total``: the paper's LLaVA-NeXT
-640/320/160), ``device``, ``dtype``, ``max_new_tokens`` (used when a task sets none).
+640/320/160), ``in_llm`` (``fastv`` or ``pyramiddrop``: pruning inside the language model after the
+method, at the published layers scaled to its depth; ``in_llm_keep``, the share each stage keeps,
+0.5 by default), ``device``, ``dtype``, ``max_new_tokens`` (used when a task sets none).
 
 With ``accelerate launch --num_processes P`` every process loads the model on its own device
 (its GPU, or the CPU), reports its rank and the world size, and lmms-eval gives it its share of
@@ -46,7 +48,8 @@ class PruneSIDLmms(lmms):
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", method: str = "prunesid",
                  num_tokens: int | str = 64, dynamic: bool | str = False, budget_mode: str = "per_view",
                  device: str | None = None, dtype: str | None = None, max_new_tokens: int | str = 128,
-                 batch_size: int | str = 1, **kwargs) -> None:
+                 batch_size: int | str = 1, in_llm: str = "none", in_llm_keep: float | str = 0.5,
+                 **kwargs) -> None:
         super().__init__()
         if kwargs:
             raise ValueError(f"unknown model arguments: {', '.join(sorted(kwargs))}")
@@ -55,6 +58,7 @@ class PruneSIDLmms(lmms):
         from accelerate import Accelerator
 
         from prunesid_eval.methods import get_method
+        from prunesid_vlm.combination import STAGES
         from prunesid_vlm.pipeline import load_pipeline
 
         accelerator = Accelerator()
@@ -74,13 +78,18 @@ class PruneSIDLmms(lmms):
         if self.num_tokens < 2:
             raise ValueError(f"num_tokens must be at least 2 (CLS included), got {self.num_tokens}")
         self.dynamic = _flag(dynamic)
+        self.in_llm = None
+        if str(in_llm).strip().lower() not in ("", "none"):
+            if in_llm not in STAGES:
+                raise ValueError(f"in_llm must be none or one of {', '.join(STAGES)}, got {in_llm!r}")
+            self.in_llm = STAGES[in_llm](self.pipe.in_llm_layers(), float(in_llm_keep))
         self.budget_mode = budget_mode
         self.default_max_new_tokens = int(max_new_tokens)
         self.accelerator = accelerator
         self._rank, self._world_size = rank, world
         self._warned_sampling = False
         logger.info(f"prunesid: {self.pipe.model_id} on {device}, method={self.method}, num_tokens={self.num_tokens}, "
-                    f"rank {self._rank} of {self._world_size}")
+                    f"in_llm={self.in_llm.name if self.in_llm else 'none'}, rank {self._rank} of {self._world_size}")
 
     # --- what lmms-eval reads -----------------------------------------------------------------
     @property
@@ -114,12 +123,12 @@ class PruneSIDLmms(lmms):
             return Frames(frames)
         return [v.convert("RGB") for v in visuals]
 
-    def _selection(self, images):
+    def _selection(self, images, question: str):
         if self.method == METHOD_NONE:
             return None
         feats = self.pipe.encode(images)
         return self.pipe.select(feats, self.num_tokens, method=self.method, dynamic=self.dynamic,
-                                mode=self.budget_mode)
+                                mode=self.budget_mode, question=question)
 
     @staticmethod
     def _question(context: str) -> str:
@@ -146,20 +155,24 @@ class PruneSIDLmms(lmms):
                 logger.warning("prunesid decodes greedily; the task's sampling settings are not used")
                 self._warned_sampling = True
             budget = int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens)
-            selection = self._selection(images)
-            pruned = self.pipe.answer(images, question, selection, max_new_tokens=budget)
+            selection = self._selection(images, question)
+            pruned = self.pipe.answer(images, question, selection, max_new_tokens=budget, in_llm=self.in_llm)
             text = _until(pruned.text, gen_kwargs.get("until"))
             if gen_kwargs.get(FIDELITY_KEY):
+                from prunesid_vlm.combination import answer_figures
+
                 full = self.pipe.answer(images, question, None, max_new_tokens=budget)
-                feats = self.pipe.encode(images)
-                result = self.pipe.result(feats, full, pruned, selection) if selection is not None else None
+                figures = answer_figures(self.pipe, self.pipe.encode(images), full, pruned)
                 text = json.dumps({"answer": text, "full_answer": _until(full.text, gen_kwargs.get("until")),
-                                   "first_token_kl": 0.0 if result is None else result.fidelity,
+                                   "first_token_kl": figures["first_token_kl"],
                                    "visual_tokens": pruned.visual_tokens, "visual_tokens_full": full.visual_tokens})
             out.append(text)
         return out
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        if self.in_llm is not None:
+            raise ValueError("in_llm stages are evaluated on generation tasks; multiple-choice scoring "
+                             "(loglikelihood) runs without them")
         out = []
         for request in tqdm(requests, disable=self.rank != 0, desc="prunesid scoring"):
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
@@ -167,7 +180,8 @@ class PruneSIDLmms(lmms):
                 doc_to_target(self.task_dict[task][split][doc_id])
             self._trace(task, doc_id)
             images = self._media(doc_to_visual, doc_id, task, split)
-            out.append(self.pipe.loglikelihood(images, self._question(context), continuation, self._selection(images)))
+            question = self._question(context)
+            out.append(self.pipe.loglikelihood(images, question, continuation, self._selection(images, question)))
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:

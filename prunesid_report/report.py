@@ -104,7 +104,7 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
             if base is not None and base not in usable:
                 result.points.append({"method": method, "budget": budget, "available": False})
                 continue
-            selection, schedule = variant_run(pipe, feats, method, budget, num_layers)
+            selection, schedule = variant_run(pipe, feats, method, budget, num_layers, settings.question)
             pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens,
                                  in_llm=schedule if stage else None)
             result.points.append({
@@ -282,7 +282,7 @@ def plot_worst(results: list[ItemResult], settings: ReportSettings, folder: Path
     for kl, r, p in scored[:count]:
         images, _ = load_item(folder / r.item.split("|")[0])
         feats = pipe.encode(images)
-        selection = pipe.select(feats, budget, method=method)
+        selection = pipe.select(feats, budget, method=method, question=settings.question)
         pixels = pipe.view_pixels(images, feats)[0]
         tiles.append(viz.draw_kept_tokens(pixels, selection, 0, size=336, grid_shape=feats.grid or pipe.grid,
                                           legend=False))

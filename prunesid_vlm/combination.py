@@ -155,13 +155,14 @@ def answer_figures(pipe: Pipeline, feats: EncodedImages, full: Answer, pruned: A
     return out
 
 
-def variant_run(pipe: Pipeline, feats, label: str, budget: int, num_layers: int
+def variant_run(pipe: Pipeline, feats, label: str, budget: int, num_layers: int, question: str | None = None
                 ) -> tuple[Selection | None, InLLMSchedule]:
-    """What enters the language model and what its layers drop, for a variant label at ``budget``."""
+    """What enters the language model and what its layers drop, for a variant label at ``budget``
+    (``question``: for a method that chooses by it, CDPruner)."""
     method, stage = parse_variant(label)
     if method is None:
         return None, matched_fastv(pipe, feats, budget, num_layers)
-    selection = pipe.select(feats, budget, method=method)
+    selection = pipe.select(feats, budget, method=method, question=question)
     return selection, (STAGES[stage](num_layers, STAGE_KEEP) if stage else NO_STAGES)
 
 
@@ -190,10 +191,10 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
     plan: list[tuple[str, int | None, Selection | None, InLLMSchedule]] = [("full", None, None, NO_STAGES)]
     selections = {}
     for k in points:
-        selections[k] = pipe.select(feats, k, method=method)
+        selections[k] = pipe.select(feats, k, method=method, question=question)
         for kind in kinds:
             label = kind.replace("prunesid", method) if kind != "fastv" else kind
-            plan.append((kind, k, *variant_run(pipe, feats, label, k, num_layers)))
+            plan.append((kind, k, *variant_run(pipe, feats, label, k, num_layers, question)))
     timings: dict[int, list[float]] = {i: [] for i in range(len(plan))}
     made: dict[int, object] = {}
     for repeat in range(max(1, repeats)):

@@ -68,6 +68,10 @@ __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages"
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods", "unseen_note", "MAX_QUESTION_CHARS"]
 
+MODEL_OPTION_METHODS = ("divprune", "cdpruner")
+"""Registry methods that measure the projected tokens (and, CDPruner, the question), as their code does."""
+
+
 class NoAnswers(ValueError):
     """The model in use cannot answer (a vision tower alone); the message says what to pick instead."""
 
@@ -314,8 +318,13 @@ class Pipeline:
         return view_budgets(feats, num_tokens, dynamic, mode)
 
     def select(self, feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, method: str = "prunesid",
-               options: dict | None = None, seed: int = 0, mode: str = "per_view") -> Selection:
-        """See :func:`select`."""
+               options: dict | None = None, seed: int = 0, mode: str = "per_view",
+               question: str | None = None) -> Selection:
+        """See :func:`select`. Given no ``options``, DivPrune and CDPruner get what their code uses —
+        the projected tokens and, for CDPruner, their relevance to ``question`` (model work, cached:
+        see :meth:`method_options`); every other method is pure (no model, any thread)."""
+        if options is None and method in MODEL_OPTION_METHODS and method in self.available_methods(feats):
+            options = self.method_options(feats, [method], question=question)
         return select(feats, num_tokens, dynamic=dynamic, method=method, options=options, seed=seed, mode=mode)
 
     def token_counts(self, feats: EncodedImages, selection: Selection | None = None) -> TokenCounts:
@@ -345,11 +354,11 @@ class Pipeline:
         """Per-method options the registry's rules need from the model: DivPrune and CDPruner measure
         similarity on the *projected* tokens, as their code does (projected once, cached); CDPruner
         also weighs each token by its relevance to ``question`` (none given: a plain DPP)."""
-        wanted = set(methods) if methods is not None else {"divprune", "cdpruner"}
+        wanted = set(methods) if methods is not None else set(MODEL_OPTION_METHODS)
         options: dict[str, dict] = {}
-        if wanted & {"divprune", "cdpruner"}:
+        if wanted & set(MODEL_OPTION_METHODS):
             projected = self.projected_patches(feats)
-            options = {name: {"features": projected} for name in wanted & {"divprune", "cdpruner"}}
+            options = {name: {"features": projected} for name in wanted & set(MODEL_OPTION_METHODS)}
         if "cdpruner" in wanted and question is not None:
             options["cdpruner"]["relevance"] = self.instruction_relevance(feats, question)
         return options

@@ -428,3 +428,18 @@ def test_cdpruner_moves_with_the_question_and_prunesid_does_not(llava_pipeline, 
     assert "chooses by the question" in out["markdown"] and len(out["gallery"]) == 4
     with pytest.raises(ValueError, match="empty"):
         question_view(image_path, "What?", "", 64, lambda: llava_pipeline)
+
+
+def test_select_gives_divprune_and_cdpruner_what_their_code_uses(llava_pipeline):
+    """Without explicit options, the pipeline's select projects the tokens for DivPrune and CDPruner and
+    weighs CDPruner's by the question: the same sets as with the options spelled out."""
+    from conftest import make_image
+
+    pipe = llava_pipeline
+    feats = pipe.encode([make_image(21)])
+    for method, question in (("divprune", None), ("cdpruner", "What animal is this?")):
+        explicit = pipe.select(feats, 32, method=method, options=pipe.method_options(feats, [method], question=question))
+        default = pipe.select(feats, 32, method=method, question=question)
+        assert torch.equal(default.keep_row(0), explicit.keep_row(0))
+    on_states = pipe.select(feats, 32, method="divprune", options={})
+    assert not torch.equal(on_states.keep_row(0), pipe.select(feats, 32, method="divprune").keep_row(0))

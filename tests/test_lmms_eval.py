@@ -27,12 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(command: list[str], out: Path, demo_cache: str) -> tuple[dict, list[dict], dict[str, list[int]]]:
+def run(command: list[str], out: Path, demo_cache: str, model_args: str = MODEL_ARGS
+        ) -> tuple[dict, list[dict], dict[str, list[int]]]:
     trace = out / "trace"
     trace.mkdir(parents=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PRUNESID_CACHE=demo_cache, GRADIO_ANALYTICS_ENABLED="False",
                PRUNESID_LMMS_TRACE=str(trace))
-    done = subprocess.run(command + ["--model", "prunesid", "--model_args", MODEL_ARGS, "--tasks", "prunesid_smoke",
+    done = subprocess.run(command + ["--model", "prunesid", "--model_args", model_args, "--tasks", "prunesid_smoke",
                                      "--batch_size", "1", "--output_path", str(out), "--log_samples"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     log = done.stdout + done.stderr
@@ -83,3 +84,19 @@ def test_a_failed_evaluation_is_a_failed_command(tmp_path, demo_cache):
                            "--output_path", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode != 0 and "num_tokens must be at least 2" in (done.stdout + done.stderr)
+
+
+def test_pruning_inside_the_language_model_through_lmms_eval(tmp_path, demo_cache):
+    sys.path.insert(0, str(ROOT))
+    from prunesid_lmms.model import PruneSIDLmms
+
+    model = PruneSIDLmms(pretrained="demo/tiny-llava-1.5", in_llm="pyramiddrop", device="cpu")
+    assert model.in_llm.after == (1,)  # two layers: one stage after the first
+    with pytest.raises(ValueError, match="generation tasks"):
+        model.loglikelihood([])
+    with pytest.raises(ValueError, match="in_llm must be"):
+        PruneSIDLmms(pretrained="demo/tiny-llava-1.5", in_llm="sparsevlm")
+    results, samples, _ = run([sys.executable, "evaluate.py"], tmp_path / "staged", demo_cache,
+                              MODEL_ARGS + ",in_llm=fastv")
+    metrics = results["results"]["prunesid_smoke"]
+    assert metrics["first_token_kl,none"] >= 0 and len(samples) == SMOKE_SAMPLES
