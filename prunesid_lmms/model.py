@@ -79,7 +79,8 @@ class PruneSIDLmms(lmms):
             raise ValueError(f"num_tokens must be at least 2 (CLS included), got {self.num_tokens}")
         self.dynamic = _flag(dynamic)
         self.in_llm = None
-        if str(in_llm).strip().lower() not in ("", "none"):
+        in_llm = str(in_llm).strip().lower()
+        if in_llm not in ("", "none"):
             if in_llm not in STAGES:
                 raise ValueError(f"in_llm must be none or one of {', '.join(STAGES)}, got {in_llm!r}")
             self.in_llm = STAGES[in_llm](self.pipe.in_llm_layers(), float(in_llm_keep))

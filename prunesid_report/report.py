@@ -227,7 +227,8 @@ def plot_fidelity(summary: dict, settings: ReportSettings, path: Path) -> None:
 def combination_rows(results: list[ItemResult], settings: ReportSettings) -> list[dict]:
     """Means over items per (method, budget) of the points with per-layer figures, as the rows
     :func:`viz.combination.plot_combination` takes (the unpruned reference first); empty without
-    in-LLM variants. Times are single runs relative to the same item's unpruned prefill."""
+    in-LLM variants. No time: the report's prefills are single runs, staged ones through the per-layer
+    loop and the others through ``generate`` (``inllm_study.py`` times every variant alike)."""
     rows = []
     for method in settings.methods:
         for budget in settings.budgets:
@@ -241,7 +242,7 @@ def combination_rows(results: list[ItemResult], settings: ReportSettings) -> lis
                          "first_token_kl": float(np.mean([p["first_token_kl"] for _, p in points])),
                          "first_token_agrees": float(np.mean([p["first_token_agrees"] for _, p in points])) >= 0.5,
                          "flops_vs_full": float(np.mean([p["flops_vs_full"] for _, p in points])),
-                         "time_vs_full": float(np.mean([p["prefill_s"] / r.full_prefill_s for r, p in points])),
+                         "time_vs_full": None,  # single runs through different loops: not comparable
                          "image_tokens_per_layer": [round(float(v), 1) for v in layers]})
     if not rows:
         return []

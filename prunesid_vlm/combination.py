@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from prunesid.result import Selection
+from prunesid_eval.methods import get_method
 
 from .fidelity import first_token_kl
 from .inllm import NO_STAGES, InLLMSchedule
@@ -54,13 +55,17 @@ class VariantRun:
     prefill_s: float
     first_token_kl: float
     first_token_agrees: bool
+    method_label: str = "PruneSID"
+    """The pre-LLM method's name in labels (PruneSID unless the study was run with another)."""
+
+    @property
+    def kind_label(self) -> str:
+        return KIND_LABELS[self.kind].replace("PruneSID", self.method_label)
 
     @property
     def label(self) -> str:
-        if self.kind == "full":
-            return KIND_LABELS["full"]
         budget = "" if self.budget is None else f" {self.budget}"
-        return f"{KIND_LABELS[self.kind]}{budget}"
+        return self.kind_label + budget
 
     @property
     def mean_image_tokens(self) -> float:
@@ -93,7 +98,7 @@ class CombinationStudy:
         """One row per run (the unpruned one first), for tables and JSON."""
         out = []
         for run in [self.full, *self.runs]:
-            out.append({"variant": run.label, "kind": run.kind, "kind_label": KIND_LABELS[run.kind], "budget": run.budget, "in_llm": run.schedule.name,
+            out.append({"variant": run.label, "kind": run.kind, "kind_label": run.kind_label, "budget": run.budget, "in_llm": run.schedule.name,
                         "image_tokens_per_layer": run.image_tokens_per_layer,
                         "mean_image_tokens": round(run.mean_image_tokens, 1),
                         "compression": round(self.compression(run), 2),
@@ -118,8 +123,6 @@ def schedules_for(num_layers: int, keep: float = STAGE_KEEP) -> dict[str, InLLMS
 def parse_variant(label: str) -> tuple[str | None, str | None]:
     """``"prunesid"`` → ``("prunesid", None)``; ``"visionzip+pyramiddrop"`` → ``("visionzip",
     "pyramiddrop")``; ``"fastv"`` → ``(None, "fastv")`` (FastV alone). Registry names are checked."""
-    from prunesid_eval.methods import get_method
-
     label = str(label).strip().lower()
     if label in STAGES:
         return None, label
@@ -181,6 +184,7 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(KINDS)}")
+    method_label = get_method(method).label
     num_layers = pipe.in_llm_layers()
     feats = pipe.encode(images)
     patches = budget_patches(feats)
@@ -193,8 +197,8 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
     for k in points:
         selections[k] = pipe.select(feats, k, method=method, question=question)
         for kind in kinds:
-            label = kind.replace("prunesid", method) if kind != "fastv" else kind
-            plan.append((kind, k, *variant_run(pipe, feats, label, k, num_layers, question)))
+            variant = kind.replace("prunesid", method) if kind != "fastv" else kind
+            plan.append((kind, k, *variant_run(pipe, feats, variant, k, num_layers, question)))
     timings: dict[int, list[float]] = {i: [] for i in range(len(plan))}
     made: dict[int, object] = {}
     for repeat in range(max(1, repeats)):
@@ -215,6 +219,7 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
             tokens_per_layer=list(run.tokens_per_layer), flops=pipe.prefill_flops(run.tokens_per_layer),
             prefill_s=float(np.median(timings[index])),
             first_token_kl=first_token_kl(made[0].first_logits, run.first_logits),
-            first_token_agrees=bool(made[0].first_logits.argmax() == run.first_logits.argmax())))
+            first_token_agrees=bool(made[0].first_logits.argmax() == run.first_logits.argmax()),
+            method_label=method_label))
     return CombinationStudy(question=question, num_layers=num_layers, full=variants[0], runs=variants[1:],
                             selections=selections, repeats=max(1, repeats))

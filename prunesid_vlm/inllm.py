@@ -1,18 +1,24 @@
 """Pruning inside the language model, after a pre-LLM method: FastV's rule and PyramidDrop's
-staged schedule, composable with any selection of the registry.
+staged schedule, composable with any selection of the registry, each as its public code runs it.
 
-FastV (Chen et al., ECCV 2024): after decoder layer K, keep the image tokens the last prompt token
-attends to most (attention averaged over heads) and drop the rest for every later layer.
-PyramidDrop (Xing et al., CVPR 2025): the same ranking at several layers (e.g. after 8, 16 and 24),
-each stage keeping a fraction of the image tokens still present.
+* **FastV** (Chen et al., ECCV 2024; github.com/pkunlp-icler/FastV): after decoder layer K, the
+  attention the layer just run gives from the last prompt token to every image token (mean over
+  heads) ranks them; the top ``round(keep · n)`` stay for every later layer, at their original
+  positions.
+* **PyramidDrop** (Xing et al., CVPR 2025; github.com/Cooperx521/PyramidDrop): at each stage (after
+  8, 16 and 24 layers for LLaVA-1.5) the *next* layer's own query and key projections, applied to
+  the states entering it, rank the image tokens by the last prompt token's attention; the stage
+  keeps ``int(n₀ · λ^s)`` of the n₀ that entered the language model, and the kept sequence is
+  renumbered from 0 (decoding positions shift to match, layer by layer), as its code does.
 
 The prefill runs the language model's own modules layer by layer (embeddings with the visual
 features in their placeholders, rotary embeddings, decoder layers, final norm, head): nothing is
-patched and nothing outlives the call. The attention weights are computed only at the layers that
-rank (the last query against every key, as that layer's attention computes them). Kept tokens keep
-their original positions; the cache holds, per layer, the tokens that layer saw, so decoding goes
-on consistently (each generated token at the full sequence's next position). Language models with
-ordinary 1-D rotary positions (LLaVA-1.5, LLaVA-NeXT, NeXT-Video); Qwen's M-RoPE is not covered.
+patched and nothing outlives the call. The attention row is computed only where a stage ranks
+(the last query against every key; softmax and head mean in float32). The cache holds, per
+layer, the tokens that layer saw, so decoding goes on consistently. Language models with ordinary
+1-D rotary positions (LLaVA-1.5, LLaVA-NeXT, NeXT-Video) and full attention over the prompt: a
+sliding attention window shorter than the prompt is refused, as are Qwen's M-RoPE and Gemma.
+Deviations: a stage keeps at least one image token; ties in attention go to the earlier token.
 """
 from __future__ import annotations
 
@@ -30,16 +36,22 @@ SUPPORTED_LANGUAGE_MODELS = ("llama", "mistral", "qwen2", "phi3")
 positions); Gemma scales its embeddings inside its model's forward and is refused."""
 
 
+STYLES = ("fastv", "pyramiddrop")
+
+
 @dataclass(frozen=True)
 class InLLMSchedule:
     """After decoder layer ``after[i]`` (that many layers done), keep ``keep[i]`` of the image tokens
-    still present (a fraction; see :func:`stage_keeps`)."""
+    still present, ranked and counted as ``style``'s code does (see the module docstring)."""
 
     after: tuple[int, ...] = ()
     keep: tuple[float, ...] = ()
     name: str = "none"
+    style: str = "fastv"
 
     def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)}, got {self.style!r}")
         if len(self.after) != len(self.keep):
             raise ValueError("one keep fraction per stage")
         if any(not 0 < k <= 1 for k in self.keep):
@@ -58,7 +70,8 @@ class InLLMSchedule:
         """PyramidDrop: a stage after each of ``layers``, each keeping ``keep`` of what is left (the
         paper's LLaVA-1.5 setting: after 8, 16 and 24 of 32 layers, λ = 0.5)."""
         layers = tuple(int(x) for x in layers)
-        return cls(layers, (keep,) * len(layers), f"PyramidDrop {'/'.join(map(str, layers))}, keep {keep:.0%}")
+        return cls(layers, (keep,) * len(layers), f"PyramidDrop {'/'.join(map(str, layers))}, keep {keep:.0%}",
+                   "pyramiddrop")
 
     @classmethod
     def fastv_for(cls, num_layers: int, keep: float = 0.5) -> InLLMSchedule:
@@ -72,7 +85,7 @@ class InLLMSchedule:
         return cls.pyramiddrop(stages if num_layers > 1 else (), keep)
 
     def key(self) -> str:
-        return f"{self.after}|{self.keep}"
+        return f"{self.style}|{self.after}|{self.keep}"
 
     @property
     def active(self) -> bool:
@@ -80,12 +93,23 @@ class InLLMSchedule:
 
     def image_tokens_per_layer(self, image_tokens: int, num_layers: int) -> list[int]:
         """The image tokens each decoder layer sees when ``image_tokens`` enter the first."""
-        counts, stages = [], dict(zip(self.after, self.keep))
+        counts, targets = [], self.targets(image_tokens)
         for index in range(num_layers):
-            if index in stages:
-                image_tokens = stage_keeps(image_tokens, stages[index])
+            image_tokens = targets.get(index, image_tokens)
             counts.append(image_tokens)
         return counts
+
+    def targets(self, image_tokens: int) -> dict[int, int]:
+        """Per stage (its layer count): how many image tokens stay after it, of ``image_tokens``
+        entering the language model — FastV ``round(keep · n)`` of those present, PyramidDrop
+        ``int(n₀ · Π keep)`` of those that entered."""
+        out, present, share = {}, image_tokens, 1.0
+        for after, keep in zip(self.after, self.keep):
+            share *= keep
+            wanted = round(keep * present) if self.style == "fastv" else int(image_tokens * share)
+            present = min(present, max(1, wanted)) if present else 0
+            out[after] = present
+        return out
 
 
 NO_STAGES = InLLMSchedule()
@@ -161,21 +185,30 @@ def language_model_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def stage_keeps(image_tokens: int, keep: float) -> int:
-    """Image tokens a stage keeps of ``image_tokens``: ``round(keep · n)`` as FastV's code rounds,
+    """Image tokens a FastV stage keeps of ``image_tokens``: ``round(keep · n)`` as its code rounds,
     at least one while any are left."""
-    return min(image_tokens, max(1, round(keep * image_tokens))) if image_tokens else 0
+    return InLLMSchedule((1,), (keep,)).targets(image_tokens)[1]
 
 
-def _drop(stage_keep: float, attention: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor | None:
-    """Positions (sorted) to keep after a stage: every text token and the most-attended image
-    tokens; None when nothing is dropped."""
+def _drop(keep: int, attention: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor | None:
+    """Positions (sorted) to keep after a stage: every text token and the ``keep`` most-attended
+    image tokens; None when nothing is dropped."""
     images = is_image.nonzero().flatten()
-    keep = stage_keeps(images.numel(), stage_keep)
     if keep >= images.numel():
         return None
     # Ties (equal attention) go to the earlier token: a stable descending sort, not topk.
     top = images[torch.sort(attention[images], descending=True, stable=True).indices[:keep]]
     return torch.cat([(~is_image).nonzero().flatten(), top]).sort().values
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of a language model whose layers attend within one, else None."""
+    kinds = getattr(config, "layer_types", None)
+    if kinds is not None and "sliding_attention" not in kinds:
+        return None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return getattr(config, "sliding_window", None)
 
 
 @torch.inference_mode()
@@ -191,28 +224,41 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     layers = language_model_layers(model)
     if schedule.after and schedule.after[-1] > len(layers):
         raise ValueError(f"a stage after layer {schedule.after[-1]} is beyond this model's {len(layers)} layers")
-    stages = {after: keep for after, keep in zip(schedule.after, schedule.keep) if after < len(layers)}
+    window = sliding_window(lm.config)
+    if window is not None and input_ids.shape[1] + max_new_tokens > window:
+        raise ValueError(f"This language model attends within a window of {window} tokens and the prompt has "
+                         f"{input_ids.shape[1]}: the staged loop reproduces full attention only.")
     input_ids = input_ids.to(device)
     is_image = input_ids[0] == token_id
+    renumber = schedule.style == "pyramiddrop"
+    targets = {after: n for after, n in schedule.targets(int(is_image.sum())).items() if after < len(layers)}
     hidden = _embed(model, input_ids, features.to(device), token_id)
-    positions = torch.arange(input_ids.shape[1], device=device)
+    origin = torch.arange(input_ids.shape[1], device=device)  # prompt position of every row still present
+    positions = origin
     cache = DynamicCache(config=lm.config)
-    image_counts, token_counts, kept_after = [], [], {}
+    image_counts, token_counts, kept_after, offsets = [], [], {}, []
     attention = None
     synchronize(device)
     start = time.perf_counter()
     cos, sin = lm.rotary_emb(hidden, positions[None])
     for index, layer in enumerate(layers):
-        if index in stages:  # rank by the attention of the layer just run, drop for every later one
-            kept = _drop(stages[index], attention, is_image)
+        if index in targets:
+            if renumber:  # PyramidDrop: this layer's own projections rank, before it runs
+                attention = last_query_attention(layer, hidden, cos, sin)
+            kept = _drop(targets[index], attention, is_image)
             if kept is not None:
-                hidden, positions, is_image = hidden[:, kept], positions[kept], is_image[kept]
-                cos, sin = cos[:, kept], sin[:, kept]
-                kept_after[index] = positions.tolist()
-        if index + 1 in stages:
+                hidden, origin, is_image = hidden[:, kept], origin[kept], is_image[kept]
+                if renumber:
+                    positions = torch.arange(hidden.shape[1], device=device)
+                    cos, sin = lm.rotary_emb(hidden, positions[None])
+                else:
+                    positions, cos, sin = positions[kept], cos[:, kept], sin[:, kept]
+                kept_after[index] = origin.tolist()
+        if not renumber and index + 1 in targets:  # FastV: the attention of the layer about to run
             attention = last_query_attention(layer, hidden, cos, sin)
         image_counts.append(int(is_image.sum()))
         token_counts.append(int(hidden.shape[1]))
+        offsets.append(int(input_ids.shape[1]) - int(positions[-1]) - 1)  # decoding shift of this layer
         hidden = layer(hidden, attention_mask=_causal_mask(lm.config, hidden.shape[1], hidden.dtype, device),
                        position_ids=positions[None], cache=cache, use_cache=True, position_embeddings=(cos, sin))
     logits = model.lm_head(lm.norm(hidden[:, -1:]))[:, -1].float()
@@ -229,13 +275,17 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
                 kept_logits.append(logits[0].cpu())
             if token in eos or step == max_new_tokens - 1:
                 break
-            # Each new token at the full prompt's next position, whatever the layers dropped.
-            position = torch.tensor([[next_position + step]], device=device)
+            # The next position of the sequence each layer saw: the full prompt's for FastV, the
+            # renumbered one's for PyramidDrop.
             hidden = model.model.get_input_embeddings()(torch.tensor([[token]], device=device))
-            cos, sin = lm.rotary_emb(hidden, position)
-            for layer in layers:
+            rotary = {}
+            for layer, offset in zip(layers, offsets):
+                if offset not in rotary:
+                    position = torch.tensor([[next_position + step - offset]], device=device)
+                    rotary[offset] = (position, lm.rotary_emb(hidden, position))
+                position, embeddings = rotary[offset]
                 hidden = layer(hidden, attention_mask=None, position_ids=position, cache=cache, use_cache=True,
-                               position_embeddings=(cos, sin))
+                               position_embeddings=embeddings)
             logits = model.lm_head(lm.norm(hidden))[:, -1].float()
     synchronize(device)
     end = time.perf_counter()
@@ -247,7 +297,9 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
 
 def prefill_flops(tokens_per_layer: list[int], config) -> float:
     """Estimated prefill FLOPs of a decoder with these per-layer sequence lengths: per layer,
-    2 · (its weights) · n for the projections and MLP, plus 4 · n² · width for attention."""
+    2 · (its weights) · n for the projections and MLP, plus 4 · n² · width for attention. The
+    ranking rows (one key projection over the sequence per stage, under 1 % at 32 layers) and the
+    head over the last position are left out."""
     width, inner = config.hidden_size, config.intermediate_size
     heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
     head_dim = getattr(config, "head_dim", None) or width // heads

@@ -35,11 +35,12 @@ TEXT_LAYERS = 1
 
 
 def _text_config(kind: str, widths: dict, tok, layers: int = TEXT_LAYERS):
-    from transformers import GemmaConfig, LlamaConfig
+    from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config
 
     common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=1, eos_token_id=2,
                   num_hidden_layers=layers, max_position_embeddings=4096, **widths)
-    return GemmaConfig(**common) if kind == "gemma" else LlamaConfig(**common)
+    kinds = {"gemma": GemmaConfig, "llama": LlamaConfig, "mistral": MistralConfig, "phi3": Phi3Config}
+    return kinds[kind](**common)
 
 
 def save_replica(folder: Path, family: str = "llava", text: tuple[str, dict] | None = None, seed: int = 0,

@@ -94,3 +94,10 @@ def test_the_script_writes_the_study(llava_pipeline, tmp_path, capsys):
     assert (tmp_path / "study" / "study.png").stat().st_size > 10_000
     assert "PruneSID + PyramidDrop 16" in capsys.readouterr().out
     assert inllm_study.main([str(tmp_path / "missing.png"), "--model", llava_pipeline.model_id]) == 2
+
+
+def test_another_pre_llm_method_is_named_as_itself(deep_llava_pipeline):
+    study = combination_study(deep_llava_pipeline, [make_image(6)], QUESTION, budgets=(64,), method="visionzip",
+                              kinds=("prunesid", "prunesid+fastv"), repeats=1)
+    assert [r.label for r in study.runs] == ["VisionZip alone 64", "VisionZip + FastV 64"]
+    assert study.rows()[2]["kind_label"] == "VisionZip + FastV"

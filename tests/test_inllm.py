@@ -153,15 +153,14 @@ def test_video_model_stages_its_frames(llava_next_video_pipeline):
 
 
 # --- the cache: decoding after the drops ----------------------------------------------------------
-def _masked_reference_logits(pipe, ids, flat, generated, kept_after):
+def _masked_reference_logits(pipe, ids, flat, generated, kept_after, renumber: bool):
     """Logits at every position of prompt + generated, recomputed without any cache: every layer sees
-    the whole sequence, and a stage's dropped prompt tokens are masked out as keys for later layers."""
+    the whole sequence, a stage's dropped prompt tokens are masked out as keys for later layers, and
+    (``renumber``, PyramidDrop) each layer numbers the tokens it keeps from 0."""
     lm = pipe.model.model.language_model
     full_ids = torch.cat([ids, torch.tensor([generated[:-1]])], dim=1) if len(generated) > 1 else ids
     hidden = _embed(pipe.model, full_ids, flat, pipe.adapter.image_token_id)
     length = full_ids.shape[1]
-    positions = torch.arange(length)[None]
-    cos, sin = lm.rotary_emb(hidden, positions)
     causal = torch.full((length, length), torch.finfo(hidden.dtype).min).triu(1)
     allowed = torch.ones(length, dtype=torch.bool)
     with torch.no_grad():
@@ -170,26 +169,61 @@ def _masked_reference_logits(pipe, ids, flat, generated, kept_after):
                 allowed = torch.zeros(length, dtype=torch.bool)
                 allowed[kept_after[index]] = True
                 allowed[ids.shape[1]:] = True  # generated tokens are never dropped
+            positions = (allowed.cumsum(0) - 1) if renumber else torch.arange(length)
+            cos, sin = lm.rotary_emb(hidden, positions[None])
             mask = causal.masked_fill(~allowed[None, :], torch.finfo(hidden.dtype).min)
-            hidden = layer(hidden, attention_mask=mask[None, None], position_ids=positions,
+            hidden = layer(hidden, attention_mask=mask[None, None], position_ids=positions[None],
                            position_embeddings=(cos, sin))
         return pipe.model.lm_head(lm.norm(hidden))[0].float()
 
 
-def test_decoding_after_the_stages_matches_a_masked_recompute(deep_llava_pipeline):
+@pytest.mark.parametrize("schedule", [InLLMSchedule.pyramiddrop_for(8), InLLMSchedule((2, 4, 6), (0.5,) * 3)],
+                         ids=["pyramiddrop", "fastv-three-stages"])
+def test_decoding_after_the_stages_matches_a_masked_recompute(deep_llava_pipeline, schedule):
     pipe, image = deep_llava_pipeline, make_image(8)
     selection = pipe.select(pipe.encode([image]), 64)
     ids, _, flat = _prompt(pipe, image, selection)
-    run = staged_generate(pipe.model, ids, flat, pipe.adapter.image_token_id, InLLMSchedule.pyramiddrop_for(8),
-                          max_new_tokens=6, keep_logits=True)
+    run = staged_generate(pipe.model, ids, flat, pipe.adapter.image_token_id, schedule, max_new_tokens=6,
+                          keep_logits=True)
     generated = run.tokens.tolist()
-    assert len(generated) == 6
-    reference = _masked_reference_logits(pipe, ids, flat, generated, run.kept_after)
+    assert len(generated) == 6 and sorted(run.kept_after) == [2, 4, 6]
+    reference = _masked_reference_logits(pipe, ids, flat, generated, run.kept_after,
+                                         renumber=schedule.style == "pyramiddrop")
     start = ids.shape[1] - 1
     torch.testing.assert_close(reference[start], run.first_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(reference[start:start + len(generated)], torch.stack(run.step_logits),
                                rtol=1e-4, atol=1e-4)
     assert reference[start:start + len(generated)].argmax(-1).tolist() == generated
+
+
+@pytest.mark.parametrize("style", ["fastv", "pyramiddrop"])
+def test_each_rule_ranks_with_the_layer_its_code_uses(deep_llava_pipeline, style):
+    """FastV: the attention of the layer just run (layer K − 1 counting from 0); PyramidDrop: the
+    next layer's projections on the states entering it (layer K)."""
+    pipe, image = deep_llava_pipeline, make_image(12)
+    selection = pipe.select(pipe.encode([image]), 64)
+    ids, _, flat = _prompt(pipe, image, selection)
+    schedule = InLLMSchedule((3,), (0.25,), style=style)
+    run = staged_generate(pipe.model, ids, flat, pipe.adapter.image_token_id, schedule, prefill_only=True)
+    lm = pipe.model.model.language_model
+    hidden = _embed(pipe.model, ids, flat, pipe.adapter.image_token_id)
+    positions = torch.arange(ids.shape[1])[None]
+    cos, sin = lm.rotary_emb(hidden, positions)
+    states = [hidden]
+    with torch.no_grad():
+        for layer in lm.layers[:3]:
+            states.append(layer(states[-1], position_ids=positions, position_embeddings=(cos, sin)))
+    ranking_layer = 2 if style == "fastv" else 3
+    row = last_query_attention(lm.layers[ranking_layer], states[ranking_layer], cos, sin)
+    images = (ids[0] == pipe.adapter.image_token_id).nonzero().flatten()
+    top = set(images[row[images].argsort(descending=True, stable=True)[:16]].tolist())
+    assert set(run.kept_after[3]) & set(images.tolist()) == top
+
+
+def test_pyramiddrop_counts_from_what_entered():
+    """int(n₀ · λ^s) of the n₀ that entered, as PyramidDrop's ratio list; FastV rounds stage by stage."""
+    assert InLLMSchedule.pyramiddrop((1, 2, 3)).image_tokens_per_layer(118, 4) == [118, 59, 29, 14]
+    assert InLLMSchedule((1, 2, 3), (0.5,) * 3).image_tokens_per_layer(118, 4) == [118, 59, 30, 15]
 
 
 # --- the pipeline's door -----------------------------------------------------------------------------
@@ -250,3 +284,32 @@ def test_real_width_replica_with_grouped_heads(tmp_path):
     assert run.image_tokens_per_layer == [64, 32, 16, 8]
     alone = pipe.staged_prefill([image], QUESTION, selection, NO_STAGES)
     assert run.tokens_per_layer[-1] < alone.tokens_per_layer[-1]
+
+
+def test_phi3_fused_projections_and_mistral_windows(tmp_path):
+    """Phi-3's fused qkv_proj gives the same ranking row as eager attention and no stage is the model's
+    own generation; a Mistral whose window is shorter than the prompt is refused, not run wrongly."""
+    small = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+    phi3 = load_pipeline(str(save_replica(tmp_path / "phi3", text=("phi3", small), text_layers=3)))
+    image = make_image(13)
+    ids, features, flat = _prompt(phi3, image)
+    lm = phi3.model.model.language_model
+    assert hasattr(lm.layers[0].self_attn, "qkv_proj")
+    hidden = _embed(phi3.model, ids, flat, phi3.adapter.image_token_id)
+    cos, sin = lm.rotary_emb(hidden, torch.arange(ids.shape[1])[None])
+    torch.testing.assert_close(last_query_attention(lm.layers[0], hidden, cos, sin), _eager_rows(phi3, hidden)[0],
+                               rtol=1e-4, atol=1e-6)
+    plain = greedy_generate(phi3.model, ids, features, max_new_tokens=5)
+    staged = staged_generate(phi3.model, ids, flat, phi3.adapter.image_token_id, NO_STAGES, max_new_tokens=5)
+    assert staged.tokens.tolist() == plain.tokens.tolist()
+
+    mistral = load_pipeline(str(save_replica(tmp_path / "mistral", text=("mistral", dict(small, sliding_window=64)),
+                                             text_layers=2)))
+    with pytest.raises(ValueError, match="window of 64 tokens"):
+        mistral.answer([image], QUESTION, in_llm=InLLMSchedule.fastv(1))
+    wide = load_pipeline(str(save_replica(tmp_path / "mistral-wide", text=("mistral", dict(small, sliding_window=4096)),
+                                          text_layers=2)))
+    ids, features, flat = _prompt(wide, image)
+    plain = greedy_generate(wide.model, ids, features, max_new_tokens=5)
+    staged = staged_generate(wide.model, ids, flat, wide.adapter.image_token_id, NO_STAGES, max_new_tokens=5)
+    assert staged.tokens.tolist() == plain.tokens.tolist()

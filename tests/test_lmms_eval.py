@@ -90,8 +90,8 @@ def test_pruning_inside_the_language_model_through_lmms_eval(tmp_path, demo_cach
     sys.path.insert(0, str(ROOT))
     from prunesid_lmms.model import PruneSIDLmms
 
-    model = PruneSIDLmms(pretrained="demo/tiny-llava-1.5", in_llm="pyramiddrop", device="cpu")
-    assert model.in_llm.after == (1,)  # two layers: one stage after the first
+    model = PruneSIDLmms(pretrained="demo/tiny-llava-1.5", in_llm="PyramidDrop", device="cpu")
+    assert model.in_llm.after == (1,) and model.in_llm.style == "pyramiddrop"  # two layers: one stage
     with pytest.raises(ValueError, match="generation tasks"):
         model.loglikelihood([])
     with pytest.raises(ValueError, match="in_llm must be"):

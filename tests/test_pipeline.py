@@ -82,8 +82,8 @@ def test_compare_of_every_method_costs_one_full_and_one_pruned_generation_each(l
     pipe = llava_pipeline
     question = "Describe the scene. (count test)"
     out = studies.compare_methods(pipe, images[:1], 64, None, question=question, max_new_tokens=2)
-    methods = len(out.runs)
-    assert methods == 8
+    assert [r.name for r in out.runs] == pipe.available_methods(pipe.encode(images[:1]))  # all nine on the demo
+    assert len(out.runs) == 9
     distinct = len({tuple(r.selection.keep[0].tolist()) + (int(r.selection.num_tokens[0]),) for r in out.runs
                     if r.selection.merged_tokens is None}) + sum(r.selection.merged_tokens is not None for r in out.runs)
     assert out.generations == {"full": 1, "pruned": distinct, "prefills": 0, "prefill_batches": 0}

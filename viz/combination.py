@@ -5,7 +5,8 @@ run drawn beside it. Pure: plain numbers in, a matplotlib Figure out.
     fig = plot_combination(rows, schedule_budget=64)
 
 ``rows`` are the study's rows (``CombinationStudy.rows()``): dicts with ``kind``, ``kind_label``,
-``budget``, ``compression``, ``first_token_kl``, ``flops_vs_full``, ``time_vs_full`` and
+``budget``, ``compression``, ``first_token_kl``, ``flops_vs_full``, ``time_vs_full`` (None: not
+drawn) and
 ``image_tokens_per_layer``; the ``"full"`` row is the unpruned reference.
 """
 from __future__ import annotations
@@ -67,8 +68,9 @@ def plot_combination(rows: Sequence[Mapping], *, schedule_budget: int | None = N
                 kl_ax.plot(r["compression"], max(r["first_token_kl"], KL_FLOOR), "o", markersize=11,
                            markerfacecolor="none", markeredgecolor="#D55E00", markeredgewidth=1.2)
         cost_ax.plot(x, [r["flops_vs_full"] for r in group], **style)
-        cost_ax.plot(x, [r["time_vs_full"] for r in group], color=style["color"], marker=style["marker"],
-                     markersize=4, linewidth=1.1, linestyle=":", alpha=0.8)
+        if all(r.get("time_vs_full") is not None for r in group):
+            cost_ax.plot(x, [r["time_vs_full"] for r in group], color=style["color"], marker=style["marker"],
+                         markersize=4, linewidth=1.1, linestyle=":", alpha=0.8)
     spread = [r["compression"] for g in groups.values() for r in g]
     kl_ax.set_xscale("log")
     kl_ax.set_yscale("log")
@@ -83,10 +85,12 @@ def plot_combination(rows: Sequence[Mapping], *, schedule_budget: int | None = N
     cost_ax.set_xscale("log")
     _log_ticks(cost_ax.xaxis, min(spread), max(spread))
     cost_ax.axhline(1.0, color=KIND_COLORS["full"], linewidth=0.8, linestyle="--")
-    cost_ax.set_ylim(0, 1.08 * max(1.0, max(r["time_vs_full"] for g in groups.values() for r in g)))
+    timed = [r["time_vs_full"] for g in groups.values() for r in g if r.get("time_vs_full") is not None]
+    cost_ax.set_ylim(0, 1.08 * max([1.0, *timed]))
     cost_ax.set_xlabel("total compression (×)", fontsize=FONT_SIZE)
     cost_ax.set_ylabel("prefill, relative to no pruning", fontsize=FONT_SIZE)
-    cost_ax.set_title("Cost: FLOPs (solid), measured time (dotted)", fontsize=FONT_SIZE + 1)
+    cost_ax.set_title("Prefill FLOPs (solid), measured time (dotted)" if timed else "Prefill FLOPs (estimated)",
+                      fontsize=FONT_SIZE + 1)
     _style(cost_ax)
     num_layers = len(full["image_tokens_per_layer"])
     edges = np.arange(num_layers + 1) + 0.5
