@@ -23,8 +23,8 @@ MAX_BUDGETS = 6
 
 EXPLAINER = f"""How far can pruning go when it happens **before** the language model (PruneSID), **inside** it
 (FastV: after decoder layer K = 2 keep the image tokens the last prompt token attends to most; PyramidDrop: the same
-ranking after ¼, ½ and ¾ of the depth, each keeping half), or **both**? Each stage after PruneSID keeps
-{STAGE_KEEP:.0%}; FastV alone keeps as many as PruneSID's budget, so both meet there. *Total compression*: the
+ranking, by the next layer's attention, after ¼, ½ and ¾ of the depth), or **both**? Each stage after PruneSID halves
+what is left ({STAGE_KEEP:.0%}); FastV alone keeps as many as PruneSID's budget, so both meet there. *Total compression*: the
 image tokens summed over all decoder layers without pruning, over the variant's. FLOPs are estimated from each
 layer's sequence length; times are medians of {REPEATS} prefills per variant, all measured in one rotating order."""
 
