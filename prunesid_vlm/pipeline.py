@@ -613,17 +613,22 @@ class Pipeline:
         """Median seconds of ``PREFILL_REPEATS`` prefill-only passes of the full and the pruned prompt,
         their order alternating, after one untimed warm-up pass per model (the first pass of a model
         pays for kernel selection and allocation, which is not what pruning changes)."""
-        prompts = {"full": self._prompt(images, feats, question, None)[:2],
-                   "pruned": self._prompt(images, feats, question, selection)[:2]}
-        run = lambda name: batched_first_logits(self.model, [prompts[name]], modality=self.adapter.modality)  # noqa: E731
+        passes = {"full": self._prefill_pass(images, feats, question, None),
+                  "pruned": self._prefill_pass(images, feats, question, selection)}
         if not self._warm:
-            run("full")
+            passes["full"]()
             self._warm = True
         times: dict[str, list[float]] = {"full": [], "pruned": []}
         for repeat in range(PREFILL_REPEATS):
             for name in ("full", "pruned") if repeat % 2 == 0 else ("pruned", "full"):
-                times[name].append(_timed(lambda: run(name), self.loaded.device)[1])
+                times[name].append(_timed(passes[name], self.loaded.device)[1])
         return {name: float(np.median(t)) for name, t in times.items()}
+
+    def _prefill_pass(self, images, feats: EncodedImages, question: str,
+                      selection: Selection | None) -> Callable[[], torch.Tensor]:
+        """One prefill-only pass of the prompt made with ``selection`` (``None``: every token), ready to time."""
+        prompt = self._prompt(images, feats, question, selection)[:2]
+        return lambda: batched_first_logits(self.model, [prompt], modality=self.adapter.modality)
 
     def result(self, feats: EncodedImages, full: Answer, pruned: Answer, selection: Selection,
                selection_s: float = 0.0, prefill_s: dict[str, float] | None = None) -> CompareResult:

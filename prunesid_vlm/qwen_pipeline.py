@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -204,20 +204,10 @@ class QwenPipeline(Pipeline):
             self.stats["prefill_batches"] += 1
         return torch.stack(rows)
 
-    def _prefill_medians(self, images, feats: EncodedImages, question: str, selection: Selection) -> dict[str, float]:
-        from .pipeline import PREFILL_REPEATS, _timed
-
-        prompts = {"full": self._qwen_prompt(images, feats, question, None),
-                   "pruned": self._qwen_prompt(images, feats, question, selection)}
-        run = lambda name: first_logits_with_positions(self.model, *prompts[name][:2], prompts[name][2])  # noqa: E731
-        if not self._warm:
-            run("full")
-            self._warm = True
-        times: dict[str, list[float]] = {"full": [], "pruned": []}
-        for repeat in range(PREFILL_REPEATS):
-            for name in ("full", "pruned") if repeat % 2 == 0 else ("pruned", "full"):
-                times[name].append(_timed(lambda: run(name), self.loaded.device)[1])
-        return {name: float(np.median(t)) for name, t in times.items()}
+    def _prefill_pass(self, images, feats: EncodedImages, question: str,
+                      selection: Selection | None) -> Callable[[], torch.Tensor]:
+        ids, features, positions, _, _ = self._qwen_prompt(images, feats, question, selection)
+        return lambda: first_logits_with_positions(self.model, ids, features, positions)
 
     def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                        continuation: torch.Tensor) -> tuple[float, bool]:

@@ -27,7 +27,7 @@ from prunesid_eval.published import FAMILY_MODEL, LLAVA_15_7B, published_figure
 
 from .fidelity import first_token_kl
 from .pipeline import Pipeline, check_budget, check_question, selection_budgets, view_budgets
-from .rules import available_methods, budget_patches
+from .rules import budget_patches
 from .results import CompareResult, EncodedImages
 
 Progress = Callable[[float, str], None]

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .built_folder import build_once
 from .registry import TOWER_PREFIX, ModelSpec
 
 TOWER_KEY = "vision_tower."
@@ -139,17 +138,4 @@ def save_tower_only(spec: ModelSpec, folder: Path) -> None:
 def tower_only_path(spec: ModelSpec, root: Path) -> Path:
     """The tower-only checkpoint of ``spec`` under ``root``, built (atomically) on first use."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "--", spec.model_id[len(TOWER_PREFIX):].strip("/"))
-    folder = root / f"tower-{name}-v1"
-    if (folder / "config.json").exists():
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=root))
-    try:
-        save_tower_only(spec, tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process won the race; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return build_once(root / f"tower-{name}-v1", lambda tmp: save_tower_only(spec, tmp))

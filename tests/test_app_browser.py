@@ -30,13 +30,19 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 def page(app_url):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        # Offline safety net: nothing may leave the machine.
-        context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
-        pg = context.new_page()
-        pg.set_default_timeout(60_000)
+        _, pg = new_visitor(browser)
         yield pg
         browser.close()
+
+
+def new_visitor(browser):
+    """A fresh browser context (its own cookies, its own Gradio session) and its page: one more visitor."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    # Offline safety net: nothing may leave the machine.
+    context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
+    visitor = context.new_page()
+    visitor.set_default_timeout(60_000)
+    return context, visitor
 
 
 def shot(page, tmp_path, name: str) -> Path:
@@ -201,10 +207,7 @@ def test_the_part_of_the_picture_the_model_sees_is_shown_and_said(page, app_url,
 
 def test_a_failed_model_switch_is_told_only_to_the_visitor_who_asked(page, app_url, tmp_path):
     """Two visitors: one types a model that cannot load; only that visitor's banner says why."""
-    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
-    other = context.new_page()
-    other.set_default_timeout(60_000)
+    context, other = new_visitor(page.context.browser)
     try:
         page.goto(app_url)
         page.wait_for_selector("#run")
@@ -227,10 +230,7 @@ def test_a_switch_by_one_visitor_is_seen_by_the_other_and_nothing_mixes(page, ap
     names the new model, and B's next Run analyses the picture again with it and says so."""
     from studio.models import MANAGER
 
-    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
-    other = context.new_page()
-    other.set_default_timeout(60_000)
+    context, other = new_visitor(page.context.browser)
     try:
         other.goto(app_url)
         other.wait_for_selector("#run")
@@ -266,10 +266,7 @@ def test_a_closed_tab_frees_its_analysis(page, app_url):
         gc.collect()
         return sum(isinstance(o, Analysis) for o in gc.get_objects())
 
-    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.route(re.compile(r"^https?://(?!127\.0\.0\.1|localhost)"), lambda route: route.abort())
-    visitor = context.new_page()
-    visitor.set_default_timeout(60_000)
+    context, visitor = new_visitor(page.context.browser)
     before = alive()
     visitor.goto(app_url)
     visitor.wait_for_selector("#run")

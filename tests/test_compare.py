@@ -33,6 +33,7 @@ from viz import figure_to_array
 from viz.compare import comparison_sheet, draw_keep_frequency, method_overlays, plot_budget_sweep, plot_stability
 
 from reference_data import case_tensors, require_reference
+from tests.compare_client import compare_tab_client
 
 
 @pytest.fixture(scope="module")
@@ -333,28 +334,16 @@ def test_divprune_runs_on_projected_tokens(llava_pipeline, image_path):
 
 
 def test_stability_and_sweep_endpoints(llava_pipeline, image_path):
-    gradio_client = pytest.importorskip("gradio_client")
-    import gradio as gr
+    from gradio_client import handle_file
 
-    from studio.compare_tab import build_compare_tab
-
-    with gr.Blocks() as demo:
-        image = gr.Image(type="filepath")
-        build_compare_tab(image, gr.Textbox("q"), gr.Slider(2, 577, 64, step=1), lambda: llava_pipeline)
-    demo.queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
-    try:
-        client = gradio_client.Client(url, verbose=False)
+    with compare_tab_client(llava_pipeline) as client:
         assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/compare"}
-        st = client.predict(gradio_client.handle_file(image_path), 64, 3, api_name="/compare_stability")
-        assert st["exact_repeat_jaccard"] == 1.0 and len(st["seeds"]) == 3
-        sw = client.predict(gradio_client.handle_file(image_path), "What is this?", "16, 64", "grid, divprune",
+        st = client.predict(handle_file(image_path), 64, 3, api_name="/compare_stability")
+        sw = client.predict(handle_file(image_path), "What is this?", "16, 64", "grid, divprune",
                             api_name="/compare_sweep")
-        assert sw["methods"] == ["grid", "divprune"] and sw["budgets"] == [16, 64]
-        assert sw["published"]["divprune"]["64"] == 94.6
-        client.close()
-    finally:
-        demo.close()
+    assert st["exact_repeat_jaccard"] == 1.0 and len(st["seeds"]) == 3
+    assert sw["methods"] == ["grid", "divprune"] and sw["budgets"] == [16, 64]
+    assert sw["published"]["divprune"]["64"] == 94.6
 
 
 def test_compare_follows_the_explore_tabs_media_video_frames_included(llava_pipeline, image_path):

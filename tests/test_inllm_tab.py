@@ -5,6 +5,7 @@ import pytest
 
 from prunesid_vlm.pipeline import load_pipeline
 from studio.inllm_tab import combination_view, depth_note, on_combination
+from tests.compare_client import compare_tab_client
 from tests.conftest import make_image
 
 
@@ -45,22 +46,9 @@ def test_bad_requests_become_messages(llava_pipeline, image_path, demo_cache):
 
 
 def test_the_scripted_endpoint(llava_pipeline, image_path):
-    gradio_client = pytest.importorskip("gradio_client")
-    import gradio as gr
+    from gradio_client import handle_file
 
-    from studio.compare_tab import build_compare_tab
-
-    with gr.Blocks() as demo:
-        image = gr.Image(type="filepath")
-        build_compare_tab(image, gr.Textbox("q"), gr.Slider(2, 577, 64, step=1), lambda: llava_pipeline)
-    demo.queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
-    try:
-        client = gradio_client.Client(url, verbose=False)
-        out = client.predict(gradio_client.handle_file(image_path), "What is this?", "32", api_name="/compare_in_llm")
-        assert [r["kind"] for r in out["rows"]] == ["full", "prunesid", "fastv", "prunesid+fastv",
-                                                    "prunesid+pyramiddrop"]
-        assert out["rows"][3]["image_tokens_per_layer"] == [32, 16]
-        client.close()
-    finally:
-        demo.close()
+    with compare_tab_client(llava_pipeline) as client:
+        out = client.predict(handle_file(image_path), "What is this?", "32", api_name="/compare_in_llm")
+    assert [r["kind"] for r in out["rows"]] == ["full", "prunesid", "fastv", "prunesid+fastv", "prunesid+pyramiddrop"]
+    assert out["rows"][3]["image_tokens_per_layer"] == [32, 16]
