@@ -84,6 +84,7 @@ class PruneSIDLmms(lmms):
             if in_llm not in STAGES:
                 raise ValueError(f"in_llm must be none or one of {', '.join(STAGES)}, got {in_llm!r}")
             self.in_llm = STAGES[in_llm](self.pipe.in_llm_layers(), float(in_llm_keep))
+            self.pipe.check_in_llm(self.in_llm)  # e.g. PyramidDrop on Qwen's 3-D positions, said at start
         self.budget_mode = budget_mode
         self.default_max_new_tokens = int(max_new_tokens)
         self.accelerator = accelerator

@@ -100,7 +100,8 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
     for method in settings.methods:
         base, stage = parse_variant(method)
         for budget in settings.budgets:
-            if base is not None and base not in usable:
+            # A registry method this model has no inputs for, or a stage its language model does not run.
+            if (base is not None and base not in usable) or (stage is not None and stage not in pipe.in_llm_styles):
                 result.points.append({"method": method, "budget": budget, "available": False})
                 continue
             selection, schedule = variant_run(pipe, feats, method, budget, num_layers, settings.question)

@@ -169,21 +169,37 @@ def variant_run(pipe: Pipeline, feats, label: str, budget: int, num_layers: int,
     return selection, (STAGES[stage](num_layers, STAGE_KEEP) if stage else NO_STAGES)
 
 
+def kinds_for(pipe: Pipeline) -> list[str]:
+    """The variants whose in-LLM stage runs on ``pipe``'s language model (on Qwen, not PyramidDrop)."""
+    return [k for k in KINDS if _stage_of(k) is None or _stage_of(k) in pipe.in_llm_styles]
+
+
+def _stage_of(kind: str) -> str | None:
+    return parse_variant(kind)[1]
+
+
 def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: str,
-                      budgets: Sequence[int] = DEFAULT_BUDGETS, *, kinds: Sequence[str] = KINDS,
+                      budgets: Sequence[int] = DEFAULT_BUDGETS, *, kinds: Sequence[str] | None = None,
                       repeats: int = 3, method: str = "prunesid", progress: Progress | None = None
                       ) -> CombinationStudy:
-    """Run every variant of ``kinds`` at every budget (per view, as the app's slider) on ``images``.
+    """Run every variant of ``kinds`` (default: :func:`kinds_for` the model) at every budget (per
+    view, as the app's slider) on ``images``.
 
     Budgets beyond the model's patches are dropped; ``method`` is the pre-LLM method (PruneSID by
     default; any registry method composes the same way).
 
     Raises:
-        ValueError: no usable budget, an unknown kind, or a model the in-LLM stages do not cover."""
+        ValueError: no usable budget, an unknown kind or one whose stage this model does not run, or a
+        model the in-LLM stages do not cover."""
     question = check_question(question)
+    kinds = kinds_for(pipe) if kinds is None else list(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(KINDS)}")
+    refused = [k for k in kinds if k not in kinds_for(pipe)]
+    if refused:
+        raise ValueError(f"{', '.join(KIND_LABELS[k] for k in refused)}: not on {pipe.model_id}; "
+                         f"{pipe.in_llm_limits}")
     method_label = get_method(method).label
     num_layers = pipe.in_llm_layers()
     feats = pipe.encode(images)

@@ -16,8 +16,11 @@ features in their placeholders, rotary embeddings, decoder layers, final norm, h
 patched and nothing outlives the call. The attention row is computed only where a stage ranks
 (the last query against every key; softmax and head mean in float32). The cache holds, per
 layer, the tokens that layer saw, so decoding goes on consistently. Language models with ordinary
-1-D rotary positions (LLaVA-1.5, LLaVA-NeXT, NeXT-Video) and full attention over the prompt: a
-sliding attention window shorter than the prompt is refused, as are Qwen's M-RoPE and Gemma.
+1-D rotary positions (LLaVA-1.5, LLaVA-NeXT, NeXT-Video) and full attention over the prompt; on
+Qwen2-VL and Qwen2.5-VL, FastV with the prompt's 3-D (M-RoPE) positions given, the kept tokens
+keeping theirs and decoding going on at the full sequence's next position. PyramidDrop's
+renumbering from 0 is defined on 1-D positions only, so it is refused with 3-D ones; a sliding
+attention window shorter than the prompt is refused, as is Gemma.
 Deviations: a stage keeps at least one image token; ties in attention go to the earlier token.
 """
 from __future__ import annotations
@@ -31,9 +34,9 @@ import torch
 
 from .generation import GenerationRun, eos_ids, next_token, synchronize
 
-SUPPORTED_LANGUAGE_MODELS = ("llama", "mistral", "qwen2", "phi3")
-"""Decoder types whose layers this loop runs as their model does (no embedding scaling, 1-D rotary
-positions); Gemma scales its embeddings inside its model's forward and is refused."""
+SUPPORTED_LANGUAGE_MODELS = ("llama", "mistral", "qwen2", "phi3", "qwen2_vl_text", "qwen2_5_vl_text")
+"""Decoder types whose layers this loop runs as their model does (no embedding scaling; the two Qwen
+VL decoders take 3-D positions); Gemma scales its embeddings inside its model's forward and is refused."""
 
 
 STYLES = ("fastv", "pyramiddrop")
@@ -214,9 +217,13 @@ def sliding_window(config) -> int | None:
 @torch.inference_mode()
 def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: torch.Tensor, token_id: int,
                     schedule: InLLMSchedule, max_new_tokens: int = 64, prefill_only: bool = False,
-                    keep_logits: bool = False) -> StagedRun:
+                    keep_logits: bool = False, positions: torch.Tensor | None = None,
+                    next_position: int | None = None) -> StagedRun:
     """Greedy answer with ``features`` (``[T, D]``, the visual tokens in placeholder order) and the
-    in-LLM ``schedule``; with ``prefill_only``, only the first answer token's logits."""
+    in-LLM ``schedule``; with ``prefill_only``, only the first answer token's logits.
+
+    ``positions`` (``[3, 1, L]``) and ``next_position``: a Qwen VL prompt's M-RoPE positions and where
+    its first generated token goes (without them, positions are 0 … L − 1 and then L)."""
     from transformers import DynamicCache
 
     device = model.device
@@ -228,19 +235,25 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     if window is not None and input_ids.shape[1] + max_new_tokens > window:
         raise ValueError(f"This language model attends within a window of {window} tokens and the prompt has "
                          f"{input_ids.shape[1]}: the staged loop reproduces full attention only.")
+    mrope = positions is not None
+    renumber = schedule.style == "pyramiddrop"
+    if mrope and renumber and schedule.active:
+        raise ValueError("PyramidDrop renumbers the kept tokens' positions from 0, which is defined for 1-D "
+                         "positions only; with Qwen's 3-D (M-RoPE) positions only FastV's stage runs.")
     input_ids = input_ids.to(device)
     is_image = input_ids[0] == token_id
-    renumber = schedule.style == "pyramiddrop"
     targets = {after: n for after, n in schedule.targets(int(is_image.sum())).items() if after < len(layers)}
     hidden = _embed(model, input_ids, features.to(device), token_id)
-    origin = torch.arange(input_ids.shape[1], device=device)  # prompt position of every row still present
-    positions = origin
+    origin = torch.arange(input_ids.shape[1], device=device)  # prompt index of every row still present
+    # [3, L] M-RoPE positions or [L]; the last axis is the sequence either way.
+    positions = positions[:, 0].to(device) if mrope else origin
+    next_position = int(input_ids.shape[1]) if next_position is None else int(next_position)
     cache = DynamicCache(config=lm.config)
     image_counts, token_counts, kept_after, offsets = [], [], {}, []
     attention = None
     synchronize(device)
     start = time.perf_counter()
-    cos, sin = lm.rotary_emb(hidden, positions[None])
+    cos, sin = lm.rotary_emb(hidden, _rotary_positions(positions))
     for index, layer in enumerate(layers):
         if index in targets:
             if renumber:  # PyramidDrop: this layer's own projections rank, before it runs
@@ -252,22 +265,24 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
                     positions = torch.arange(hidden.shape[1], device=device)
                     cos, sin = lm.rotary_emb(hidden, positions[None])
                 else:
-                    positions, cos, sin = positions[kept], cos[:, kept], sin[:, kept]
+                    positions, cos, sin = positions[..., kept], cos[:, kept], sin[:, kept]
                 kept_after[index] = origin.tolist()
         if not renumber and index + 1 in targets:  # FastV: the attention of the layer about to run
             attention = last_query_attention(layer, hidden, cos, sin)
         image_counts.append(int(is_image.sum()))
         token_counts.append(int(hidden.shape[1]))
-        offsets.append(int(input_ids.shape[1]) - int(positions[-1]) - 1)  # decoding shift of this layer
+        # Decoding shift of this layer: nonzero only where PyramidDrop renumbered (1-D positions).
+        offsets.append(int(input_ids.shape[1]) - int(positions[-1]) - 1 if renumber else 0)
         hidden = layer(hidden, attention_mask=_causal_mask(lm.config, hidden.shape[1], hidden.dtype, device),
-                       position_ids=positions[None], cache=cache, use_cache=True, position_embeddings=(cos, sin))
+                       position_ids=None if mrope else positions[None], cache=cache, use_cache=True,
+                       position_embeddings=(cos, sin))
     logits = model.lm_head(lm.norm(hidden[:, -1:]))[:, -1].float()
     synchronize(device)
     prefill_end = time.perf_counter()
     first = logits[0].cpu()
     tokens, kept_logits = [], []
     if not prefill_only:
-        eos, next_position = eos_ids(model), int(input_ids.shape[1])
+        eos = eos_ids(model)
         for step in range(max_new_tokens):
             token = next_token(model, logits)
             tokens.append(token)
@@ -275,8 +290,8 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
                 kept_logits.append(logits[0].cpu())
             if token in eos or step == max_new_tokens - 1:
                 break
-            # The next position of the sequence each layer saw: the full prompt's for FastV, the
-            # renumbered one's for PyramidDrop.
+            # The next position of the sequence each layer saw: the full prompt's for FastV (a
+            # text token's three M-RoPE axes are equal), the renumbered one's for PyramidDrop.
             hidden = model.model.get_input_embeddings()(torch.tensor([[token]], device=device))
             rotary = {}
             for layer, offset in zip(layers, offsets):
@@ -293,6 +308,11 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
                      prompt_tokens=int(input_ids.shape[1]), prefill_s=prefill_end - start, decode_s=end - prefill_end,
                      image_tokens_per_layer=image_counts, tokens_per_layer=token_counts, kept_after=kept_after,
                      step_logits=kept_logits)
+
+
+def _rotary_positions(positions: torch.Tensor) -> torch.Tensor:
+    """``positions`` (``[L]`` or ``[3, L]``) as the rotary embedding takes them (``[1, L]``, ``[3, 1, L]``)."""
+    return positions[None] if positions.dim() == 1 else positions[:, None]
 
 
 def prefill_flops(tokens_per_layer: list[int], config) -> float:

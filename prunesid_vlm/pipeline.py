@@ -410,7 +410,7 @@ class Pipeline:
         self._check_selection(feats, selection)
         staged = in_llm is not None and in_llm.active
         if staged:
-            self.in_llm_layers()  # refuses a model the staged loop does not cover
+            self.check_in_llm(in_llm)
         chosen = None if selection is None else selection_key(selection)
         # The schedule joins the selection's slot: first_token_logits reuses answers by (media, question, slot).
         key = (feats.media_key, question, (chosen, in_llm.key()) if staged else chosen, max_new_tokens)
@@ -432,6 +432,18 @@ class Pipeline:
                              "tower views: select again on these features.")
 
     # --- pruning inside the language model ----------------------------------------------------
+    in_llm_styles: tuple[str, ...] = ("fastv", "pyramiddrop")
+    """The in-LLM rules this pipeline's staged loop runs (see :mod:`.inllm`)."""
+    in_llm_limits: str = ""
+    """Why a rule missing from ``in_llm_styles`` does not run here (said when one is asked for)."""
+
+    def check_in_llm(self, in_llm: InLLMSchedule) -> None:
+        """Refuse, before any model work, a language model or a rule the staged loop does not cover."""
+        self.in_llm_layers()
+        if in_llm.active and in_llm.style not in self.in_llm_styles:
+            raise ValueError(f"{in_llm.name} does not run on {self.model_id}: {self.in_llm_limits} "
+                             f"The stages that run here: {', '.join(self.in_llm_styles)}.")
+
     def in_llm_layers(self) -> int:
         """Decoder layers of the language model, which in-LLM schedules count in.
 
@@ -453,7 +465,7 @@ class Pipeline:
         images = check_images(images)
         feats = self.encode(images)
         self._check_selection(feats, selection)
-        self.in_llm_layers()
+        self.check_in_llm(in_llm)
         with self._lock:
             return self._on_model(self._staged_run, images, feats, question, selection, in_llm, 1, True)
 

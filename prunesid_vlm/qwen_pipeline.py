@@ -26,6 +26,7 @@ from prunesid.result import Selection
 
 from .adapters.base import ViewInfo
 from .generation import continuation_logprob, synchronize
+from .inllm import InLLMSchedule, staged_generate
 from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key
 from .qwen_generation import first_logits_with_positions, greedy_with_positions
 from .rules import Frames, check_images, information_score, keeps_everything
@@ -180,10 +181,18 @@ class QwenPipeline(Pipeline):
         return (ids[:, index], {kind: features}, positions[:, :, index], next_position,
                 sum(int(f.shape[0]) for f in features))
 
-    def in_llm_layers(self) -> int:
-        self._check_answers()
-        raise ValueError("In-LLM pruning (FastV, PyramidDrop) is not available on Qwen2-VL and Qwen2.5-VL here: their "
-                         "3-D rotary positions (M-RoPE) are not covered by the staged loop; it runs on the LLaVA models.")
+    in_llm_styles = ("fastv",)
+    in_llm_limits = ("its language model takes 3-D (M-RoPE) positions, and PyramidDrop renumbers the kept "
+                     "tokens' positions from 0, which is defined for 1-D positions only.")
+
+    def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool):
+        ids, features, positions, next_position, visual = self._qwen_prompt(images, feats, question, selection)
+        kind, parts = next(iter(features.items()))
+        token_id = self.adapter.video_token_id if kind == "video" else self.adapter.image_token_id
+        run = staged_generate(self.model, ids, torch.cat(parts), token_id, in_llm, max_new_tokens=max_new_tokens,
+                              prefill_only=prefill_only, positions=positions, next_position=next_position)
+        return run if prefill_only else (run, visual, 0.0)
 
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                   max_new_tokens: int) -> Answer:

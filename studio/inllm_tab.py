@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from prunesid_vlm.combination import DEFAULT_BUDGETS, STAGE_KEEP, combination_study, schedules_for
+from prunesid_vlm.combination import DEFAULT_BUDGETS, STAGE_KEEP, combination_study, kinds_for, schedules_for
 from prunesid_vlm.pipeline import budget_patches, check_question
 from viz.combination import plot_combination
 
@@ -19,7 +19,7 @@ TABLE_HEADERS = ["variant", "image tokens per layer", "total compression", "pref
                  "prefill time vs none", "first-token KL (nats)", "first token"]
 REPEATS = 3
 MAX_BUDGETS = 6
-"""Budgets per run: each costs four variants × REPEATS prefills."""
+"""Budgets per run: each costs (up to) four variants × REPEATS prefills."""
 
 EXPLAINER = f"""How far can pruning go when it happens **before** the language model (PruneSID), **inside** it
 (FastV: after decoder layer K = 2 keep the image tokens the last prompt token attends to most; PyramidDrop: the same
@@ -38,15 +38,20 @@ def _schedule_text(counts: list[int]) -> str:
     return " → ".join(parts) + ("" if len(parts) > 1 else " (every layer)")
 
 
-def depth_note(num_layers: int) -> str:
-    """Where the stages fall on this model, and what that means on a shallow demo model."""
+def depth_note(num_layers: int, without_pyramiddrop: str = "") -> str:
+    """Where the stages fall on this model, and what that means on a shallow demo model;
+    ``without_pyramiddrop``: why PyramidDrop does not run on it, when it does not."""
     stages = schedules_for(num_layers)
     fastv, pyramid = stages["prunesid+fastv"].after, stages["prunesid+pyramiddrop"].after
-    text = (f"This language model has **{num_layers} decoder layers**: FastV's stage after layer {fastv[0]}, "
-            f"PyramidDrop's after {', '.join(map(str, pyramid))}.")
+    text = f"This language model has **{num_layers} decoder layers**: FastV's stage after layer {fastv[0]}"
+    if without_pyramiddrop:
+        text += f". PyramidDrop does not run on it: {without_pyramiddrop}"
+    else:
+        text += f", PyramidDrop's after {', '.join(map(str, pyramid))}."
     if num_layers < 8:
-        text += (" On so shallow a model FastV and PyramidDrop collapse to the same single stage, and the stages "
-                 "save little; the published settings (K = 2; 8/16/24) are for 32-layer models.")
+        text += (" On so shallow a model the stages save little"
+                 + ("" if without_pyramiddrop else ", and FastV and PyramidDrop collapse to the same single stage")
+                 + "; the published settings (K = 2; 8/16/24) are for 32-layer models.")
     return text
 
 
@@ -60,9 +65,12 @@ def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, m
     pipe = get_pipeline()
     num_layers = pipe.in_llm_layers()  # says why before any work on a model it does not cover
     points = parse_budgets(budgets, budget_patches(pipe.encode(images)))
+    kinds = kinds_for(pipe)
     if len(points) > MAX_BUDGETS:
-        raise ValueError(f"At most {MAX_BUDGETS} budgets per run (each costs {4 * repeats} prefills), got {len(points)}.")
-    study = combination_study(pipe, images, question, points, repeats=repeats, progress=_reporter(progress))
+        raise ValueError(f"At most {MAX_BUDGETS} budgets per run (each costs {len(kinds) * repeats} prefills), "
+                         f"got {len(points)}.")
+    study = combination_study(pipe, images, question, points, kinds=kinds, repeats=repeats,
+                              progress=_reporter(progress))
     rows = study.rows()
     shown = None
     try:
@@ -76,7 +84,8 @@ def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, m
     meaning = f"  \nℹ {pipe.model_id}: {pipe.meaning}." if pipe.meaning else ""
     markdown = (f"**Measured on** {label} · question: “{question}” · model `{pipe.model_id}` on {pipe.device} · "
                 f"no pruning: {rows[0]['prefill_ms']:.1f} ms prefill, {rows[0]['prefill_gflops']:.2f} GFLOPs.  \n"
-                f"{depth_note(num_layers)}{meaning}")
+                f"{depth_note(num_layers, '' if 'pyramiddrop' in pipe.in_llm_styles else pipe.in_llm_limits)}"
+                f"{meaning}")
     return {"figure": figure, "table": table, "markdown": markdown,
             "json": {"model_id": pipe.model_id, "question": question, "media": label, "num_layers": num_layers,
                      "repeats": study.repeats, "device": pipe.device, "rows": rows}}

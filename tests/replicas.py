@@ -106,8 +106,8 @@ QWEN_CONFIGS = {
 }
 
 
-def save_qwen_replica(folder: Path, checkpoint: str, seed: int = 0) -> Path:
-    """A replica of a Qwen checkpoint: its widths, 1 decoder layer, 2 vision blocks, M-RoPE 16/24/24."""
+def save_qwen_replica(folder: Path, checkpoint: str, seed: int = 0, text_layers: int = TEXT_LAYERS) -> Path:
+    """A replica of a Qwen checkpoint: its widths, ``text_layers`` decoder layers, 2 vision blocks, M-RoPE 16/24/24."""
     import transformers
     from transformers import Qwen2VLImageProcessorPil
 
@@ -120,7 +120,7 @@ def save_qwen_replica(folder: Path, checkpoint: str, seed: int = 0) -> Path:
                     "<|video_pad|>"], special_tokens=True)
     tok.chat_template = QWEN_CHAT_TEMPLATE
     ids = {n: tok.convert_tokens_to_ids(f"<|{n}|>") for n in ("vision_start", "vision_end", "image_pad", "video_pad")}
-    text = dict(text, vocab_size=len(tok), num_hidden_layers=TEXT_LAYERS, max_position_embeddings=32768, bos_token_id=1,
+    text = dict(text, vocab_size=len(tok), num_hidden_layers=text_layers, max_position_embeddings=32768, bos_token_id=1,
                 eos_token_id=2, pad_token_id=tok.pad_token_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
     vision = dict(vision, depth=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from prunesid_vlm.combination import KINDS, combination_study
+from prunesid_vlm.combination import KINDS, combination_study, kinds_for
 from prunesid_vlm.inllm import stage_keeps
 from prunesid_vlm.pipeline import load_pipeline
 from tests.conftest import make_image
@@ -74,9 +74,26 @@ def test_bad_requests_say_why(llava_pipeline):
         combination_study(llava_pipeline, [image], QUESTION, budgets=(5000,))
     with pytest.raises(ValueError):
         combination_study(llava_pipeline, [image], "   ")
-    qwen = load_pipeline("demo/tiny-qwen2-vl")
-    with pytest.raises(ValueError, match="M-RoPE"):
-        combination_study(qwen, [image], QUESTION)
+    qwen = load_pipeline("demo/tiny-qwen2.5-vl")
+    with pytest.raises(ValueError, match="PruneSID \\+ PyramidDrop: not on .*M-RoPE"):
+        combination_study(qwen, [image], QUESTION, kinds=KINDS)
+
+
+def test_qwen_study_runs_every_variant_but_pyramiddrop(demo_cache):
+    qwen = load_pipeline("demo/tiny-qwen2.5-vl")
+    assert kinds_for(qwen) == ["prunesid", "fastv", "prunesid+fastv"]
+    study = combination_study(qwen, [make_image(6, 280, 420)], QUESTION, budgets=(64, 16), repeats=1)
+    assert study.kinds() == ["prunesid", "fastv", "prunesid+fastv"]
+    for budget in (64, 16):
+        handed = study.selections[budget].num_tokens.sum().item()
+        (alone,) = [r for r in study.of_kind("prunesid") if r.budget == budget]
+        (fastv,) = [r for r in study.of_kind("fastv") if r.budget == budget]
+        (both,) = [r for r in study.of_kind("prunesid+fastv") if r.budget == budget]
+        assert alone.image_tokens_per_layer == [handed] * 2
+        assert both.image_tokens_per_layer == [handed, stage_keeps(handed, 0.5)]
+        assert fastv.image_tokens_per_layer[0] == study.full.image_tokens_per_layer[0]
+        assert fastv.image_tokens_per_layer[1] == handed  # FastV alone meets PruneSID's budget after its stage
+        assert study.compression(both) > study.compression(alone) > study.compression(fastv) > 1
 
 
 def test_the_script_writes_the_study(llava_pipeline, tmp_path, capsys):

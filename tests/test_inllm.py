@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prunesid_vlm.generation import greedy_generate
+from prunesid_vlm.generation import greedy_generate, next_token
 from prunesid_vlm.inllm import (
     NO_STAGES,
     InLLMSchedule,
@@ -18,7 +18,7 @@ from prunesid_vlm.inllm import (
     stage_keeps,
     staged_generate,
 )
-from prunesid_vlm.pipeline import load_pipeline
+from prunesid_vlm.pipeline import Frames, load_pipeline
 from tests.conftest import make_image
 from tests.replicas import TEXT_MODELS, save_replica
 
@@ -251,10 +251,123 @@ def test_stages_beyond_the_model_and_uncovered_models_are_refused(llava_pipeline
         language_model_layers(gemma)
 
 
-def test_qwen_says_why_it_has_no_stages(demo_cache):
-    pipe = load_pipeline("demo/tiny-qwen2-vl")
-    with pytest.raises(ValueError, match="M-RoPE"):
-        pipe.answer([make_image(1)], QUESTION, in_llm=InLLMSchedule.fastv(1))
+# --- Qwen2-VL / Qwen2.5-VL: FastV with 3-D positions ---------------------------------------------------
+@pytest.fixture(scope="module", params=["demo/tiny-qwen2-vl", "demo/tiny-qwen2.5-vl"])
+def qwen(request, demo_cache):
+    return load_pipeline(request.param)
+
+
+def _qwen_flat(pipe, media, selection):
+    feats = pipe.encode(media)
+    ids, features, positions, next_position, _ = pipe._qwen_prompt(media, feats, QUESTION, selection)
+    kind, parts = next(iter(features.items()))
+    token_id = pipe.adapter.video_token_id if kind == "video" else pipe.adapter.image_token_id
+    return ids, torch.cat(parts), token_id, positions, next_position
+
+
+def _qwen_masked_reference(pipe, ids, flat, token_id, positions, next_position, generated, kept_after):
+    """Logits at every position of prompt + generated without any cache: each layer sees the whole
+    sequence at its M-RoPE positions (generated tokens at next_position + i on all three axes), and a
+    stage's dropped prompt tokens are masked out as keys for every later layer."""
+    lm = pipe.model.model.language_model
+    extra = torch.tensor([generated[:-1]], dtype=torch.long)
+    full_ids = torch.cat([ids, extra], dim=1)
+    steps = torch.arange(extra.shape[1]) + next_position
+    full_positions = torch.cat([positions, steps.expand(3, 1, -1)], dim=2)
+    hidden = _embed(pipe.model, full_ids, flat, token_id)
+    length = full_ids.shape[1]
+    causal = torch.full((length, length), torch.finfo(hidden.dtype).min).triu(1)
+    allowed = torch.ones(length, dtype=torch.bool)
+    cos, sin = lm.rotary_emb(hidden, full_positions)
+    with torch.no_grad():
+        for index, layer in enumerate(lm.layers):
+            if index in kept_after:
+                allowed = torch.zeros(length, dtype=torch.bool)
+                allowed[kept_after[index]] = True
+                allowed[ids.shape[1]:] = True
+            mask = causal.masked_fill(~allowed[None, :], torch.finfo(hidden.dtype).min)
+            hidden = layer(hidden, attention_mask=mask[None, None], position_embeddings=(cos, sin))
+        return pipe.model.lm_head(lm.norm(hidden))[0].float()
+
+
+def test_qwen_without_stages_is_its_own_greedy_answer(qwen):
+    from prunesid_vlm.qwen_generation import greedy_with_positions
+
+    image = make_image(21, 280, 420)
+    selection = qwen.select(qwen.encode([image]), 64)
+    ids, flat, token_id, positions, next_position = _qwen_flat(qwen, [image], selection)
+    features = qwen._qwen_prompt([image], qwen.encode([image]), QUESTION, selection)[1]
+    plain = greedy_with_positions(qwen.model, ids, features, positions, next_position, max_new_tokens=8)
+    staged = staged_generate(qwen.model, ids, flat, token_id, NO_STAGES, max_new_tokens=8, positions=positions,
+                             next_position=next_position)
+    assert staged.tokens.tolist() == plain.tokens.tolist()
+    torch.testing.assert_close(staged.first_logits, plain.first_logits, rtol=1e-5, atol=1e-5)
+    assert staged.image_tokens_per_layer == [flat.shape[0]] * 2
+
+
+@pytest.mark.parametrize("media", ["image", "clip"])
+def test_qwen_fastv_counts_and_decoding_match_a_masked_recompute(qwen, media):
+    """FastV after layer 1 on a pruned Qwen prompt (an image, and a clip's temporal patches): the
+    image tokens per layer, and every generated token's logits against a cache-free recompute at the
+    original 3-D positions with the dropped tokens masked."""
+    frames = [make_image(22, 280, 420)] if media == "image" else Frames([make_image(s, 240, 320) for s in range(4)])
+    selection = qwen.select(qwen.encode(frames), 64)
+    ids, flat, token_id, positions, next_position = _qwen_flat(qwen, frames, selection)
+    handed = flat.shape[0]
+    assert handed == qwen.token_counts(qwen.encode(frames), selection).total
+    run = staged_generate(qwen.model, ids, flat, token_id, InLLMSchedule.fastv(1, 0.5), max_new_tokens=6,
+                          keep_logits=True, positions=positions, next_position=next_position)
+    assert run.image_tokens_per_layer == [handed, stage_keeps(handed, 0.5)]
+    assert run.tokens_per_layer[1] == ids.shape[1] - handed + stage_keeps(handed, 0.5)
+    generated = run.tokens.tolist()
+    reference = _qwen_masked_reference(qwen, ids, flat, token_id, positions, next_position, generated, run.kept_after)
+    start = ids.shape[1] - 1
+    torch.testing.assert_close(reference[start:start + len(generated)], torch.stack(run.step_logits),
+                               rtol=1e-4, atol=1e-4)
+    # The greedy choice as generate makes it (the demo's generation config suppresses some tokens).
+    assert [next_token(qwen.model, row[None]) for row in reference[start:start + len(generated)]] == generated
+
+
+def test_qwen_answers_with_fastv_and_refuses_pyramiddrop_with_the_reason(qwen):
+    image = make_image(23, 280, 420)
+    selection = qwen.select(qwen.encode([image]), 64)
+    alone = qwen.answer([image], QUESTION, selection, max_new_tokens=6)
+    last = qwen.answer([image], QUESTION, selection, max_new_tokens=6, in_llm=InLLMSchedule.fastv(2, 0.25))
+    assert last.tokens == alone.tokens and last.image_tokens_per_layer == (alone.visual_tokens,) * 2
+    staged = qwen.answer([image], QUESTION, selection, max_new_tokens=6, in_llm=InLLMSchedule.fastv(1, 0.5))
+    assert staged.image_tokens_per_layer == (alone.visual_tokens, stage_keeps(alone.visual_tokens, 0.5))
+    with pytest.raises(ValueError, match="M-RoPE.*PyramidDrop|PyramidDrop.*M-RoPE"):
+        qwen.answer([image], QUESTION, selection, in_llm=InLLMSchedule.pyramiddrop((1,)))
+    assert qwen.in_llm_styles == ("fastv",)
+
+
+def test_qwen_ranking_row_on_a_real_width_replica(tmp_path):
+    """Qwen2.5-VL-3B's widths (2048, 16 heads over 2 KV heads, M-RoPE 16/24/24), 3 decoder layers: the
+    ranking row equals eager attention at the prompt's 3-D positions, and FastV's counts per layer."""
+    from tests.replicas import save_qwen_replica
+
+    pipe = load_pipeline(str(save_qwen_replica(tmp_path / "q25", "Qwen/Qwen2.5-VL-3B-Instruct", text_layers=3)),
+                         device="cpu")
+    image = make_image(24, 224, 336)
+    selection = pipe.select(pipe.encode([image]), 64)
+    ids, flat, token_id, positions, _ = _qwen_flat(pipe, [image], selection)
+    lm = pipe.model.model.language_model
+    hidden = _embed(pipe.model, ids, flat, token_id)
+    cos, sin = lm.rotary_emb(hidden, positions)
+    layer = lm.layers[0]
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    q = attention.q_proj(normed).view(1, ids.shape[1], -1, attention.head_dim).transpose(1, 2)
+    k = attention.k_proj(normed).view(1, ids.shape[1], -1, attention.head_dim).transpose(1, 2)
+    q, k = (x * cos[:, None] + torch.cat([-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]], -1) * sin[:, None]
+            for x in (q, k))
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    eager = ((q @ k.transpose(-1, -2)) * attention.scaling + torch.full((ids.shape[1],) * 2, -1e9).triu(1)).softmax(-1)
+    torch.testing.assert_close(last_query_attention(layer, hidden, cos, sin), eager[0, :, -1].mean(0),
+                               rtol=1e-4, atol=1e-6)
+    run = pipe.staged_prefill([image], QUESTION, selection, InLLMSchedule.fastv(1, 0.5))
+    handed = flat.shape[0]
+    assert run.image_tokens_per_layer == [handed, stage_keeps(handed, 0.5), stage_keeps(handed, 0.5)]
 
 
 def test_prefill_flops_shrink_with_the_tokens():

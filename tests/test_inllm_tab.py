@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from prunesid_vlm.inllm import stage_keeps
 from prunesid_vlm.pipeline import load_pipeline
 from studio.inllm_tab import combination_view, depth_note, on_combination
 from tests.compare_client import compare_tab_client
@@ -38,11 +39,18 @@ def test_bad_requests_become_messages(llava_pipeline, image_path, demo_cache):
         combination_view(image_path, "What?", "2, 4, 8, 16, 32, 64, 128", lambda: llava_pipeline)
     with pytest.raises(ValueError):
         combination_view(image_path, "", "64", lambda: llava_pipeline)
-    qwen = load_pipeline("demo/tiny-qwen2-vl")
-    plot, table, text, raw = on_combination(lambda: qwen)(image_path, "What?", "64", 64, progress=None)
-    assert text.startswith("⚠") and "M-RoPE" in text
     _, _, text, _ = on_combination(lambda: llava_pipeline)(None, "What?", "64", 64, progress=None)
     assert text.startswith("⚠") and "image" in text.lower()
+
+
+def test_qwen_runs_fastv_and_says_why_not_pyramiddrop(image_path, demo_cache):
+    qwen = load_pipeline("demo/tiny-qwen2-vl")
+    plot, table, text, raw = on_combination(lambda: qwen)(image_path, "What?", "64", 64, progress=None)
+    assert [r["kind"] for r in raw["rows"]] == ["full", "prunesid", "fastv", "prunesid+fastv"]
+    handed = raw["rows"][1]["image_tokens_per_layer"][0]
+    assert raw["rows"][3]["image_tokens_per_layer"] == [handed, stage_keeps(handed, 0.5)]
+    assert "PyramidDrop does not run" in text and "M-RoPE" in text and not text.startswith("⚠")
+    assert len(table) == 4
 
 
 def test_the_scripted_endpoint(llava_pipeline, image_path):

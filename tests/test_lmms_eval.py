@@ -96,6 +96,9 @@ def test_pruning_inside_the_language_model_through_lmms_eval(tmp_path, demo_cach
         model.loglikelihood([])
     with pytest.raises(ValueError, match="in_llm must be"):
         PruneSIDLmms(pretrained="demo/tiny-llava-1.5", in_llm="sparsevlm")
+    assert PruneSIDLmms(pretrained="demo/tiny-qwen2-vl", in_llm="fastv", device="cpu").in_llm.style == "fastv"
+    with pytest.raises(ValueError, match="M-RoPE"):  # said when the model is made, not on the first sample
+        PruneSIDLmms(pretrained="demo/tiny-qwen2-vl", in_llm="pyramiddrop", device="cpu")
     results, samples, _ = run([sys.executable, "evaluate.py"], tmp_path / "staged", demo_cache,
                               MODEL_ARGS + ",in_llm=fastv")
     metrics = results["results"]["prunesid_smoke"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from prunesid_report import report as R
+from prunesid_vlm.inllm import stage_keeps
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -106,6 +107,21 @@ def test_in_llm_variants_in_the_report(deep_llava_pipeline, folder, tmp_path):
     assert (out / "combination.png").stat().st_size > 10_000
     rows = R.combination_rows(results, chosen)
     assert rows[0]["kind"] == "full" and len(rows) == 5
+
+
+def test_qwen_report_runs_fastv_and_marks_pyramiddrop_unavailable(folder, tmp_path, demo_cache):
+    from prunesid_vlm.pipeline import load_pipeline
+
+    pipe = load_pipeline("demo/tiny-qwen2-vl")
+    chosen = R.ReportSettings(model=pipe.model_id, methods=("prunesid", "prunesid+fastv", "prunesid+pyramiddrop"),
+                              budgets=(64,), question="What?", max_new_tokens=2)
+    results = R.run_report(folder, tmp_path / "out", chosen, pipe=pipe)
+    for item in results:
+        points = {p["method"]: p for p in item.points}
+        handed = points["prunesid"]["tokens"]
+        assert points["prunesid+fastv"]["image_tokens_per_layer"] == [handed, stage_keeps(handed, 0.5)]
+        assert points["prunesid+pyramiddrop"]["available"] is False
+    assert (tmp_path / "out" / "combination.png").exists()
 
 
 def test_unknown_in_llm_stages_are_refused():
