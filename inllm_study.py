@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="hub id, folder or demo id (default: the app's start-up model)")
     parser.add_argument("--question", default="Describe the picture in one sentence.")
     parser.add_argument("--budgets", default="192,128,64,32,16", help="PruneSID budgets per view")
-    parser.add_argument("--repeats", type=int, default=3, help="prefills per variant (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="prefills per variant at least (more while they take under a second in all; the median is reported)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("inllm-study"))
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ are measured side by side.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,9 @@ KINDS = ("prunesid", "fastv", "prunesid+fastv", "prunesid+pyramiddrop")
 KIND_LABELS = {"full": "No pruning", "prunesid": "PruneSID alone", "fastv": "FastV alone",
                "prunesid+fastv": "PruneSID + FastV", "prunesid+pyramiddrop": "PruneSID + PyramidDrop"}
 DEFAULT_BUDGETS = (192, 128, 64, 32, 16)
+MIN_TIMING_SECONDS = 1.0
+MAX_REPEATS = 41
+"""Timing passes per variant: at least the asked repeats, more while the passes are that quick."""
 STAGE_KEEP = 0.5
 """What each in-LLM stage keeps after PruneSID: FastV's and PyramidDrop's published ratio (50 %)."""
 
@@ -180,13 +184,17 @@ def _stage_of(kind: str) -> str | None:
 
 def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: str,
                       budgets: Sequence[int] = DEFAULT_BUDGETS, *, kinds: Sequence[str] | None = None,
-                      repeats: int = 3, method: str = "prunesid", progress: Progress | None = None
-                      ) -> CombinationStudy:
+                      repeats: int = 3, method: str = "prunesid", progress: Progress | None = None,
+                      min_seconds: float = MIN_TIMING_SECONDS) -> CombinationStudy:
     """Run every variant of ``kinds`` (default: :func:`kinds_for` the model) at every budget (per
     view, as the app's slider) on ``images``.
 
     Budgets beyond the model's patches are dropped; ``method`` is the pre-LLM method (PruneSID by
     default; any registry method composes the same way).
+
+    ``repeats`` passes per variant at least; more (up to ``MAX_REPEATS``) while all of them together
+    have taken under ``min_seconds``, so that millisecond prefills (the demo models) are medians of
+    many passes and a moment of contention on a shared CPU does not decide them.
 
     Raises:
         ValueError: no usable budget, an unknown kind or one whose stage this model does not run, or a
@@ -217,16 +225,19 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
             plan.append((kind, k, *variant_run(pipe, feats, variant, k, num_layers, question)))
     timings: dict[int, list[float]] = {i: [] for i in range(len(plan))}
     made: dict[int, object] = {}
-    for repeat in range(max(1, repeats)):
+    started, repeat = time.perf_counter(), 0
+    planned = max(1, repeats)
+    while repeat < planned or (repeat < MAX_REPEATS and time.perf_counter() - started < min_seconds):
+        # Progress once per pass over the variants, not between timed prefills: what a progress update
+        # sets off (a page redrawing its bar) would land on the next prefill's clock.
+        report(min(1.0, repeat / planned), f"timing pass {repeat + 1} over {len(plan)} variants")
         order = list(range(len(plan)))
         order = order[repeat % len(order):] + order[:repeat % len(order)]  # each variant leads once in turn
-        for step, index in enumerate(order):
-            kind, k, selection, schedule = plan[index]
-            run = pipe.staged_prefill(images, question, selection, schedule)
+        for index in order:
+            run = pipe.staged_prefill(images, question, plan[index][2], plan[index][3])
             timings[index].append(run.prefill_s)
             made[index] = run
-            report((repeat * len(plan) + step + 1) / (max(1, repeats) * len(plan)),
-                   f"repeat {repeat + 1}: {KIND_LABELS[kind]}{'' if k is None else f' {k}'}")
+        repeat += 1
     variants = []
     for index, (kind, k, _selection, schedule) in enumerate(plan):
         run = made[index]
@@ -238,4 +249,4 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
             first_token_agrees=bool(made[0].first_logits.argmax() == run.first_logits.argmax()),
             method_label=method_label))
     return CombinationStudy(question=question, num_layers=num_layers, full=variants[0], runs=variants[1:],
-                            selections=selections, repeats=max(1, repeats))
+                            selections=selections, repeats=repeat)

@@ -26,7 +26,8 @@ EXPLAINER = f"""How far can pruning go when it happens **before** the language m
 ranking, by the next layer's attention, after ¼, ½ and ¾ of the depth), or **both**? Each stage after PruneSID halves
 what is left ({STAGE_KEEP:.0%}); FastV alone keeps as many as PruneSID's budget, so both meet there. *Total compression*: the
 image tokens summed over all decoder layers without pruning, over the variant's. FLOPs are estimated from each
-layer's sequence length; times are medians of {REPEATS} prefills per variant, all measured in one rotating order."""
+layer's sequence length; times are medians of at least {REPEATS} prefills per variant (more when they take
+milliseconds), all measured in one rotating order."""
 
 
 def _schedule_text(counts: list[int]) -> str:
@@ -83,7 +84,8 @@ def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, m
               "same" if r["first_token_agrees"] else "changed"] for r in rows]
     meaning = f"  \nℹ {pipe.model_id}: {pipe.meaning}." if pipe.meaning else ""
     markdown = (f"**Measured on** {label} · question: “{question}” · model `{pipe.model_id}` on {pipe.device} · "
-                f"no pruning: {rows[0]['prefill_ms']:.1f} ms prefill, {rows[0]['prefill_gflops']:.2f} GFLOPs.  \n"
+                f"no pruning: {rows[0]['prefill_ms']:.1f} ms prefill, {rows[0]['prefill_gflops']:.2f} GFLOPs; "
+                f"times are medians of {study.repeats} passes.  \n"
                 f"{depth_note(num_layers, '' if 'pyramiddrop' in pipe.in_llm_styles else pipe.in_llm_limits)}"
                 f"{meaning}")
     return {"figure": figure, "table": table, "markdown": markdown,

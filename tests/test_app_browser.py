@@ -316,6 +316,18 @@ def test_qwen_demo_models_in_the_page(page, app_url, tmp_path, llava_pipeline, m
         assert "temporal patch" in text_of(page, "#budget-label")
         wait_idle(page)
         shot(page, tmp_path, f"11-{model_id.split('/')[-1]}-video")
+        # Inside the LLM on the clip: FastV runs on the 3-D positions, PyramidDrop is said not to.
+        page.get_by_role("tab", name="Compare methods").click()
+        page.get_by_role("tab", name="Inside the LLM").click()
+        page.fill("#inllm-budgets textarea, #inllm-budgets input", "64")
+        page.click("#inllm-run")
+        page.wait_for_function("() => document.querySelector('#inllm-text').innerText.includes('Measured on')")
+        wait_idle(page)
+        assert "PyramidDrop does not run" in text_of(page, "#inllm-text")
+        table = text_of(page, "#inllm-table")
+        assert "PruneSID + FastV 64" in table and "PyramidDrop" not in table
+        shot(page, tmp_path, f"11-{model_id.split('/')[-1]}-inside-the-llm")
+        page.get_by_role("tab", name="Explore PruneSID").click()
     finally:
         MANAGER.install(llava_pipeline)
 

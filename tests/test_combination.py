@@ -118,3 +118,18 @@ def test_another_pre_llm_method_is_named_as_itself(deep_llava_pipeline):
                               kinds=("prunesid", "prunesid+fastv"), repeats=1)
     assert [r.label for r in study.runs] == ["VisionZip alone 64", "VisionZip + FastV 64"]
     assert study.rows()[2]["kind_label"] == "VisionZip + FastV"
+
+
+def test_quick_prefills_are_timed_over_more_passes(llava_pipeline):
+    """Millisecond prefills (the demo) get more passes than asked, up to MAX_REPEATS, until the timing
+    has taken min_seconds; with min_seconds=0 exactly the asked repeats run. Progress is reported once
+    per pass, never between two timed prefills."""
+    from prunesid_vlm.combination import MAX_REPEATS
+
+    image, calls = make_image(9), []
+    exact = combination_study(llava_pipeline, [image], QUESTION, budgets=(64,), kinds=("prunesid",), repeats=2,
+                              min_seconds=0.0, progress=lambda f, m: calls.append(m))
+    assert exact.repeats == 2 and calls == ["timing pass 1 over 2 variants", "timing pass 2 over 2 variants"]
+    more = combination_study(llava_pipeline, [image], QUESTION, budgets=(64,), kinds=("prunesid",), repeats=2,
+                             min_seconds=0.3)
+    assert 2 < more.repeats <= MAX_REPEATS
