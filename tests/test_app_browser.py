@@ -59,6 +59,17 @@ def wait_idle(page) -> None:
     page.wait_for_function("() => !document.body.innerText.includes('processing |')")
 
 
+def run_inside_the_llm(page, budgets: str) -> tuple[str, str]:
+    """Compare → Inside the LLM → run at ``budgets``: the note above the plot and the table's text."""
+    page.get_by_role("tab", name="Compare methods").click()
+    page.get_by_role("tab", name="Inside the LLM").click()
+    page.fill("#inllm-budgets textarea, #inllm-budgets input", budgets)
+    page.click("#inllm-run")
+    page.wait_for_function("() => document.querySelector('#inllm-text').innerText.includes('Measured on')")
+    wait_idle(page)
+    return text_of(page, "#inllm-text"), text_of(page, "#inllm-table")
+
+
 def text_of(page, selector: str) -> str:
     return page.locator(selector).inner_text()
 
@@ -317,14 +328,8 @@ def test_qwen_demo_models_in_the_page(page, app_url, tmp_path, llava_pipeline, m
         wait_idle(page)
         shot(page, tmp_path, f"11-{model_id.split('/')[-1]}-video")
         # Inside the LLM on the clip: FastV runs on the 3-D positions, PyramidDrop is said not to.
-        page.get_by_role("tab", name="Compare methods").click()
-        page.get_by_role("tab", name="Inside the LLM").click()
-        page.fill("#inllm-budgets textarea, #inllm-budgets input", "64")
-        page.click("#inllm-run")
-        page.wait_for_function("() => document.querySelector('#inllm-text').innerText.includes('Measured on')")
-        wait_idle(page)
-        assert "PyramidDrop does not run" in text_of(page, "#inllm-text")
-        table = text_of(page, "#inllm-table")
+        text, table = run_inside_the_llm(page, "64")
+        assert "PyramidDrop does not run" in text
         assert "PruneSID + FastV 64" in table and "PyramidDrop" not in table
         shot(page, tmp_path, f"11-{model_id.split('/')[-1]}-inside-the-llm")
         page.get_by_role("tab", name="Explore PruneSID").click()
@@ -338,15 +343,8 @@ def test_inside_the_llm_runs_on_the_visitors_picture(page, app_url, tmp_path):
     page.wait_for_selector("#run")
     page.set_input_files("#image input[type=file]", str(ASSETS / "coffee.jpg"))
     page.wait_for_function("() => document.querySelector('#summary').innerText.includes('tokens kept')")
-    page.get_by_role("tab", name="Compare methods").click()
-    page.get_by_role("tab", name="Inside the LLM").click()
-    page.fill("#inllm-budgets textarea, #inllm-budgets input", "64, 16")
-    page.click("#inllm-run")
-    page.wait_for_function("() => document.querySelector('#inllm-text').innerText.includes('Measured on')")
-    wait_idle(page)
-    text = text_of(page, "#inllm-text")
+    text, table = run_inside_the_llm(page, "64, 16")
     assert "coffee.jpg" in text and "2 decoder layers" in text
-    table = text_of(page, "#inllm-table")
     assert "PruneSID + PyramidDrop 16" in table and "64 → 32 (after layer 1)" in table
     assert page.locator("#inllm-plot img, #inllm-plot canvas, #inllm-plot svg").count() > 0
     shot(page, tmp_path, "12-inside-the-llm")
