@@ -26,8 +26,8 @@ PRESETS = (64, 128, 192)
 # (the group legend's colours, the video gallery's visibility), see the report of issue 5.
 
 HEADER = """# ✂️ PruneSID Studio
-**PruneSID** (ICLR 2026, [arXiv 2603.09480](https://arxiv.org/abs/2603.09480)) hands a LLaVA model only
-*K* of its 576 visual tokens: it sorts the image patches into **semantic groups**, keeps each group's most
+**PruneSID** (ICLR 2026, [arXiv 2603.09480](https://arxiv.org/abs/2603.09480)) hands a vision-language
+model only *K* of its visual tokens (LLaVA-1.5 has 576 per image; Qwen2-VL's grow with the picture): it sorts the image patches into **semantic groups**, keeps each group's most
 important patch and drops its **near-duplicates**, and gives **busier images more tokens**. Upload an image,
 pick *K*, and see what is kept and what it costs the answer."""
 
