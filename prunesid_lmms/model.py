@@ -3,12 +3,12 @@ NeXT-Video, Qwen2-VL, Qwen2.5-VL, their demos), answering with the visual tokens
 keeps (or all of them, ``method=none``), through this project's Pipeline.
 
 Model arguments (``--model_args key=value,...``): ``pretrained`` (hub id, folder or demo id),
-``method`` (``prunesid``, ``prunesid-dyn``, ``visionzip``, ``divprune``, ``vispruner``, ``random``,
+``method`` (``prunesid``, ``prunesid-dyn``, ``visionzip``, ``divprune``, ``vispruner``, ``cdpruner``, ``random``,
 ``grid``, ``topk`` or ``none``), ``num_tokens`` (K per view, CLS included; per 576 tokens on Qwen),
 ``dynamic`` (the dynamic ratio), ``budget_mode`` (``per_view`` or ``total``: the paper's LLaVA-NeXT
 640/320/160), ``in_llm`` (``fastv`` or ``pyramiddrop``: pruning inside the language model after the
-method, at the published layers scaled to its depth; ``in_llm_keep``, the share each stage keeps,
-0.5 by default), ``device``, ``dtype``, ``max_new_tokens`` (used when a task sets none).
+method, at the published layers scaled to its depth, for generation and multiple-choice scoring alike;
+PyramidDrop not on Qwen; ``in_llm_keep``, the share each stage keeps, 0.5 by default), ``device``, ``dtype``, ``max_new_tokens`` (used when a task sets none).
 
 With ``accelerate launch --num_processes P`` every process loads the model on its own device
 (its GPU, or the CPU), reports its rank and the world size, and lmms-eval gives it its share of
@@ -172,9 +172,6 @@ class PruneSIDLmms(lmms):
         return out
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        if self.in_llm is not None:
-            raise ValueError("in_llm stages are evaluated on generation tasks; multiple-choice scoring "
-                             "(loglikelihood) runs without them")
         out = []
         for request in tqdm(requests, disable=self.rank != 0, desc="prunesid scoring"):
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
@@ -183,7 +180,8 @@ class PruneSIDLmms(lmms):
             self._trace(task, doc_id)
             images = self._media(doc_to_visual, doc_id, task, split)
             question = self._question(context)
-            out.append(self.pipe.loglikelihood(images, question, continuation, self._selection(images, question)))
+            out.append(self.pipe.loglikelihood(images, question, continuation, self._selection(images, question),
+                                               in_llm=self.in_llm))
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:

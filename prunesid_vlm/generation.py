@@ -177,12 +177,19 @@ def continuation_logprob(model: torch.nn.Module, input_ids: torch.Tensor, featur
         outputs = {modality: BaseModelOutputWithPooling(pooler_output=features)}
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_encoder_outputs=outputs, **kwargs)
     start = input_ids.shape[1]
-    logits = out.logits[0, start - 1: start - 1 + continuation.shape[1]].float().log_softmax(-1)
-    target = continuation[0].to(device)
+    return score_continuation(model, out.logits[0, start - 1: start - 1 + continuation.shape[1]], continuation[0])
+
+
+def score_continuation(model: torch.nn.Module, logits: torch.Tensor, target: torch.Tensor) -> tuple[float, bool]:
+    """``(Σ log p(target), whether each target token is the greedy choice)`` from the logits
+    ``[T, vocab]`` that predict the ``T`` target tokens (greedy as ``generate`` decodes: the
+    generation config's suppressed tokens never win)."""
+    logits = logits.float().log_softmax(-1)
+    target = target.to(logits.device)
     picked = logits.gather(1, target[:, None])[:, 0]
-    suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
-    choice = logits.index_fill(1, torch.tensor(suppress, device=device), float("-inf")) if suppress else logits
-    return float(picked.sum()), bool((choice.argmax(-1) == target).all())  # greedy as generate decodes
+    suppress = suppressed_tokens(model)
+    choice = logits.index_fill(1, torch.tensor(suppress, device=logits.device), float("-inf")) if suppress else logits
+    return float(picked.sum()), bool((choice.argmax(-1) == target).all())
 
 
 def suppressed_tokens(model) -> list[int]:

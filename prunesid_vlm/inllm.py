@@ -218,12 +218,15 @@ def sliding_window(config) -> int | None:
 def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: torch.Tensor, token_id: int,
                     schedule: InLLMSchedule, max_new_tokens: int = 64, prefill_only: bool = False,
                     keep_logits: bool = False, positions: torch.Tensor | None = None,
-                    next_position: int | None = None) -> StagedRun:
+                    next_position: int | None = None, forced: Sequence[int] | None = None) -> StagedRun:
     """Greedy answer with ``features`` (``[T, D]``, the visual tokens in placeholder order) and the
     in-LLM ``schedule``; with ``prefill_only``, only the first answer token's logits.
 
     ``positions`` (``[3, 1, L]``) and ``next_position``: a Qwen VL prompt's M-RoPE positions and where
-    its first generated token goes (without them, positions are 0 … L − 1 and then L)."""
+    its first generated token goes (without them, positions are 0 … L − 1 and then L).
+
+    ``forced``: teacher-forced tokens fed in place of the greedy choices (no stop at EOS), with the
+    logits that predict each kept — what scoring a continuation needs."""
     from transformers import DynamicCache
 
     device = model.device
@@ -281,10 +284,12 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     prefill_end = time.perf_counter()
     first = logits[0].cpu()
     tokens, kept_logits = [], []
+    if forced is not None:
+        forced, max_new_tokens, keep_logits = [int(t) for t in forced], len(forced), True
     if not prefill_only:
-        eos = eos_ids(model)
+        eos = set() if forced is not None else eos_ids(model)
         for step in range(max_new_tokens):
-            token = next_token(model, logits)
+            token = next_token(model, logits) if forced is None else forced[step]
             tokens.append(token)
             if keep_logits:
                 kept_logits.append(logits[0].cpu())

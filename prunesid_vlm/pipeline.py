@@ -37,8 +37,8 @@ from .calibration import Calibration, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import (batched_first_logits, continuation_logprob, greedy_generate, placeholder_runs, shrink_placeholders,
-                         synchronize)
+from .generation import (batched_first_logits, continuation_logprob, greedy_generate, placeholder_runs,
+                         score_continuation, shrink_placeholders, synchronize)
 from .gpu import run_on_gpu
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
@@ -470,11 +470,12 @@ class Pipeline:
             return self._on_model(self._staged_run, images, feats, question, selection, in_llm, 1, True)
 
     def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool) -> tuple[StagedRun, int, float]:
+                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool,
+                    forced: list[int] | None = None) -> tuple[StagedRun, int, float]:
         input_ids, features, visual_tokens, project_s = self._prompt(images, feats, question, selection)
         flat = torch.cat(list(features)) if self.adapter.modality == "image" else features[0]
         run = staged_generate(self.model, input_ids, flat, self.adapter.image_token_id, in_llm,
-                              max_new_tokens=max_new_tokens, prefill_only=prefill_only)
+                              max_new_tokens=max_new_tokens, prefill_only=prefill_only, forced=forced)
         return run if prefill_only else (run, visual_tokens, project_s)
 
     def _generate_staged(self, images, feats: EncodedImages, question: str, selection: Selection | None,
@@ -515,10 +516,13 @@ class Pipeline:
             return [found[p] for p in prompts]
 
     def loglikelihood(self, images: Sequence[Image.Image], question: str, continuation: str | Sequence[int],
-                      selection: Selection | None = None) -> tuple[float, bool]:
+                      selection: Selection | None = None, *, in_llm: InLLMSchedule | None = None
+                      ) -> tuple[float, bool]:
         """``(log P(continuation | prompt), whether greedy decoding would produce it)``, with all
-        visual tokens or ``selection``'s: what multiple-choice benchmarks score. ``continuation``
-        is text (tokenised without special tokens) or token ids."""
+        visual tokens or ``selection``'s, and ``in_llm``'s stages inside the language model when given
+        (the stages drop prompt image tokens; the continuation is scored token by token from the
+        staged cache): what multiple-choice benchmarks score. ``continuation`` is text (tokenised
+        without special tokens) or token ids."""
         self._check_answers()
         question = check_question(question)
         images = check_images(images)
@@ -529,8 +533,20 @@ class Pipeline:
             ids = torch.tensor([list(continuation)], dtype=torch.long)
         if ids.shape[1] == 0:
             raise ValueError("the continuation is empty")
+        self._check_selection(feats, selection)
+        staged = in_llm is not None and in_llm.active
+        if staged:
+            self.check_in_llm(in_llm)
         with self._lock:
+            if staged:
+                return self._on_model(self._loglikelihood_staged, images, feats, question, selection, ids, in_llm)
             return self._on_model(self._loglikelihood, images, feats, question, selection, ids)
+
+    def _loglikelihood_staged(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                              continuation: torch.Tensor, in_llm: InLLMSchedule) -> tuple[float, bool]:
+        run = self._staged_run(images, feats, question, selection, in_llm, continuation.shape[1], False,
+                               forced=continuation[0].tolist())[0]
+        return score_continuation(self.model, torch.stack(run.step_logits), continuation[0])
 
     def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                        continuation: torch.Tensor) -> tuple[float, bool]:

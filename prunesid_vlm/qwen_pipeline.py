@@ -186,12 +186,13 @@ class QwenPipeline(Pipeline):
                      "tokens' positions from 0, which is defined for 1-D positions only.")
 
     def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool):
+                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool, forced: list[int] | None = None):
         ids, features, positions, next_position, visual = self._qwen_prompt(images, feats, question, selection)
         kind, parts = next(iter(features.items()))
         token_id = self.adapter.video_token_id if kind == "video" else self.adapter.image_token_id
         run = staged_generate(self.model, ids, torch.cat(parts), token_id, in_llm, max_new_tokens=max_new_tokens,
-                              prefill_only=prefill_only, positions=positions, next_position=next_position)
+                              prefill_only=prefill_only, positions=positions, next_position=next_position,
+                              forced=forced)
         return run if prefill_only else (run, visual, 0.0)
 
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,

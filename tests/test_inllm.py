@@ -196,6 +196,50 @@ def test_decoding_after_the_stages_matches_a_masked_recompute(deep_llava_pipelin
     assert reference[start:start + len(generated)].argmax(-1).tolist() == generated
 
 
+# --- scoring a continuation (multiple-choice benchmarks) through the stages ------------------------------
+def test_scoring_without_stages_is_the_plain_score(llava_pipeline):
+    pipe, image = llava_pipeline, make_image(14)
+    selection = pipe.select(pipe.encode([image]), 64)
+    plain = pipe.loglikelihood([image], QUESTION, "a cat", selection)
+    last = pipe.loglikelihood([image], QUESTION, "a cat", selection, in_llm=InLLMSchedule.fastv(2, 0.25))
+    assert last[1] == plain[1] and last[0] == pytest.approx(plain[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("schedule", [InLLMSchedule.pyramiddrop_for(8), InLLMSchedule.fastv(2, 0.5)],
+                         ids=["pyramiddrop", "fastv"])
+def test_scoring_with_stages_matches_a_masked_recompute(deep_llava_pipeline, schedule):
+    """Σ log p(continuation) through the stages equals the cache-free recompute with the dropped
+    prompt tokens masked, and differs from the score without stages."""
+    pipe, image = deep_llava_pipeline, make_image(15)
+    selection = pipe.select(pipe.encode([image]), 64)
+    continuation = pipe.processor.tokenizer("two cats", add_special_tokens=False)["input_ids"]
+    score, greedy = pipe.loglikelihood([image], QUESTION, continuation, selection, in_llm=schedule)
+    ids, _, flat = _prompt(pipe, image, selection)
+    run = staged_generate(pipe.model, ids, flat, pipe.adapter.image_token_id, schedule, forced=continuation)
+    assert run.tokens.tolist() == continuation and len(run.step_logits) == len(continuation)
+    reference = _masked_reference_logits(pipe, ids, flat, continuation, run.kept_after,
+                                         renumber=schedule.style == "pyramiddrop")
+    start = ids.shape[1] - 1
+    expected = reference[start:start + len(continuation)].log_softmax(-1)
+    assert score == pytest.approx(float(expected[range(len(continuation)), continuation].sum()), abs=1e-3)
+    assert greedy == ([next_token(pipe.model, row[None]) for row in reference[start:start + len(continuation)]]
+                      == continuation)
+    plain, _ = pipe.loglikelihood([image], QUESTION, continuation, selection)
+    assert abs(plain - score) > 1e-4
+
+
+def test_qwen_scoring_through_fastv(demo_cache):
+    qwen, image = load_pipeline("demo/tiny-qwen2-vl"), make_image(16, 280, 420)
+    selection = qwen.select(qwen.encode([image]), 64)
+    plain = qwen.loglikelihood([image], QUESTION, "a cat", selection)
+    last = qwen.loglikelihood([image], QUESTION, "a cat", selection, in_llm=InLLMSchedule.fastv(2, 0.5))
+    assert last[1] == plain[1] and last[0] == pytest.approx(plain[0], abs=1e-4)
+    staged = qwen.loglikelihood([image], QUESTION, "a cat", selection, in_llm=InLLMSchedule.fastv(1, 0.5))
+    assert abs(staged[0] - plain[0]) > 1e-5
+    with pytest.raises(ValueError, match="PyramidDrop"):
+        qwen.loglikelihood([image], QUESTION, "a cat", selection, in_llm=InLLMSchedule.pyramiddrop((1,)))
+
+
 @pytest.mark.parametrize("style", ["fastv", "pyramiddrop"])
 def test_each_rule_ranks_with_the_layer_its_code_uses(deep_llava_pipeline, style):
     """FastV: the attention of the layer just run (layer K − 1 counting from 0); PyramidDrop: the
