@@ -230,7 +230,8 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
     while repeat < planned or (repeat < MAX_REPEATS and time.perf_counter() - started < min_seconds):
         # Progress once per pass over the variants, not between timed prefills: what a progress update
         # sets off (a page redrawing its bar) would land on the next prefill's clock.
-        report(min(1.0, repeat / planned), f"timing pass {repeat + 1} over {len(plan)} variants")
+        done = max(repeat / planned, (time.perf_counter() - started) / min_seconds if min_seconds > 0 else 0.0)
+        report(min(0.99, done), f"timing pass {repeat + 1} over {len(plan)} variants")
         order = list(range(len(plan)))
         order = order[repeat % len(order):] + order[:repeat % len(order)]  # each variant leads once in turn
         for index in order:

@@ -239,8 +239,8 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
         raise ValueError(f"This language model attends within a window of {window} tokens and the prompt has "
                          f"{input_ids.shape[1]}: the staged loop reproduces full attention only.")
     mrope = positions is not None
-    renumber = schedule.style == "pyramiddrop"
-    if mrope and renumber and schedule.active:
+    renumber = schedule.style == "pyramiddrop" and schedule.active
+    if mrope and renumber:
         raise ValueError("PyramidDrop renumbers the kept tokens' positions from 0, which is defined for 1-D "
                          "positions only; with Qwen's 3-D (M-RoPE) positions only FastV's stage runs.")
     input_ids = input_ids.to(device)

@@ -372,6 +372,20 @@ def test_qwen_fastv_counts_and_decoding_match_a_masked_recompute(qwen, media):
     assert [next_token(qwen.model, row[None]) for row in reference[start:start + len(generated)]] == generated
 
 
+def test_qwen_clip_through_the_pipeline_and_empty_schedules(qwen):
+    """A clip's temporal patches through Pipeline.staged_prefill (the video placeholder chosen by the
+    pipeline); a schedule with no stage, of either style, is the plain prefill on 3-D positions too."""
+    frames = Frames([make_image(s, 240, 320) for s in range(4)])
+    selection = qwen.select(qwen.encode(frames), 64)
+    handed = qwen.token_counts(qwen.encode(frames), selection).total
+    run = qwen.staged_prefill(frames, QUESTION, selection, InLLMSchedule.fastv(1, 0.5))
+    assert run.image_tokens_per_layer == [handed, stage_keeps(handed, 0.5)]
+    plain = qwen.answer(frames, QUESTION, selection, max_new_tokens=1)
+    for empty in (NO_STAGES, InLLMSchedule.pyramiddrop(())):
+        torch.testing.assert_close(qwen.staged_prefill(frames, QUESTION, selection, empty).first_logits,
+                                   plain.first_logits, rtol=1e-5, atol=1e-5)
+
+
 def test_qwen_answers_with_fastv_and_refuses_pyramiddrop_with_the_reason(qwen):
     image = make_image(23, 280, 420)
     selection = qwen.select(qwen.encode([image]), 64)
