@@ -97,6 +97,7 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
     usable = set(available_methods(feats))
     staged = any(parse_variant(m)[1] for m in settings.methods)
     num_layers = pipe.in_llm_layers() if staged else 0  # per-layer figures for every point, staged or not
+    made: dict = {}  # selections by (method, budget), shared by that method's variants
     for method in settings.methods:
         base, stage = parse_variant(method)
         for budget in settings.budgets:
@@ -104,7 +105,7 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
             if (base is not None and base not in usable) or (stage is not None and stage not in pipe.in_llm_styles):
                 result.points.append({"method": method, "budget": budget, "available": False})
                 continue
-            selection, schedule = variant_run(pipe, feats, method, budget, num_layers, settings.question)
+            selection, schedule = variant_run(pipe, feats, method, budget, num_layers, settings.question, made)
             pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens,
                                  in_llm=schedule if stage else None)
             result.points.append({

@@ -136,11 +136,11 @@ def parse_variant(label: str) -> tuple[str | None, str | None]:
     return get_method(method).name, stage or None
 
 
-def matched_fastv(pipe: Pipeline, feats, budget: int, num_layers: int) -> InLLMSchedule:
-    """FastV alone, keeping after its stage as many image tokens as PruneSID's ``budget`` hands the
+def matched_fastv(pipe: Pipeline, feats, selection: Selection, num_layers: int) -> InLLMSchedule:
+    """FastV alone, keeping after its stage as many image tokens as PruneSID's ``selection`` hands the
     language model (so that the two meet at equal tokens after the stage)."""
     full = pipe.token_counts(feats).total
-    pruned = pipe.token_counts(feats, pipe.select(feats, budget)).total
+    pruned = pipe.token_counts(feats, selection).total
     return InLLMSchedule.fastv_for(num_layers, min(1.0, pruned / full))
 
 
@@ -162,24 +162,25 @@ def answer_figures(pipe: Pipeline, feats: EncodedImages, full: Answer, pruned: A
     return out
 
 
-def variant_run(pipe: Pipeline, feats, label: str, budget: int, num_layers: int, question: str | None = None
-                ) -> tuple[Selection | None, InLLMSchedule]:
+def variant_run(pipe: Pipeline, feats, label: str, budget: int, num_layers: int, question: str | None = None,
+                made: dict[tuple[str, int], Selection] | None = None) -> tuple[Selection | None, InLLMSchedule]:
     """What enters the language model and what its layers drop, for a variant label at ``budget``
-    (``question``: for a method that chooses by it, CDPruner)."""
+    (``question``: for a method that chooses by it, CDPruner). ``made``: the selections already made
+    on ``feats`` by (method, budget), filled in as they are made, so that the variants of one method
+    at one budget (and FastV alone, matched to PruneSID's) share one selection."""
     method, stage = parse_variant(label)
+    made = {} if made is None else made
+    key = (method or "prunesid", budget)
+    if key not in made:
+        made[key] = pipe.select(feats, budget, method=key[0], question=question)
     if method is None:
-        return None, matched_fastv(pipe, feats, budget, num_layers)
-    selection = pipe.select(feats, budget, method=method, question=question)
-    return selection, (STAGES[stage](num_layers, STAGE_KEEP) if stage else NO_STAGES)
+        return None, matched_fastv(pipe, feats, made[key], num_layers)
+    return made[key], (STAGES[stage](num_layers, STAGE_KEEP) if stage else NO_STAGES)
 
 
 def kinds_for(pipe: Pipeline) -> list[str]:
     """The variants whose in-LLM stage runs on ``pipe``'s language model (on Qwen, not PyramidDrop)."""
-    return [k for k in KINDS if _stage_of(k) is None or _stage_of(k) in pipe.in_llm_styles]
-
-
-def _stage_of(kind: str) -> str | None:
-    return parse_variant(kind)[1]
+    return [k for k in KINDS if (stage := parse_variant(k)[1]) is None or stage in pipe.in_llm_styles]
 
 
 def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: str,
@@ -200,15 +201,17 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
         ValueError: no usable budget, an unknown kind or one whose stage this model does not run, or a
         model the in-LLM stages do not cover."""
     question = check_question(question)
-    kinds = kinds_for(pipe) if kinds is None else list(kinds)
+    runnable = kinds_for(pipe)
+    kinds = runnable if kinds is None else list(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(KINDS)}")
-    refused = [k for k in kinds if k not in kinds_for(pipe)]
+    refused = [k for k in kinds if k not in runnable]
     if refused:
         raise ValueError(f"{', '.join(KIND_LABELS[k] for k in refused)}: not on {pipe.model_id}; "
                          f"{pipe.in_llm_limits}")
-    method_label = get_method(method).label
+    spec = get_method(method)
+    method, method_label = spec.name, spec.label
     num_layers = pipe.in_llm_layers()
     feats = pipe.encode(images)
     patches = budget_patches(feats)
@@ -217,12 +220,13 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
         raise ValueError(f"no budget fits this model's {patches} patches per view")
     report = progress or (lambda *_: None)
     plan: list[tuple[str, int | None, Selection | None, InLLMSchedule]] = [("full", None, None, NO_STAGES)]
-    selections = {}
+    made: dict[tuple[str, int], Selection] = {}
     for k in points:
-        selections[k] = pipe.select(feats, k, method=method, question=question)
+        made[(method, k)] = pipe.select(feats, k, method=method, question=question)
         for kind in kinds:
             variant = kind.replace("prunesid", method) if kind != "fastv" else kind
-            plan.append((kind, k, *variant_run(pipe, feats, variant, k, num_layers, question)))
+            plan.append((kind, k, *variant_run(pipe, feats, variant, k, num_layers, question, made)))
+    selections = {k: made[(method, k)] for k in points}
     timings: dict[int, list[float]] = {i: [] for i in range(len(plan))}
     made: dict[int, object] = {}
     started, repeat = time.perf_counter(), 0

@@ -187,9 +187,7 @@ def score_continuation(model: torch.nn.Module, logits: torch.Tensor, target: tor
     logits = logits.float().log_softmax(-1)
     target = target.to(logits.device)
     picked = logits.gather(1, target[:, None])[:, 0]
-    suppress = suppressed_tokens(model)
-    choice = logits.index_fill(1, torch.tensor(suppress, device=logits.device), float("-inf")) if suppress else logits
-    return float(picked.sum()), bool((choice.argmax(-1) == target).all())
+    return float(picked.sum()), bool((without_suppressed(model, logits).argmax(-1) == target).all())
 
 
 def suppressed_tokens(model) -> list[int]:
@@ -201,10 +199,15 @@ def eos_ids(model) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
 
 
+def without_suppressed(model, logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` (``[..., vocab]``) with the generation config's suppressed tokens at −inf (a copy;
+    ``logits`` itself when there are none): what ``generate``'s greedy choice is made on."""
+    suppress = suppressed_tokens(model)
+    if not suppress:
+        return logits
+    return logits.index_fill(-1, torch.tensor(suppress, device=logits.device), float("-inf"))
+
+
 def next_token(model, logits: torch.Tensor) -> int:
     """Greedy choice after the generation config's suppressed tokens, as ``generate`` makes it."""
-    suppress = suppressed_tokens(model)
-    if suppress:
-        logits = logits.clone()
-        logits[:, suppress] = float("-inf")
-    return int(logits[0].argmax())
+    return int(without_suppressed(model, logits)[0].argmax())

@@ -37,8 +37,8 @@ from .calibration import Calibration, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import (batched_first_logits, continuation_logprob, greedy_generate, placeholder_runs,
-                         score_continuation, shrink_placeholders, synchronize)
+from .generation import (GenerationRun, batched_first_logits, continuation_logprob, greedy_generate,
+                         placeholder_runs, score_continuation, shrink_placeholders, synchronize)
 from .gpu import run_on_gpu
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
@@ -408,9 +408,7 @@ class Pipeline:
         images = check_images(images)
         feats = self.encode(images)
         self._check_selection(feats, selection)
-        staged = in_llm is not None and in_llm.active
-        if staged:
-            self.check_in_llm(in_llm)
+        staged = self._has_stages(in_llm)
         chosen = None if selection is None else selection_key(selection)
         # The schedule joins the selection's slot: first_token_logits reuses answers by (media, question, slot).
         key = (feats.media_key, question, (chosen, in_llm.key()) if staged else chosen, max_new_tokens)
@@ -443,6 +441,13 @@ class Pipeline:
         if in_llm.active and in_llm.style not in self.in_llm_styles:
             raise ValueError(f"{in_llm.name} does not run on {self.model_id}: {self.in_llm_limits} "
                              f"The stages that run here: {', '.join(self.in_llm_styles)}.")
+
+    def _has_stages(self, in_llm: InLLMSchedule | None) -> bool:
+        """Whether ``in_llm`` drops anything, after refusing what the staged loop does not cover."""
+        if in_llm is None or not in_llm.active:
+            return False
+        self.check_in_llm(in_llm)
+        return True
 
     def in_llm_layers(self) -> int:
         """Decoder layers of the language model, which in-LLM schedules count in.
@@ -483,11 +488,16 @@ class Pipeline:
         run, visual_tokens, project_s = self._staged_run(images, feats, question, selection, in_llm, max_new_tokens,
                                                          False)
         self.stats["staged_generations"] += 1
-        text = self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip()
-        return Answer(text=text, tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits,
-                      visual_tokens=visual_tokens, prompt_tokens=run.prompt_tokens, project_s=project_s,
-                      prefill_s=run.prefill_s, decode_s=run.decode_s,
-                      image_tokens_per_layer=tuple(run.image_tokens_per_layer))
+        return self._answer(run, visual_tokens, project_s, run.image_tokens_per_layer)
+
+    def _answer(self, run: GenerationRun, visual_tokens: int, project_s: float,
+                image_tokens_per_layer: Sequence[int] = ()) -> Answer:
+        """The :class:`Answer` of a greedy ``run`` (and the image tokens per layer of a staged one)."""
+        return Answer(text=self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip(),
+                      tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits, visual_tokens=visual_tokens,
+                      prompt_tokens=run.prompt_tokens, project_s=project_s, prefill_s=run.prefill_s,
+                      decode_s=run.decode_s,
+                      image_tokens_per_layer=tuple(image_tokens_per_layer))
 
     def first_token_logits(self, images: Sequence[Image.Image], question: str,
                            selections: Sequence[Selection | None]) -> list[torch.Tensor]:
@@ -499,8 +509,7 @@ class Pipeline:
         images = check_images(images)
         feats = self.encode(images)
         for sel in selections:
-            if sel is not None and sel.batch_size != feats.num_views:
-                raise ValueError(f"A selection has {sel.batch_size} rows but the media has {feats.num_views} views.")
+            self._check_selection(feats, sel)
         prompts = [(feats.media_key, question, None if s is None else selection_key(s)) for s in selections]
         with self._lock:
             found = {key[:3]: answer.first_logits for key, answer in self._answers.items()}
@@ -534,9 +543,7 @@ class Pipeline:
         if ids.shape[1] == 0:
             raise ValueError("the continuation is empty")
         self._check_selection(feats, selection)
-        staged = in_llm is not None and in_llm.active
-        if staged:
-            self.check_in_llm(in_llm)
+        staged = self._has_stages(in_llm)
         with self._lock:
             if staged:
                 return self._on_model(self._loglikelihood_staged, images, feats, question, selection, ids, in_llm)
@@ -590,10 +597,7 @@ class Pipeline:
         run = greedy_generate(self.model, input_ids, features, modality=self.adapter.modality,
                               max_new_tokens=max_new_tokens)
         self.stats["full_generations" if selection is None else "pruned_generations"] += 1
-        text = self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip()
-        return Answer(text=text, tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits,
-                      visual_tokens=visual_tokens, prompt_tokens=run.prompt_tokens,
-                      project_s=project_s, prefill_s=run.prefill_s, decode_s=run.decode_s)
+        return self._answer(run, visual_tokens, project_s)
 
     def _prefill_batch(self, images, feats: EncodedImages, question: str,
                        selections: list[Selection | None]) -> torch.Tensor:

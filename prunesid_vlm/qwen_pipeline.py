@@ -200,9 +200,7 @@ class QwenPipeline(Pipeline):
         ids, features, positions, next_position, visual = self._qwen_prompt(images, feats, question, selection)
         run = greedy_with_positions(self.model, ids, features, positions, next_position, max_new_tokens)
         self.stats["full_generations" if selection is None else "pruned_generations"] += 1
-        text = self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip()
-        return Answer(text=text, tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits, visual_tokens=visual,
-                      prompt_tokens=run.prompt_tokens, project_s=0.0, prefill_s=run.prefill_s, decode_s=run.decode_s)
+        return self._answer(run, visual, 0.0)
 
     def _prefill_batch(self, images, feats: EncodedImages, question: str,
                        selections: list[Selection | None]) -> torch.Tensor:
