@@ -88,13 +88,12 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
     (``prunesid+fastv``, ``prunesid+pyramiddrop``) or be FastV alone (``fastv``): see
     :mod:`prunesid_vlm.combination`."""
     from prunesid_vlm.combination import answer_figures, parse_variant, variant_run
-    from prunesid_vlm.pipeline import available_methods
 
     feats = pipe.encode(images)
     full = pipe.answer(images, settings.question, max_new_tokens=settings.max_new_tokens)
     result = ItemResult(item=item, kind=kind, settings=settings.key(), full_answer=full.text,
                         full_tokens=full.visual_tokens, full_prefill_s=full.prefill_s)
-    usable = set(available_methods(feats))
+    usable = set(pipe.available_methods(feats))  # the model's view: CDPruner needs CLIP's text side
     staged = any(parse_variant(m)[1] for m in settings.methods)
     num_layers = pipe.in_llm_layers() if staged else 0  # per-layer figures for every point, staged or not
     made: dict = {}  # selections by (method, budget), shared by that method's variants

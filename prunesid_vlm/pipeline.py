@@ -364,11 +364,17 @@ class Pipeline:
         return options
 
     def text_side(self):
-        """CLIP's text side for CDPruner's instruction relevance (loaded once; NoTextTower if none)."""
+        """CLIP's text side for CDPruner's instruction relevance (loaded once; NoTextTower if none,
+        remembered, so that asking again does not try the load again)."""
         with self._lock:
             if self._text_side is None:
                 vision = self.model.config.vision_config
-                self._text_side = text_side_for(vision, demo=self.is_demo, tokenizer=self.processor.tokenizer)
+                try:
+                    self._text_side = text_side_for(vision, demo=self.is_demo, tokenizer=self.processor.tokenizer)
+                except NoTextTower as err:
+                    self._text_side = err
+            if isinstance(self._text_side, NoTextTower):
+                raise NoTextTower(str(self._text_side))
             return self._text_side
 
     def instruction_relevance(self, feats: EncodedImages, question: str) -> torch.Tensor:

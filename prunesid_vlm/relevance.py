@@ -68,11 +68,16 @@ def text_side_for(vision_config, *, demo: bool, tokenizer=None) -> TextSide:
         raise NoTextTower(f"no CLIP text tower is known for a {key[0]}-wide, {key[2]} px tower")
     from transformers import AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
-    clip = CLIPModel.from_pretrained(repo).eval()
+    try:
+        clip = CLIPModel.from_pretrained(repo).eval()
+        tokenizer = AutoTokenizer.from_pretrained(repo)
+    except OSError as err:  # not downloadable here (offline, no cache) or not a CLIP checkpoint
+        raise NoTextTower(f"CDPruner's instruction relevance needs CLIP's text tower from {repo}, which could not "
+                          f"be loaded: {err}") from err
     text = CLIPTextModelWithProjection(clip.config.text_config).eval()
     text.text_model.load_state_dict(clip.text_model.state_dict())
     text.text_projection.load_state_dict(clip.text_projection.state_dict())
-    return TextSide(text, clip.visual_projection, AutoTokenizer.from_pretrained(repo), repo)
+    return TextSide(text, clip.visual_projection, tokenizer, repo)
 
 
 def _demo_text_side(vision_config, tokenizer) -> TextSide:

@@ -432,3 +432,27 @@ def test_select_gives_divprune_and_cdpruner_what_their_code_uses(llava_pipeline)
         assert torch.equal(default.keep_row(0), explicit.keep_row(0))
     on_states = pipe.select(feats, 32, method="divprune", options={})
     assert not torch.equal(on_states.keep_row(0), pipe.select(feats, 32, method="divprune").keep_row(0))
+
+
+def test_cdpruner_is_unavailable_when_clips_text_tower_cannot_be_loaded(deep_llava_pipeline, monkeypatch):
+    """A CLIP-L/336 tower whose CLIP text side cannot be downloaded (offline, nothing cached): CDPruner
+    is left out of the available methods with the reason, and the load is tried once, not per call."""
+    import prunesid_vlm.pipeline as pipeline_module
+    from prunesid_vlm.pipeline import Pipeline
+    from prunesid_vlm.relevance import NoTextTower
+
+    from conftest import make_image
+
+    tries, load = [], pipeline_module.text_side_for
+
+    def counted(*args, **kwargs):
+        tries.append(1)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "text_side_for", counted)
+    pipe = Pipeline(deep_llava_pipeline.loaded)  # fresh caches over the same model
+    feats = pipe.encode([make_image(5)])
+    assert "cdpruner" not in pipe.available_methods(feats) and "divprune" in pipe.available_methods(feats)
+    with pytest.raises(NoTextTower, match="openai/clip-vit-large-patch14-336"):
+        pipe.text_side()
+    assert len(tries) == 1

@@ -113,7 +113,8 @@ def test_qwen_report_runs_fastv_and_marks_pyramiddrop_unavailable(folder, tmp_pa
     from prunesid_vlm.pipeline import load_pipeline
 
     pipe = load_pipeline("demo/tiny-qwen2-vl")
-    chosen = R.ReportSettings(model=pipe.model_id, methods=("prunesid", "prunesid+fastv", "prunesid+pyramiddrop"),
+    chosen = R.ReportSettings(model=pipe.model_id, methods=("prunesid", "prunesid+fastv", "prunesid+pyramiddrop",
+                                                            "cdpruner"),
                               budgets=(64,), question="What?", max_new_tokens=2)
     results = R.run_report(folder, tmp_path / "out", chosen, pipe=pipe)
     for item in results:
@@ -121,6 +122,7 @@ def test_qwen_report_runs_fastv_and_marks_pyramiddrop_unavailable(folder, tmp_pa
         handed = points["prunesid"]["tokens"]
         assert points["prunesid+fastv"]["image_tokens_per_layer"] == [handed, stage_keeps(handed, 0.5)]
         assert points["prunesid+pyramiddrop"]["available"] is False
+        assert points["cdpruner"]["available"] is False  # no CLIP text side on Qwen, as the app says
     assert (tmp_path / "out" / "combination.png").exists()
 
 
