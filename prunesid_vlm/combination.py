@@ -18,7 +18,6 @@ are measured side by side.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,7 +217,6 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
     points = sorted({check_budget(b, patches) for b in budgets if int(b) <= patches}, reverse=True)
     if not points:
         raise ValueError(f"no budget fits this model's {patches} patches per view")
-    report = progress or (lambda *_: None)
     plan: list[tuple[str, int | None, Selection | None, InLLMSchedule]] = [("full", None, None, NO_STAGES)]
     made: dict[tuple[str, int], Selection] = {}
     for k in points:
@@ -227,31 +225,17 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
             variant = kind.replace("prunesid", method) if kind != "fastv" else kind
             plan.append((kind, k, *variant_run(pipe, feats, variant, k, num_layers, question, made)))
     selections = {k: made[(method, k)] for k in points}
-    timings: dict[int, list[float]] = {i: [] for i in range(len(plan))}
-    made: dict[int, object] = {}
-    started, repeat = time.perf_counter(), 0
-    planned = max(1, repeats)
-    while repeat < planned or (repeat < MAX_REPEATS and time.perf_counter() - started < min_seconds):
-        # Progress once per pass over the variants, not between timed prefills: what a progress update
-        # sets off (a page redrawing its bar) would land on the next prefill's clock.
-        done = max(repeat / planned, (time.perf_counter() - started) / min_seconds if min_seconds > 0 else 0.0)
-        report(min(0.99, done), f"timing pass {repeat + 1} over {len(plan)} variants")
-        order = list(range(len(plan)))
-        order = order[repeat % len(order):] + order[:repeat % len(order)]  # each variant leads once in turn
-        for index in order:
-            run = pipe.staged_prefill(images, question, plan[index][2], plan[index][3])
-            timings[index].append(run.prefill_s)
-            made[index] = run
-        repeat += 1
+    runs, timings, passes = pipe.staged_prefills(images, question, [entry[2:] for entry in plan], repeats=repeats,
+                                                 min_seconds=min_seconds, max_repeats=MAX_REPEATS, progress=progress)
+    full = runs[0]
     variants = []
-    for index, (kind, k, _selection, schedule) in enumerate(plan):
-        run = made[index]
+    for (kind, k, _selection, schedule), run, times in zip(plan, runs, timings):
         variants.append(VariantRun(
             kind=kind, budget=k, schedule=schedule, image_tokens_per_layer=list(run.image_tokens_per_layer),
             tokens_per_layer=list(run.tokens_per_layer), flops=pipe.prefill_flops(run.tokens_per_layer),
-            prefill_s=float(np.median(timings[index])),
-            first_token_kl=first_token_kl(made[0].first_logits, run.first_logits),
-            first_token_agrees=bool(made[0].first_logits.argmax() == run.first_logits.argmax()),
+            prefill_s=float(np.median(times)),
+            first_token_kl=first_token_kl(full.first_logits, run.first_logits),
+            first_token_agrees=bool(full.first_logits.argmax() == run.first_logits.argmax()),
             method_label=method_label))
     return CombinationStudy(question=question, num_layers=num_layers, full=variants[0], runs=variants[1:],
-                            selections=selections, repeats=repeat)
+                            selections=selections, repeats=passes)

@@ -472,27 +472,70 @@ class Pipeline:
         """The first answer token's logits and the prefill with ``selection`` (None: every visual token)
         and ``in_llm``'s stages, through the per-layer loop — also with no stage, so that runs with and
         without stages are timed by the same code. Not cached: a study times it."""
+        return self.staged_prefills(images, question, [(selection, in_llm)])[0][0]
+
+    def staged_prefills(self, images: Sequence[Image.Image], question: str,
+                        variants: Sequence[tuple[Selection | None, InLLMSchedule]], *, repeats: int = 1,
+                        min_seconds: float = 0.0, max_repeats: int = 1,
+                        progress: Callable[[float, str], None] | None = None
+                        ) -> tuple[list[StagedRun], list[list[float]], int]:
+        """Every variant's prefill through the per-layer loop (as :meth:`staged_prefill`), timed side by
+        side: passes over all variants, each pass in a rotated order so that each leads in turn, at
+        least ``repeats`` of them and more (up to ``max_repeats``) while all passes together have taken
+        under ``min_seconds``. Each prompt is built once, before the passes.
+
+        Returns each variant's last run, its prefill seconds per pass, and the number of passes.
+        ``progress(fraction, text)`` is called once per pass, never between two timed prefills: what
+        it sets off (a page redrawing its progress bar) would land on the next prefill's clock."""
         question = check_question(question)
         images = check_images(images)
         feats = self.encode(images)
-        self._check_selection(feats, selection)
-        self.check_in_llm(in_llm)
+        for selection, in_llm in variants:
+            self._check_selection(feats, selection)
+            self.check_in_llm(in_llm)
         with self._lock:
-            return self._on_model(self._staged_run, images, feats, question, selection, in_llm, 1, True)
+            return self._on_model(self._time_staged_prefills, images, feats, question, list(variants), repeats,
+                                  min_seconds, max_repeats, progress or (lambda *_: None))
 
-    def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool,
-                    forced: list[int] | None = None) -> tuple[StagedRun, int, float]:
+    def _time_staged_prefills(self, images, feats: EncodedImages, question: str,
+                              variants: list[tuple[Selection | None, InLLMSchedule]], repeats: int,
+                              min_seconds: float, max_repeats: int, progress: Callable[[float, str], None]):
+        inputs = [self._staged_inputs(images, feats, question, selection)[0] for selection, _ in variants]
+        runs: list[StagedRun | None] = [None] * len(variants)
+        timings: list[list[float]] = [[] for _ in variants]
+        planned, started, passes = max(1, repeats), time.perf_counter(), 0
+        while passes < planned or (passes < max_repeats and time.perf_counter() - started < min_seconds):
+            elapsed = (time.perf_counter() - started) / min_seconds if min_seconds > 0 else 0.0
+            progress(min(0.99, max(passes / planned, elapsed)),
+                     f"timing pass {passes + 1} over {len(variants)} variants")
+            order = list(range(len(variants)))
+            order = order[passes % len(order):] + order[:passes % len(order)]  # each variant leads once in turn
+            for index in order:
+                runs[index] = staged_generate(self.model, schedule=variants[index][1], prefill_only=True,
+                                              **inputs[index])
+                timings[index].append(runs[index].prefill_s)
+            passes += 1
+        return runs, timings, passes
+
+    def _staged_inputs(self, images, feats: EncodedImages, question: str, selection: Selection | None
+                       ) -> tuple[dict, int, float]:
+        """``staged_generate``'s prompt arguments for ``selection``'s prompt, its visual tokens and
+        projection seconds."""
         input_ids, features, visual_tokens, project_s = self._prompt(images, feats, question, selection)
         flat = torch.cat(list(features)) if self.adapter.modality == "image" else features[0]
-        run = staged_generate(self.model, input_ids, flat, self.adapter.image_token_id, in_llm,
-                              max_new_tokens=max_new_tokens, prefill_only=prefill_only, forced=forced)
-        return run if prefill_only else (run, visual_tokens, project_s)
+        return ({"input_ids": input_ids, "features": flat, "token_id": self.adapter.image_token_id},
+                visual_tokens, project_s)
+
+    def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                    in_llm: InLLMSchedule, max_new_tokens: int,
+                    forced: list[int] | None = None) -> tuple[StagedRun, int, float]:
+        inputs, visual_tokens, project_s = self._staged_inputs(images, feats, question, selection)
+        run = staged_generate(self.model, schedule=in_llm, max_new_tokens=max_new_tokens, forced=forced, **inputs)
+        return run, visual_tokens, project_s
 
     def _generate_staged(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                          in_llm: InLLMSchedule, max_new_tokens: int) -> Answer:
-        run, visual_tokens, project_s = self._staged_run(images, feats, question, selection, in_llm, max_new_tokens,
-                                                         False)
+        run, visual_tokens, project_s = self._staged_run(images, feats, question, selection, in_llm, max_new_tokens)
         self.stats["staged_generations"] += 1
         return self._answer(run, visual_tokens, project_s, run.image_tokens_per_layer)
 
@@ -557,7 +600,7 @@ class Pipeline:
 
     def _loglikelihood_staged(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                               continuation: torch.Tensor, in_llm: InLLMSchedule) -> tuple[float, bool]:
-        run = self._staged_run(images, feats, question, selection, in_llm, continuation.shape[1], False,
+        run = self._staged_run(images, feats, question, selection, in_llm, continuation.shape[1],
                                forced=continuation[0].tolist())[0]
         return score_continuation(self.model, torch.stack(run.step_logits), continuation[0])
 

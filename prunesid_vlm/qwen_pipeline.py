@@ -26,7 +26,6 @@ from prunesid.result import Selection
 
 from .adapters.base import ViewInfo
 from .generation import continuation_logprob, synchronize
-from .inllm import InLLMSchedule, staged_generate
 from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key
 from .qwen_generation import first_logits_with_positions, greedy_with_positions
 from .rules import Frames, check_images, information_score, keeps_everything
@@ -185,15 +184,13 @@ class QwenPipeline(Pipeline):
     in_llm_limits = ("its language model takes 3-D (M-RoPE) positions, and PyramidDrop renumbers the kept "
                      "tokens' positions from 0, which is defined for 1-D positions only.")
 
-    def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                    in_llm: InLLMSchedule, max_new_tokens: int, prefill_only: bool, forced: list[int] | None = None):
+    def _staged_inputs(self, images, feats: EncodedImages, question: str, selection: Selection | None
+                       ) -> tuple[dict, int, float]:
         ids, features, positions, next_position, visual = self._qwen_prompt(images, feats, question, selection)
         kind, parts = next(iter(features.items()))
         token_id = self.adapter.video_token_id if kind == "video" else self.adapter.image_token_id
-        run = staged_generate(self.model, ids, torch.cat(parts), token_id, in_llm, max_new_tokens=max_new_tokens,
-                              prefill_only=prefill_only, positions=positions, next_position=next_position,
-                              forced=forced)
-        return run if prefill_only else (run, visual, 0.0)
+        return ({"input_ids": ids, "features": torch.cat(parts), "token_id": token_id, "positions": positions,
+                 "next_position": next_position}, visual, 0.0)
 
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                   max_new_tokens: int) -> Answer:
