@@ -10,8 +10,9 @@
 The pipeline owns everything that needs the model or knows the model family: the per-view
 budget rules (LLaVA-NeXT crops included), the calibration behind the dynamic ratio, the
 projector, the tower-view geometry, its caches and their lock, and the one GPU boundary
-(:func:`prunesid_vlm.gpu.run_on_gpu`). Model work is serialised by the pipeline's own lock;
-selection on encoded features touches no shared state and runs concurrently.
+(:mod:`prunesid_vlm.device`: one crossing per call of a public method, or per study run with
+:meth:`Pipeline.run`). Model work is serialised by the pipeline's own lock; selection on encoded
+features touches no shared state and runs concurrently.
 
 Answers are cached: the full answer once per (media, question, generation settings), a
 pruned answer once per selection. ``stats`` counts what really ran.
@@ -19,7 +20,9 @@ pruned answer once per selection. ``stats`` counts what really ran.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import os
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -39,7 +42,7 @@ from .features import encode_views
 from .fidelity import first_token_kl
 from .generation import (GenerationRun, batched_first_logits, continuation_logprob, greedy_generate,
                          placeholder_runs, score_continuation, shrink_placeholders, synchronize)
-from .gpu import run_on_gpu
+from .device import Cost, cross, in_action, register, zero_gpu
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
@@ -64,7 +67,7 @@ from .rules import (
     view_phis,
 )
 
-__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
+__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods", "unseen_note", "MAX_QUESTION_CHARS"]
 
@@ -90,7 +93,39 @@ FIRST_LOGITS_CACHE_SIZE = 128
 PROJECTION_CACHE_SIZE = 4
 """Media whose projected patch tokens stay cached (DivPrune prunes those)."""
 PREFILL_REPEATS = 3
-"""Prefill-only passes per run behind a reported prefill time (the median; full and pruned alternate)."""
+"""Prefill-only passes per run behind a reported prefill time (the median; full and pruned alternate);
+``PRUNESID_PREFILL_REPEATS`` sets it, and on ZeroGPU, where every second counts against the
+visitor's daily quota, it is 1 unless set."""
+CACHE_BYTES = {"features": 768 << 20, "answers": 256 << 20, "projected": 256 << 20, "first_logits": 128 << 20}
+"""Bytes each cache may hold besides its entry count (a Qwen picture's merged tokens can be tens of MB)."""
+
+
+def prefill_repeats() -> int:
+    """Timed prefill passes per run (see :data:`PREFILL_REPEATS`)."""
+    try:
+        return max(1, int(os.environ["PRUNESID_PREFILL_REPEATS"]))
+    except (KeyError, ValueError):
+        return 1 if zero_gpu() else PREFILL_REPEATS
+
+
+def device_action(cost: Callable[..., Cost], needed: Callable[..., bool] | None = None):
+    """Make a model-work method one crossing onto the GPU (:func:`prunesid_vlm.device.cross`) when
+    called from outside one; inside a crossing it runs directly, and so does a call that
+    ``needed(self, *args, **kwargs)`` says the caches answer. ``cost(self, *args, **kwargs)``
+    sizes the time asked of ZeroGPU. The method's first argument is the media (images, or
+    encoded features) whose cached entries go along."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def inner(self, *args, **kwargs):
+            if in_action() or (needed is not None and not needed(self, *args, **kwargs)):
+                return method(self, *args, **kwargs)
+            media = args[0] if args else kwargs.get("images", kwargs.get("feats"))
+            return cross(self, method.__name__, args, kwargs, cost=cost(self, *args, **kwargs), media=media)
+
+        return inner
+
+    return wrap
 TOWER_VIEW_SIDE = 336
 """Side of the square a tower view is drawn on (the CLIP-L/336 input)."""
 
@@ -107,10 +142,35 @@ def tower_view(image: Image.Image, box: tuple[float, float, float, float], side:
     return np.asarray(region.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))
 
 
+def nbytes(value) -> int:
+    """Bytes held by the tensors, arrays and pictures in ``value`` (a cache entry or a visitor's
+    analysis: tensors, PIL images, tuples, lists, dicts, dataclasses)."""
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, Image.Image):
+        return value.width * value.height * len(value.getbands())
+    if isinstance(value, (tuple, list)):
+        return sum(nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(nbytes(getattr(value, f)) for f in value.__dataclass_fields__)
+    return 0
+
+
 class _LRU(OrderedDict):
-    def __init__(self, size: int):
+    """Least recently used first out, bounded by entries and by bytes. While ``journal`` is a
+    list, every entry put is also appended to it (what a crossing hands back to the caller)."""
+
+    def __init__(self, size: int, max_bytes: int | None = None):
         super().__init__()
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.journal: list | None = None
+        self._sizes: dict = {}
 
     def get_fresh(self, key: Hashable):
         if key in self:
@@ -119,10 +179,23 @@ class _LRU(OrderedDict):
         return None
 
     def put(self, key: Hashable, value, keep: int = 0) -> None:
+        if key in self:
+            self.bytes -= self._sizes.pop(key, 0)
         self[key] = value
         self.move_to_end(key)
-        while len(self) > max(self.size, keep):
-            self.popitem(last=False)
+        self._sizes[key] = size = nbytes(value)
+        self.bytes += size
+        if self.journal is not None:
+            self.journal.append((key, value))
+        while len(self) > max(self.size, keep) or (
+                self.max_bytes is not None and self.bytes > self.max_bytes and len(self) > max(1, keep)):
+            old, _ = self.popitem(last=False)
+            self.bytes -= self._sizes.pop(old, 0)
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self.bytes = 0
 
 
 class Pipeline:
@@ -134,16 +207,135 @@ class Pipeline:
         self.processor = loaded.processor
         self.adapter: Adapter = adapter_for(loaded.family, loaded.model, loaded.processor)
         self._lock = threading.RLock()  # model work and the caches below
-        self._features = _LRU(FEATURE_CACHE_SIZE)
-        self._answers = _LRU(ANSWER_CACHE_SIZE)
-        self._projected = _LRU(PROJECTION_CACHE_SIZE)
-        self._first_logits = _LRU(FIRST_LOGITS_CACHE_SIZE)
+        self._features = _LRU(FEATURE_CACHE_SIZE, CACHE_BYTES["features"])
+        self._answers = _LRU(ANSWER_CACHE_SIZE, CACHE_BYTES["answers"])
+        self._projected = _LRU(PROJECTION_CACHE_SIZE, CACHE_BYTES["projected"])
+        self._first_logits = _LRU(FIRST_LOGITS_CACHE_SIZE, CACHE_BYTES["first_logits"])
         self._calibration: Calibration | None = None
-        self._warm = False
+        self._warm = False  # this process has run a forward pass of the language model (timings warm)
         self._text_side = None
+        self.prefill_repeats = prefill_repeats()
         self.stats: Counter[str] = Counter()
         """What really ran: ``tower_images``, ``full_generations``, ``pruned_generations``, ``prefills``
         (prefill-only prompts), ``prefill_batches`` (their forward passes), ``projections``."""
+        self.device_token = register(self)
+        """This pipeline's name across the GPU boundary (:mod:`prunesid_vlm.device`)."""
+        self._billions: float | None = None
+
+    # --- the GPU boundary: what crosses, and what comes back -------------------------------
+    @property
+    def billions(self) -> float:
+        """Parameters of the model, in billions (sizes the time asked of ZeroGPU)."""
+        if self._billions is None:
+            self._billions = sum(p.numel() for p in self.model.parameters()) / 1e9
+        return self._billions
+
+    def _caches(self) -> dict[str, _LRU]:
+        return {"features": self._features, "answers": self._answers, "projected": self._projected,
+                "first_logits": self._first_logits}
+
+    def media_keys(self, media) -> set[str]:
+        """Every cache key naming ``media`` (images, frames of a clip, or their encoded features): the
+        features of each image and the media keys answers, projections and logits are cached by."""
+        if media is None:
+            return set()
+        if isinstance(media, EncodedImages):
+            return {media.media_key}
+        try:
+            images = list(media)
+        except TypeError:
+            return set()
+        if not images or not all(isinstance(im, Image.Image) for im in images):
+            return set()
+        keys = [_image_key(im) for im in images]
+        out = set()
+        for suffix in ("", "|frame"):
+            variant = [k + suffix for k in keys]
+            out.update(variant)
+            out.add(hashlib.sha1("|".join(variant).encode()).hexdigest())
+        return out
+
+    def cache_seed(self, media) -> dict:
+        """The cached entries about ``media`` (and the calibration) that a crossing carries, so that
+        the worker on the other side recomputes nothing the caller has."""
+        keys = self.media_keys(media)
+
+        def about(key) -> bool:
+            if isinstance(key, tuple):
+                return any(isinstance(part, str) and part in keys for part in key[:2])
+            return key in keys
+
+        with self._lock:
+            seed = {name: [(k, v) for k, v in cache.items() if about(k)] for name, cache in self._caches().items()}
+            seed["calibration"] = self._calibration
+        return seed
+
+    @contextlib.contextmanager
+    def recording(self, seed: dict, local: bool):
+        """Hold the model for one crossing's work; in another process (``local`` False) first take
+        the caller's ``seed``, and record what the work caches, counts and calibrates (the journal)."""
+        with self._lock:
+            if local:
+                yield {}
+                return
+            caches = self._caches()
+            for name, entries in seed.items():
+                if name in caches:
+                    for key, value in entries:
+                        caches[name].put(key, value)
+            if seed.get("calibration") is not None:
+                self._calibration = seed["calibration"]
+            journal: dict = {name: [] for name in caches}
+            for name, cache in caches.items():
+                cache.journal = journal[name]
+            before, calibrated = Counter(self.stats), self._calibration
+            try:
+                yield journal
+            finally:
+                for cache in caches.values():
+                    cache.journal = None
+                journal["stats"] = dict(self.stats - before)
+                journal["calibration"] = self._calibration if self._calibration is not calibrated else None
+
+    def apply_journal(self, journal: dict) -> None:
+        """Take what a crossing's work cached, counted and calibrated in the worker."""
+        with self._lock:
+            caches = self._caches()
+            for name, entries in journal.items():
+                if name in caches:
+                    for key, value in entries:
+                        caches[name].put(key, value)
+            self.stats.update(journal.get("stats", {}))
+            if journal.get("calibration") is not None:
+                self._calibration = journal["calibration"]
+
+    def after_fork(self) -> None:
+        """In a forked worker: a lock another thread held at the fork would never be released."""
+        self._lock = threading.RLock()
+
+    def run(self, work: Callable, images, *args, cost: Cost | None = None, **kwargs):
+        """``work(self, images, *args, **kwargs)`` as one crossing onto the GPU: a study that encodes,
+        selects and answers several times asks ZeroGPU once. ``work`` must be a module-level
+        function (it is named, not pickled, across the boundary), its arguments and its value
+        plain data; a ``progress`` callback is used only where the work runs in this process.
+        ``cost`` sizes the time asked (default: encoding the images plus one answer)."""
+        if cost is None:
+            cost = self.encode_cost(images) + Cost(generations=1, new_tokens=64, prefills=2)
+        return cross(self, work, (images,) + args, kwargs, cost=cost, media=images)
+
+    def encode_cost(self, images) -> Cost:
+        """Tower views still to encode for ``images`` (and the calibration if it has not run)."""
+        try:
+            keys = [] if isinstance(images, EncodedImages) else self._feature_keys(check_images(images))
+        except (TypeError, ValueError):
+            keys = []
+        views = sum(key not in self._features for key in keys) * self.views_per_image
+        return Cost(views=views + (0 if self._calibration is not None else 5 * self.views_per_image))
+
+    @property
+    def views_per_image(self) -> int:
+        """Tower views one picture takes at most (LLaVA-NeXT: a base view and up to four crops)."""
+        return int(getattr(self.adapter, "max_views_per_image", 1))
 
     # --- facts the app shows -------------------------------------------------------------
     @property
@@ -222,11 +414,14 @@ class Pipeline:
 
     # --- the only way in -------------------------------------------------------------------
     def _on_model(self, work: Callable, *args):
-        """Model work: one at a time (the lock), on the GPU where ZeroGPU lends one."""
+        """Model work: one at a time (the lock). Where the GPU is lent (ZeroGPU) this runs inside a
+        crossing already (see :func:`device_action`)."""
         with self._lock:
-            return run_on_gpu(work, *args)
+            return work(*args)
 
     # --- calibration -------------------------------------------------------------------------
+    @device_action(lambda self: Cost(views=5 * self.views_per_image),
+                   needed=lambda self: self._calibration is None)
     def calibration(self) -> Calibration:
         """φ of the calibration images through the same path as a user's image; φ_ref is their mean.
         Computed once per model (a tower pass over five images) and cached on disk."""
@@ -249,12 +444,29 @@ class Pipeline:
                                                                   self.num_patches)))
 
     # --- features ------------------------------------------------------------------------
+    def _feature_keys(self, images: Sequence[Image.Image]) -> list[str]:
+        """The keys ``images``' features are cached under (one per image; per frame of a clip)."""
+        frames = isinstance(images, Frames) and self.adapter.frame_views_differ
+        return [_image_key(im) + ("|frame" if frames else "") for im in images]
+
+    def _needs_encoding(self, images: Sequence[Image.Image]) -> bool:
+        """Whether encoding ``images`` would run the model (features or the calibration not cached)."""
+        if self._calibration is None:
+            return True
+        try:
+            images = check_images(images)
+        except ValueError:
+            return False  # refused where it runs, without a crossing
+        with self._lock:
+            return any(key not in self._features for key in self._feature_keys(images))
+
+    @device_action(lambda self, images: self.encode_cost(images), needed=lambda self, images: self._needs_encoding(images))
     def encode(self, images: Sequence[Image.Image]) -> EncodedImages:
         """Tower outputs for ``images`` (one pass over the uncached ones; LRU cache by content)."""
         images = check_images(images)
         phi_ref = self.phi_ref  # before the user's images: calibrated inside the same GPU boundary
         frames = isinstance(images, Frames) and self.adapter.frame_views_differ
-        keys = [_image_key(im) + ("|frame" if frames else "") for im in images]
+        keys = self._feature_keys(images)
         with self._lock:
             known = {k: self._features.get_fresh(k) for k in set(keys) if k in self._features}
             missing = [i for i, k in enumerate(keys) if k not in known]
@@ -333,6 +545,8 @@ class Pipeline:
         the CLS of views that drop it), plus LLaVA-NeXT's newline tokens."""
         return token_counts(feats, selection)
 
+    @device_action(lambda self, feats: Cost(prefills=1),
+                   needed=lambda self, feats: feats.media_key not in self._projected)
     def projected_patches(self, feats: EncodedImages) -> torch.Tensor:
         """Float32 CPU ``[V, N, D_text]``: every view's patch rows through the projector (cached)."""
         with self._lock:
@@ -349,6 +563,17 @@ class Pipeline:
         self.stats["projections"] += 1
         return rows.float().cpu().reshape(v, tokens - 1, -1).clone()
 
+    def _options_needed(self, feats: EncodedImages, methods: Sequence[str] | None = None,
+                        question: str | None = None) -> bool:
+        wanted = set(methods) if methods is not None else set(MODEL_OPTION_METHODS)
+        if not wanted & set(MODEL_OPTION_METHODS):
+            return False
+        if feats.media_key not in self._projected:
+            return True
+        return "cdpruner" in wanted and question is not None and (
+            ("relevance", feats.media_key, question) not in self._projected)
+
+    @device_action(lambda self, feats, *a, **k: Cost(prefills=2), needed=_options_needed)
     def method_options(self, feats: EncodedImages, methods: Sequence[str] | None = None,
                        question: str | None = None) -> dict[str, dict]:
         """Per-method options the registry's rules need from the model: DivPrune and CDPruner measure
@@ -362,6 +587,14 @@ class Pipeline:
         if "cdpruner" in wanted and question is not None:
             options["cdpruner"]["relevance"] = self.instruction_relevance(feats, question)
         return options
+
+    def prepare(self) -> None:
+        """Load now what the pipeline otherwise loads on first use and keeps (CLIP's text side for
+        CDPruner, where the tower has one): on ZeroGPU, GPU workers forked later find it here."""
+        try:
+            self.text_side()
+        except NoTextTower:
+            pass
 
     def text_side(self):
         """CLIP's text side for CDPruner's instruction relevance (loaded once; NoTextTower if none,
@@ -377,6 +610,8 @@ class Pipeline:
                 raise NoTextTower(str(self._text_side))
             return self._text_side
 
+    @device_action(lambda self, feats, question: Cost(prefills=1),
+                   needed=lambda self, feats, question: ("relevance", feats.media_key, question) not in self._projected)
     def instruction_relevance(self, feats: EncodedImages, question: str) -> torch.Tensor:
         """Float32 ``[V, N]``: CDPruner's raw relevance of every patch to ``question`` (cached)."""
         question = check_question(question)
@@ -401,6 +636,8 @@ class Pipeline:
         return names
 
     # --- answers ---------------------------------------------------------------------------
+    @device_action(lambda self, images, *a, max_new_tokens=64, **k: self.encode_cost(images) + Cost(
+        generations=1, new_tokens=max_new_tokens))
     def answer(self, images: Sequence[Image.Image], question: str, selection: Selection | None = None, *,
                max_new_tokens: int = 64, in_llm: InLLMSchedule | None = None) -> Answer:
         """Greedy answer with all visual tokens (``selection=None``) or with ``selection``'s, and
@@ -474,6 +711,8 @@ class Pipeline:
         without stages are timed by the same code. Not cached: a study times it."""
         return self.staged_prefills(images, question, [(selection, in_llm)])[0][0]
 
+    @device_action(lambda self, images, question, variants, *, repeats=1, max_repeats=1, **k: self.encode_cost(
+        images) + Cost(prefills=len(variants) * max(repeats, min(max_repeats, 3 * repeats))))
     def staged_prefills(self, images: Sequence[Image.Image], question: str,
                         variants: Sequence[tuple[Selection | None, InLLMSchedule]], *, repeats: int = 1,
                         min_seconds: float = 0.0, max_repeats: int = 1,
@@ -542,12 +781,15 @@ class Pipeline:
     def _answer(self, run: GenerationRun, visual_tokens: int, project_s: float,
                 image_tokens_per_layer: Sequence[int] = ()) -> Answer:
         """The :class:`Answer` of a greedy ``run`` (and the image tokens per layer of a staged one)."""
+        self._warm = True  # the language model has run here: later timed prefills need no warm-up
         return Answer(text=self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip(),
                       tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits, visual_tokens=visual_tokens,
                       prompt_tokens=run.prompt_tokens, project_s=project_s, prefill_s=run.prefill_s,
                       decode_s=run.decode_s,
                       image_tokens_per_layer=tuple(image_tokens_per_layer))
 
+    @device_action(lambda self, images, question, selections: self.encode_cost(images) + Cost(
+        prefills=len(selections)))
     def first_token_logits(self, images: Sequence[Image.Image], question: str,
                            selections: Sequence[Selection | None]) -> list[torch.Tensor]:
         """Float32 ``[vocab]`` per selection (``None``: all visual tokens): the first answer token's
@@ -573,6 +815,7 @@ class Pipeline:
                     self._first_logits.put(prompt, row)
             return [found[p] for p in prompts]
 
+    @device_action(lambda self, images, *a, **k: self.encode_cost(images) + Cost(prefills=1))
     def loglikelihood(self, images: Sequence[Image.Image], question: str, continuation: str | Sequence[int],
                       selection: Selection | None = None, *, in_llm: InLLMSchedule | None = None
                       ) -> tuple[float, bool]:
@@ -658,6 +901,8 @@ class Pipeline:
         self.stats["prefill_batches"] += 1
         return logits
 
+    @device_action(lambda self, images, *a, max_new_tokens=64, **k: self.encode_cost(images) + Cost(
+        generations=2, new_tokens=max_new_tokens, prefills=2 * self.prefill_repeats + 1))
     def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int = 64, *, dynamic: bool = False,
                 max_new_tokens: int = 64, selection: Selection | SelectFn | None = None,
                 mode: str = "per_view") -> CompareResult:
@@ -691,16 +936,17 @@ class Pipeline:
 
     def _prefill_medians(self, images, feats: EncodedImages, question: str,
                          selection: Selection) -> dict[str, float]:
-        """Median seconds of ``PREFILL_REPEATS`` prefill-only passes of the full and the pruned prompt,
-        their order alternating, after one untimed warm-up pass per model (the first pass of a model
-        pays for kernel selection and allocation, which is not what pruning changes)."""
+        """Median seconds of ``prefill_repeats`` prefill-only passes of the full and the pruned prompt,
+        their order alternating, after one untimed warm-up pass when this process has not run the
+        language model yet (its first pass pays for kernel selection and allocation, which is not
+        what pruning changes; a generation just before warms it as well)."""
         passes = {"full": self._prefill_pass(images, feats, question, None),
                   "pruned": self._prefill_pass(images, feats, question, selection)}
         if not self._warm:
             passes["full"]()
             self._warm = True
         times: dict[str, list[float]] = {"full": [], "pruned": []}
-        for repeat in range(PREFILL_REPEATS):
+        for repeat in range(self.prefill_repeats):
             for name in ("full", "pruned") if repeat % 2 == 0 else ("pruned", "full"):
                 times[name].append(_timed(passes[name], self.loaded.device)[1])
         return {name: float(np.median(t)) for name, t in times.items()}
@@ -732,7 +978,7 @@ class Pipeline:
             full_tokens=list(full.tokens), pruned_tokens=list(pruned.tokens),
             answers_cached={"full": full.cached, "pruned": pruned.cached}, device=self.device,
             counts={"full": self.token_counts(feats), "pruned": self.token_counts(feats, selection)},
-            prefill_repeats=PREFILL_REPEATS if prefill_s is not None else 1)
+            prefill_repeats=self.prefill_repeats if prefill_s is not None else 1)
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
         """What the processor gives for the chat prompt (input_ids, pixel_values, ...): the plain path.

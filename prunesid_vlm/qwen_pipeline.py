@@ -26,7 +26,7 @@ from prunesid.result import Selection
 
 from .adapters.base import ViewInfo
 from .generation import continuation_logprob, synchronize
-from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key
+from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key, device_action
 from .qwen_generation import first_logits_with_positions, greedy_with_positions
 from .rules import Frames, check_images, information_score, keeps_everything
 
@@ -89,13 +89,32 @@ class QwenPipeline(Pipeline):
         return torch.cat([information_score(_with_zero_row(self._merged_tokens([im], False)[0].float().cpu()))
                           for im in images])
 
+    @staticmethod
+    def _media_key(images: Sequence[Image.Image], frames: bool) -> str:
+        return hashlib.sha1(("|".join(_image_key(im) for im in images) + f"|qwen|{frames}").encode()).hexdigest()
+
+    def media_keys(self, media) -> set[str]:
+        if isinstance(media, EncodedImages):
+            return {media.media_key}
+        try:
+            images = list(media) if media is not None else []
+        except TypeError:
+            return set()
+        if not images or not all(isinstance(im, Image.Image) for im in images):
+            return set()
+        return {self._media_key(images, frames) for frames in (False, True)}
+
+    def _feature_keys(self, images: Sequence[Image.Image]) -> list[str]:
+        return [self._media_key(images, isinstance(images, Frames))]  # one entry per media item
+
+    @device_action(lambda self, images: self.encode_cost(images), needed=lambda self, images: self._needs_encoding(images))
     def encode(self, images: Sequence[Image.Image]) -> EncodedImages:
         """Merged tokens of ``images`` (a list of same-size images, or :class:`Frames` of one clip),
         cached by content."""
         images = check_images(images)
         frames = isinstance(images, Frames)
         phi_ref = self.phi_ref
-        key = hashlib.sha1(("|".join(_image_key(im) for im in images) + f"|qwen|{frames}").encode()).hexdigest()
+        key = self._media_key(images, frames)
         with self._lock:
             hit = self._features.get_fresh(key)
             cached = hit is not None

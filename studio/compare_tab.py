@@ -15,6 +15,7 @@ Three layers, as in :mod:`studio.handlers`:
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,11 +25,12 @@ from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
 from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
 from prunesid_vlm import studies
-from prunesid_vlm.pipeline import Pipeline, budget_patches, check_budget, check_question
+from prunesid_vlm.pipeline import Cost, Pipeline, check_budget, check_question
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability
 
 from .components import RawNumber, SafeImage
 from .errors import endpoint, message_for, warn
+from .limits import without_cache_fields
 from .inllm_tab import build_inllm_tab, combination_view
 from .media import MediaError, load_image
 
@@ -38,6 +40,8 @@ TABLE_HEADERS = ["method", "tokens to the LLM", "answer on this image", "fidelit
                  "beside its authors' code (synthetic cases)", "paper's benchmark average (not this image)"]
 MAX_SEEDS = 16
 MAX_SWEEP_POINTS = 12
+ANY_PATCHES = 1 << 20
+"""A bound that lets every budget through :func:`parse_budgets` when the media's N is not known yet."""
 
 GetPipeline = Callable[[], Pipeline]
 ProgressFn = Callable[..., Any]
@@ -47,7 +51,9 @@ check_methods = studies.check_methods
 
 # ---- inputs --------------------------------------------------------------------------------
 def parse_budgets(text: Any, num_patches: int = 576) -> list[int]:
-    """``"16, 64, 192"`` (or a list) → sorted distinct budgets in [2, 1+N]."""
+    """``"16, 64, 192"`` (or a list) → sorted distinct budgets in [2, 1+N]. The studies check the
+    budgets against the media's own N again where they run (one crossing onto the GPU with the
+    encoding), so a caller without features may pass a large ``num_patches``."""
     items = text if isinstance(text, (list, tuple)) else str(text or "").replace(";", ",").split(",")
     budgets = sorted({check_budget(str(v).strip(), num_patches) for v in items if str(v).strip()})
     if not budgets:
@@ -98,8 +104,11 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
                          "answers."]
     if progress is not None:
         progress(0.05, desc="Encoding the image (cached after the first time)…")
-    out = studies.compare_methods(pipe, images, budget, names, question=question, max_new_tokens=int(max_new_tokens),
-                                  progress=_reporter(progress), native_dtype=bool(native_dtype), instruction=asked)
+    answers_to_make = (1 + len(names)) if question is not None else 0
+    cost = pipe.encode_cost(images) + Cost(generations=answers_to_make, new_tokens=int(max_new_tokens), prefills=2)
+    out = pipe.run(studies.compare_methods, images, budget, names, question=question,
+                   max_new_tokens=int(max_new_tokens), progress=_reporter(progress), native_dtype=bool(native_dtype),
+                   instruction=asked, cost=cost)
     model = studies.published_model(pipe)
     pixels = pipe.view_pixels(images, out.feats)[0]
     gallery = method_overlays(pixels, [(r.label, r.selection) for r in out.runs], size=336,
@@ -186,8 +195,10 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
     pipe = get_pipeline()
     if pipe.answers == "none":  # a vision tower alone: feature coverage, no first-token fidelity
         question = None
-    points = parse_budgets(budgets, budget_patches(pipe.encode(images)))  # features cached for the sweep
-    result, generations = studies.sweep(pipe, images, points, names, question=question, progress=_reporter(progress))
+    points = parse_budgets(budgets, ANY_PATCHES)  # checked against the media's N inside the study
+    cost = pipe.encode_cost(images) + Cost(prefills=2 + (len(points) * len(names) + 1 if question else 0))
+    result, generations = pipe.run(studies.sweep, images, points, names, question=question,
+                                   progress=_reporter(progress), cost=cost)
     labels = dict(zip(result.methods, result.labels))
     colors = method_colors(list(result.labels))
     coverage = {labels[m]: result.coverage[m] for m in result.methods}
@@ -245,7 +256,8 @@ def question_view(image: Any, question: Any, other_question: Any, budget: Any, g
     """PruneSID's and CDPruner's kept tokens for two questions about the same picture."""
     images, _, label = _media(image, media)
     pipe = get_pipeline()
-    out = studies.question_sensitivity(pipe, images, budget, [question, other_question])
+    out = pipe.run(studies.question_sensitivity, images, budget, [question, other_question],
+                   cost=pipe.encode_cost(images) + Cost(prefills=3))
     pixels = pipe.view_pixels(images, out.feats)[0]
     grid = out.feats.grid or pipe.grid
     items, lines = [], []
@@ -414,6 +426,9 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         api_sweep = gr.Button("compare_sweep")
         api_inllm = gr.Button("compare_in_llm")
 
+    def _public_json(fn):
+        return functools.wraps(fn)(lambda *args: without_cache_fields(fn(*args)))
+
     def _api_methods(text):
         return None if not str(text or "").strip() else str(text)
 
@@ -431,24 +446,24 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
         return combination_view(image, question, budgets, get_pipeline)["json"]
 
     api_compare.click(
-        endpoint(compare, "compare"),
+        endpoint(_public_json(compare), "compare"),
         [api_image, api_question, api_budget, api_methods, api_answers], api_out, api_name="compare",
         api_description="Every selection method at one budget on one image: tokens, kept indices, answers, "
                         "fidelity and the published relative accuracy (or 'not reported'), as JSON.",
         concurrency_id="model", concurrency_limit=1)
     api_stability.click(
-        endpoint(compare_stability, "compare_stability"),
+        endpoint(_public_json(compare_stability), "compare_stability"),
         [api_image, api_budget, api_seeds], api_out, api_name="compare_stability", api_visibility="undocumented",
         api_description="Jaccard of PruneSID's kept set: randomised PCA (one run per seed) vs exact, as JSON.",
         concurrency_id="model", concurrency_limit=1)
     api_sweep.click(
-        endpoint(compare_sweep, "compare_sweep"),
+        endpoint(_public_json(compare_sweep), "compare_sweep"),
         [api_image, api_question, api_budgets, api_methods], api_out, api_name="compare_sweep",
         api_visibility="undocumented",
         api_description="Per method and budget: tokens, feature coverage and first-token KL, as JSON.",
         concurrency_id="model", concurrency_limit=1)
     api_inllm.click(
-        endpoint(compare_in_llm, "compare_in_llm"),
+        endpoint(_public_json(compare_in_llm), "compare_in_llm"),
         [api_image, api_question, api_budgets], api_out, api_name="compare_in_llm", api_visibility="undocumented",
         api_description="PruneSID alone, FastV alone and PruneSID + FastV / PyramidDrop per budget: image tokens per "
                         "layer, total compression, prefill FLOPs and time, first-token KL, as JSON.",

@@ -3,6 +3,13 @@
 * :class:`SafeImage` / :class:`SafeVideo`: uploads are handed over as file paths *without*
   Gradio opening them, so a corrupt or non-image file reaches our loader
   (:mod:`studio.media`), which explains the problem, instead of failing inside Gradio.
+  Only a path inside Gradio's upload folder (symlinks resolved) is handed over as it is: any
+  other path, whatever the payload's ``meta`` says (Gradio checks only payloads that carry
+  ``meta``), and the app's own written images, come out as a :class:`studio.media.RefusedFile`,
+  which every loader refuses with one message, whether or not such a file exists.
+* Images the app writes for the page (:func:`png_file`, :func:`mask_png_file`) are named by a
+  hash of their content keyed with a secret drawn when the process starts: the same content
+  gets the same file within the process, and no visitor can work out another's file name.
 * :class:`GroupImage`: an ``AnnotatedImage`` whose value carries its own colours
   (``(base, [(mask, label)], color_map)``) and whose masks are written as fast,
   lightly compressed PNGs (one per PSCA group, up to 144 groups at K = 577).
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -21,6 +29,7 @@ from gradio.data_classes import FileData
 from PIL import Image
 
 from . import limits
+from .media import RefusedFile
 
 
 _WRITES = {"count": 0}
@@ -65,6 +74,29 @@ def written_folder() -> Path:
     return Path(utils.get_upload_folder()) / "prunesid-studio"
 
 
+def uploaded_path(path) -> str:
+    """``path`` as sent, when it names a place inside Gradio's upload folder (symlinks resolved) and
+    outside :func:`written_folder`; else a :class:`~studio.media.RefusedFile` of it.
+
+    The file itself is not looked at, so a refusal never tells whether it exists. An accepted
+    upload's modification time is set to now: uploads are swept by the time since their last use
+    (:mod:`studio.guard`), so a visitor's picture stays while they work with it."""
+    raw = str(path)
+    try:
+        resolved = Path(raw).resolve()
+        uploads = Path(utils.get_upload_folder()).resolve()
+        inside = resolved != uploads and resolved.is_relative_to(uploads)
+        if not inside or resolved.is_relative_to(written_folder().resolve()):
+            return RefusedFile(raw)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return RefusedFile(raw)
+    try:
+        os.utime(resolved)
+    except OSError:  # gone (expired): the loader says so
+        pass
+    return raw
+
+
 class SafeImage(gr.Image):
     """``gr.Image(type="filepath")`` that never decodes the upload itself."""
 
@@ -77,7 +109,7 @@ class SafeImage(gr.Image):
         path = getattr(payload, "path", None)
         if not path:
             return None
-        return str(path)
+        return uploaded_path(path)
 
 
 class RawNumber(gr.Number):
@@ -103,7 +135,7 @@ class SafeVideo(gr.Video):
             return None
         path = getattr(payload, "video", payload)
         path = getattr(path, "path", None)
-        return str(path) if path else None
+        return uploaded_path(path) if path else None
 
 
 class GroupImage(gr.AnnotatedImage):
@@ -148,11 +180,11 @@ def mask_png_file(alpha: np.ndarray, rgb: tuple[int, int, int], cache_dir: str |
     its alpha): it decodes to exactly that RGBA picture, with a quarter of the bytes of an RGBA PNG
     to filter and compress."""
     alpha = np.ascontiguousarray(alpha, dtype=np.uint8)
-    digest = hashlib.sha1(alpha.tobytes())
+    digest = _name_hash(alpha.tobytes())
     digest.update(f"{alpha.shape} {tuple(rgb)} P".encode())
     folder = Path(cache_dir or utils.get_upload_folder()) / "prunesid-studio"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest.hexdigest()[:24]}.png"
+    path = folder / f"{digest.hexdigest()}.png"
     if not path.exists():
         h, w = alpha.shape
         im = Image.frombytes("P", (w, h), alpha.tobytes())
@@ -162,6 +194,16 @@ def mask_png_file(alpha: np.ndarray, rgb: tuple[int, int, int], cache_dir: str |
         os.replace(tmp, path)
         _written(folder)
     return str(path.resolve())
+
+
+_NAME_KEY = secrets.token_bytes(32)
+"""Drawn when the process starts: written images' names cannot be computed from their content
+outside this process (one visitor cannot probe whether another's overlay exists)."""
+
+
+def _name_hash(data: bytes):
+    """A keyed BLAKE2b (128-bit) of ``data``: the name of a written image (feed more with ``update``)."""
+    return hashlib.blake2b(data, key=_NAME_KEY, digest_size=16)
 
 
 def _hex_rgb(value: str) -> tuple[int, int, int]:
@@ -183,11 +225,11 @@ def png_file(array: np.ndarray, cache_dir: str | None = None) -> str:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4):
         raise ValueError(f"png_file takes a uint8 [H, W, 3] or [H, W, 4] array, got {array.dtype} {array.shape}")
     array = np.ascontiguousarray(array)
-    digest = hashlib.sha1(array.tobytes())
+    digest = _name_hash(array.tobytes())
     digest.update(str(array.shape).encode())
     folder = Path(cache_dir or utils.get_upload_folder()) / "prunesid-studio"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest.hexdigest()[:24]}.png"
+    path = folder / f"{digest.hexdigest()}.png"
     if not path.exists():
         tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.png"
         Image.fromarray(array).save(tmp, format="PNG", compress_level=1)  # 3 or 4 uint8 channels: RGB or RGBA

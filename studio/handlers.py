@@ -33,6 +33,7 @@ from prunesid_vlm.pipeline import (
 
 from . import views as V
 from .components import png_file
+from . import limits
 from .errors import endpoint, guarded, status_line, warn
 from .media import MediaError, load_image, load_video
 from .models import MANAGER, ModelManager
@@ -116,12 +117,24 @@ def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: in
 
 def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_new_tokens: int = 64,
             manager: ModelManager = MANAGER) -> dict:
-    """The ``/analyze`` endpoint: selection and both answers for one image, as JSON."""
+    """The ``/analyze`` endpoint: selection and both answers for one image, as JSON.
+
+    One crossing onto the GPU: the pipeline's ``compare`` encodes, selects and answers together;
+    the views' data then come from the features it cached."""
     k = check_budget(budget)
     question = check_question(question)
+    max_new_tokens = int(max_new_tokens)
     pipe = manager.current()
     images, notes, _, source = load_media("image", image, None)
-    analysis = reselect(encode(pipe, "image", source, images, notes, None), k, dynamic)
+    result = None
+    if pipe.answers != "none":
+        result = pipe.compare(images, question, k, dynamic=bool(dynamic), max_new_tokens=max_new_tokens)
+    encoded = encode(pipe, "image", source, images, notes, None)  # cached by the crossing above
+    if result is None:  # a vision tower alone: the selection is all there is
+        analysis = reselect(encoded, k, dynamic)
+    else:
+        analysis = replace(encoded, budget=k, dynamic=bool(dynamic), selection=result.selection,
+                           budgets=view_budgets(encoded.feats, k, bool(dynamic), "per_view"))
     notes = notes + pipe.media_notes(analysis.feats)
     state = manager.state
     if state.fallback_reason:
@@ -144,9 +157,8 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         "token_counts": {"pruned": {"per_view": list(token_counts(analysis.feats, analysis.selection).handed)}},
         "notes": notes,
     }
-    if pipe.answers == "none":  # a vision tower alone: the selection is all there is
+    if result is None:
         return dict(head, budgets=analysis.budgets, full=None, pruned=None, fidelity=None)
-    result = answer(analysis, question, pipe, max_new_tokens)
     full, pruned = result.timings["full"], result.timings["pruned"]
     return dict(head, **{
         "budgets": result.budgets,
@@ -161,7 +173,6 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         "fidelity": {"first_token_kl_nats": result.fidelity, "first_token_agrees": result.first_token_agrees,
                      "same_answer": result.same_answer},
         "timings": result.timings,
-        "answers_cached": result.answers_cached,
     })
 
 
@@ -338,8 +349,10 @@ def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, k
                                       progress=_no_progress)
     analysis = reselect(state, budget, dynamic, shared)
     parts = (active,) if active in V.PARTS else V.PARTS
+    stale_model = old_model_note(analysis, MANAGER.state.active or analysis.model_id)
     return _view_outputs(analysis, int(view or 1) - 1, status_line(
-        f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.", "ok"), parts)
+        f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.{stale_model}",
+        "warn" if stale_model else "ok"), parts)
 
 
 @guarded(_redraw_refused)
@@ -433,6 +446,8 @@ def speedup_text(ratio: float) -> str:
 
 
 def _cache_note(cached: bool) -> str:
+    if limits.is_public():  # on a public server it would tell what other visitors asked
+        return ""
     return " · *cached answer (times from the run that made it)*" if cached else ""
 
 
@@ -496,20 +511,44 @@ def _model_line(s) -> str:
     return f"Model: **{plain_markdown(s.active)}**"
 
 
-@guarded(lambda message: (status_line(message, "warn"), gr.skip()) + (gr.skip(),) * (2 + len(ANSWER_PANEL)))
+MODEL_CHANGE_KEYS = ("banner", "model") + VIEW_KEYS
+"""Order of the outputs of :func:`on_model_change`: the banner, the picker, then the views."""
+
+
+def _model_change_refused(message: str) -> tuple:
+    return (status_line(message, "warn"), gr.skip()) + _redraw_refused(message)
+
+
+@guarded(_model_change_refused)
 def on_model_change(model_id: str, state: Analysis | None = None, progress=gr.Progress()) -> tuple:
     """The picker, the only way to switch the model: the model in use keeps serving until the new
-    one has loaded; a refused or failed switch changes nothing and is told to this visitor only."""
+    one has loaded; a refused or failed switch changes nothing and is told to this visitor only.
+    After a switch, this visitor's picture (or clip) is analysed again with the new model and every
+    view redrawn, so that nothing on the page belongs to the old one."""
     outcome = MANAGER.switch(model_id, progress=progress)
     if outcome.problem:
         warn(outcome.problem)
-    picker = gr.update(value=outcome.pipe.model_id)
-    if not outcome.changed and state is not None and state.model_id == outcome.pipe.model_id:
-        return ((banner_text(reason=outcome.problem), picker, gr.skip(), gr.skip())
-                + tuple(gr.skip() for _ in ANSWER_PANEL))
-    cleared = answer_panel(None)
-    return ((banner_text(reason=outcome.problem), picker, None, stale_note(None))
-            + tuple(cleared[k] for k in ANSWER_PANEL))
+    head = (banner_text(reason=outcome.problem), gr.update(value=outcome.pipe.model_id))
+    if state is None or state.model_id == outcome.pipe.model_id:
+        if state is None and outcome.changed:  # nothing analysed yet: the empty panels' headers change
+            values = {k: gr.skip() for k in VIEW_KEYS} | answer_panel(None) | {"stale": stale_note(None)}
+            return head + tuple(values[k] for k in VIEW_KEYS)
+        return head + tuple(gr.skip() for _ in VIEW_KEYS)
+    pipe = outcome.pipe
+    progress(0.8, desc=f"Analysing your {state.kind} again with {pipe.model_id}")
+    notes = [n for n in state.notes if "switched in the picker" not in n]
+    notes.append(f"Analysed again with {pipe.model_id} (was {state.model_id}).")
+    analysis = encode(pipe, state.kind, state.source, state.images, notes, state.frame_times)
+    analysis = reselect(analysis, min(state.budget, budget_patches(analysis.feats) + 1), state.dynamic, state.shared)
+    return head + _view_outputs(analysis, 0, _status_for(analysis, pipe, True))
+
+
+def old_model_note(analysis: Analysis, in_use: str) -> str:
+    """Said on a redraw whose analysis another model made (another visitor switched the model)."""
+    if analysis.model_id == in_use:
+        return ""
+    return (f" These views belong to {analysis.model_id}; the model in use is now {in_use}: press Run to analyse "
+            "with it.")
 
 
 def on_load() -> tuple[str, Any]:
@@ -542,4 +581,5 @@ def analyze_endpoint(image: str | None, question: str | None, budget: float | in
     return _analyze_endpoint(image, question, budget)
 
 
-_analyze_endpoint = endpoint(lambda image, question, budget: analyze(image, question, budget), "analyze")
+_analyze_endpoint = endpoint(lambda image, question, budget: limits.without_cache_fields(analyze(image, question, budget)),
+                             "analyze")

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from prunesid_vlm.combination import DEFAULT_BUDGETS, STAGE_KEEP, combination_study, kinds_for, schedules_for
-from prunesid_vlm.pipeline import budget_patches, check_question
+from prunesid_vlm.pipeline import Cost, check_question
 from viz.combination import plot_combination
 
 TABLE_HEADERS = ["variant", "image tokens per layer", "total compression", "prefill FLOPs vs none",
@@ -59,19 +59,20 @@ def depth_note(num_layers: int, without_pyramiddrop: str = "") -> str:
 def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, mark: Any = None,
                      media: Any = None, progress=None, repeats: int = REPEATS) -> dict:
     """The study on the visitor's media: ``{"figure", "table", "markdown", "json"}``."""
-    from .compare_tab import _media, _reporter, parse_budgets
+    from .compare_tab import ANY_PATCHES, _media, _reporter, parse_budgets
 
     question = check_question(question)
     images, _, label = _media(image, media)
     pipe = get_pipeline()
     num_layers = pipe.in_llm_layers()  # says why before any work on a model it does not cover
-    points = parse_budgets(budgets, budget_patches(pipe.encode(images)))
+    points = parse_budgets(budgets, ANY_PATCHES)  # checked against the media's N inside the study
     kinds = kinds_for(pipe)
     if len(points) > MAX_BUDGETS:
         raise ValueError(f"At most {MAX_BUDGETS} budgets per run (each costs {len(kinds) * repeats} prefills), "
                          f"got {len(points)}.")
-    study = combination_study(pipe, images, question, points, kinds=kinds, repeats=repeats,
-                              progress=_reporter(progress))
+    cost = pipe.encode_cost(images) + Cost(prefills=(1 + len(points) * len(kinds)) * 2 * repeats)
+    study = pipe.run(combination_study, images, question, points, kinds=kinds, repeats=repeats,
+                     progress=_reporter(progress), cost=cost)
     rows = study.rows()
     shown = None
     try:

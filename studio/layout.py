@@ -75,13 +75,16 @@ CSS = """
 #summary p { margin: 0; }
 """
 
-LAUNCH_KWARGS = dict(theme=gr.themes.Default(primary_hue="indigo"), css=CSS, max_file_size="100mb",
-                     footer_links=["api", "gradio", "settings"], state_session_capacity=limits.SESSION_CAPACITY)
-"""Keyword arguments for ``demo.launch`` (Gradio 6 takes theme and CSS there)."""
-QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=limits.QUEUE_SIZE)
+LAUNCH_KWARGS = dict(theme=gr.themes.Default(primary_hue="indigo"), css=CSS, max_file_size=limits.MAX_UPLOAD_BYTES,
+                     footer_links=["api", "gradio", "settings"], state_session_capacity=limits.SESSION_CAPACITY,
+                     app_kwargs=limits.app_kwargs())
+"""Keyword arguments for ``demo.launch`` (Gradio 6 takes theme and CSS there; ``app_kwargs`` adds
+the request guard of :mod:`studio.guard`: body caps, upload disk use, result streams)."""
+QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=limits.QUEUE_SIZE, api_open=not limits.is_public())
 """``demo.queue``: at most ``limits.QUEUE_SIZE`` waiting jobs (and ``limits.QUEUE_PER_SESSION`` per
-session, see :func:`studio.limits.limit_queue_per_session`); events without a group below run one
-at a time."""
+session, ``limits.QUEUE_PER_CLIENT`` per client address, see :func:`studio.limits.limit_queue`);
+events without a group below run one at a time. On a public deployment the REST routes that skip
+the queue (``/gradio_api/run/...``) are closed."""
 REDRAW_CONCURRENCY = 4
 """Redraws (slider, presets, dynamic toggle, view tabs, frame picker) of different visitors run
 side by side: they read only the visitor's own session state (no model, no lock)."""
@@ -147,10 +150,10 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                                       include_audio=True, height=260, elem_id="video")
             question = gr.Textbox(H.DEFAULT_QUESTION, label="Question", lines=2, max_length=H.MAX_QUESTION_CHARS,
                                   elem_id="question")
-            model = gr.Dropdown(MANAGER.policy.choices(), value=MANAGER.state.requested,
+            model = gr.Dropdown(MANAGER.policy.choices(MANAGER.state.requested), value=MANAGER.state.requested,
                                 allow_custom_value=MANAGER.policy.allow_custom,
-                                label=("Model (hub id, local folder, or the offline demo)" if MANAGER.policy.allow_custom
-                                       else "Model"), elem_id="model")
+                                interactive=not MANAGER.policy.public,  # a public Space's owner chooses it
+                                label=MANAGER.policy.picker_label, info=MANAGER.policy.picker_info, elem_id="model")
             budget = gr.Slider(2, 577, value=H.DEFAULT_BUDGET, step=1, label="Visual tokens kept (K)",
                                elem_id="budget")
             budget_md = gr.Markdown(budget_label(H.DEFAULT_BUDGET), elem_id="budget-label")
@@ -273,7 +276,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     answer_panel = [comp[k] for k in H.ANSWER_PANEL]
     question.change(H.on_question, [state, question], answer_panel + [stale], queue=False, show_progress="hidden",
                     **private)
-    model.input(H.on_model_change, [model, state], [banner, model, state, stale] + answer_panel, show_progress="full",
+    model.input(H.on_model_change, [model, state], [banner, model] + view_out, show_progress="full",
                 **MODEL_EVENTS, **private)
     return (image, question, budget, state), model
 

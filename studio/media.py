@@ -16,6 +16,18 @@ Decisions:
   copies of the same few pixels, which teaches nothing.
 * **Huge images** are downscaled so the longest side is :data:`MAX_SIDE` (the tower
   sees 336 px anyway); images over :data:`MAX_PIXELS` are refused before decoding.
+* **Long strips** (more than :data:`MAX_ASPECT` : 1) are refused before decoding: the processor
+  scales the *shorter* side to 336 px, so a 100000 x 10 strip would become a picture of
+  gigapixels there. Every size rule is checked on the header's size, before any pixel is
+  decoded, and a large JPEG is decoded at a reduced scale (``Image.draft``).
+* **Videos** whose frames have more than :data:`MAX_VIDEO_PIXELS` are refused from the
+  container's header, before any frame is decoded; every decoded frame is checked again (a
+  header can lie) and reduced at once, so at most one full-size frame is held.
+* **Refused paths**: an upload path that the app's inputs refused (outside Gradio's upload
+  folder, see :class:`RefusedFile`) is refused here with :data:`NOT_UPLOADED`, one message
+  whether or not such a file exists.
+
+Messages name at most a file's base name, never its folder.
 """
 from __future__ import annotations
 
@@ -39,12 +51,39 @@ MAX_VIDEO_FRAMES = 32
 """Upper bound on frames sampled from one video, whatever the caller asks."""
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 """Refuse video files larger than this (the demo samples a few frames anyway)."""
+MAX_ASPECT = 32
+"""Refuse images more than this many times longer than wide (see the module docstring): at 32 : 1
+the processor's picture is at most 10752 x 336 px; a 25 : 1 strip is still a valid input."""
+MAX_VIDEO_PIXELS = 4096 * 4096
+"""Refuse videos whose frames have more pixels than this (≈ 16.8 MP): DCI 4K (4096 x 2160) and
+UHD (3840 x 2160) pass; 8K (7680 x 4320, 33 MP) does not. One decoded frame of this size is
+50 MB as BGR plus 50 MB as RGB; the tower sees 336 px, so larger frames only cost memory."""
+MAX_DECODED_PIXELS = 2_000_000_000
+"""Pixels one video may make us decode in all (counting its frames and reading the sampled
+ones sequentially): 900 frames of 1080p. Beyond it frames are sought instead of read in order,
+and a count by reading stops early, so a long video of large frames costs seconds, not minutes."""
+NOT_UPLOADED = "This file was not uploaded to this app, or its upload has expired: upload it again."
+"""What a refused upload path is told (the same whether such a file exists or not)."""
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
 class MediaError(ValueError):
     """An input image or video that cannot be used; the message says why, for a person."""
+
+
+class RefusedFile(str):
+    """A path that an input component refused (:mod:`studio.components`: not in Gradio's upload
+    folder, or one of the app's own written images). It equals the path as sent, so it can be
+    compared and logged like one, but :func:`load_image` and :func:`load_video` refuse it with
+    :data:`NOT_UPLOADED` without looking at the file: whether it exists is never told."""
+
+    __slots__ = ()
+
+
+def _refuse_marked(source) -> None:
+    if isinstance(source, RefusedFile):
+        raise MediaError(NOT_UPLOADED)
 
 
 # ---- images ---------------------------------------------------------------------------------
@@ -59,24 +98,28 @@ def load_image(source: ImageInput) -> tuple[Image.Image, list[str]]:
         MediaError: missing/corrupt/non-image files, decompression bombs, images with
             a side below :data:`MIN_SIDE`, arrays of an unusable shape or dtype.
     """
+    _refuse_marked(source)
     notes: list[str] = []
+    stated = None  # a file's size as stored (a large JPEG is decoded smaller)
     if isinstance(source, np.ndarray):
         img = _from_array(source)
     elif isinstance(source, Image.Image):
         img = source
     elif isinstance(source, (bytes, bytearray)):
-        img = _open(io.BytesIO(source), "the uploaded data")
+        img, stated = _open(io.BytesIO(source), "the uploaded data")
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise MediaError(f"No image file named '{path.name}' (the upload may have expired; upload it again).")
         if path.stat().st_size == 0:
             raise MediaError(f"'{path.name}' is empty (0 bytes).")
-        img = _open(path, f"'{path.name}'")
+        img, stated = _open(path, f"'{path.name}'")
     else:
         raise MediaError(f"Expected an image file, PIL image or array, got {type(source).__name__}.")
 
-    _check_pixels(img.size)
+    stated = stated or img.size
+    _check_pixels(stated)
+    target = _fit(*stated)  # files were checked before decoding (in _open); arrays and PIL images here
     if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
         notes.append(f"Animated image: using the first of its {img.n_frames} frames.")
         img.seek(0)
@@ -85,29 +128,59 @@ def load_image(source: ImageInput) -> tuple[Image.Image, list[str]]:
         if upright is not None and upright is not img:
             if _exif_orientation(img) not in (None, 1):
                 notes.append("Rotated upright using the photo's EXIF orientation.")
+            if upright.size != img.size:  # turned a quarter: so are the stated size and the target
+                stated, target = stated[::-1], target[::-1]
             img = upright
         img = _to_rgb(img, notes)
     except MediaError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
-        raise MediaError(f"The image could not be decoded; the file may be damaged ({exc}).") from exc
+        raise MediaError(f"The image could not be decoded; the file may be damaged ({_reason(exc)}).") from exc
 
-    w, h = img.size
+    if img.size != target:
+        # reducing_gap: Pillow first shrinks by a whole factor with Image.reduce (a cheap box
+        # filter), then resamples the last factor (at most 3) with LANCZOS.
+        img = img.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if target != stated:
+        notes.append(f"Large image ({stated[0]}×{stated[1]}) reduced to {target[0]}×{target[1]} first (the model's "
+                     "processor reduces it further).")
+    return img, notes
+
+
+def _fit(w: int, h: int) -> tuple[int, int]:
+    """The size :func:`load_image` hands on for a ``w x h`` image (the longest side at most
+    :data:`MAX_SIDE`), checked before anything is decoded or resized.
+
+    Raises:
+        MediaError: a side below :data:`MIN_SIDE`, a strip longer than :data:`MAX_ASPECT` : 1,
+            or a shorter side that the downscale would bring below :data:`MIN_SIDE`.
+    """
     if min(w, h) < MIN_SIDE:
         raise MediaError(
             f"The image is {w}x{h} px; PruneSID needs at least {MIN_SIDE} px on each side "
             "(the model looks at 336x336, so tiny images have nothing to prune)."
         )
-    if max(w, h) > MAX_SIDE:
-        f = MAX_SIDE / max(w, h)
-        new = (max(1, round(w * f)), max(1, round(h * f)))
-        img = img.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        notes.append(f"Large image ({w}×{h}) reduced to {new[0]}×{new[1]} first (the model's processor reduces it further).")
-    return img, notes
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise MediaError(
+            f"The image is {w}x{h} px: its long side is {max(w, h) / min(w, h):.0f} times its short side; PruneSID "
+            f"takes images up to {MAX_ASPECT}:1 (the model looks at a 336x336 square). Please crop it."
+        )
+    if max(w, h) <= MAX_SIDE:
+        return w, h
+    f = MAX_SIDE / max(w, h)
+    new = (max(1, round(w * f)), max(1, round(h * f)))
+    if min(new) < MIN_SIDE:
+        raise MediaError(
+            f"The image is {w}x{h} px; reduced to {MAX_SIDE} px on its long side it would be {new[0]}x{new[1]}, "
+            f"under the {MIN_SIDE} px PruneSID needs on each side. Please crop it."
+        )
+    return new
 
 
-def _open(fp, name: str) -> Image.Image:
-    """``Image.open`` + full decode, turning PIL's many failure modes into MediaError."""
+def _open(fp, name: str) -> tuple[Image.Image, tuple[int, int]]:
+    """``Image.open`` + full decode, turning PIL's many failure modes into MediaError; returns the
+    image and its size as stored. Every size rule is checked on the header's size first; a large
+    JPEG is decoded at the smallest of 1/2, 1/4, 1/8 scale that is still at least its target size."""
     try:
         with warnings.catch_warnings():
             # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; we want our
@@ -115,6 +188,10 @@ def _open(fp, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fp)
             _check_pixels(img.size)
+            stated = img.size
+            target = _fit(*stated)  # before decoding: a strip or a tiny image costs nothing
+            if target != stated and img.format == "JPEG":
+                img.draft(None, target)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise MediaError(
@@ -126,8 +203,15 @@ def _open(fp, name: str) -> Image.Image:
     except MediaError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise MediaError(f"{name} could not be decoded; the file may be damaged or truncated ({exc}).") from exc
-    return img
+        raise MediaError(f"{name} could not be decoded; the file may be damaged or truncated ({_reason(exc)}).") from exc
+    return img, stated
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc``'s message without a file path (an ``OSError`` about a file names its full path)."""
+    if isinstance(exc, OSError) and (exc.filename is not None or exc.filename2 is not None):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 def _check_pixels(size: tuple[int, int]) -> None:
@@ -219,11 +303,13 @@ def load_video(
     Returns ``(frames, fps, duration_s, notes)``.
 
     Raises:
-        MediaError: missing, empty, over-sized or unreadable files, videos with no
-            decodable frame, ``max_frames`` < 1.
+        MediaError: missing, empty, over-sized or unreadable files, frames over
+            :data:`MAX_VIDEO_PIXELS` (from the header, before decoding, and again per decoded
+            frame), videos with no decodable frame, ``max_frames`` < 1.
     """
     import cv2
 
+    _refuse_marked(path)
     if not isinstance(max_frames, int) or max_frames < 1:
         raise MediaError(f"max_frames must be a positive integer, got {max_frames!r}.")
     notes: list[str] = []
@@ -243,20 +329,25 @@ def load_video(
     try:
         if not cap.isOpened():
             raise MediaError(f"'{p.name}' could not be opened as a video (try MP4 with H.264).")
+        # The frame size from the container, before any frame is grabbed (grabbing decodes).
+        frame_pixels = _check_frame_size(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
+                                         int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0), p.name)
+        sequential = min(SEQUENTIAL_DECODE_LIMIT, MAX_DECODED_PIXELS // frame_pixels)
         stated = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         count = stated
-        if stated <= SEQUENTIAL_DECODE_LIMIT:
+        if stated <= sequential:
             # A missing or short stated count is checked by reading to the end (a header can lie or
             # be absent; sampling only the frames it admits would miss the rest of the video).
+            limit = max(1, min(MAX_COUNTED_FRAMES, MAX_DECODED_PIXELS // frame_pixels))
             count = 0
-            while count < MAX_COUNTED_FRAMES and cap.grab():
+            while count < limit and cap.grab():
                 count += 1
             cap.release()
             cap = cv2.VideoCapture(str(p))
             if stated > 0 and count != stated:
                 notes.append(f"The file's header states {stated} frames but it holds "
-                             f"{count if count < MAX_COUNTED_FRAMES else f'at least {count}'}: frames are sampled "
+                             f"{count if count < limit else f'at least {count}'}: frames are sampled "
                              "over all of them.")
         if count <= 0:
             raise MediaError(f"'{p.name}' contains no video frames.")
@@ -269,16 +360,28 @@ def load_video(
         wanted = np.unique(np.floor((np.arange(take) + 0.5) * count / take).astype(int))
         if count > take:
             notes.append(f"Sampled {len(wanted)} of {count} frames ({duration:.1f} s) evenly.")
-        frames = _read_frames(cap, wanted, count)
+        loaded = _read_frames(cap, wanted, count <= sequential, p.name)
     finally:
         cap.release()
-    if not frames:
+    if not loaded:
         raise MediaError(f"No frame of '{p.name}' could be decoded; the file may be damaged.")
-    if len(frames) < len(wanted):
-        notes.append(f"{len(wanted) - len(frames)} sampled frame(s) could not be decoded and were skipped.")
-    loaded = [load_image(f) for f in frames]
+    if len(loaded) < len(wanted):
+        notes.append(f"{len(wanted) - len(loaded)} sampled frame(s) could not be decoded and were skipped.")
     notes.extend(loaded[0][1])  # the same size rule applies to every frame; report it once
     return [img for img, _ in loaded], fps, duration, notes
+
+
+def _check_frame_size(width: int, height: int, name: str) -> int:
+    """``width * height`` of a video's frames, refused over :data:`MAX_VIDEO_PIXELS` or when the
+    container does not state it (then it could only be learnt by decoding a frame)."""
+    if width <= 0 or height <= 0:
+        raise MediaError(f"'{name}' could not be opened as a video: it does not state its frame size "
+                         "(try MP4 with H.264).")
+    if width * height > MAX_VIDEO_PIXELS:
+        raise MediaError(f"The frames of '{name}' are {width}x{height} px ({width * height / 1e6:.0f} megapixels), "
+                         f"over the {MAX_VIDEO_PIXELS / 1e6:.1f} MP limit for videos (4096x4096); please upload a "
+                         "smaller version (the model looks at 336x336 anyway).")
+    return width * height
 
 
 MAX_COUNTED_FRAMES = 100_000
@@ -288,20 +391,28 @@ MAX_COUNTED_FRAMES = 100_000
 SEQUENTIAL_DECODE_LIMIT = 900
 """Videos up to this many frames (30 s at 30 fps) are decoded frame by frame, which is
 exact; longer ones seek to each sampled frame, which is faster but may land on a
-nearby frame for some codecs."""
+nearby frame for some codecs. Fewer when the frames are large (:data:`MAX_DECODED_PIXELS`)."""
 
 
-def _read_frames(cap, wanted: np.ndarray, count: int) -> list[np.ndarray]:
-    """Decode frames ``wanted`` (sorted ascending) as RGB arrays, skipping undecodable ones."""
+def _read_frames(cap, wanted: np.ndarray, sequential: bool, name: str) -> list[tuple[Image.Image, list[str]]]:
+    """Decode frames ``wanted`` (sorted ascending), skipping undecodable ones, each through
+    :func:`load_image` at once (so only one full-size frame is held at a time). ``sequential``:
+    decode every frame up to the last one wanted (exact) instead of seeking to each.
+
+    Raises:
+        MediaError: a decoded frame over :data:`MAX_VIDEO_PIXELS` (the header stated less).
+    """
     import cv2
 
-    out: list[np.ndarray] = []
+    out: list[tuple[Image.Image, list[str]]] = []
 
     def keep(ok: bool, bgr) -> None:
-        if ok and bgr is not None and bgr.size:
-            out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        if not ok or bgr is None or not bgr.size:
+            return
+        _check_frame_size(bgr.shape[1], bgr.shape[0], name)
+        out.append(load_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
 
-    if count <= SEQUENTIAL_DECODE_LIMIT:
+    if sequential:
         targets = set(int(i) for i in wanted)
         for i in range(int(wanted[-1]) + 1):  # loop over decoded frames
             if not cap.grab():

@@ -1,13 +1,19 @@
 """Which model the app serves, and how it is switched: one model per process, switched only by
-an explicit choice in the picker, never by an upload, a slider or Run.
+an explicit choice in the picker (run locally; a public deployment's owner sets it), never by an
+upload, a slider or Run.
 
 * **The model in use keeps serving until its replacement has loaded.** A failed load changes
   nothing for anyone and is told only to the visitor who asked. Switches are serialised; work
   that started on the old model finishes on it (it holds its own reference).
 * **On a public deployment** (``SPACE_ID`` set, as on Hugging Face Spaces, or
-  ``PRUNESID_PUBLIC=1``) only the listed checkpoints can be chosen, checked here on the server,
-  not just in the dropdown; hub ids and local folders of one's own only with
-  ``PRUNESID_ALLOW_CUSTOM_MODELS=1``. Messages there never echo a server path.
+  ``PRUNESID_PUBLIC=1``) the model is the deployment's: its owner sets it (``PRUNESID_MODEL``)
+  and visitors cannot switch it — :meth:`ModelManager.switch` refuses here on the server, not
+  just in the dropdown, since one visitor's switch would change every other visitor's answers.
+  The deployment serves only what its hardware holds: the GPU's memory (measured, or
+  ``PRUNESID_GPU_MEMORY_GB`` where no CUDA GPU is visible, e.g. on ZeroGPU) against the memory
+  the registry states for each checkpoint; a start-up model that does not fit is not loaded, and
+  the offline demo serves with the reason (memory needed against memory available). Messages
+  there never echo a server path.
 * On a GPU the replacement is loaded into CPU memory first, while the old model serves; then,
   with no model work running, the old model moves to the CPU and the new one to the GPU (two 7B
   models do not fit one L4 together). If the move fails, the old model goes back.
@@ -21,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import prunesid
-from prunesid_vlm.pipeline import (DEMO_MODEL_ID, ModelLoadError, Pipeline, list_models, load_pipeline,
+from prunesid_vlm.pipeline import (DEMO_MODEL_ID, ModelLoadError, ModelSpec, Pipeline, list_models, load_pipeline,
                                    offline_default)
 
 from .errors import log
@@ -30,11 +36,20 @@ ENV_MODEL = "PRUNESID_MODEL"
 """Environment variable naming the model to load at start (hub id, local folder or demo id)."""
 ENV_PUBLIC = "PRUNESID_PUBLIC"
 """``1``: a public deployment (also implied by ``SPACE_ID``, which Hugging Face Spaces sets)."""
-ENV_ALLOW_CUSTOM = "PRUNESID_ALLOW_CUSTOM_MODELS"
-"""``1``: on a public deployment, accept hub ids and local folders beyond the list too."""
-ENV_ALLOWED = "PRUNESID_ALLOWED_MODELS"
-"""Comma-separated model ids served on a public deployment besides the built-in list."""
+ENV_GPU_MEMORY = "PRUNESID_GPU_MEMORY_GB"
+"""The GPU memory (GB) a public deployment's hardware has, where no CUDA GPU is visible to measure
+(ZeroGPU attaches its GPU only inside ``spaces.GPU`` calls)."""
+RETIRED_ENV = ("PRUNESID_ALLOW_CUSTOM_MODELS", "PRUNESID_ALLOWED_MODELS")
+"""No longer read: a public deployment's visitors cannot choose the model at all, and locally any
+id can be typed into the picker."""
+ZEROGPU_MEMORY_GB = 48.0
+"""A ZeroGPU ``large`` slice (the default: half an RTX Pro 6000 Blackwell), when not set otherwise."""
 MAX_MODEL_ID_CHARS = 200
+
+OWNER_CHOOSES = ("On this public Space the model is chosen by the Space's owner, for every visitor at once; it "
+                 "cannot be switched from the page. To try other models, run PruneSID Studio yourself.")
+"""What a visitor who tries to switch the model of a public deployment is told."""
+PUBLIC_PICKER_INFO = "Every visitor uses this model; the Space's owner chooses it (PRUNESID_MODEL)."
 
 
 class ModelRefused(ValueError):
@@ -73,44 +88,138 @@ def hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
+def _zero_gpu(env) -> bool:
+    return env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def _measured_gpu_memory() -> tuple[float, str] | None:
+    """The first CUDA GPU's total memory in GB (10⁹ bytes) and its name, if one is visible."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return props.total_memory / 1e9, f"{props.name}, measured"
+    except Exception as err:  # pragma: no cover - a broken CUDA set-up: fall back to the owner's figure
+        log.warning("could not read the GPU's memory: %s", err)
+    return None
+
+
+def gpu_memory(environ=None) -> tuple[float | None, str]:
+    """The GPU memory this deployment's hardware has, in GB, and where the figure comes from:
+    measured on the visible CUDA GPU; else ``PRUNESID_GPU_MEMORY_GB``; else, on ZeroGPU, a
+    ``large`` slice (48 GB); else ``None`` (no GPU: only what runs on a CPU is served).
+
+    On ZeroGPU CUDA is not touched here (the GPU is attached only inside ``spaces.GPU`` calls)."""
+    env = os.environ if environ is None else environ
+    if not _zero_gpu(env):
+        measured = _measured_gpu_memory()
+        if measured is not None:
+            return measured
+    raw = env.get(ENV_GPU_MEMORY, "").strip()
+    if raw:
+        try:
+            value = float(raw)
+            if value > 0:
+                return value, ENV_GPU_MEMORY
+        except ValueError:
+            pass
+        log.warning("%s=%r is not a number of GB; ignored", ENV_GPU_MEMORY, raw)
+    if _zero_gpu(env):
+        return ZEROGPU_MEMORY_GB, "a ZeroGPU large slice"
+    return None, "no GPU visible"
+
+
+def _label(model_id: str, spec: ModelSpec | None) -> str:
+    if spec is None:
+        return model_id
+    return spec.description if spec.is_demo else f"{spec.description} — {model_id}"
+
+
 @dataclass(frozen=True)
 class ModelPolicy:
-    """Which models may be chosen in the picker."""
+    """Who chooses the model, and which models this deployment can serve.
+
+    Locally the picker switches among ``listed`` or any typed hub id or folder. On a public
+    deployment the owner's start-up model serves everyone and visitors cannot switch;
+    ``listed`` is then what the hardware holds (``gpu_memory_gb``; ``None``: no GPU)."""
 
     public: bool = False
-    allow_custom: bool = True
     listed: tuple[str, ...] = ()
+    gpu_memory_gb: float | None = None
+    memory_source: str = ""
+    """Where ``gpu_memory_gb`` comes from (measured on a named GPU, the owner's setting, ...)."""
+
+    @property
+    def allow_custom(self) -> bool:
+        """Whether the picker takes a typed hub id or folder (locally only)."""
+        return not self.public
+
+    @property
+    def picker_label(self) -> str:
+        return "Model (chosen by this Space's owner)" if self.public else \
+            "Model (hub id, local folder, or the offline demo)"
+
+    @property
+    def picker_info(self) -> str | None:
+        return PUBLIC_PICKER_INFO if self.public else None
 
     @classmethod
     def from_env(cls, environ=None) -> "ModelPolicy":
         env = os.environ if environ is None else environ
         public = bool(env.get("SPACE_ID")) or env.get(ENV_PUBLIC, "") == "1"
-        extra = [m.strip() for m in env.get(ENV_ALLOWED, "").split(",") if m.strip()]
+        for name in RETIRED_ENV:
+            if env.get(name, "").strip():
+                log.warning("%s is no longer read: %s", name,
+                            "visitors of a public deployment cannot choose the model; its owner sets "
+                            f"{ENV_MODEL}" if public else "locally the picker takes any hub id or folder")
+        if public:
+            memory, source = gpu_memory(env)
+            listed = tuple(s.model_id for s in list_models() if s.fits(memory))
+            log.info("public deployment: %s of GPU memory (%s); it can hold %d of the %d listed models",
+                     "no GB" if memory is None else f"{memory:.1f} GB", source, len(listed), len(list_models()))
+            return cls(public=True, listed=listed, gpu_memory_gb=memory, memory_source=source)
         start = [env[ENV_MODEL].strip()] if env.get(ENV_MODEL, "").strip() else []
-        listed = tuple(dict.fromkeys([s.model_id for s in list_models()] + start + extra))
-        return cls(public=public, allow_custom=not public or env.get(ENV_ALLOW_CUSTOM, "") == "1", listed=listed)
+        return cls(public=False, listed=tuple(dict.fromkeys([s.model_id for s in list_models()] + start)))
 
     def check(self, model_id: object) -> str:
-        """``model_id`` stripped, if this deployment serves it; else :class:`ModelRefused`."""
+        """``model_id`` stripped, if a visitor may switch to it; else :class:`ModelRefused` (always
+        on a public deployment: its owner chooses the model)."""
+        if self.public:
+            raise ModelRefused(OWNER_CHOOSES)
         if not isinstance(model_id, str) or not model_id.strip():
             raise ModelRefused("Pick a model from the list.")
         wanted = model_id.strip()
         if len(wanted) > MAX_MODEL_ID_CHARS:
             raise ModelRefused(f"A model id is at most {MAX_MODEL_ID_CHARS} characters.")
-        if wanted in self.listed or self.allow_custom:
-            return wanted
-        raise ModelRefused("This app serves only the models in its list; pick one there.")
+        return wanted
 
-    def choices(self) -> list[tuple[str, str]]:
-        """``(label, model id)`` pairs for the picker, real checkpoints first."""
+    def start_problem(self, model_id: str) -> str | None:
+        """Why a public deployment does not load ``model_id`` at start — its hardware cannot hold
+        it — or ``None``. An id the registry does not know (the owner's own checkpoint or folder)
+        has no stated size and is loaded as asked."""
+        if not self.public:
+            return None
+        spec = next((s for s in list_models() if s.model_id == model_id), None)
+        if spec is None or spec.fits(self.gpu_memory_gb):
+            return None
+        if not self.gpu_memory_gb:
+            return (f"{model_id} needs a GPU with about {spec.memory_gb:.1f} GB of memory, and this hardware has no "
+                    "GPU")
+        return (f"{model_id} needs about {spec.memory_gb:.1f} GB of GPU memory and this hardware has "
+                f"{self.gpu_memory_gb:.1f} GB")
+
+    def choices(self, in_use: str | None = None) -> list[tuple[str, str]]:
+        """``(label, model id)`` pairs for the picker, real checkpoints first; ``in_use``, the model
+        serving now, is among them. On a public deployment (the picker is shown, not used): the
+        model in use and the offline demos that serve when it cannot be loaded."""
         known = {s.model_id: s for s in list_models()}
-        out = []
-        for model_id in self.listed:
-            spec = known.get(model_id)
-            label = model_id if spec is None else (spec.description if spec.is_demo
-                                                   else f"{spec.description} — {model_id}")
-            out.append((label, model_id))
-        return out
+        if self.public:
+            ids = [in_use] if in_use else []
+            ids += [offline_default(), DEMO_MODEL_ID]
+        else:
+            ids = list(self.listed) + ([in_use] if in_use else [])
+        return [(_label(m, known.get(m)), m) for m in dict.fromkeys(ids)]
 
 
 @dataclass
@@ -170,15 +279,20 @@ class ModelManager:
         if progress is not None:
             progress(0.05, desc=f"Loading {wanted} (first use only)…")
         start = time.perf_counter()
-        try:
-            pipe, reason = load_pipeline(wanted), None
-        except (ModelLoadError, ValueError, OSError) as err:
-            if wanted == DEMO_MODEL_ID:
-                raise ModelLoadError(f"the offline demo model could not be built: {err}") from err
-            log.warning("could not load %s, falling back to an offline demo model: %s", wanted, err)
-            reason = f"{wanted} could not be loaded: {err}" if not self.policy.public else \
-                f"{wanted} could not be loaded (details in the server log)"
-            pipe = self._offline_fallback(wanted)
+        too_big = self.policy.start_problem(wanted)
+        if too_big:  # a public deployment's hardware cannot hold it: not even tried
+            log.warning("not loading %s, falling back to an offline demo model: %s", wanted, too_big)
+            pipe, reason = self._offline_fallback(wanted), too_big
+        else:
+            try:
+                pipe, reason = load_pipeline(wanted), None
+            except (ModelLoadError, ValueError, OSError) as err:
+                if wanted == DEMO_MODEL_ID:
+                    raise ModelLoadError(f"the offline demo model could not be built: {err}") from err
+                log.warning("could not load %s, falling back to an offline demo model: %s", wanted, err)
+                reason = f"{wanted} could not be loaded: {err}" if not self.policy.public else \
+                    f"{wanted} could not be loaded (details in the server log)"
+                pipe = self._offline_fallback(wanted)
         self._install(pipe)
         self.state.fallback_reason = reason
         log.info("model %s ready in %.1f s%s", pipe.model_id, time.perf_counter() - start,
@@ -198,12 +312,15 @@ class ModelManager:
 
     # --- switching -------------------------------------------------------------------------
     def switch(self, model_id: object, progress=None) -> SwitchOutcome:
-        """Serve ``model_id`` from now on, if this deployment allows it and it loads.
+        """Serve ``model_id`` from now on, if this deployment allows it and it loads. A public
+        deployment never does: its owner chooses the model (``PRUNESID_MODEL``) for everyone.
 
         Never raises for a refused id or a failed load: the outcome's ``problem`` says why, and the
         model in use goes on serving everyone."""
+        if self.policy.public and isinstance(model_id, str) and model_id.strip() == self.state.active:
+            return SwitchOutcome(self.current(), changed=False)  # the model in use: nothing to switch
         try:
-            wanted = self.policy.check(model_id)
+            wanted = self.policy.check(model_id)  # on a public deployment: always refused
         except ModelRefused as err:
             log.info("model switch refused: %s", err)
             return SwitchOutcome(self.current(), changed=False, problem=str(err))
@@ -268,23 +385,25 @@ class ModelManager:
             self.state.requested = pipe.model_id
             self.state.fallback_reason = None
 
+    def prepare_now(self) -> None:
+        """Load the start-up model, what it keeps beside it (CLIP's text side for CDPruner), and the
+        selection's eigensolver (BLAS threads, the compiled kernel where numba is installed), in
+        this thread. On a Space this runs before launch, in the main thread: ZeroGPU forks its GPU
+        workers from this process, and they must find everything loaded and placed."""
+        try:
+            self.current().prepare()
+        except Exception:  # shown to the user on first use instead
+            log.exception("model load failed")
+        try:
+            start = time.perf_counter()
+            solver = prunesid.warm_up()
+            log.info("selection eigensolver ready in %.1f s: %s", time.perf_counter() - start, solver)
+        except Exception:  # the first selection prepares it instead
+            log.exception("preparing the selection eigensolver failed")
+
     def preload_in_background(self) -> threading.Thread:
-        """Start loading the start-up model now, and preparing the selection's eigensolver
-        (BLAS threads, the compiled kernel where numba is installed), so the first Run waits for neither."""
-
-        def work():
-            try:
-                self.current()
-            except Exception:  # shown to the user on first use instead
-                log.exception("background model load failed")
-            try:
-                start = time.perf_counter()
-                solver = prunesid.warm_up()
-                log.info("selection eigensolver ready in %.1f s: %s", time.perf_counter() - start, solver)
-            except Exception:  # the first selection prepares it instead
-                log.exception("preparing the selection eigensolver failed")
-
-        thread = threading.Thread(target=work, name="prunesid-model-preload", daemon=True)
+        """:meth:`prepare_now` in a background thread, so the first Run waits for neither."""
+        thread = threading.Thread(target=self.prepare_now, name="prunesid-model-preload", daemon=True)
         thread.start()
         return thread
 

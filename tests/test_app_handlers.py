@@ -263,22 +263,45 @@ def test_unexpected_errors_become_a_short_generic_message(cat, monkeypatch):
     assert out["status"] == "⚠ " + GENERIC_ERROR and "internal detail" not in out["status"]
 
 
-def test_gpu_boundary_is_a_plain_call_without_spaces():
-    from prunesid_vlm.gpu import gpu_decorator, run_on_gpu
+def test_model_work_is_a_plain_call_in_this_process_without_spaces(llava_pipeline, monkeypatch):
+    """Off ZeroGPU the GPU boundary is the identity: a crossing runs in the caller's thread and
+    process, with the caller's progress callback, and nothing comes back to apply."""
+    from prunesid_vlm import device
 
-    def f(x):
-        return x + 1
-
-    assert gpu_decorator(30)(f) is f
-    assert run_on_gpu(f, 1) == 2
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert device.gpu_decorator(30)(len) is len
+    seen = []
+    value = device.cross(llava_pipeline, lambda pipe, x, progress=None: (progress(0.5, "half"), x + 1)[1], (1,),
+                         {"progress": lambda *a: seen.append(a)}, cost=device.Cost())
+    assert value == 2 and seen == [(0.5, "half")]
 
 
 def test_a_failed_switch_keeps_the_model_in_use_and_says_why(demo_model, cat):
-    banner, model, state, stale, *panel = H.on_model_change("no-such-org/picked-model", cat["state"],
-                                                            progress=H._no_progress)
+    banner, model, *views = H.on_model_change("no-such-org/picked-model", cat["state"], progress=H._no_progress)
+    views = dict(zip(H.VIEW_KEYS, views))
+    state, stale = views["state"], views["stale"]
     assert "did not happen" in banner and "no-such-org/picked-model" in banner
     assert model["value"] == "demo/tiny-llava-1.5" and MANAGER.current() is demo_model
     assert is_skip(state) and is_skip(stale)  # the visitor's analysis still belongs to the model in use
+
+
+def test_a_switch_redraws_the_visitors_views_with_the_new_model(demo_model, cat, monkeypatch):
+    """Nothing on the page stays the old model's: the visitor's picture is analysed again."""
+    from prunesid_vlm.registry import DEMO_NEXT_MODEL_ID
+
+    monkeypatch.setattr(MANAGER, "policy", type(MANAGER.policy)())  # a local server: switching allowed
+    try:
+        banner, model, *views = H.on_model_change(DEMO_NEXT_MODEL_ID, cat["state"], progress=H._no_progress)
+        views = dict(zip(H.VIEW_KEYS, views))
+        state = views["state"]
+        assert model["value"] == DEMO_NEXT_MODEL_ID and state.model_id == DEMO_NEXT_MODEL_ID
+        assert state.num_views > 1 and state.budget == cat["state"].budget  # NeXT's base view and crops
+        assert "Analysed again with" in views["status"] and views["full_answer"] == ""
+        # Another visitor's page still holds the old model's views: a redraw says so.
+        other = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 32, False, 1, "image", None, None, "kept")))
+        assert "belong to demo/tiny-llava-1.5" in other["status"]
+    finally:
+        MANAGER.install(demo_model)
 
 
 def test_a_failed_switch_is_told_to_that_visitor_only(demo_model):

@@ -1,6 +1,7 @@
-"""Model switching and the public allow-list (issue 13, item 1-2): only the picker switches the
-model; the model in use serves until its replacement has loaded; a refused or failed switch
-changes nothing for anyone; a public deployment serves only its list."""
+"""Model switching (issue 13, items 1-2; issue 23, item 4): only the picker switches the model,
+and only locally; the model in use serves until its replacement has loaded; a refused or failed
+switch changes nothing for anyone; a public deployment serves its owner's model, never a visitor's
+choice, and only what its hardware's memory holds."""
 from __future__ import annotations
 
 import os
@@ -10,45 +11,113 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from prunesid_vlm.pipeline import list_models  # noqa: E402
 from studio import handlers as H  # noqa: E402
 from studio import models as M  # noqa: E402
-from studio.models import MANAGER, ModelManager, ModelPolicy, ModelRefused  # noqa: E402
+from studio.models import MANAGER, OWNER_CHOOSES, ModelManager, ModelPolicy, ModelRefused  # noqa: E402
 
 CAT = os.path.join(os.path.dirname(__file__), "..", "assets", "cat.jpg")
-PUBLIC = ModelPolicy.from_env({"SPACE_ID": "someone/prunesid-studio"})
+PUBLIC = ModelPolicy(public=True, listed=tuple(s.model_id for s in list_models()), gpu_memory_gb=48.0,
+                     memory_source="test")
 
 
 def _never_load(*args, **kwargs):
     raise AssertionError(f"nothing may be loaded here, got {args}")
 
 
-def test_public_policy_serves_its_list_only():
-    assert PUBLIC.public and not PUBLIC.allow_custom
-    assert PUBLIC.check(" llava-hf/llava-1.5-7b-hf ") == "llava-hf/llava-1.5-7b-hf"
-    assert PUBLIC.check("demo/tiny-llava-next") == "demo/tiny-llava-next"
-    for bad in ("someone/any-llava", "/etc/passwd", "../../secrets", "x" * 500, "", None, 42):
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """The GPU memory comes from the environment, as on a machine with no CUDA GPU visible."""
+    monkeypatch.setattr(M, "_measured_gpu_memory", lambda: None)
+
+
+def test_visitors_cannot_choose_the_model_of_a_public_deployment(no_cuda):
+    policy = ModelPolicy.from_env({"SPACE_ID": "someone/prunesid-studio", "PRUNESID_GPU_MEMORY_GB": "24"})
+    assert policy.public and not policy.allow_custom and policy.gpu_memory_gb == 24.0
+    for wanted in (" llava-hf/llava-1.5-7b-hf ", "demo/tiny-llava-next", "someone/any-llava", "/etc/passwd",
+                   "../../secrets", "x" * 500, "", None, 42):
         with pytest.raises(ModelRefused) as err:
-            PUBLIC.check(bad)
-        assert "passwd" not in str(err.value) and "someone" not in str(err.value)  # never echoed
-    custom = ModelPolicy.from_env({"SPACE_ID": "s", "PRUNESID_ALLOW_CUSTOM_MODELS": "1"})
-    assert custom.check("someone/any-llava") == "someone/any-llava"
-    extra = ModelPolicy.from_env({"PRUNESID_PUBLIC": "1", "PRUNESID_ALLOWED_MODELS": "org/a, org/b",
-                                  "PRUNESID_MODEL": "org/start"})
-    assert {"org/a", "org/b", "org/start"} <= set(extra.listed) and extra.public
-    private = ModelPolicy.from_env({})
-    assert not private.public and private.check("/some/local/folder") == "/some/local/folder"
-    assert [c[1] for c in PUBLIC.choices()] == list(PUBLIC.listed)
+            policy.check(wanted)
+        assert str(err.value) == OWNER_CHOOSES and "owner" in str(err.value)  # never echoes what was typed
+    assert ModelPolicy.from_env({"PRUNESID_PUBLIC": "1"}).public
+    # The retired switches open nothing any more.
+    for retired in ({"PRUNESID_ALLOW_CUSTOM_MODELS": "1"}, {"PRUNESID_ALLOWED_MODELS": "org/a, org/b"}):
+        with pytest.raises(ModelRefused):
+            ModelPolicy.from_env({"SPACE_ID": "s", **retired}).check("org/a")
+    # Locally the picker switches among the list or any typed id, as before.
+    private = ModelPolicy.from_env({"PRUNESID_MODEL": "org/start"})
+    assert not private.public and private.allow_custom and "org/start" in private.listed
+    assert private.check(" /some/local/folder ") == "/some/local/folder"
+    for bad in ("", None, 42, "x" * 500):
+        with pytest.raises(ModelRefused):
+            private.check(bad)
+    assert [c[1] for c in private.choices()] == list(private.listed)
 
 
-def test_a_refused_switch_loads_nothing_and_changes_nothing(llava_pipeline, monkeypatch):
+def test_the_public_list_is_what_the_hardware_holds(no_cuda):
+    specs = {s.model_id: s for s in list_models()}
+    assert specs["llava-hf/llava-1.5-13b-hf"].memory_gb > 24 >= specs["llava-hf/llava-1.5-7b-hf"].memory_gb
+    l4 = ModelPolicy.from_env({"SPACE_ID": "s", "PRUNESID_GPU_MEMORY_GB": "24"})
+    assert "llava-hf/llava-1.5-7b-hf" in l4.listed and "llava-hf/llava-1.5-13b-hf" not in l4.listed
+    assert set(l4.listed) == {m for m, s in specs.items() if s.memory_gb <= 24}
+    t4 = ModelPolicy.from_env({"SPACE_ID": "s", "PRUNESID_GPU_MEMORY_GB": "16"})
+    assert not any(m in t4.listed for m in ("llava-hf/llava-1.5-7b-hf", "Qwen/Qwen2-VL-7B-Instruct"))
+    assert "Qwen/Qwen2.5-VL-3B-Instruct" in t4.listed and "demo/tiny-llava-1.5" in t4.listed
+    zero = ModelPolicy.from_env({"SPACE_ID": "s", "SPACES_ZERO_GPU": "true"})
+    assert zero.gpu_memory_gb == M.ZEROGPU_MEMORY_GB and set(zero.listed) == set(specs)  # 48 GB holds them all
+    cpu = ModelPolicy.from_env({"SPACE_ID": "s"})
+    assert cpu.gpu_memory_gb is None and "llava-hf/llava-1.5-7b-hf" not in cpu.listed
+    assert {"bczhou/tiny-llava-v1-hf", "tower/llava-hf/llava-1.5-7b-hf", "demo/tiny-llava-1.5"} <= set(cpu.listed)
+    assert l4.start_problem("llava-hf/llava-1.5-7b-hf") is None and l4.start_problem("org/own-checkpoint") is None
+    said = l4.start_problem("llava-hf/llava-1.5-13b-hf")
+    assert said == "llava-hf/llava-1.5-13b-hf needs about 34.0 GB of GPU memory and this hardware has 24.0 GB"
+    assert "needs a GPU" in cpu.start_problem("llava-hf/llava-1.5-7b-hf")
+    assert ModelPolicy.from_env({"PRUNESID_GPU_MEMORY_GB": "8"}).start_problem("llava-hf/llava-1.5-13b-hf") is None
+
+
+def test_a_public_start_model_that_does_not_fit_falls_back_to_the_demo_with_the_reason(llava_pipeline, monkeypatch,
+                                                                                      no_cuda):
+    loaded = []
+
+    def load(model_id, *args, **kwargs):
+        assert model_id.startswith("demo/"), f"{model_id} does not fit and may not be loaded"
+        loaded.append(model_id)
+        return llava_pipeline
+
+    monkeypatch.setattr(M, "load_pipeline", load)
+    policy = ModelPolicy.from_env({"SPACE_ID": "s", "PRUNESID_GPU_MEMORY_GB": "24"})
+    manager = ModelManager("llava-hf/llava-1.5-13b-hf", policy=policy)
+    assert manager.current() is llava_pipeline and loaded and manager.state.is_demo
+    assert "34.0 GB" in manager.state.fallback_reason and "24.0 GB" in manager.state.fallback_reason
+    assert "34.0 GB" in H.banner_text(manager)
+    # The picker on a public deployment: the model in use and the demos it falls back to.
+    ids = [c[1] for c in policy.choices("llava-hf/llava-1.5-13b-hf")]
+    assert ids[0] == "llava-hf/llava-1.5-13b-hf" and "demo/tiny-llava-1.5" in ids
+    assert policy.picker_info and "owner" in policy.picker_label
+
+
+def test_a_public_deployment_refuses_every_switch_and_loads_nothing(llava_pipeline, monkeypatch):
     manager = ModelManager(policy=PUBLIC)
     manager.install(llava_pipeline)
     monkeypatch.setattr(M, "load_pipeline", _never_load)
-    for typed in ("/etc/passwd", "attacker/huge-llava", "[x](http://example.invalid)"):
+    for typed in ("llava-hf/llava-1.5-7b-hf", "demo/tiny-llava-next", "/etc/passwd", "attacker/huge-llava",
+                  "[x](http://example.invalid)"):
         outcome = manager.switch(typed)
-        assert not outcome.changed and outcome.pipe is llava_pipeline and "its list" in outcome.problem
+        assert not outcome.changed and outcome.pipe is llava_pipeline and outcome.problem == OWNER_CHOOSES
         assert typed not in outcome.problem
+    assert not manager.switch(llava_pipeline.model_id).problem  # asking for the model in use: nothing to do
     assert manager.current() is llava_pipeline and manager.state.switches == 1  # the install only
+    # The same through the picker's handler, as a visitor (or a script calling it) would.
+    previous = MANAGER.loaded
+    monkeypatch.setattr(MANAGER, "policy", PUBLIC)
+    MANAGER.install(llava_pipeline)
+    try:
+        warned = []
+        monkeypatch.setattr(H, "warn", warned.append)
+        banner = H.on_model_change("llava-hf/llava-1.5-7b-hf", None, progress=H._no_progress)[0]
+        assert MANAGER.current() is llava_pipeline and warned == [OWNER_CHOOSES] and "owner" in banner
+    finally:
+        MANAGER.install(previous or llava_pipeline)
 
 
 def test_a_failed_load_leaves_the_working_model_serving(llava_pipeline):
@@ -59,9 +128,9 @@ def test_a_failed_load_leaves_the_working_model_serving(llava_pipeline):
     assert manager.current() is llava_pipeline and manager.state.active == llava_pipeline.model_id
     assert manager.state.fallback_reason is None  # nobody else's banner mentions it
     assert "no-such-model" not in H.banner_text(manager)
-    public = ModelManager(policy=ModelPolicy(public=True, allow_custom=True, listed=()))
-    public.install(llava_pipeline)
-    hidden = public.switch("/no/such/folder/on/this/server").problem
+    public = ModelManager("/no/such/folder/on/this/server", policy=PUBLIC)  # an owner's typo
+    public.current()
+    hidden = public.state.fallback_reason
     assert "/no/such/folder" in hidden and "server log" in hidden and "Errno" not in hidden
 
 

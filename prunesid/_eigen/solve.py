@@ -152,6 +152,10 @@ def _helpers(count: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=count, thread_name_prefix="prunesid-linalg")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child (a ZeroGPU worker) has none of the parent's threads
+    os.register_at_fork(after_in_child=_helpers.cache_clear)
+
+
 def _workers() -> int:
     return max(torch.get_num_threads(), 1)
 

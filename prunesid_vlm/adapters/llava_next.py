@@ -33,6 +33,8 @@ class LlavaNextAdapter(LlavaAdapter):
     family = "llava_next"
     packs_from_full = True
     """The pruned path gathers crop tokens from the full path's packed map (see pruned_features)."""
+    max_views_per_image = 5
+    """The base view and up to four crops (sizes the GPU time asked on ZeroGPU)."""
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
         """``[V, 3, S, S]`` views of one image (base first, then crops row-major) and where each sits."""
