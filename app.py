@@ -24,6 +24,7 @@ import shutil  # noqa: E402
 from studio.components import written_folder  # noqa: E402
 from studio.guard import install as install_guard  # noqa: E402
 from studio.layout import LAUNCH_KWARGS, QUEUE_KWARGS, build_demo  # noqa: E402
+from studio.limits import limit_malloc_arenas  # noqa: E402
 from studio.models import MANAGER  # noqa: E402
 
 demo = build_demo()
@@ -40,6 +41,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _stop)
+    limit_malloc_arenas()  # before the server's threads start: memory freed by one is reused by the others
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for chatty in ("httpx", "httpcore", "urllib3"):  # one line per HTTP request otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -57,6 +57,7 @@ class Protocol:
         import httpx
 
         self.url, self.http = url, httpx.Client(timeout=120, headers={"X-Forwarded-For": address})
+        self.errors: list[str] = []
         self.fn = {d.get("api_name"): i for i, d in enumerate(self.http.get(url + "config").json()["dependencies"])}
 
     def upload(self, path: Path) -> dict | str:
@@ -73,6 +74,16 @@ class Protocol:
         return None if answer.status_code == 200 else f"join {answer.status_code}: {answer.text[:80]}"
 
     def result(self, session: str) -> dict | None:
+        """The session's next ``process_completed`` message; None if the stream ends without one."""
+        import httpx
+
+        try:
+            return self._read_result(session)
+        except httpx.HTTPError as err:
+            self.errors.append(f"{type(err).__name__}: {str(err)[:80]}")
+            return None
+
+    def _read_result(self, session: str) -> dict | None:
         with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session}) as stream:
             for line in stream.iter_lines():
                 if line.startswith("data:"):
@@ -111,6 +122,10 @@ def visitor(url: str, i: int, media: Path, is_clip: bool, stop_at: float, out: d
             counts["refused"].append(str(message["output"].get("error"))[:80])
             continue
         values = message["output"]["data"]
+        warning = next((v for v in values if isinstance(v, str) and v.startswith("⚠")), None)
+        if warning:  # refused with a message in the page (the status line)
+            counts["refused"].append(warning[:80])
+            continue
         label = next((v for v in values if isinstance(v, str) and " tokens** = " in v), "")
         if f"**{budget} tokens**" not in label:
             counts["crossed"].append(f"visitor {i}: views for another budget ({label[:60]})")
@@ -136,6 +151,7 @@ def visitor(url: str, i: int, media: Path, is_clip: bool, stop_at: float, out: d
         if result["question"] != question or result["budget"] != budget or keep != first_keep:
             counts["crossed"].append(f"visitor {i}: /analyze answered someone else")
         counts["served"] += 1
+    counts["stream errors"] = client.errors
     with lock:
         out[f"{kind} visitors"] = {k: out.get(f"{kind} visitors", {}).get(k, 0 if not isinstance(v, list) else [])
                                    + v for k, v in counts.items()}
@@ -207,11 +223,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:<16} asked {c.get('asked', 0):>5}  served {c.get('served', 0):>5}  refused "
               f"{len(c.get('refused', [])):>4}  lost {c.get('lost', 0):>3}  crossed {len(c.get('crossed', [])):>3}"
               + (f"  ({'; '.join(reasons)})" if reasons else ""))
+        if c.get("stream errors"):
+            print(f"  {'':<16} result streams that broke: {len(c['stream errors'])} ({c['stream errors'][0]})")
     f = out.get("flooder", {})
     print(f"  {'flooder':<16} joined {f.get('asked', 0):>5} (accepted {f.get('accepted', 0)}, refused "
           f"{f.get('refused', 0)}), uploads {f.get('uploads', 0)} (refused {f.get('uploads refused', 0)})")
+    quarters = [max(s[0] for s in samples[len(samples) * q // 4:max(len(samples) * (q + 1) // 4, 1)])
+                for q in range(4)]
     print(f"  server RSS: {rest[0]:.0f} MB at rest, peak {peak_rss:.0f} MB (+{peak_rss - rest[0]:.0f}), "
-          f"{after[0]:.0f} MB at the end")
+          f"{after[0]:.0f} MB at the end; peak per quarter of the run: "
+          + ", ".join(f"{q:.0f}" for q in quarters) + " MB")
     print(f"  upload folder: {rest[1]:.1f} MB at rest, peak {peak_disk:.1f} MB (cap {args.uploads_mb} MB), "
           f"{after[1]:.1f} MB at the end, {left[0]:.1f} MB in {left[1]} files after the server stopped")
     lost = sum(out.get(n, {}).get("lost", 0) for n in ("image visitors", "clip visitors"))

@@ -39,8 +39,14 @@ def rss_mb(pid: int) -> float:
 
 def folder_mb(path: Path) -> tuple[float, int]:
     """Size in MB and file count under ``path``."""
-    files = [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
-    return sum(p.stat().st_size for p in files) / 2**20, len(files)
+    sizes = []
+    for root, _, names in os.walk(path):  # files may go while they are counted (the app sweeps)
+        for name in names:
+            try:
+                sizes.append(os.stat(os.path.join(root, name)).st_size)
+            except FileNotFoundError:
+                pass
+    return sum(sizes) / 2**20, len(sizes)
 
 
 def free_port() -> int:

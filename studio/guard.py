@@ -158,12 +158,15 @@ class Uploads:
         cap = limits.UPLOADS_BYTES if cap is None else cap
         now = time.time()
         recorded: set[str] = blocks.upload_file_set if blocks is not None else set()
+        wanted = set() if everything else _queued_paths(blocks)  # a job waiting its turn will open these
         kept, removed = [], {"uploads": 0, "leftovers": 0, "folders": 0}
         for path in list(recorded):
             try:
                 st = os.lstat(path)
             except OSError:
                 recorded.discard(path)
+                continue
+            if path in wanted:
                 continue
             if everything or now - st.st_mtime > max_age:
                 removed["uploads"] += self._remove(path, recorded)
@@ -350,8 +353,20 @@ class Guard:
                     raise MultiPartException(UPLOAD_TOO_LARGE.format(limit=per_file))
             return message
 
+        body = bytearray()
+
+        async def noting(message):
+            # Gradio answers with the uploads' destinations before it moves the files there (a
+            # background task): their folders are marked fresh now, so that a sweep in between
+            # does not take an empty content-hash folder the move is about to fill.
+            if message["type"] == "http.response.body" and len(body) < 64 * 1024:
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    _mark_fresh(bytes(body))
+            await send(message)
+
         try:
-            return await self.app(scope, counting, send)
+            return await self.app(scope, counting, noting)
         except MultiPartException as err:  # raised outside the parser (e.g. before it started)
             return await _answer(send, 413, str(err))
         finally:
@@ -380,6 +395,9 @@ class Guard:
         while True:
             await asyncio.sleep(limits.UPLOAD_CHECK_S)
             self._sweep(app)
+            # What visitors' requests freed goes back to the system, not only when a tab closes
+            # (scripts close none).
+            await asyncio.to_thread(limits.return_freed_memory)
 
     def _sweep(self, app, **kwargs) -> None:
         try:
@@ -389,6 +407,49 @@ class Guard:
                 log.info("uploads swept: %s", removed)
         except Exception:  # noqa: BLE001 - a failed sweep must not stop the server; the next one retries
             log.exception("sweeping the uploads failed")
+
+
+def _queued_paths(blocks) -> set[str]:
+    """Files named in the inputs of the jobs waiting in the queue or running: on a busy server a
+    job can wait longer than an upload's age limit, and its file must still be there at its turn."""
+    queue = getattr(blocks, "_queue", None)
+    if queue is None:
+        return set()
+    events = [e for waiting in list(queue.event_queue_per_concurrency_id.values()) for e in list(waiting.queue)]
+    events += [e for job in list(queue.active_jobs) if job for e in job]
+    found: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("path"), str):
+                found.add(value["path"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    for event in events:
+        walk(getattr(getattr(event, "data", None), "data", None))
+    return found
+
+
+def _mark_fresh(body: bytes) -> None:
+    """Touch the files an upload response names (a JSON list of paths in the upload folder) and
+    their folders: a file uploaded again has the same content-hash path, and Gradio leaves the
+    copy already there as it was, old enough for a sweep to take before the visitor uses it."""
+    try:
+        paths = json.loads(body)
+    except ValueError:
+        return
+    if not isinstance(paths, list):
+        return
+    for path in paths:
+        for target in (path, os.path.dirname(path)) if isinstance(path, str) else ():
+            try:
+                os.utime(target)
+            except OSError:  # not there (yet), or not ours: nothing a sweep could take
+                pass
 
 
 def _blocks(scope):

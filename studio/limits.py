@@ -8,6 +8,8 @@ resource benchmark, can set it:
 * ``PRUNESID_SESSION_TTL_S``: how long a visitor's analysis (features of one picture or clip)
   lives without use; it is freed sooner when the tab closes.
 * ``PRUNESID_SESSIONS``: sessions whose component values Gradio keeps (the oldest go first).
+* ``PRUNESID_MALLOC_ARENAS``: glibc memory arenas the server's threads share (see
+  :func:`limit_malloc_arenas`).
 * ``PRUNESID_SESSIONS_MB``: bytes all visitors' analyses (pictures, frames, features) may hold
   together; past it the least recently used sessions' analyses are freed first
   (:mod:`studio.memory`).
@@ -136,6 +138,21 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         pass
+
+
+MALLOC_ARENAS = _env_int("PRUNESID_MALLOC_ARENAS", 2)
+"""glibc memory arenas (``M_ARENA_MAX``): by default glibc keeps up to eight per core, one per thread
+that allocates at once, and memory freed in one is not reused by another; with Gradio's worker
+threads each decoding pictures and clips, that is hundreds of MB the server holds for nothing."""
+
+
+def limit_malloc_arenas(arenas: int | None = None) -> bool:
+    """Cap glibc's arenas (``mallopt(M_ARENA_MAX, arenas)``) for the threads started from now on;
+    False where the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, int(MALLOC_ARENAS if arenas is None else arenas)))
+    except (OSError, AttributeError):
+        return False
 
 
 def limit_queue(demo: gr.Blocks, per_session: int | None = None, per_client: int | None = None,

@@ -674,3 +674,32 @@ def test_written_image_names_are_keyed(tmp_path, monkeypatch):
     assert Path(components.png_file(array, str(tmp_path))).stem == name  # the same content, the same file
     monkeypatch.setattr(components, "_NAME_KEY", os.urandom(32))  # another process
     assert Path(components.png_file(array, str(tmp_path))).stem != name
+
+
+def test_a_file_a_queued_job_will_open_is_not_swept(tmp_path):
+    """On a busy server a job can wait longer than an upload's age limit: its file stays (found in
+    the soak: visitors got "upload it again" for files the sweep took while their job waited)."""
+    now = time.time()
+    path = tmp_path / ("cd" * 32) / "waiting.png"
+    path.parent.mkdir()
+    path.write_bytes(b"w" * 100)
+    os.utime(path, (now - 5000, now - 5000))
+    file = {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+    waiting = SimpleNamespace(data=SimpleNamespace(data=[file, "question", 64]))
+    queue = SimpleNamespace(event_queue_per_concurrency_id={"model": SimpleNamespace(queue=[waiting])},
+                            active_jobs=[None])
+    blocks = SimpleNamespace(upload_file_set={str(path)}, _queue=queue)
+    guard.Uploads().sweep(blocks, tmp_path, max_age=600)
+    assert path.exists()
+    queue.event_queue_per_concurrency_id["model"].queue.clear()  # its turn came and went
+    guard.Uploads().sweep(blocks, tmp_path, max_age=600)
+    assert not path.exists()
+
+
+def test_uploading_a_file_again_marks_it_fresh(app_url, tmp_path):
+    """The same content goes to the same path, and Gradio leaves the old copy (and its old time)
+    in place: the upload response marks it used now, so a sweep does not take it before its use."""
+    first = upload(app_url, "again.png", png_bytes(color=(1, 2, 3))).json()[0]
+    os.utime(first, (time.time() - 5000, time.time() - 5000))
+    second = upload(app_url, "again.png", png_bytes(color=(1, 2, 3))).json()[0]
+    assert second == first and time.time() - os.stat(first).st_mtime < 60

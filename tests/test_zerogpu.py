@@ -11,10 +11,6 @@ results pickled (``tests/zerogpu/spaces``, a stand-in for Hugging Face's ``space
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,45 +28,11 @@ def _log_lines(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory, demo_cache):
-    """``python app.py`` as a ZeroGPU Space runs it, on loopback; yields (url, crossing log path)."""
-    from tests.conftest import free_port
+    """``python app.py`` as a ZeroGPU Space runs it, on loopback; yields (url, crossing log, server log)."""
+    from tests.zerogpu_space import zerogpu_space
 
-    folder = tmp_path_factory.mktemp("zerogpu-space")
-    log = folder / "crossings.jsonl"
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STANDIN), str(ROOT)]), SPACE_ID="someone/prunesid-studio",
-               SPACE_AUTHOR_NAME="someone", SPACE_REPO_NAME="prunesid-studio", SYSTEM="spaces",
-               SPACES_ZERO_GPU="true", ZEROGPU_STANDIN_LOG=str(log), GRADIO_SERVER_PORT=str(port),
-               PRUNESID_MODEL="demo/tiny-llava-1.5", PRUNESID_CACHE=demo_cache, HF_HUB_OFFLINE="1",
-               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(folder / "gradio"))
-    env.pop("PRUNESID_PUBLIC", None)
-    server_log = open(folder / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=server_log,
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise AssertionError("the app exited at start:\n" + (folder / "server.log").read_text()[-4000:])
-            try:
-                if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the app did not start:\n" + (folder / "server.log").read_text()[-4000:])
-            time.sleep(0.5)
-        yield url, log, folder / "server.log"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        server_log.close()
+    with zerogpu_space(tmp_path_factory.mktemp("zerogpu-space"), "demo/tiny-llava-1.5", demo_cache) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +56,8 @@ def _calls_during(log: Path, action) -> tuple[object, list[dict]]:
 
 def test_the_model_is_loaded_before_launch_and_no_call_crossed_yet(space):
     url, log, server_log = space
-    assert "model demo/tiny-llava-1.5 ready" in server_log.read_text()
+    printed = server_log.read_text()
+    assert "model demo/tiny-llava-1.5 ready" in printed and "Traceback" not in printed
     assert _log_lines(log) == []
 
 
