@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from prunesid import select_tokens
-from prunesid_vlm.calibration import calibration_images
 from prunesid_vlm.features import encode_views
 from prunesid_vlm.generation import synchronize
 
@@ -55,7 +55,9 @@ def pixel_values(count: int) -> torch.Tensor:
     from transformers import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    return processor(images=calibration_images()[:count], return_tensors="pt")["pixel_values"]
+    photos = sorted((Path(__file__).resolve().parents[1] / "assets").glob("*.jpg"))  # the app's examples
+    images = [Image.open(photos[i % len(photos)]).convert("RGB") for i in range(count)]
+    return processor(images=images, return_tensors="pt")["pixel_values"]
 
 
 def timed(fn, device) -> float:

@@ -36,11 +36,11 @@ from PIL import Image
 from prunesid.result import Selection
 
 from .adapters.base import RECEIVED, Adapter, ViewInfo
-from .calibration import Calibration, load_or_compute
+from .calibration import Calibration, calibration_files, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import (GenerationRun, batched_first_logits, continuation_logprob, greedy_generate,
+from .generation import (GenerationRun, batched_first_logits, continuation_logprob, greedy_generate, next_token,
                          placeholder_runs, score_continuation, shrink_placeholders, synchronize)
 from .device import Cost, cross, in_action, register, zero_gpu
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
@@ -59,6 +59,7 @@ from .rules import (
     selection_budgets,
     selection_key,
     available_methods,
+    unavailable_methods,
     budget_patches,
     keeps_everything,
     token_counts,
@@ -69,7 +70,8 @@ from .rules import (
 
 __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
-           "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods", "unseen_note", "MAX_QUESTION_CHARS"]
+           "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods",
+           "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS"]
 
 MODEL_OPTION_METHODS = ("divprune", "cdpruner")
 """Registry methods that measure the projected tokens (and, CDPruner, the question), as their code does."""
@@ -330,7 +332,10 @@ class Pipeline:
         except (TypeError, ValueError):
             keys = []
         views = sum(key not in self._features for key in keys) * self.views_per_image
-        return Cost(views=views + (0 if self._calibration is not None else 5 * self.views_per_image))
+        return Cost(views=views + (0 if self._calibration is not None else self._calibration_views()))
+
+    def _calibration_views(self) -> int:
+        return len(calibration_files()) * self.views_per_image
 
     @property
     def views_per_image(self) -> int:
@@ -420,14 +425,14 @@ class Pipeline:
             return work(*args)
 
     # --- calibration -------------------------------------------------------------------------
-    @device_action(lambda self: Cost(views=5 * self.views_per_image),
+    @device_action(lambda self: Cost(views=self._calibration_views()),
                    needed=lambda self: self._calibration is None)
     def calibration(self) -> Calibration:
         """φ of the calibration images through the same path as a user's image; φ_ref is their mean.
-        Computed once per model (a tower pass over five images) and cached on disk."""
+        Computed once per model (a tower pass over the calibration photos) and cached on disk."""
         with self._lock:
             if self._calibration is None:
-                key = f"{self.loaded.path}|{self.loaded.dtype}|phi on received patches"
+                key = f"{self.loaded.path}|{self.loaded.dtype}"  # + φ version and photos hash (calibration_key)
                 self._calibration = load_or_compute(key, lambda images: self._on_model(self._phis_of, images))
             return self._calibration
 
@@ -625,15 +630,21 @@ class Pipeline:
                 self._projected.put(key, hit)
             return hit
 
-    def available_methods(self, feats: EncodedImages) -> list[str]:
-        """The registry methods that can run on ``feats`` with this model (CDPruner needs CLIP's text side)."""
-        names = available_methods(feats)
-        if "cdpruner" in names:
+    def unavailable_methods(self, feats: EncodedImages) -> dict[str, str]:
+        """Per registry method that cannot run on ``feats`` with this model: why, in a sentence
+        (CLS-attention methods on merged tokens without CLS; CDPruner without CLIP's text side)."""
+        refused = unavailable_methods(feats)
+        if "cdpruner" not in refused:
             try:
                 self.text_side()
-            except NoTextTower:
-                names = [n for n in names if n != "cdpruner"]
-        return names
+            except NoTextTower as err:
+                refused["cdpruner"] = str(err)
+        return refused
+
+    def available_methods(self, feats: EncodedImages) -> list[str]:
+        """The registry methods that can run on ``feats`` with this model (see :meth:`unavailable_methods`)."""
+        refused = self.unavailable_methods(feats)
+        return [n for n in available_methods(feats) if n not in refused]
 
     # --- answers ---------------------------------------------------------------------------
     @device_action(lambda self, images, *a, max_new_tokens=64, **k: self.encode_cost(images) + Cost(
@@ -905,7 +916,7 @@ class Pipeline:
         generations=2, new_tokens=max_new_tokens, prefills=2 * self.prefill_repeats + 1))
     def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int = 64, *, dynamic: bool = False,
                 max_new_tokens: int = 64, selection: Selection | SelectFn | None = None,
-                mode: str = "per_view") -> CompareResult:
+                mode: str = "per_view", selection_s: float | None = None) -> CompareResult:
         """Answer ``question`` about ``images`` with all visual tokens and with ``num_tokens`` per view.
 
         Args:
@@ -915,13 +926,15 @@ class Pipeline:
                 A rule passed as ``selection`` runs on every patch of every view.
             selection: the :class:`Selection` to answer with (e.g. the one on screen), or a rule
                 with ``select_tokens``'s signature; PruneSID's selection by default.
+            selection_s: the seconds a given :class:`Selection` took to make (reported in the
+                timings); a selection made here is timed here.
         """
         self._check_answers()
         question = check_question(question)
         images = check_images(images)
         feats = self.encode(images)
         budgets = view_budgets(feats, num_tokens, dynamic, mode)  # checks the budget
-        selection_s = 0.0
+        selection_s = float(selection_s or 0.0)
         if not isinstance(selection, Selection):
             start = time.perf_counter()
             if selection is None:
@@ -971,7 +984,7 @@ class Pipeline:
             prompt_tokens={"full": full.prompt_tokens, "pruned": pruned.prompt_tokens},
             timings={"full": _timing(vision_s, 0.0, full), "pruned": _timing(vision_s, selection_s, pruned)},
             fidelity=first_token_kl(full.first_logits, pruned.first_logits),
-            first_token_agrees=bool(full.first_logits.argmax() == pruned.first_logits.argmax()),
+            first_token_agrees=self.same_first_token(full, pruned),
             same_answer=full.tokens == pruned.tokens,
             budgets=[int(n) - int(d) for n, d in zip(selection.num_tokens.tolist(), feats.drops_cls)],
             selection=selection, model_id=self.model_id, family=self.family, features_cached=all(feats.cached),
@@ -979,6 +992,18 @@ class Pipeline:
             answers_cached={"full": full.cached, "pruned": pruned.cached}, device=self.device,
             counts={"full": self.token_counts(feats), "pruned": self.token_counts(feats, selection)},
             prefill_repeats=self.prefill_repeats if prefill_s is not None else 1)
+
+    def first_token(self, logits: torch.Tensor) -> int:
+        """The first answer token greedy decoding takes from these first-token ``logits``
+        (``[vocab]``): the generation config's suppressed tokens never win, as in ``generate``."""
+        return next_token(self.model, logits.reshape(1, -1))
+
+    def same_first_token(self, full: Answer, pruned: Answer) -> bool:
+        """Whether both answers start with the same token, by the rule their text was decoded with
+        (the answers' own first tokens; from their logits when an answer is empty)."""
+        if full.tokens and pruned.tokens:
+            return full.tokens[0] == pruned.tokens[0]
+        return self.first_token(full.first_logits) == self.first_token(pruned.first_logits)
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
         """What the processor gives for the chat prompt (input_ids, pixel_values, ...): the plain path.

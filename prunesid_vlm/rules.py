@@ -272,10 +272,25 @@ def _select_qwen(feats: EncodedImages, spec, budgets: list[int], options: dict |
     return method_fn(spec, seed=seed, options=opts)(feats.hidden_states, feats.cls_attention, budgets).cpu()
 
 
+def unavailable_methods(feats: EncodedImages) -> dict[str, str]:
+    """Per registry method that cannot run on ``feats``: why, in a sentence (the tokens' rule alone;
+    the pipeline adds what the model lacks)."""
+    out = {}
+    if feats.rule == "qwen":
+        for s in list_methods():
+            if s.needs_cls_attention:
+                out[s.name] = ("it ranks patches by the CLS token's attention, and this model's merged tokens have "
+                               "no CLS token")
+            elif s.needs_question:
+                out[s.name] = ("it weighs patches by CLIP's text–image relevance, and this model's tower is not "
+                               "CLIP")
+    return out
+
+
 def available_methods(feats: EncodedImages) -> list[str]:
     """The registry methods that can run on ``feats`` (all but the CLS-attention ones on Qwen)."""
-    return [s.name for s in list_methods()
-            if feats.rule != "qwen" or not (s.needs_cls_attention or s.needs_question)]
+    refused = unavailable_methods(feats)
+    return [s.name for s in list_methods() if s.name not in refused]
 
 
 def _rectangle(patches: torch.Tensor, num_patches: int) -> tuple[int, int]:

@@ -10,8 +10,10 @@ Two layers:
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
@@ -32,27 +34,28 @@ from prunesid_vlm.pipeline import (
 )
 
 from . import views as V
-from .components import png_file
+from .components import png_file, written_folder
 from . import limits
 from .errors import endpoint, guarded, status_line, warn
-from .media import MediaError, load_image, load_video
+from .media import MediaError, browser_preview, load_image, load_video, video_codec  # noqa: F401 (tests)
 from .models import MANAGER, ModelManager
 from .session import Analysis
 
 MAX_FRAMES = 6
 """Frames sampled from a video: 6 × 576 = 3456 visual tokens still fit LLaVA-1.5's 4096-token
 context for the full (unpruned) answer."""
+log = logging.getLogger("prunesid.studio")
 DEFAULT_BUDGET = 64
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 
-ANSWER_PANEL = ("full_head", "full_answer", "full_stats", "pruned_head", "pruned_answer", "pruned_stats", "fidelity")
+ANSWER_PANEL = ("full_head", "full_answer", "full_stats", "pruned_head", "pruned_answer", "pruned_stats", "fidelity",
+                "diff")
 """The answers side by side: drawn from the visitor's analysis, so they always belong to what is on screen."""
-VIEW_KEYS = ("state", "status", "kept", "original", "groups", "groups_note", "nms", "importance", "group_chart",
+VIEW_KEYS = ("state", "status", "kept", "kept_slider", "original", "groups", "groups_note", "nms", "importance", "group_chart",
              "dynamic_chart", "dynamic_text", "summary", "gallery", "frame_chart", "frame", "stale",
-             "budget_label", "nms_group") + ANSWER_PANEL
+             "budget_label", "nms_group", "nms_note", "budget", "preset_all", "patch_info") + ANSWER_PANEL
 """Order of the outputs of :func:`on_prepare` / :func:`on_reselect` / :func:`on_view`."""
-ANSWER_KEYS = ("state", "full_head", "full_answer", "full_stats", "pruned_head", "pruned_answer",
-               "pruned_stats", "fidelity", "stale")
+ANSWER_KEYS = ("state",) + ANSWER_PANEL + ("stale",)
 """Order of the outputs of :func:`on_answer`."""
 
 
@@ -75,12 +78,27 @@ def encode(pipe: Pipeline, kind: str, source: str, images: list, notes: list[str
            frame_times: list[float] | None) -> Analysis:
     """One tower pass over the media (cached by content); everything later reuses it."""
     feats = pipe.encode(images)
+    notes = list(notes) + [n for n in (_enlarged_note(images[0]),) if n]
     return Analysis(kind=kind, source=source, model_id=pipe.model_id, is_demo=pipe.is_demo,
                     grid=feats.grid or pipe.grid,
                     random_features=pipe.random_features, answers=pipe.answers, model_meaning=pipe.meaning,
                     images=images,
                     feats=feats, view_pixels=pipe.view_pixels(images, feats),
                     reference_phis=list(pipe.calibration().phis), notes=list(notes), frame_times=frame_times)
+
+
+SMALL_SIDE = 112
+"""A picture whose shorter side is below this (a third of the 336 px tower input) is enlarged
+three times or more before the tower sees it: its patches repeat the same few pixels."""
+
+
+def _enlarged_note(image) -> str | None:
+    side = min(image.size)
+    if side >= SMALL_SIDE:
+        return None
+    return (f"⚠ The picture is only {image.width}×{image.height} px: the model sees it enlarged about "
+            f"{336 / side:.0f}×, so neighbouring patches repeat the same few pixels and what is kept says little "
+            "about PruneSID.")
 
 
 def budget_rule(analysis: Analysis) -> tuple[int, str]:
@@ -112,7 +130,8 @@ def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: in
         raise ValueError("Nothing selected yet: pick a budget first.")
     num_tokens, mode = budget_rule(analysis)
     return pipe.compare(analysis.images, check_question(question), num_tokens, dynamic=analysis.dynamic,
-                        max_new_tokens=int(max_new_tokens), selection=analysis.selection, mode=mode)
+                        max_new_tokens=int(max_new_tokens), selection=analysis.selection, mode=mode,
+                        selection_s=analysis.selection_ms / 1000)
 
 
 def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_new_tokens: int = 64,
@@ -182,7 +201,20 @@ def _empty_views(message: str) -> tuple:
     values = {k: None for k in VIEW_KEYS}
     values.update(state=None, status=status_line(message, "warn"), gallery=hidden, frame_chart=hidden,
                   frame=gr.update(visible=False), stale=stale_note(None), dynamic_text="", summary="",
-                  groups_note="", budget_label=gr.skip(), **answer_panel(None))
+                  groups_note="", nms_note="", patch_info="", budget_label=gr.skip(), budget=gr.skip(),
+                  preset_all=gr.skip(), **answer_panel(None))
+    return tuple(values[k] for k in VIEW_KEYS)
+
+
+def cleared_views(message: str) -> tuple:
+    """Every view and answer emptied (the picture they belonged to is gone), with ``message``."""
+    hidden = gr.update(visible=False)
+    values = {k: None for k in VIEW_KEYS}
+    values.update(state=None, status=status_line(message, "info"), gallery=hidden, frame_chart=hidden, frame=hidden,
+                  stale=stale_note(None), dynamic_text="", groups_note="", nms_note="", patch_info="",
+                  summary="*Upload an image or pick an example to see what PruneSID keeps.*",
+                  budget_label=gr.skip(), budget=gr.skip(), preset_all=gr.skip(), nms_group=gr.update(choices=[]),
+                  **answer_panel(None))
     return tuple(values[k] for k in VIEW_KEYS)
 
 
@@ -194,7 +226,8 @@ def _redraw_refused(message: str) -> tuple:
     return tuple(values[k] for k in VIEW_KEYS)
 
 
-PART_OUTPUTS = {"kept": ("kept",), "original": ("original",), "groups": ("groups", "groups_note"), "nms": ("nms", "nms_group"),
+PART_OUTPUTS = {"kept": ("kept", "kept_slider"), "original": ("original",), "groups": ("groups", "groups_note"),
+                "nms": ("nms", "nms_group", "nms_note"),
                 "importance": ("importance",), "group_chart": ("group_chart",),
                 "dynamic": ("dynamic_chart", "dynamic_text", "frame_chart")}
 """Which outputs (``VIEW_KEYS``) each view part fills."""
@@ -217,8 +250,9 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
         for name in PART_OUTPUTS[part]:
             values[name] = r[name]
     # Images go out as PNG files written here (fast zlib level, deduplicated by content).
-    if "kept" in parts:
-        values["kept"] = tuple(png_file(im) for im in r["kept"])
+    if "kept" in parts:  # the kept tokens on the picture, and the same beside the original for the handle
+        values["kept_slider"] = tuple(png_file(im) for im in r["kept"])
+        values["kept"] = values["kept_slider"][1]
     for name in ("nms", "importance", "original"):
         if name in parts:
             values[name] = png_file(r[name])
@@ -231,9 +265,17 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
     if "dynamic" in parts:
         values["frame_chart"] = gr.update(value=r["frame_chart"], visible=multi)
     values["gallery"] = gr.update(value=[(png_file(im), c) for im, c in V.gallery(analysis)], visible=True) if multi else gr.update(value=None, visible=False)
+    what = "frame" if analysis.kind == "video" else "view"
+    if multi:
+        values["gallery"]["label"] = f"Kept tokens per {what} (crops are views of one picture)" if what == "view" \
+            else "Kept tokens per frame"
     values["frame"] = gr.update(visible=multi, maximum=max(2, analysis.num_views), value=view + 1,
-                                label=f"{'Frame' if analysis.kind == 'video' else 'View'} shown above "
-                                      f"(1–{analysis.num_views})")
+                                label=f"{what.capitalize()} shown above (1–{analysis.num_views})")
+    top = budget_patches(analysis.feats) + 1  # the largest K this model's views take (CLS included)
+    values["budget"] = gr.update(maximum=top)
+    values["preset_all"] = gr.update(value=f"all {top}")
+    if "kept" in parts:
+        values["patch_info"] = "*Click a patch above: what PruneSID did with it, and why.*"
     return tuple(values[k] for k in VIEW_KEYS)
 
 
@@ -261,14 +303,53 @@ def stale_note(analysis: Analysis | None) -> str:
 
 def answer_panel(analysis: Analysis | None, question: str | None = None) -> dict[str, Any]:
     """The answer panel for ``analysis``: its answers when they were made for the current setting
-    (and, if given, for ``question``), otherwise empty panels whose headers say what Run would compare."""
-    if _answered_here(analysis) and (question is None or question.strip() == analysis.answered["question"]):
-        return dict(analysis.answered["texts"])
+    (and, if given, for ``question``). After the slider moved, the answer with all tokens stays (it
+    does not depend on K) and the pruned one stays too, headed as made with another budget, until
+    Run. Otherwise empty panels whose headers say what Run would compare."""
+    a = analysis.answered if analysis is not None else None
+    same_question = a is not None and (question is None or question.strip() == a["question"])
+    if _answered_here(analysis) and same_question:
+        return dict(a["texts"])
     full = "" if analysis is None else tokens_head(token_counts(analysis.feats))
     tokens = ("" if analysis is None or analysis.selection is None
               else tokens_head(token_counts(analysis.feats, analysis.selection)))
-    return {"full_head": f"#### Full{full}", "full_answer": "", "full_stats": "",
-            "pruned_head": f"#### PruneSID{tokens}", "pruned_answer": "", "pruned_stats": "", "fidelity": ""}
+    empty = {"full_head": f"#### Full{full}", "full_answer": "", "full_stats": "",
+             "pruned_head": f"#### PruneSID{tokens}", "pruned_answer": "", "pruned_stats": "", "fidelity": "",
+             "diff": diff_update(None)}
+    if not same_question or a.get("model_id", analysis.model_id) != analysis.model_id:
+        return empty
+    texts = a["texts"]
+    return dict(empty, full_head=texts["full_head"], full_answer=texts["full_answer"], full_stats=texts["full_stats"],
+                pruned_head=f"#### PruneSID · ⚠ made with {a['tokens']} visual tokens, not this setting's",
+                pruned_answer=texts["pruned_answer"],
+                pruned_stats="*Press **Run** for the answer with the tokens the views show now.*")
+
+
+DIFF_LABELS = {"-": "only with all tokens", "+": "only with PruneSID's tokens"}
+DIFF_COLORS = {DIFF_LABELS["-"]: "#f4b6b6", DIFF_LABELS["+"]: "#b6e3b6"}
+
+
+def diff_update(items: list | None) -> dict:
+    """The difference view: shown only when the two answers differ."""
+    return gr.update(value=items, visible=bool(items))
+
+
+def answer_diff(full: str, pruned: str) -> list[tuple[str, str | None]]:
+    """Word by word, where the pruned answer departs from the full one: ``(text, label)`` pairs for
+    ``gr.HighlightedText`` (label None: both say it)."""
+    import difflib
+
+    a, b = full.split(), pruned.split()
+    out: list[tuple[str, str | None]] = []
+    for op, i0, i1, j0, j1 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append((" ".join(a[i0:i1]) + " ", None))
+            continue
+        if i1 > i0:
+            out.append((" ".join(a[i0:i1]) + " ", DIFF_LABELS["-"]))
+        if j1 > j0:
+            out.append((" ".join(b[j0:j1]) + " ", DIFF_LABELS["+"]))
+    return out
 
 
 def tokens_head(counts) -> str:
@@ -277,27 +358,40 @@ def tokens_head(counts) -> str:
     return f" · {counts.total} visual tokens" + (f" = {parts}" if parts else "")
 
 
+def handed_text(analysis: Analysis) -> str:
+    """``**239 of 576 visual tokens** to the language model (41.5 %, 2.4× fewer)``: what the
+    selection on screen hands over against the full prompt's visual tokens (the same counts as the
+    answers' headers), never the nominal K."""
+    full = token_counts(analysis.feats).total
+    handed = token_counts(analysis.feats, analysis.selection).total
+    if handed >= full:
+        return f"**all {full} visual tokens** to the language model (no pruning)"
+    return (f"**{handed} of {full} visual tokens** to the language model ({100 * handed / full:.1f} %, "
+            f"{full / max(handed, 1):.1f}× fewer)")
+
+
 def budget_text(analysis: Analysis) -> str:
-    """The line under the budget slider: K, and with the dynamic ratio on, what each view really gets."""
+    """The line under the budget slider once a selection is on screen: K as set, what the rule made
+    of it, and the tokens really handed over."""
     given = analysis.budgets
+    multi = analysis.num_views > 1
+    what = "temporal patch" if analysis.feats.clip else ("frame" if analysis.kind == "video" else "view")
     if analysis.feats.rule == "qwen":
-        per = "temporal patch" if analysis.feats.clip else "image"
         each = given[0] if len(set(given)) == 1 else " + ".join(map(str, given))
-        return (f"**K = {analysis.budget}** per 576 tokens (Qwen's rule scales it): {each} of the "
-                f"{analysis.num_patches} merged tokens of each {per} (K′ = max(round(N·K/576), 16))"
-                + (", shared ∝ φ" if analysis.dynamic and len(given) > 1 else ""))
-    text = V.budget_label(analysis.budget, analysis.num_patches)
-    if analysis.setting[2]:
+        head = (f"K = {analysis.budget} per 576 tokens, scaled to this {'clip' if analysis.feats.clip else 'image'}'s "
+                f"{analysis.num_patches} merged tokens per {'temporal patch' if analysis.feats.clip else 'image'}: "
+                f"K′ = {each}" + (" (shared ∝ φ)" if analysis.dynamic and len(given) > 1 else ""))
+    elif analysis.setting[2]:
         rule = "∝ φ" if analysis.dynamic else "evenly, a view taking no more than it can hand over"
-        return (f"{text} · shared over {len(given)} views ({rule}): {' + '.join(map(str, given))} = "
-                f"**{sum(given)} tokens**")
-    if not analysis.dynamic:
-        if len(given) > 1 and min(given) < analysis.budget:
-            return f"{text} per view · {' + '.join(map(str, given))} (a crop hands over at most what it shows)"
-        return text
-    if len(given) == 1:
-        return f"{text} · dynamic ratio: **{given[0]} tokens** for this image"
-    return f"{text} · dynamic ratio: {' + '.join(map(str, given))} = **{sum(given)} tokens** over {len(given)} views"
+        head = f"K = {analysis.budget} × {len(given)} {what}s shared ({rule}): {' + '.join(map(str, given))}"
+    elif analysis.dynamic:
+        head = (f"K = {analysis.budget}, dynamic ratio: " + (f"{given[0]} for this image" if not multi else
+                                                              f"{' + '.join(map(str, given))} over {len(given)} {what}s"))
+    else:
+        head = f"K = {analysis.budget}" + (f" per {what}" if multi else "")
+        if multi and min(given) < analysis.budget:
+            head += f" ({' + '.join(map(str, given))}: a crop hands over at most what it shows)"
+    return f"{head} → {handed_text(analysis)}"
 
 
 def _status_for(analysis: Analysis, pipe: Pipeline, encoded_now: bool) -> str:
@@ -308,7 +402,9 @@ def _status_for(analysis: Analysis, pipe: Pipeline, encoded_now: bool) -> str:
         bits.append(f"vision tower {1000 * analysis.vision_s:.0f} ms" if analysis.vision_s else "features from cache")
     bits.extend(analysis.notes)
     bits.extend(pipe.media_notes(analysis.feats))
-    return status_line(" · ".join(bits) if bits else "Ready.", "ok")
+    warned = any(b.startswith("⚠") for b in bits)
+    bits = [b.removeprefix("⚠ ") for b in bits]
+    return status_line(" · ".join(bits) if bits else "Ready.", "warn" if warned else "ok")
 
 
 def _matches(state: Analysis | None, kind: str, source: str | None, model_id: str) -> bool:
@@ -321,6 +417,7 @@ def on_prepare(kind: str, image: str | None, video: str | None, budget: Any, dyn
     """Upload / example / Run: load the media, encode it with the model in use (once), select and
     draw every view. Never switches the model: only the picker does."""
     kind = "video" if kind == "video" else "image"
+    video = original_of(video)
     source = video if kind == "video" else image
     pipe = MANAGER.current(progress=progress)
     if _matches(state, kind, source, pipe.model_id):
@@ -350,9 +447,10 @@ def on_reselect(state: Analysis | None, budget: Any, dynamic: bool, view: Any, k
     analysis = reselect(state, budget, dynamic, shared)
     parts = (active,) if active in V.PARTS else V.PARTS
     stale_model = old_model_note(analysis, MANAGER.state.active or analysis.model_id)
+    handed = token_counts(analysis.feats, analysis.selection).total
     return _view_outputs(analysis, int(view or 1) - 1, status_line(
-        f"Re-selected {analysis.budget} tokens from cached features in {analysis.selection_ms:.0f} ms.{stale_model}",
-        "warn" if stale_model else "ok"), parts)
+        f"Selected again from cached features in {analysis.selection_ms:.0f} ms: {handed} visual tokens handed "
+        f"over.{stale_model}", "warn" if stale_model else "ok"), parts)
 
 
 @guarded(_redraw_refused)
@@ -385,6 +483,43 @@ def on_tab(part: str):
 
     handler.__name__ = f"on_tab_{part}"
     return handler
+
+
+def on_patch(state: Analysis | None, view: Any, evt: gr.SelectData) -> str:
+    """A click on the kept-tokens view: what happened to that patch."""
+    if state is None or state.selection is None or not isinstance(getattr(evt, "index", None), (list, tuple)):
+        return ""
+    v = max(0, min(int(view or 1) - 1, state.num_views - 1))
+    try:
+        return V.patch_info(state, v, float(evt.index[0]), float(evt.index[1]))
+    except (TypeError, ValueError, IndexError):
+        return ""
+
+
+def example_question(questions: list[str]):
+    """The examples' picker: clicking example ``i`` puts its question in the box."""
+
+    def handler(evt: gr.SelectData) -> Any:
+        index = evt.index if isinstance(evt.index, int) else (evt.index[0] if isinstance(evt.index, list) else None)
+        return questions[index] if isinstance(index, int) and 0 <= index < len(questions) else gr.skip()
+
+    handler.__name__ = "on_example_question"
+    return handler
+
+
+def all_tokens(state: Analysis | None) -> tuple[int, str]:
+    """The "all" preset: the largest K the analysed media's views take (577 before any analysis)."""
+    top = budget_patches(state.feats) + 1 if state is not None else 577
+    return top, V.budget_label(top)
+
+
+@guarded(_redraw_refused)
+def on_first_visit(image: str | None, budget: Any, dynamic: bool, state: Analysis | None = None,
+                   progress=gr.Progress()) -> tuple:
+    """Page load: a new visitor lands on the first example, analysed (views, not answers)."""
+    if state is not None or not image:
+        return tuple(gr.skip() for _ in VIEW_KEYS)
+    return on_prepare.__wrapped__("image", image, None, budget, dynamic, 1, None, progress=progress)
 
 
 def on_question(state: Analysis | None, question: Any) -> tuple:
@@ -427,7 +562,7 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     texts = answer_texts(result, random_answers=pipe.answers == "random")
     state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
-                                     "texts": texts})
+                                     "texts": texts, "model_id": state.model_id})
     values = dict(texts, state=state, stale=stale_note(state))
     return tuple(values[k] for k in ANSWER_KEYS)
 
@@ -471,6 +606,7 @@ def answer_texts(result: CompareResult, random_answers: bool = False) -> dict[st
                          f"the prompt is {result.prefill_bound:.1f}× shorter) · total **{_ms(pruned['total_s'])}** "
                          f"({speedup_text(total_speedup)})"
                          + _cache_note(result.answers_cached.get("pruned", False))),
+        "diff": diff_update(None if result.same_answer else answer_diff(result.full_answer, result.pruned_answer)),
         "fidelity": (f"**Fidelity: {result.fidelity:.3f} nats** — how far PruneSID moved the model's choice of the "
                      f"first answer word (KL divergence of the first-token distributions; 0 = unchanged). "
                      f"Same first token: **{agree}**; whole answers: **{same}**. Totals include the shared vision "
@@ -562,13 +698,56 @@ __all__ = [n for n in dir() if n.startswith(("on_", "check_", "load_media", "enc
                                               "analyze", "banner_text", "stale_note"))] + ["VIEW_KEYS", "ANSWER_KEYS"]
 
 
+PREVIEWS: "OrderedDict[str, str]" = OrderedDict()
+"""Player previews made for clips browsers cannot play, each mapped to the upload it shows (the
+video input then holds the preview; what is analysed and answered is always the original)."""
+MAX_PREVIEWS = 256
+
+
+def original_of(video: str | None) -> str | None:
+    """The upload a video input's value stands for (itself, or the clip a preview was made of)."""
+    return PREVIEWS.get(str(video), video) if video else video
+
+
+def _preview_for(state: Analysis | None, source: str) -> tuple[Any, str | None]:
+    """A browser-playable preview of ``source`` for the video input, when its codec needs one."""
+    if state is None or state.kind != "video" or state.source != source:
+        return gr.skip(), None
+    try:
+        preview, note = browser_preview(source, written_folder())
+    except Exception:  # noqa: BLE001 - the analysis stands; only the player stays blank
+        log.warning("could not make a playable preview of a clip", exc_info=True)
+        return gr.skip(), None
+    if preview is None:
+        return gr.skip(), None
+    PREVIEWS[str(preview)] = source
+    while len(PREVIEWS) > MAX_PREVIEWS:
+        PREVIEWS.popitem(last=False)
+    return str(preview), note
+
+
 def on_media(kind: str):
-    """Upload / example / clear of the image (``kind="image"``) or video input: analyse it at once."""
+    """Upload / example / clear of the image (``kind="image"``) or video input: analyse it at once.
+    Outputs: the active kind, ``VIEW_KEYS``, and (video) a preview the browser can play."""
 
     def handler(source: str | None, budget: Any, dynamic: bool, state: Analysis | None,
                 shared: bool = False, progress=gr.Progress()) -> tuple:
-        if not source:  # cleared: keep the page as it is
-            return (kind,) + tuple(gr.skip() for _ in VIEW_KEYS)
+        if source and str(source) in PREVIEWS:  # the preview this handler put in the player
+            return (kind,) + tuple(gr.skip() for _ in VIEW_KEYS) + (gr.skip(),)
+        if not source:  # removed: nothing on the page may belong to a picture that is gone
+            if state is None or state.kind != kind:
+                return (kind,) + tuple(gr.skip() for _ in VIEW_KEYS) + (gr.skip(),)
+            return (kind,) + cleared_views(f"The {kind} was removed: upload another or pick an example.") + (
+                gr.skip(),)
+        image, video = (source, None) if kind == "image" else (None, source)
+        views = on_prepare(kind, image, video, budget, dynamic, 1, state, shared, progress=progress)
+        if kind != "video":
+            return (kind,) + views + (gr.skip(),)
+        values = dict(zip(VIEW_KEYS, views))
+        preview, note = _preview_for(values["state"] if isinstance(values["state"], Analysis) else None, str(source))
+        if note:
+            values["status"] = f"{values['status']} · {note}"
+        return (kind,) + tuple(values[k] for k in VIEW_KEYS) + (preview,)
         image, video = (source, None) if kind == "image" else (None, source)
         return (kind,) + on_prepare(kind, image, video, budget, dynamic, 1, state, shared, progress=progress)
 

@@ -26,10 +26,9 @@ PRESETS = (64, 128, 192)
 # (the group legend's colours, the video gallery's visibility), see the report of issue 5.
 
 HEADER = """# ✂️ PruneSID Studio
-**PruneSID** (ICLR 2026, [arXiv 2603.09480](https://arxiv.org/abs/2603.09480)) hands a vision-language
-model only *K* of its visual tokens (LLaVA-1.5 has 576 per image; Qwen2-VL's grow with the picture): it sorts the image patches into **semantic groups**, keeps each group's most
-important patch and drops its **near-duplicates**, and gives **busier images more tokens**. Upload an image,
-pick *K*, and see what is kept and what it costs the answer."""
+Which visual tokens **PruneSID** ([ICLR 2026](https://arxiv.org/abs/2603.09480)) hands the language model — one
+per **semantic group**, **near-duplicates** dropped, more for **busier pictures** — and what keeping only *K* does
+to the answer."""
 
 ABOUT = """
 **Kept tokens.** The model sees your picture as a 24 × 24 grid of patches (336 × 336 px). Bright, outlined cells
@@ -67,6 +66,12 @@ Scripted use: `gradio_client` → `Client(url).predict(handle_file("img.png"), "
 """
 
 CSS = """
+#header h1 { font-size: 1.6rem; margin: 0 0 0.2rem 0; }
+#header p { margin: 0; }
+#examples .gallery { gap: 6px; }
+#examples .gallery-item .container, #examples .gallery-item img { width: 60px !important; height: 60px !important;
+  object-fit: cover; }
+#diff { min-height: 0; }
 #banner p { margin: 0; }
 #banner:has(p) { background: #fff4d6; border: 1px solid #e8b34a; border-radius: 8px; padding: 8px 12px; }
 #status p, #stale p { margin: 0; font-size: 0.92em; }
@@ -85,6 +90,9 @@ QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=limits.QUEUE_SIZE, api
 session, ``limits.QUEUE_PER_CLIENT`` per client address, see :func:`studio.limits.limit_queue`);
 events without a group below run one at a time. On a public deployment the REST routes that skip
 the queue (``/gradio_api/run/...``) are closed."""
+SHOW_RESULTS_ON_PHONES = """() => { if (window.innerWidth < 760) {
+  document.querySelector('#summary')?.scrollIntoView({behavior: 'smooth', block: 'start'}); } }"""
+"""On a narrow screen the views sit below every input: bring them into view once a picture is analysed."""
 REDRAW_CONCURRENCY = 4
 """Redraws (slider, presets, dynamic toggle, view tabs, frame picker) of different visitors run
 side by side: they read only the visitor's own session state (no model, no lock)."""
@@ -110,7 +118,7 @@ def build_demo() -> gr.Blocks:
     """The whole page (no model is loaded here)."""
     with gr.Blocks(title="PruneSID Studio", analytics_enabled=False,
                    delete_cache=(limits.CACHE_CHECK_S, limits.CACHE_MAX_AGE_S)) as demo:
-        gr.Markdown(HEADER)
+        gr.Markdown(HEADER, elem_id="header")
         banner = gr.Markdown(H.banner_text(), elem_id="banner")
         with gr.Tabs():
             with gr.Tab("Explore PruneSID", id="explore"):
@@ -138,52 +146,59 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     kind = gr.State("image")
     state = gr.State(None, time_to_live=limits.SESSION_TTL_S)  # freed sooner when the tab closes
     active = gr.State("kept")  # the visible view tab (the slider redraws only that one)
+    examples = _examples()
+    question = gr.Textbox(examples[0][1] if examples else H.DEFAULT_QUESTION, label="Question", lines=2, max_lines=6,
+                          max_length=H.MAX_QUESTION_CHARS, elem_id="question", render=False,
+                          info=f"Asked with all tokens and with PruneSID's (at most {H.MAX_QUESTION_CHARS:,} "
+                               "characters).")
     with gr.Row(equal_height=False):
-        # ---- inputs -----------------------------------------------------------------------------
+        # ---- inputs: the picture, its examples, the question, K and Run, where the eye starts --------
         with gr.Column(scale=4, min_width=330):
             with gr.Tabs():
                 with gr.Tab("Image", id="image") as image_tab:
-                    image = SafeImage(type="filepath", label="Image", sources=["upload", "clipboard"], height=260,
-                                      elem_id="image")
+                    image = SafeImage(examples[0][0] if examples else None, type="filepath", label="Image",
+                                      sources=["upload", "clipboard"], height=180, elem_id="image")
+                    if examples:
+                        pick = gr.Examples([[path] for path, _ in examples], inputs=[image], label="Or pick one",
+                                           examples_per_page=len(examples), elem_id="examples")
+                        pick.dataset.select(H.example_question([q for _, q in examples]), None, question,
+                                            queue=False, api_visibility="private")
                 with gr.Tab("Video", id="video") as video_tab:
                     video = SafeVideo(label="Video (up to 6 frames are sampled)", sources=["upload"],
-                                      include_audio=True, height=260, elem_id="video")
-            question = gr.Textbox(H.DEFAULT_QUESTION, label="Question", lines=2, max_length=H.MAX_QUESTION_CHARS,
-                                  elem_id="question")
-            model = gr.Dropdown(MANAGER.policy.choices(MANAGER.state.requested), value=MANAGER.state.requested,
-                                allow_custom_value=MANAGER.policy.allow_custom,
-                                interactive=not MANAGER.policy.public,  # a public Space's owner chooses it
-                                label=MANAGER.policy.picker_label, info=MANAGER.policy.picker_info, elem_id="model")
+                                      include_audio=True, height=220, elem_id="video")
+                    if (ASSETS / "pan_zoom.mp4").exists():
+                        gr.Examples([[str(ASSETS / "pan_zoom.mp4"), "What does the camera do?"]],
+                                    inputs=[video, question], label="Or pick one")
+            question.render()
             budget = gr.Slider(2, 577, value=H.DEFAULT_BUDGET, step=1, label="Visual tokens kept (K)",
                                elem_id="budget")
             budget_md = gr.Markdown(budget_label(H.DEFAULT_BUDGET), elem_id="budget-label")
             with gr.Row():
-                presets = [gr.Button(str(k), size="sm", elem_id=f"preset-{k}") for k in PRESETS]
-                preset_all = gr.Button("all 577", size="sm", elem_id="preset-all")
-            dynamic = gr.Checkbox(False, label="Dynamic ratio: more tokens for more complex images", elem_id="dynamic")
-            shared = gr.Checkbox(False, label="Share K × views over all views (LLaVA-NeXT crops, video frames; the "
-                                              "paper's NeXT totals: K = 128 / 64 / 32 → 640 / 320 / 160)",
-                                 elem_id="shared")
-            with gr.Accordion("Generation", open=False):
-                max_new = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens", elem_id="max-new")
-            run = gr.Button("Run: draw the views and answer twice", variant="primary", elem_id="run")
+                presets = [gr.Button(str(k), size="sm", min_width=48, elem_id=f"preset-{k}") for k in PRESETS]
+                preset_all = gr.Button("all 577", size="sm", min_width=64, elem_id="preset-all")
+            dynamic = gr.Checkbox(False, label="Dynamic ratio: more tokens for busier pictures", elem_id="dynamic")
+            run = gr.Button("Run: compare the answers", variant="primary", elem_id="run")
             status = gr.Markdown(elem_id="status")
-            with gr.Tabs():
-                with gr.Tab("Image examples"):
-                    gr.Examples(_examples(), inputs=[image, question],
-                                                 label="Examples: click one, then Run", examples_per_page=5)
-                if (ASSETS / "pan_zoom.mp4").exists():
-                    with gr.Tab("Video example"):
-                        gr.Examples([[str(ASSETS / "pan_zoom.mp4"), "What does the camera do?"]],
-                                    inputs=[video, question], label=None)
+            model = gr.Dropdown(MANAGER.policy.choices(MANAGER.state.requested), value=MANAGER.state.requested,
+                                allow_custom_value=MANAGER.policy.allow_custom,
+                                interactive=not MANAGER.policy.public,  # a public Space's owner chooses it
+                                label=MANAGER.policy.picker_label, info=MANAGER.policy.picker_info, elem_id="model")
+            with gr.Accordion("More settings", open=False):
+                shared = gr.Checkbox(False, label="Share K × views over all views (LLaVA-NeXT crops, video frames; "
+                                                  "the paper's NeXT totals: K = 128 / 64 / 32 → 640 / 320 / 160)",
+                                     elem_id="shared")
+                max_new = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens", elem_id="max-new")
         # ---- views and answers ----------------------------------------------------------------------
         with gr.Column(scale=7, min_width=480):
             summary = gr.Markdown("*Upload an image or pick an example to see what PruneSID keeps.*",
                                   elem_id="summary")
             with gr.Tabs():
                 with gr.Tab("Kept tokens", id="tab-kept") as tab_kept:
-                    kept = gr.ImageSlider(label="original ↔ kept tokens", type="numpy", format="png",
-                                          max_height=520, elem_id="kept", show_label=False)
+                    kept = gr.Image(format="png", show_label=False, elem_id="kept", height=520, interactive=False)
+                    patch_info = gr.Markdown(elem_id="patch-info")
+                    with gr.Accordion("Before / after: drag the handle", open=False):
+                        kept_slider = gr.ImageSlider(label="original ↔ kept tokens", type="numpy", format="png",
+                                                     max_height=520, elem_id="kept-slider", show_label=False)
                     gr.Markdown(KEPT_CAPTION)
                 with gr.Tab("On the original", id="tab-original") as tab_original:
                     original = gr.Image(format="png", show_label=False, elem_id="original", height=600,
@@ -195,6 +210,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                     groups_note = gr.Markdown()
                     gr.Markdown(V.GROUPS_CAPTION)
                 with gr.Tab("NMS", id="tab-nms") as tab_nms:
+                    nms_note = gr.Markdown(elem_id="nms-note")
                     nms_group = gr.Dropdown([], label="Group shown in full (the others faint)", elem_id="nms-group",
                                             interactive=True)
                     nms = gr.Image(format="png", show_label=False, elem_id="nms", height=600, interactive=False)
@@ -220,23 +236,26 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                 with gr.Column():
                     full_head = gr.Markdown("#### Full · 576 visual tokens", elem_id="full-head")
                     full_answer = gr.Textbox(show_label=False, lines=3, interactive=False, elem_id="full-answer",
-                                             elem_classes="answer", placeholder="(not run yet)")
+                                             elem_classes="answer", placeholder="(press Run)")
                     full_stats = gr.Markdown(elem_id="full-stats")
                 with gr.Column():
                     pruned_head = gr.Markdown(f"#### PruneSID · {H.DEFAULT_BUDGET} visual tokens",
                                               elem_id="pruned-head")
                     pruned_answer = gr.Textbox(show_label=False, lines=3, interactive=False,
                                                elem_id="pruned-answer", elem_classes="answer",
-                                               placeholder="(not run yet)")
+                                               placeholder="(press Run)")
                     pruned_stats = gr.Markdown(elem_id="pruned-stats")
+            diff = gr.HighlightedText(label="Where the answers differ", combine_adjacent=True, show_legend=True,
+                                      color_map=H.DIFF_COLORS, elem_id="diff", interactive=False, visible=False)
             fidelity = gr.Markdown(elem_id="fidelity")
 
-    comp = dict(state=state, status=status, kept=kept, original=original, groups=groups, groups_note=groups_note, nms=nms,
+    comp = dict(state=state, status=status, kept=kept, kept_slider=kept_slider, original=original, groups=groups, groups_note=groups_note, nms=nms,
                 importance=importance, group_chart=group_chart, dynamic_chart=dynamic_chart,
                 dynamic_text=dynamic_text, summary=summary, gallery=gallery, frame_chart=frame_chart, frame=frame,
                 stale=stale, full_head=full_head, full_answer=full_answer, full_stats=full_stats,
                 pruned_head=pruned_head, pruned_answer=pruned_answer, pruned_stats=pruned_stats, fidelity=fidelity,
-                budget_label=budget_md, nms_group=nms_group)
+                budget_label=budget_md, nms_group=nms_group, nms_note=nms_note, budget=budget, preset_all=preset_all,
+                patch_info=patch_info, diff=diff)
     view_out = [comp[k] for k in H.VIEW_KEYS]
     answer_out = [comp[k] for k in H.ANSWER_KEYS]
     private = dict(api_visibility="private")
@@ -244,9 +263,13 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     image_tab.select(lambda: "image", None, kind, queue=False, **private)
     video_tab.select(lambda: "video", None, kind, queue=False, **private)
     for source, name in ((image, "image"), (video, "video")):
-        source.change(H.on_media(name), [source, budget, dynamic, state, shared], [kind] + view_out,
+        source.change(H.on_media(name), [source, budget, dynamic, state, shared], [kind] + view_out + [video],
                       show_progress="minimal", **MODEL_EVENTS, **private
-                      ).then(H.on_load, None, [banner, model], **private)
+                      ).then(H.on_load, None, [banner, model], **private
+                             ).then(None, js=SHOW_RESULTS_ON_PHONES, **private)
+    # A new visitor lands on an analysed example: the page shows what it is for at once.
+    demo.load(H.on_first_visit, [image, budget, dynamic, state], view_out, show_progress="minimal",
+              **MODEL_EVENTS, **private)
 
     run.click(H.on_prepare, [kind, image, video, budget, dynamic, frame, state, shared], view_out,
               show_progress="minimal", **MODEL_EVENTS, **private
@@ -261,18 +284,21 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                    **private)
 
     reselect_in = [state, budget, dynamic, frame, kind, image, video, active, shared]
-    budget.change(budget_label, budget, budget_md, queue=False, show_progress="hidden", **private)
+    budget.input(budget_label, budget, budget_md, queue=False, show_progress="hidden", **private)
     budget.release(H.on_reselect, reselect_in, view_out, show_progress="minimal", trigger_mode="always_last",
                    **REDRAW_EVENTS, **private)
-    for button, k in [(b, k) for b, k in zip(presets, PRESETS)] + [(preset_all, 577)]:
+    for button, k in zip(presets, PRESETS):
         button.click(lambda k=k: (k, budget_label(k)), None, [budget, budget_md], queue=False, **private
                      ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS,
                             **private)
+    preset_all.click(H.all_tokens, state, [budget, budget_md], queue=False, **private
+                     ).then(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
     for toggle in (dynamic, shared):
         toggle.input(H.on_reselect, reselect_in, view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
     nms_group.input(H.on_nms_group, [state, nms_group, frame], view_out, show_progress="minimal", **REDRAW_EVENTS,
                     **private)
     frame.release(H.on_view, [state, frame, active], view_out, show_progress="minimal", **REDRAW_EVENTS, **private)
+    kept.select(H.on_patch, [state, frame], patch_info, queue=False, show_progress="hidden", **private)
     answer_panel = [comp[k] for k in H.ANSWER_PANEL]
     question.change(H.on_question, [state, question], answer_panel + [stale], queue=False, show_progress="hidden",
                     **private)

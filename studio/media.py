@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Union
@@ -424,3 +425,69 @@ def _read_frames(cap, wanted: np.ndarray, sequential: bool, name: str) -> list[t
             cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
             keep(*cap.read())
     return out
+
+
+# ---- playback in the browser -------------------------------------------------------------------
+BROWSER_CODECS = frozenset({"avc1", "h264", "x264", "vp80", "vp08", "vp90", "vp09", "av01"})
+"""Video codecs browsers play (H.264, VP8, VP9, AV1); OpenCV decodes many more (MPEG-4 Part 2
+'mp4v', Motion JPEG, ...), which the page's player shows as "Video not playable"."""
+PREVIEW_SIDE = 480
+"""Longer side of a preview made for the player (the model never sees it)."""
+PREVIEW_FPS = 12.0
+PREVIEW_SECONDS = 60.0
+"""A preview covers at most this much of the clip (a note says so)."""
+
+
+def video_codec(path: str | os.PathLike) -> str:
+    """The video stream's codec tag as OpenCV reads it, lower-case (``"mp4v"``, ``"avc1"``, ...; ``""`` unknown)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        tag = int(cap.get(cv2.CAP_PROP_FOURCC) or 0)
+    finally:
+        cap.release()
+    return "".join(chr((tag >> 8 * i) & 0xFF) for i in range(4)).strip("\x00 ").lower()
+
+
+def browser_preview(path: str | os.PathLike, folder: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """For a clip whose codec browsers do not play: a VP8 WebM of it (at most :data:`PREVIEW_SIDE` px,
+    :data:`PREVIEW_FPS` frames per second, :data:`PREVIEW_SECONDS` long) written with OpenCV, which needs
+    no system ffmpeg; ``(None, None)`` when the clip plays as it is. The second value is a note for
+    the page. The model is always given frames of the original, never of the preview."""
+    import cv2
+
+    if video_codec(path) in BROWSER_CODECS:
+        return None, None
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        fps = fps if 0 < fps < 1000 else 25.0
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width <= 0 or height <= 0:
+            return None, None
+        scale = min(1.0, PREVIEW_SIDE / max(width, height))
+        size = (max(2, round(width * scale) // 2 * 2), max(2, round(height * scale) // 2 * 2))
+        step = max(1, round(fps / PREVIEW_FPS))
+        out = Path(folder) / f"preview-{uuid.uuid4().hex}.webm"  # unguessable: it is served to one visitor
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"VP80"), fps / step, size)
+        if not writer.isOpened():
+            return None, None
+        frames, limit = 0, int(PREVIEW_SECONDS * fps)
+        try:
+            while frames < limit and cap.grab():
+                if frames % step == 0:
+                    ok, bgr = cap.retrieve()
+                    if ok and bgr is not None:
+                        writer.write(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA))
+                frames += 1
+        finally:
+            writer.release()
+    finally:
+        cap.release()
+    cut = frames >= limit
+    note = (f"Your browser cannot play this clip's codec ({video_codec(path) or 'unknown'}): the player shows a "
+            f"preview made here{f' of its first {PREVIEW_SECONDS:.0f} s' if cut else ''}; the model sees frames "
+            "of your original.")
+    return out, note

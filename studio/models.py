@@ -130,10 +130,29 @@ def gpu_memory(environ=None) -> tuple[float | None, str]:
     return None, "no GPU visible"
 
 
-def _label(model_id: str, spec: ModelSpec | None) -> str:
+def _label(model_id: str, spec: ModelSpec | None, offline: bool = False) -> str:
     if spec is None:
         return model_id
-    return spec.description if spec.is_demo else f"{spec.description} — {model_id}"
+    if spec.is_demo:
+        return spec.description
+    return f"{spec.description} — {model_id}{_download_note(model_id, spec, offline)}"
+
+
+def _download_note(model_id: str, spec: ModelSpec, offline: bool) -> str:
+    """`` (download ≈ 14 GB)`` for a checkpoint not in this machine's Hugging Face cache, ``(needs the
+    network: not downloaded)`` offline: picking one then waits for a download, or fails."""
+    repo = model_id.removeprefix("tower/")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 - no cache to look in: say nothing rather than something false
+        return ""
+    if cached:
+        return ""
+    if offline:
+        return " (needs the network: not downloaded here)"
+    return f" (download ≈ {max(spec.weights_gb, 0.1):.1f} GB)" if spec.weights_gb else " (download)"
 
 
 @dataclass(frozen=True)
@@ -219,7 +238,8 @@ class ModelPolicy:
             ids += [offline_default(), DEMO_MODEL_ID]
         else:
             ids = list(self.listed) + ([in_use] if in_use else [])
-        return [(_label(m, known.get(m)), m) for m in dict.fromkeys(ids)]
+        offline = not hub_reachable(timeout=0.5)
+        return [(_label(m, known.get(m), offline), m) for m in dict.fromkeys(ids)]
 
 
 @dataclass

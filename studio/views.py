@@ -31,11 +31,10 @@ when their tab is opened (see ``studio.handlers.on_tab``)."""
 
 
 def budget_label(k: int, num_patches: int = 576) -> str:
-    """``"64 tokens = 11.1% of 576 (9.0× compression)"`` (K counts the CLS token, as in the paper)."""
-    k = int(k)
-    if k >= num_patches + 1:
-        return f"**{k} tokens** = all {num_patches} patches + CLS: **no pruning**"
-    return f"**{k} tokens** = {100 * k / num_patches:.1f}% of {num_patches} (**{num_patches / k:.1f}× compression**)"
+    """What the slider says while it moves, before a selection is made: K as set (counting the CLS
+    token, as the paper does). The tokens handed over are said once the selection is on screen
+    (``studio.handlers.budget_text``): the dynamic ratio and the model's views change them."""
+    return f"K = {int(k)} (CLS included, as the paper counts) · release to select"
 
 
 def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
@@ -56,6 +55,7 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
     if "kept" in parts:
         overlay = viz.draw_kept_tokens(pixels, sel, view, size=DISPLAY, grid_shape=grid, legend=False)
         out["kept"] = (viz.PatchGrid.for_display(DISPLAY, *grid).fit(pixels), overlay)
+        out["kept_slider"] = out["kept"]
     if "original" in parts:
         out["original"] = on_original(analysis, view)
     if "groups" in parts:
@@ -65,6 +65,7 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
         out["nms"] = viz.draw_nms(pixels, sel, view, size=DISPLAY, grid_shape=grid,
                                   focus_group=None if focus < 0 else focus)
         out["nms_group"] = (focus, choices)
+        out["nms_note"] = nms_note(analysis, view)
     if "importance" in parts:
         out["importance"] = viz.draw_importance(
             pixels, sel, view, size=DISPLAY, grid_shape=grid, mark_kept=True,
@@ -149,9 +150,9 @@ def _dynamic(analysis: Analysis, view: int):
                 f"share {analysis.budget} × {analysis.num_views} = {sum(analysis.budgets)} tokens in proportion to "
                 f"their information φ; {label} (φ = {phi:.3f}, {level} complexity) got **{budget}**.")
     elif analysis.dynamic:
-        text = (f"**Dynamic ratio on.** φ = 1 − ρ = {phi:.3f} ({level} complexity; reference mean φ_ref = "
-                f"{analysis.phi_ref:.3f}). Budget = round({analysis.budget} × φ / φ_ref) = **{budget} tokens** "
-                f"instead of {analysis.budget}.")
+        text = (f"**Dynamic ratio on.** φ = 1 − ρ = {phi:.3f} ({level} complexity; calibration photos' mean "
+                f"φ_ref = {analysis.phi_ref:.3f}). Budget = round({analysis.budget} × φ / φ_ref) = "
+                f"**{budget} tokens** instead of {analysis.budget}.")
     else:
         text = (f"**Dynamic ratio off**: every image gets {analysis.budget} tokens. {label.capitalize()} has "
                 f"φ = {phi:.3f} ({level} complexity); with the dynamic ratio it would get **{would}** tokens.")
@@ -181,12 +182,51 @@ def summary(analysis: Analysis, view: int = 0) -> str:
     visible = analysis.feats.visible
     received = analysis.num_patches if visible is None else int(visible[view].sum())
     kept = (f"**{k - 1} of {received} patches kept**{where}, handed over without the view's CLS (the crop map "
-            f"has no place for it)" if drops_cls else f"**{k} of {analysis.num_patches + 1} tokens kept**{where}")
+            f"has no place for it)" if drops_cls else
+            f"**{k} tokens kept**{where}: CLS + {k - 1} of {analysis.num_patches} patches")
     if received < analysis.num_patches:
         kept += f"; {analysis.num_patches - received} patches of this view lie in padding the model never receives"
     return (f"{kept}: {groups} semantic groups, {nms}; "
             f"mean similarity ρ = {float(sel.rho[view]):.3f}. Selected in {analysis.selection_ms:.0f} ms "
             f"from cached features.")
+
+
+def nms_note(analysis: Analysis, view: int) -> str:
+    """A sentence when NMS does nothing at this budget (τ ≥ 1: no cosine similarity exceeds it),
+    else how many near-duplicates it dropped."""
+    sr = viz.selection_row(analysis.selection, view)
+    dropped = int((sr.suppressed_by >= 0).sum())
+    if sr.tau >= 1 or dropped == 0:
+        return (f"ℹ **NMS does nothing at this budget**: τ = (K/32)·ρ = {sr.tau:.3f}"
+                + (" is above 1, and no two patches are more similar than that" if sr.tau >= 1 else
+                   ", and no two patches of a group are more similar than that")
+                + ", so no patch is dropped as a near-duplicate: each group keeps its most important patches. "
+                  "Lower K to see NMS at work.")
+    return f"NMS dropped {dropped} near-duplicates (cosine similarity above τ = {sr.tau:.3f}) before the budgets."
+
+
+def patch_info(analysis: Analysis, view: int, x: float, y: float) -> str:
+    """What PruneSID did with the patch under pixel ``(x, y)`` of the kept-tokens view (drawn at
+    :data:`DISPLAY`): kept or dropped, its group, its importance, and, for a near-duplicate, the
+    pick that suppressed it."""
+    grid = viz.PatchGrid.for_display(DISPLAY, *analysis.grid)
+    p = int(grid.patch_at(x, y))
+    row, col = divmod(p, grid.cols)
+    sr = viz.selection_row(analysis.selection, view)
+    rank = int((sr.importance > sr.importance[p]).sum()) + 1
+    what = "**kept**: handed to the language model" if sr.kept[p] else "**dropped**"
+    lines = [f"Patch row {row + 1}, column {col + 1} (patch {p}): {what}.",
+             f"Group {int(sr.group[p]) + 1} of {sr.num_groups} ({int(sr.group_size[sr.group[p]])} patches, "
+             f"{int(sr.group_budget[sr.group[p]])} kept); importance {float(sr.importance[p]):.4f}, "
+             f"#{rank} of {sr.num_patches}."]
+    by = int(sr.suppressed_by[p])
+    if by >= 0:
+        lines.append(f"A near-duplicate of patch row {by // grid.cols + 1}, column {by % grid.cols + 1}: their "
+                     f"similarity is above τ = {sr.tau:.3f}, and that patch was picked first in their group.")
+    elif sr.nms_rank[p] >= 0:
+        lines.append(f"Pick #{int(sr.nms_rank[p]) + 1} of its group after NMS"
+                     + ("" if sr.kept[p] else "; the group's budget had no room for it") + ".")
+    return "  \n".join(lines)
 
 
 def gallery(analysis: Analysis) -> list[tuple[np.ndarray, str]]:
@@ -207,11 +247,11 @@ def frame_chart(analysis: Analysis):
     return viz.plot_frame_budgets([int(v) for v in sel.num_tokens], phis=[float(v) for v in sel.phi], times=times)
 
 
-KEPT_CAPTION = ("Drag the handle: on the left, the picture the model sees (for LLaVA-1.5 336 × 336 px, 24 × 24 patches; "
-                "Qwen sees the whole picture at its own aspect ratio, one token per 28 × 28 px); on the "
-                "right, only the tokens handed to the language model stay bright (outlined in yellow); dropped "
-                "patches are dimmed. PruneSID chooses from the image alone (the vision tower's features): the same "
-                "tokens are kept whatever the question; only the answers depend on it.")
+KEPT_CAPTION = ("Bright, outlined cells are the tokens handed to the language model; dimmed ones are dropped (for "
+                "LLaVA-1.5 the picture is seen as 336 × 336 px, 24 × 24 patches; Qwen sees the whole picture at its "
+                "own aspect ratio, one token per 28 × 28 px). Click a patch to see its group, its importance and, for a "
+                "dropped one, why; open *Before / after* to lay the picture as the model sees it over the same view. PruneSID chooses from the picture alone (the vision tower's features): the same tokens are kept "
+                "whatever the question; only the answers depend on it.")
 
 ORIGINAL_CAPTION = ("The whole picture you gave, as the model's processor cuts it: hatched parts never reach the vision "
                     "tower, grey is padding the processor adds, white boxes are the other views (LLaVA-NeXT crops). "
@@ -223,9 +263,10 @@ NMS_CAPTION = ("Inside each group PruneSID takes the most important patch, drops
                "it is above τ, and repeats. A line joins each dropped near-duplicate to the pick that replaced it; "
                "filled discs are picks that were kept, rings picks the group's budget had no room for.")
 IMPORTANCE_CAPTION = ("Brighter = more attention from the CLS token in the layer the model reads its features from: "
-                      "PruneSID's importance. Kept tokens are outlined. CLIP often has a few very bright 'artifact' "
-                      "patches; the colour scale is clipped at the 99th percentile.")
+                      "PruneSID's importance. Kept tokens are outlined. Vision transformers often have a few very "
+                      "bright 'artifact' patches; the colour scale is clipped at the 99th percentile.")
 GROUP_CHART_CAPTION = ("Per group: its size, how many of its patches survive NMS (distinct ones), and how many tokens it "
                        "keeps. Groups with more distinct content get more of the budget.")
 DYNAMIC_CAPTION = ("φ = 1 − ρ (ρ: mean cosine similarity between patches). Busy pictures have a high φ and, with the "
-                   "dynamic ratio on, get more tokens; the grey marks are this model's calibration pictures.")
+                   "dynamic ratio on, get more tokens; the bars are this model's calibration photos (public-domain and "
+                   "CC0 photographs; for LLaVA-NeXT, each of their views), and φ_ref is their mean.")

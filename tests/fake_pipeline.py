@@ -75,7 +75,7 @@ class FakePipeline:
         return select(feats, num_tokens, **kwargs)
 
     def compare(self, images, question, num_tokens=64, *, dynamic=False, max_new_tokens=64, selection=None,
-                mode="per_view"):
+                mode="per_view", selection_s=None):
         question = check_question(question)
         k = check_budget(num_tokens)
         self.calls.append(("compare", selection))

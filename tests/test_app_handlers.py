@@ -66,17 +66,32 @@ def test_empty_or_huge_questions_are_refused(bad):
         H.check_question(bad)
 
 
-def test_budget_label_says_ratio_and_compression():
-    assert V.budget_label(64) == "**64 tokens** = 11.1% of 576 (**9.0× compression**)"
-    assert "no pruning" in V.budget_label(577)
+def test_the_moving_slider_names_k_and_claims_no_count():
+    """While the slider moves nothing is selected yet: the label says K, not what is handed over."""
+    assert V.budget_label(64).startswith("K = 64 (CLS included") and "compression" not in V.budget_label(64)
+
+
+def test_every_line_names_the_tokens_handed_over(cat):
+    """The budget line, the status, the summary and the answers' headers give one count: what the
+    selection on screen hands the language model (the dynamic ratio's, not the nominal K)."""
+    for dynamic in (False, True):
+        out = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 64, dynamic, 1, "image", None, None, "kept")))
+        handed = H.token_counts(out["state"].feats, out["state"].selection).total
+        assert handed == int(out["state"].selection.num_tokens.sum())
+        assert f"**{handed} of 576 visual tokens**" in out["budget_label"]
+        assert f"{handed} visual tokens handed over" in out["status"]
+        assert f"**{handed} tokens kept**" in out["summary"] and f"{handed - 1} of 576 patches" in out["summary"]
+        assert out["pruned_head"] == f"#### PruneSID · {handed} visual tokens"
+        ratio = 576 / handed
+        assert f"{ratio:.1f}× fewer" in out["budget_label"]
 
 
 # ---- views -------------------------------------------------------------------------------------
 def test_upload_draws_every_view(cat):
     assert cat["status"].startswith("✓")
-    assert "64 of 577 tokens kept" in cat["summary"]
-    original, kept = cat["kept"]
-    assert Path(original).exists() and Path(kept).exists() and original != kept
+    assert "**64 tokens kept**: CLS + 63 of 576 patches" in cat["summary"]
+    original, kept = cat["kept_slider"]
+    assert Path(original).exists() and Path(kept).exists() and original != kept and cat["kept"] == kept
     assert Image.open(kept).size == (V.DISPLAY, V.DISPLAY)
     groups = cat["groups"]
     base, annotations, colors = groups["value"]
@@ -94,7 +109,7 @@ def test_upload_draws_every_view(cat):
 def test_slider_reselects_from_cached_features_and_redraws_only_the_visible_view(cat):
     state = cat["state"]
     out = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 128, False, 1, "image", None, None, "nms")))
-    assert "128 of 577 tokens kept" in out["summary"]
+    assert "**128 tokens kept**" in out["summary"]
     assert int(out["state"].selection.num_tokens[0]) == 128
     assert Path(out["nms"]).exists()
     assert is_skip(out["kept"]) and is_skip(out["groups"]) and is_skip(out["group_chart"])
@@ -104,7 +119,7 @@ def test_slider_reselects_from_cached_features_and_redraws_only_the_visible_view
     tab = H.on_tab("kept")(out["state"], 1)
     assert tab[0] == "kept"
     drawn = dict(zip(H.VIEW_KEYS, tab[1:]))
-    assert Path(drawn["kept"][1]).exists()
+    assert Path(drawn["kept"]).exists()
     again = H.on_tab("kept")(drawn["state"], 1)
     assert all(is_skip(v) for v in again[1:])
 
@@ -141,9 +156,76 @@ def test_run_answers_twice_side_by_side(cat):
     assert "shorter" in out["pruned_stats"] and "median of 3" in out["pruned_stats"]
     assert "Fidelity" in out["fidelity"] and "nats" in out["fidelity"] and "Demo model" in out["fidelity"]
     assert out["stale"] == ""
-    # Moving the slider afterwards flags the answers as made with another budget.
+    # Moving the slider afterwards flags the answers as made with another budget; the answer with all
+    # tokens does not depend on K and stays, the pruned one stays too, headed as another K's.
     moved = dict(zip(H.VIEW_KEYS, H.on_reselect(out["state"], 100, False, 1, "image", None, None, "kept")))
     assert "made with 64 tokens" in moved["stale"]
+    assert moved["full_answer"] == out["full_answer"] and moved["full_stats"] == out["full_stats"]
+    assert moved["pruned_answer"] == out["pruned_answer"] and "made with 64 visual tokens" in moved["pruned_head"]
+    assert moved["fidelity"] == "" and moved["diff"]["visible"] is False
+    # Another question: neither answer is this question's.
+    asked = dict(zip(H.ANSWER_PANEL + ("stale",), H.on_question(out["state"], "Something else?")))
+    assert asked["full_answer"] == "" and asked["pruned_answer"] == ""
+
+
+def test_the_first_token_rule_is_the_one_the_answers_were_decoded_with(cat):
+    """'Same first token' is the answers' own first token (generation skips suppressed tokens), so it
+    can never say 'no' beside 'whole answers: identical'."""
+    out = dict(zip(H.ANSWER_KEYS, H.on_answer(cat["state"], "What is this?", 64, False, 8,
+                                              progress=H._no_progress)))
+    first_token_agrees = "Same first token: **yes**" in out["fidelity"]
+    if "whole answers: **identical**" in out["fidelity"]:
+        assert first_token_agrees
+    pipe = MANAGER.current()
+    result = H.answer(out["state"], "What is this?", pipe, 8)
+    assert result.first_token_agrees == (result.full_tokens[:1] == result.pruned_tokens[:1])
+    assert result.timings["pruned"]["selection_s"] > 0  # the selection on screen, timed when it was made
+
+
+def test_answer_differences_are_marked_word_by_word():
+    items = H.answer_diff("a red cat on a mat", "a black cat on a mat")
+    assert ("red ", H.DIFF_LABELS["-"]) in items and ("black ", H.DIFF_LABELS["+"]) in items
+    assert "".join(t for t, label in items if label != H.DIFF_LABELS["+"]).split() == "a red cat on a mat".split()
+
+
+def test_clicking_a_patch_tells_what_became_of_it(cat):
+    state = cat["state"]
+    sel = state.selection
+    cell = V.DISPLAY / 24
+    dropped = int((~sel.kept_patches[0]).nonzero()[0])
+    suppressed = (sel.suppressed_by[0] >= 0).nonzero().flatten()
+    for p in [dropped] + ([int(suppressed[0])] if len(suppressed) else []):
+        evt = type("Evt", (), {"index": [(p % 24 + 0.5) * cell, (p // 24 + 0.5) * cell]})()
+        text = H.on_patch(state, 1, evt)
+        assert f"(patch {p})" in text and "dropped" in text and f"Group {int(sel.group[0, p]) + 1}" in text
+        if int(sel.suppressed_by[0, p]) >= 0:
+            by = int(sel.suppressed_by[0, p])
+            assert f"near-duplicate of patch row {by // 24 + 1}, column {by % 24 + 1}" in text
+
+
+def test_the_nms_view_says_when_nms_does_nothing(cat):
+    low = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 16, False, 1, "image", None, None, "nms")))
+    high = dict(zip(H.VIEW_KEYS, H.on_reselect(cat["state"], 577, False, 1, "image", None, None, "nms")))
+    assert float(high["state"].selection.tau[0]) >= 1 and "NMS does nothing at this budget" in high["nms_note"]
+    if int((low["state"].selection.suppressed_by[0] >= 0).sum()):
+        assert "near-duplicates" in low["nms_note"] and "does nothing" not in low["nms_note"]
+
+
+def test_removing_the_picture_clears_every_view_and_answer(cat):
+    out = dict(zip(("kind",) + H.VIEW_KEYS, H.on_media("image")(None, 64, False, cat["state"])))
+    assert out["state"] is None and out["kept"] is None and out["full_answer"] == "" and "removed" in out["status"]
+
+
+def test_a_tiny_picture_is_said_to_be_enlarged(tmp_path, demo_model):
+    path = tmp_path / "tiny.png"
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(path)
+    out = dict(zip(("kind",) + H.VIEW_KEYS, H.on_media("image")(str(path), 64, False, None)))
+    assert out["status"].startswith("⚠") and "enlarged about 17×" in out["status"]
+
+
+def test_the_slider_and_the_all_preset_follow_the_model(cat):
+    assert cat["budget"]["maximum"] == 577 and cat["preset_all"]["value"] == "all 577"
+    assert H.all_tokens(cat["state"])[0] == 577 and H.all_tokens(None)[0] == 577
 
 
 @pytest.mark.parametrize("question", ["", "q" * 5000])
@@ -229,6 +311,33 @@ def test_video_samples_frames_and_shares_the_budget():
     assert "frame 3" in shown["summary"]
 
 
+def test_a_clip_browsers_cannot_play_gets_a_playable_preview_and_is_analysed_from_the_original(tmp_path,
+                                                                                                 demo_model):
+    import cv2
+
+    path = tmp_path / "phone.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for t in range(20):
+        writer.write(np.full((240, 320, 3), (t * 12, 80, 160), np.uint8))
+    writer.release()
+    out = H.on_media("video")(str(path), 64, False, None, progress=H._no_progress)
+    views, preview = dict(zip(H.VIEW_KEYS, out[1:-1])), out[-1]
+    assert views["state"].source == str(path) and "cannot play this clip's codec (mp4v)" in views["status"]
+    assert preview.endswith(".webm") and H.video_codec(preview) in ("vp80", "vp08")
+    assert H.video_codec(str(path)) == "mp4v"
+    # The player now holds the preview: its change event leaves the analysis alone, and Run
+    # answers about the original.
+    again = H.on_media("video")(preview, 64, False, views["state"], progress=H._no_progress)
+    assert all(is_skip(v) for v in again[1:])
+    rerun = dict(zip(H.VIEW_KEYS, H.on_prepare("video", None, preview, 64, False, 1, views["state"],
+                                               progress=H._no_progress)))
+    assert rerun["state"] is views["state"] or rerun["state"].source == str(path)
+    # A clip browsers play gets no preview.
+    if VIDEO.exists():
+        assert H.on_media("video")(str(VIDEO), 64, False, None, progress=H._no_progress)[-1] is not None
+        assert H.browser_preview(str(VIDEO), tmp_path) == (None, None)
+
+
 def test_empty_video_gives_a_message(tmp_path):
     path = tmp_path / "empty.mp4"
     path.write_bytes(b"")
@@ -236,7 +345,7 @@ def test_empty_video_gives_a_message(tmp_path):
     assert out["state"] is None and "empty" in out["status"]
 
 
-def test_media_cleared_keeps_the_page():
+def test_media_cleared_before_any_analysis_keeps_the_page():
     out = H.on_media("image")(None, 64, False, None, progress=H._no_progress)
     assert out[0] == "image" and all(is_skip(v) for v in out[1:])
 
@@ -358,7 +467,7 @@ def test_llava_next_shared_budget_and_headers_that_add_up(llava_next_pipeline):
                                              "question": "What is it?", "tokens": total, "texts": {}})
     shared = H.reselect(answered, 64, False, shared=True)
     assert shared.setting == (64, False, True) and sum(shared.budgets) == 64 * views
-    assert "shared over" in H.budget_text(shared) and "Not run for this setting" in H.stale_note(shared)
+    assert f"64 × {views} views shared" in H.budget_text(shared) and "Not run for this setting" in H.stale_note(shared)
     assert H.reselect(shared, 64, False).shared  # shared=None keeps the session's setting
 
 

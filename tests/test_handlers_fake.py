@@ -41,7 +41,7 @@ def prepared(image_path, budget=64, dynamic=False):
 def test_upload_encodes_once_and_draws(fake, image_path):
     out = prepared(image_path)
     assert [c[0] for c in fake.calls].count("encode") == 1
-    assert "64 of 577 tokens kept" in out["summary"]
+    assert "**64 tokens kept**" in out["summary"]
     state = out["state"]
     assert state.reference_phis == [0.2, 0.3, 0.4] and state.phi_ref == 0.3
     assert state.view_pixels[0].shape == (336, 336, 3)
@@ -134,12 +134,13 @@ def test_answers_follow_the_setting_on_screen(fake, image_path):
     answered = dict(zip(H.ANSWER_KEYS, H.on_answer(state, "What?", 64, False, 8, progress=H._no_progress)))
     state = answered["state"]
     moved = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 100, False, 1, "image", image_path, None, "kept")))
-    assert moved["pruned_answer"] == "" and moved["fidelity"] == ""
+    # The pruned answer stays, headed as made with another budget; no fidelity for a setting not run.
+    assert moved["pruned_answer"] == answered["pruned_answer"] and moved["fidelity"] == ""
     assert "Not run for this setting" in moved["stale"] and "made with 64 tokens" in moved["stale"]
-    assert moved["pruned_head"] == "#### PruneSID · 100 visual tokens"
+    assert moved["pruned_head"] == "#### PruneSID · ⚠ made with 64 visual tokens, not this setting's"
     dyn = dict(zip(H.VIEW_KEYS, H.on_reselect(state, 64, True, 1, "image", image_path, None, "kept")))
     k = int(dyn["state"].budgets[0])
-    assert "Not run for this setting" in dyn["stale"] and f"**{k} tokens** for this image" in dyn["budget_label"]
+    assert "Not run for this setting" in dyn["stale"] and f"dynamic ratio: {k} for this image" in dyn["budget_label"]
     back = dict(zip(H.VIEW_KEYS, H.on_reselect(moved["state"], 64, False, 1, "image", image_path, None,
                                                "kept")))
     assert back["pruned_answer"] == answered["pruned_answer"] and back["stale"] == ""
