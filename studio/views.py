@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 import viz
-from prunesid_vlm.pipeline import view_budgets
+from prunesid_vlm.pipeline import token_counts, view_budgets
 
 from .session import Analysis
 
@@ -233,7 +233,7 @@ def gallery(analysis: Analysis) -> list[tuple[np.ndarray, str]]:
     """Per view (frame or crop): the kept-token overlay with a caption, for ``gr.Gallery``."""
     sel = analysis.selection
     return [(viz.draw_kept_tokens(analysis.view_pixels[v], sel, v, size=THUMB, grid_shape=analysis.grid, legend=False),
-             f"{analysis.view_label(v)} · {analysis.budgets[v]} tokens") for v in range(analysis.num_views)]
+             f"{analysis.view_label(v)} · {n} tokens") for v, n in enumerate(token_counts(analysis.feats, sel).handed)]
 
 
 def frame_chart(analysis: Analysis):
@@ -244,7 +244,8 @@ def frame_chart(analysis: Analysis):
     times = None
     if analysis.kind == "video" and analysis.frame_times and len(analysis.frame_times) == analysis.num_views:
         times = analysis.frame_times
-    return viz.plot_frame_budgets([int(v) for v in sel.num_tokens], phis=[float(v) for v in sel.phi], times=times)
+    handed = token_counts(analysis.feats, sel).handed  # what each view hands over (a crop's dropped CLS not counted)
+    return viz.plot_frame_budgets([int(v) for v in handed], phis=[float(v) for v in sel.phi], times=times)
 
 
 KEPT_CAPTION = ("Bright, outlined cells are the tokens handed to the language model; dimmed ones are dropped (for "

@@ -490,3 +490,24 @@ def test_a_tower_alone_shows_every_view_and_says_why_there_are_no_answers(demo_m
         assert "LLaVA-X" in H.banner_text(MANAGER)
     finally:
         MANAGER.install(demo_model)
+
+
+def test_every_view_of_llava_next_names_the_tokens_each_view_hands_over(llava_next_pipeline):
+    """A crop's CLS is dropped after selection: its count is K − 1. The gallery captions, the
+    per-view chart, the budget line and the answers' header all use what is handed over, and the
+    prompt the model gets holds exactly that many visual tokens."""
+    pipe = llava_next_pipeline
+    images, notes, _, source = H.load_media("image", CAT, None)
+    for dynamic in (False, True):
+        analysis = H.reselect(H.encode(pipe, "image", source, images, notes, None), 64, dynamic)
+        counts = H.token_counts(analysis.feats, analysis.selection)
+        assert any(analysis.feats.drops_cls)  # the crops
+        captions = [c for _, c in V.gallery(analysis)]
+        assert [int(re.search(r"· (\d+) tokens", c).group(1)) for c in captions] == list(counts.handed)
+        figure = V.frame_chart(analysis)
+        heights = [round(p.get_height()) for p in figure.axes[0].patches]
+        assert heights == list(counts.handed)
+        assert f"**{counts.total} of {H.token_counts(analysis.feats).total} visual tokens**" in H.budget_text(analysis)
+        assert f"· {counts.total} visual tokens" in H.answer_panel(analysis)["pruned_head"]
+    result = H.answer(analysis, "What is it?", pipe, max_new_tokens=1)
+    assert result.visual_tokens_pruned == counts.total
