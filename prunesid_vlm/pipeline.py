@@ -214,7 +214,7 @@ class Pipeline:
         self._projected = _LRU(PROJECTION_CACHE_SIZE, CACHE_BYTES["projected"])
         self._first_logits = _LRU(FIRST_LOGITS_CACHE_SIZE, CACHE_BYTES["first_logits"])
         self._calibration: Calibration | None = None
-        self._warm = False  # this process has run a forward pass of the language model (timings warm)
+        self._warm = False  # this process has run a timed prefill pass (the first pays for kernels and buffers)
         self._text_side = None
         self.prefill_repeats = prefill_repeats()
         self.stats: Counter[str] = Counter()
@@ -792,7 +792,6 @@ class Pipeline:
     def _answer(self, run: GenerationRun, visual_tokens: int, project_s: float,
                 image_tokens_per_layer: Sequence[int] = ()) -> Answer:
         """The :class:`Answer` of a greedy ``run`` (and the image tokens per layer of a staged one)."""
-        self._warm = True  # the language model has run here: later timed prefills need no warm-up
         return Answer(text=self.processor.tokenizer.decode(run.tokens, skip_special_tokens=True).strip(),
                       tokens=tuple(run.tokens.tolist()), first_logits=run.first_logits, visual_tokens=visual_tokens,
                       prompt_tokens=run.prompt_tokens, project_s=project_s, prefill_s=run.prefill_s,
@@ -916,7 +915,7 @@ class Pipeline:
         generations=2, new_tokens=max_new_tokens, prefills=2 * self.prefill_repeats + 1))
     def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int = 64, *, dynamic: bool = False,
                 max_new_tokens: int = 64, selection: Selection | SelectFn | None = None,
-                mode: str = "per_view", selection_s: float | None = None) -> CompareResult:
+                mode: str = "per_view", selection_s: float | None = None, method: str = "prunesid") -> CompareResult:
         """Answer ``question`` about ``images`` with all visual tokens and with ``num_tokens`` per view.
 
         Args:
@@ -928,6 +927,8 @@ class Pipeline:
                 with ``select_tokens``'s signature; PruneSID's selection by default.
             selection_s: the seconds a given :class:`Selection` took to make (reported in the
                 timings); a selection made here is timed here.
+            method: the registry method that selects when no ``selection`` is given (PruneSID by
+                default), with what its code uses from the model (see :meth:`select`).
         """
         self._check_answers()
         question = check_question(question)
@@ -938,7 +939,7 @@ class Pipeline:
         if not isinstance(selection, Selection):
             start = time.perf_counter()
             if selection is None:
-                chosen = select(feats, num_tokens, dynamic=dynamic, mode=mode)
+                chosen = self.select(feats, num_tokens, dynamic=dynamic, mode=mode, method=method, question=question)
             else:
                 chosen = selection(feats.hidden_states, feats.cls_attention, selection_budgets(feats, budgets)).cpu()
             selection, selection_s = chosen, time.perf_counter() - start
@@ -950,9 +951,9 @@ class Pipeline:
     def _prefill_medians(self, images, feats: EncodedImages, question: str,
                          selection: Selection) -> dict[str, float]:
         """Median seconds of ``prefill_repeats`` prefill-only passes of the full and the pruned prompt,
-        their order alternating, after one untimed warm-up pass when this process has not run the
-        language model yet (its first pass pays for kernel selection and allocation, which is not
-        what pruning changes; a generation just before warms it as well)."""
+        their order alternating, after one untimed warm-up pass when this process has not timed one
+        yet (the first prefill-only pass pays for kernel selection and allocation, which is not what
+        pruning changes; a generation does not warm this path's shapes)."""
         passes = {"full": self._prefill_pass(images, feats, question, None),
                   "pruned": self._prefill_pass(images, feats, question, selection)}
         if not self._warm:

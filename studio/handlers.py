@@ -134,26 +134,52 @@ def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: in
                         selection_s=analysis.selection_ms / 1000)
 
 
-def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_new_tokens: int = 64,
-            manager: ModelManager = MANAGER) -> dict:
-    """The ``/analyze`` endpoint: selection and both answers for one image, as JSON.
+MAX_API_NEW_TOKENS = 256
+"""The longest answer a scripted call may ask for (the page's slider stops there too)."""
+
+
+def check_api_options(method: Any, max_new_tokens: Any) -> tuple[str, int]:
+    """``(method, max_new_tokens)`` as the scripted API takes them, or a ValueError that says why."""
+    from prunesid_eval.methods import get_method
+
+    name = get_method(str(method or "prunesid").strip()).name  # ValueError listing the known names
+    try:
+        count = int(float(max_new_tokens if max_new_tokens not in (None, "") else 64))
+    except (TypeError, ValueError):
+        raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}.") from None
+    if not 1 <= count <= MAX_API_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be between 1 and {MAX_API_NEW_TOKENS}, got {count}.")
+    return name, count
+
+
+def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_new_tokens: Any = 64,
+            manager: ModelManager = MANAGER, method: Any = "prunesid", model: Any = None) -> dict:
+    """The ``/analyze`` endpoint: a method's selection and both answers for one image, as JSON.
 
     One crossing onto the GPU: the pipeline's ``compare`` encodes, selects and answers together;
-    the views' data then come from the features it cached."""
+    the views' data then come from the features it cached. ``model``: locally, switch to it first
+    (as the picker does, for everyone); on a public deployment only the model in use is accepted."""
     k = check_budget(budget)
     question = check_question(question)
-    max_new_tokens = int(max_new_tokens)
+    method, max_new_tokens = check_api_options(method, max_new_tokens)
+    if model not in (None, "") and str(model).strip() != (manager.state.active or manager.state.requested):
+        outcome = manager.switch(model)
+        if outcome.problem:
+            raise ValueError(outcome.problem)
     pipe = manager.current()
     images, notes, _, source = load_media("image", image, None)
     result = None
     if pipe.answers != "none":
-        result = pipe.compare(images, question, k, dynamic=bool(dynamic), max_new_tokens=max_new_tokens)
+        result = pipe.compare(images, question, k, dynamic=bool(dynamic), max_new_tokens=max_new_tokens,
+                              method=method)
     encoded = encode(pipe, "image", source, images, notes, None)  # cached by the crossing above
     if result is None:  # a vision tower alone: the selection is all there is
         analysis = reselect(encoded, k, dynamic)
+        if method != "prunesid":
+            analysis = replace(analysis, selection=pipe.select(encoded.feats, k, dynamic=bool(dynamic), method=method))
     else:
         analysis = replace(encoded, budget=k, dynamic=bool(dynamic), selection=result.selection,
-                           budgets=view_budgets(encoded.feats, k, bool(dynamic), "per_view"))
+                           budgets=list(token_counts(encoded.feats, result.selection).handed))
     notes = notes + pipe.media_notes(analysis.feats)
     state = manager.state
     if state.fallback_reason:
@@ -168,8 +194,11 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         "budget": k,
         "dynamic": bool(dynamic),
         "question": question,
+        "method": method,
         "selection": analysis.selection.to_dict(0),
         "grid": list(analysis.grid),
+        "image_size": [images[0].width, images[0].height],
+        "views": [{"kind": v.kind, "box": [round(float(c), 2) for c in v.box]} for v in analysis.views],
         "index_spaces": ("selection.keep holds tower indices (0 = CLS, patch p is p + 1), in the order handed to "
                          "the language model; group, nms_rank, suppressed_by and importance are per patch index "
                          "p = row * grid[1] + col, in raster order over the grid"),
@@ -755,10 +784,55 @@ def on_media(kind: str):
     return handler
 
 
-def analyze_endpoint(image: str | None, question: str | None, budget: float | int | None) -> dict:
-    """``/analyze`` (gradio_client): expected problems become a ``gr.Error`` with the message."""
-    return _analyze_endpoint(image, question, budget)
+def kept_tokens_picture(image: Any, budget: Any, method: Any = "prunesid", dynamic: bool = False,
+                        manager: ModelManager = MANAGER) -> str:
+    """A PNG of the kept tokens on the picture as the model's processor cuts it (the "On the
+    original" view of the first view): what a script can show without knowing the model's geometry."""
+    k = check_budget(budget)
+    method, _ = check_api_options(method, 64)
+    pipe = manager.current()
+    images, notes, _, source = load_media("image", image, None)
+    analysis = reselect(encode(pipe, "image", source, images, notes, None), k, dynamic)
+    if method != "prunesid":
+        analysis = replace(analysis, selection=pipe.select(analysis.feats, k, dynamic=bool(dynamic), method=method))
+    return png_file(V.on_original(analysis, 0))
 
 
-_analyze_endpoint = endpoint(lambda image, question, budget: limits.without_cache_fields(analyze(image, question, budget)),
-                             "analyze")
+def kept_tokens_endpoint(image: str | None, budget: float | int | None, method: str | None = "prunesid",
+                         dynamic: bool | None = False) -> str:
+    """``/kept_tokens`` (gradio_client): the kept tokens drawn on the picture, as a PNG file.
+
+    Args:
+        image: the picture (``handle_file(path)``).
+        budget: K, visual tokens kept, CLS included.
+        method: a registry method (as ``/analyze``).
+        dynamic: PruneSID's information-aware dynamic ratio.
+    """
+    return _kept_tokens_endpoint(image, budget, method, dynamic)
+
+
+_kept_tokens_endpoint = endpoint(lambda image, budget, method, dynamic: kept_tokens_picture(
+    image, budget, method, bool(dynamic)), "kept_tokens")
+
+
+def analyze_endpoint(image: str | None, question: str | None, budget: float | int | None,
+                     method: str | None = "prunesid", dynamic: bool | None = False,
+                     max_new_tokens: float | int | None = 64, model: str | None = "") -> dict:
+    """``/analyze`` (gradio_client): expected problems become a ``gr.Error`` with the message.
+
+    Args:
+        image: the picture (``handle_file(path)``).
+        question: asked with all visual tokens and with the kept ones.
+        budget: K, visual tokens kept per view, CLS included (2 … 1+N).
+        method: a registry method (``prunesid``, ``prunesid-dyn``, ``random``, ``grid``, ``topk``,
+            ``visionzip``, ``divprune``, ``vispruner``, ``cdpruner``).
+        dynamic: PruneSID's information-aware dynamic ratio.
+        max_new_tokens: the longest answer, in tokens (1 … 256).
+        model: the model to use (empty: the one in use); on a public Space only the Space's.
+    """
+    return _analyze_endpoint(image, question, budget, method, dynamic, max_new_tokens, model)
+
+
+_analyze_endpoint = endpoint(
+    lambda image, question, budget, method, dynamic, max_new_tokens, model: limits.without_cache_fields(
+        analyze(image, question, budget, bool(dynamic), max_new_tokens, method=method, model=model)), "analyze")

@@ -315,13 +315,31 @@ def _compare_tab(image, question, budget, state) -> None:
 
 
 def _api(demo: gr.Blocks) -> None:
-    """``/analyze``: (image file, question, budget) → JSON, for ``gradio_client`` (hidden on the page)."""
+    """``/analyze`` and ``/kept_tokens`` for ``gradio_client`` (hidden on the page)."""
+    from prunesid_eval.methods import list_methods
+
     with gr.Row(visible=False):
-        api_image = SafeImage(type="filepath", label="image")
-        api_question = gr.Textbox(label="question")
-        api_budget = RawNumber(label="budget", precision=0, value=H.DEFAULT_BUDGET)
-        api_out = gr.JSON(label="result")
+        api_image = SafeImage(type="filepath", label="image: the picture (handle_file(path))")
+        api_question = gr.Textbox(label="question: asked with all visual tokens and with the kept ones")
+        api_budget = RawNumber(label="budget: K, visual tokens kept per view, CLS included (2 … 1+N)", precision=0,
+                               value=H.DEFAULT_BUDGET)
+        api_method = gr.Dropdown([s.name for s in list_methods()], value="prunesid",
+                                 label="method: the selection method (a registry name)")
+        api_dynamic = gr.Checkbox(False, label="dynamic: PruneSID's information-aware dynamic ratio")
+        api_max_new = RawNumber(label=f"max_new_tokens: the longest answer, in tokens (1 … {H.MAX_API_NEW_TOKENS})",
+                                precision=0, value=64)
+        api_model = gr.Textbox("", label="model: the model to use; empty = the one in use (a public Space's only)")
+        api_out = gr.JSON(label="result: JSON, see docs/result-schema.md")
+        api_picture = gr.Image(format="png", label="kept tokens drawn on the picture", type="filepath")
         api_button = gr.Button("analyze")
-    api_button.click(H.analyze_endpoint, [api_image, api_question, api_budget], api_out, api_name="analyze",
-                     api_description="Selection and both answers (all tokens vs PruneSID) for one image, as JSON.",
+        picture_button = gr.Button("kept_tokens")
+    api_button.click(H.analyze_endpoint, [api_image, api_question, api_budget, api_method, api_dynamic, api_max_new,
+                                          api_model], api_out, api_name="analyze",
+                     api_description="A method's selection and both answers (all visual tokens vs the kept ones) for "
+                                     "one image, as JSON (schema: docs/result-schema.md).",
                      **MODEL_EVENTS)
+    picture_button.click(H.kept_tokens_endpoint, [api_image, api_budget, api_method, api_dynamic], api_picture,
+                         api_name="kept_tokens",
+                         api_description="The kept tokens drawn on the picture where the model sees them (the part "
+                                         "cut off before the tower hatched), as a PNG.",
+                         **MODEL_EVENTS)

@@ -24,9 +24,12 @@ def client(app_url):
 def test_analyze_is_public_and_the_ui_events_are_not(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     # "/compare" belongs to the "Compare methods" tab (studio/compare_tab.py) when it is present.
-    assert set(endpoints) - {"/compare"} == {"/analyze"}
+    assert {"/analyze", "/kept_tokens", "/compare"} <= set(endpoints)
+    assert not any(name.startswith("/on_") for name in endpoints)  # the page's own events stay private
     params = [p["parameter_name"] for p in endpoints["/analyze"]["parameters"]]
-    assert params == ["image", "question", "budget"]
+    assert params == ["image", "question", "budget", "method", "dynamic", "max_new_tokens", "model"]
+    for p in endpoints["/analyze"]["parameters"]:  # every parameter says what it is
+        assert p["label"].startswith(p["parameter_name"] + ": ") and len(p["label"]) > 30, p["label"]
 
 
 def test_analyze_returns_selection_and_both_answers(client):
@@ -149,3 +152,38 @@ def test_one_session_cannot_fill_the_queue_for_everyone(client, app_url):
     assert refused and served >= 1, (served, refused)
     assert served <= QUEUE_PER_SESSION + 1  # the waiting ones plus the one running at the time
     assert all("requests waiting" in r or "try again" in r.lower() for r in refused), refused[:2]
+
+
+def test_analyze_takes_the_method_the_dynamic_ratio_and_the_answer_length(client):
+    from gradio_client import handle_file
+
+    from studio import handlers as H
+
+    image = handle_file(str(ASSETS / "coffee.jpg"))
+    dyn = client.predict(image, "What drink?", 64, "prunesid", True, 4, "", api_name="/analyze")
+    handed = dyn["token_counts"]["pruned"]["total"]
+    assert dyn["dynamic"] and dyn["method"] == "prunesid" and handed == dyn["selection"]["num_tokens"] != 64
+    assert dyn["pruned"]["visual_tokens"] == handed
+    other = client.predict(image, "What drink?", 64, "divprune", False, 4, api_name="/analyze")
+    assert other["method"] == "divprune" and other["selection"]["method"] == "divprune"
+    assert other["selection"]["num_tokens"] == 64
+    # The views' geometry lets a script draw where the model looks (LLaVA-1.5: the centre square).
+    (width, height), box = other["image_size"], other["views"][0]["box"]
+    assert [width, height] == [512, 341] and len(other["views"]) == 1
+    assert box == pytest.approx([(width - height) / 2, 0, (width + height) / 2, height], abs=1)
+    for bad, message in (("nope", "nope.*(prunesid|divprune)"), ("prunesid", "(?i)max_new_tokens must be between 1 and 256")):
+        with pytest.raises(Exception, match=message):
+            client.predict(image, "What?", 64, bad, False, 9999 if bad == "prunesid" else 4, api_name="/analyze")
+    assert H.MAX_API_NEW_TOKENS == 256
+
+
+def test_kept_tokens_gives_a_picture_drawn_where_the_model_looks(client):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    path = client.predict(handle_file(str(ASSETS / "coffee.jpg")), 64, "prunesid", False, api_name="/kept_tokens")
+    from studio.views import ORIGINAL_SIDE
+
+    picture = Image.open(path)
+    # The whole 512 × 341 picture at the page's scale (with its key below), not a stretched square.
+    assert picture.size[0] == ORIGINAL_SIDE and ORIGINAL_SIDE * 341 / 512 < picture.size[1] < ORIGINAL_SIDE
