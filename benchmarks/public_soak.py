@@ -146,7 +146,7 @@ def visitor(url: str, i: int, media: Path, is_clip: bool, stop_at: float, out: d
             counts["refused"].append(str(message["output"].get("error"))[:80])
             continue
         result = message["output"]["data"][0]
-        keep = result["selection"]["keep"]
+        keep = result["selection"][0]["keep"]
         first_keep = keep if first_keep is None else first_keep
         if result["question"] != question or result["budget"] != budget or keep != first_keep:
             counts["crossed"].append(f"visitor {i}: /analyze answered someone else")

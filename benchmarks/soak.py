@@ -50,7 +50,7 @@ def run_level(url: str, photos: list[Path], clients: int, seconds: float) -> dic
                 finally:
                     call += 1
                 took = time.perf_counter() - start
-                keep = out["selection"]["keep"]
+                keep = out["selection"][0]["keep"]
                 first_keep = keep if first_keep is None else first_keep
                 problems = [what for what, bad in (("question", out["question"] != question),
                                                    ("budget", out["budget"] != budget),

@@ -47,7 +47,7 @@ from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flop
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
 from .relevance import NoTextTower, text_side_for
-from .results import Answer, CompareResult, EncodedImages, TokenCounts
+from .results import RESULT_SCHEMA, Answer, CompareResult, EncodedImages, TokenCounts
 from .rules import (
     MAX_QUESTION_CHARS,
     Frames,
@@ -68,7 +68,7 @@ from .rules import (
     view_phis,
 )
 
-__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
+__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "RESULT_SCHEMA", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods",
            "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS"]

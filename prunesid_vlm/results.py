@@ -102,6 +102,9 @@ class TokenCounts:
     def total(self) -> int:
         return sum(self.handed) + self.newlines
 
+    def to_dict(self) -> dict:
+        return {"per_view": list(self.handed), "newlines": self.newlines, "total": self.total}
+
     def breakdown(self) -> str:
         """E.g. ``"64 (base) + 63+64+64+64 (4 crops) + 20 newlines"``; ``""`` for a single view."""
         if len(self.handed) == 1 and not self.newlines:
@@ -134,6 +137,10 @@ class Answer:
     run that made it)."""
     image_tokens_per_layer: tuple[int, ...] = ()
     """With in-LLM stages: the image tokens each decoder layer saw (empty without)."""
+
+
+RESULT_SCHEMA = "prunesid-result/1"
+"""The name and version of the JSON shape every result takes (``docs/result-schema.md``)."""
 
 
 @dataclass
@@ -188,13 +195,26 @@ class CompareResult:
         far above it means the timing is wrong."""
         return self.prompt_tokens["full"] / max(self.prompt_tokens["pruned"], 1)
 
+    def run_dict(self, run: str) -> dict:
+        """One run (``"full"`` or ``"pruned"``) as the result schema names it (docs/result-schema.md)."""
+        return {"answer": self.full_answer if run == "full" else self.pruned_answer,
+                "tokens": list(self.full_tokens if run == "full" else self.pruned_tokens),
+                "visual_tokens": self.visual_tokens_full if run == "full" else self.visual_tokens_pruned,
+                "prompt_tokens": self.prompt_tokens[run],
+                "timings": dict(self.timings[run])}
+
     def to_dict(self) -> dict:
-        """JSON-ready (plain Python types; the selection as per-row summaries)."""
-        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("selection", "counts")}
-        out["counts"] = {run: {"per_view": list(c.handed), "newlines": c.newlines, "total": c.total}
-                         for run, c in self.counts.items()}
-        out["selection"] = [self.selection.to_dict(row) for row in range(self.selection.batch_size)]
-        out["prefill_speedup"] = self.prefill_speedup
-        out["prefill_bound"] = self.prefill_bound
-        out["fidelity_metric"] = "first_token_kl_nats"
-        return out
+        """JSON-ready, in the one result schema of the project (``docs/result-schema.md``): the model,
+        the selection per view, each run's answer, token counts and timings, the fidelity, the prefill."""
+        return {
+            "schema": RESULT_SCHEMA,
+            "model": {"id": self.model_id, "family": self.family, "device": self.device},
+            "selection": [self.selection.to_dict(row) for row in range(self.selection.batch_size)],
+            "budgets": list(self.budgets),
+            "token_counts": {run: counts.to_dict() for run, counts in self.counts.items()},
+            "full": self.run_dict("full"),
+            "pruned": self.run_dict("pruned"),
+            "fidelity": {"first_token_kl_nats": self.fidelity, "first_token_agrees": self.first_token_agrees,
+                         "same_answer": self.same_answer},
+            "prefill": {"speedup": self.prefill_speedup, "bound": self.prefill_bound, "repeats": self.prefill_repeats},
+        }

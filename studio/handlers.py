@@ -21,7 +21,8 @@ import gradio as gr
 import numpy as np
 
 from prunesid_vlm.pipeline import (
-    MAX_QUESTION_CHARS,  # noqa: F401  (the question box's limit, read by the layout)
+    MAX_QUESTION_CHARS,
+    RESULT_SCHEMA,  # noqa: F401  (the question box's limit, read by the layout)
     CompareResult,
     Frames,
     Pipeline,
@@ -186,42 +187,30 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         notes = notes + [f"Fell back to an offline demo model: {state.fallback_reason}"]
     if pipe.meaning:
         notes = notes + [f"{pipe.model_id}: {pipe.meaning}."]
-    head = {
-        "model": pipe.model_id,
-        "is_demo": pipe.is_demo,
-        "features_meaningful": not pipe.random_features,
-        "answers": pipe.answers,
-        "budget": k,
-        "dynamic": bool(dynamic),
-        "question": question,
-        "method": method,
-        "selection": analysis.selection.to_dict(0),
-        "grid": list(analysis.grid),
-        "image_size": [images[0].width, images[0].height],
+    if result is not None:
+        out = result.to_dict()
+    else:  # a vision tower alone: the selection is all there is
+        sel = analysis.selection
+        out = {"schema": RESULT_SCHEMA, "model": {"id": pipe.model_id, "family": pipe.family, "device": pipe.device},
+               "selection": [sel.to_dict(row) for row in range(sel.batch_size)], "budgets": list(analysis.budgets),
+               "full": None, "pruned": None, "fidelity": None, "prefill": None}
+    out["model"].update(is_demo=pipe.is_demo, features_meaningful=not pipe.random_features, answers=pipe.answers)
+    out.update({
+        "question": question, "method": method, "budget": k, "dynamic": bool(dynamic),
+        "grid": list(analysis.grid), "image_size": [images[0].width, images[0].height],
         "views": [{"kind": v.kind, "box": [round(float(c), 2) for c in v.box]} for v in analysis.views],
-        "index_spaces": ("selection.keep holds tower indices (0 = CLS, patch p is p + 1), in the order handed to "
-                         "the language model; group, nms_rank, suppressed_by and importance are per patch index "
-                         "p = row * grid[1] + col, in raster order over the grid"),
-        "token_counts": {"pruned": {"per_view": list(token_counts(analysis.feats, analysis.selection).handed)}},
-        "notes": notes,
-    }
-    if result is None:
-        return dict(head, budgets=analysis.budgets, full=None, pruned=None, fidelity=None)
-    full, pruned = result.timings["full"], result.timings["pruned"]
-    return dict(head, **{
-        "budgets": result.budgets,
-        "full": {"answer": result.full_answer, "visual_tokens": result.visual_tokens_full,
-                 "prefill_s": full["prefill_s"], "total_s": full["total_s"]},
-        "pruned": {"answer": result.pruned_answer, "visual_tokens": result.visual_tokens_pruned,
-                   "prefill_s": pruned["prefill_s"], "total_s": pruned["total_s"]},
-        "token_counts": result.to_dict()["counts"],
-        "prefill_speedup": result.prefill_speedup,
-        "prefill_bound": result.prefill_bound,
-        "device": result.device,
-        "fidelity": {"first_token_kl_nats": result.fidelity, "first_token_agrees": result.first_token_agrees,
-                     "same_answer": result.same_answer},
-        "timings": result.timings,
+        "index_spaces": INDEX_SPACES, "notes": notes,
     })
+    if result is None:
+        out["token_counts"] = {"full": token_counts(analysis.feats).to_dict(),
+                               "pruned": token_counts(analysis.feats, analysis.selection).to_dict()}
+    return out
+
+
+INDEX_SPACES = ("selection[v].keep holds tower indices (0 = CLS, patch p is p + 1), in the order handed to the "
+                "language model; group, nms_rank, suppressed_by and importance are per patch index p = row * grid[1] "
+                "+ col, in raster order over the grid; views[v].box is the part of the picture view v covers, in its "
+                "pixels (x0, y0, x1, y1)")
 
 
 # ---- UI handlers (never raise) -------------------------------------------------------------

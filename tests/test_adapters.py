@@ -128,7 +128,7 @@ def test_result_reports_timings_fidelity_and_serialises(llava_pipeline, images):
     assert result.timings["full"]["selection_s"] == 0 < result.timings["pruned"]["selection_s"]
     assert result.fidelity >= 0
     blob = json.loads(json.dumps(result.to_dict()))
-    assert blob["visual_tokens_pruned"] == 64 and len(blob["selection"][0]["keep"]) == 64
+    assert blob["pruned"]["visual_tokens"] == 64 and len(blob["selection"][0]["keep"]) == 64
 
 
 def test_single_image_dynamic_budget_follows_phi(llava_pipeline, images):

@@ -36,12 +36,12 @@ def test_analyze_returns_selection_and_both_answers(client):
     from gradio_client import handle_file
 
     result = client.predict(handle_file(str(ASSETS / "cat.jpg")), "What animal is this?", 64, api_name="/analyze")
-    assert result["budget"] == 64 and result["is_demo"] is True
-    sel = result["selection"]
+    assert result["budget"] == 64 and result["model"]["is_demo"] is True
+    sel = result["selection"][0]
     assert sel["num_tokens"] == 64 and len(sel["keep"]) == 64 and len(sel["group"]) == 576
     assert result["full"]["visual_tokens"] == 576 and result["pruned"]["visual_tokens"] == 64
     assert isinstance(result["full"]["answer"], str) and isinstance(result["pruned"]["answer"], str)
-    assert result["prefill_speedup"] > 0 and "first_token_kl_nats" in result["fidelity"]
+    assert result["prefill"]["speedup"] > 0 and "first_token_kl_nats" in result["fidelity"]
 
 
 @pytest.mark.parametrize("budget, message", [(999, "between 2 and 577"), (1, "between 2 and 577")])
@@ -67,8 +67,8 @@ def test_reported_prefill_speedups_stay_near_their_token_bound(client):
     for _ in range(3):
         result = client.predict(gradio_client.handle_file(str(ASSETS / "cat.jpg")), "What is this?", 64,
                                 api_name="/analyze")
-        assert result["prefill_bound"] > 1 and result["device"] in ("cpu", "cuda")
-        assert 0 < result["prefill_speedup"] <= 1.3 * result["prefill_bound"], result["timings"]
+        assert result["prefill"]["bound"] > 1 and result["model"]["device"] in ("cpu", "cuda")
+        assert 0 < result["prefill"]["speedup"] <= 1.3 * result["prefill"]["bound"], result["pruned"]["timings"]
 
 
 def test_compare_parameters_are_named(client):
@@ -92,7 +92,7 @@ def test_a_refused_input_logs_one_line_and_no_traceback(client, capfd, caplog):
 def test_analyze_documents_its_index_spaces(client):
     result = client.predict(gradio_client.handle_file(str(ASSETS / "cat.jpg")), "What?", 32, api_name="/analyze")
     assert result["grid"] == [24, 24] and "tower indices (0 = CLS" in result["index_spaces"]
-    assert result["selection"]["keep"][0] == 0 and max(result["selection"]["keep"]) <= 576
+    assert result["selection"][0]["keep"][0] == 0 and max(result["selection"][0]["keep"]) <= 576
 
 
 # ---- the input gaps of issue 13, item 4: each refused (or served) with a clear message -------------
@@ -162,11 +162,11 @@ def test_analyze_takes_the_method_the_dynamic_ratio_and_the_answer_length(client
     image = handle_file(str(ASSETS / "coffee.jpg"))
     dyn = client.predict(image, "What drink?", 64, "prunesid", True, 4, "", api_name="/analyze")
     handed = dyn["token_counts"]["pruned"]["total"]
-    assert dyn["dynamic"] and dyn["method"] == "prunesid" and handed == dyn["selection"]["num_tokens"] != 64
+    assert dyn["dynamic"] and dyn["method"] == "prunesid" and handed == dyn["selection"][0]["num_tokens"] != 64
     assert dyn["pruned"]["visual_tokens"] == handed
     other = client.predict(image, "What drink?", 64, "divprune", False, 4, api_name="/analyze")
-    assert other["method"] == "divprune" and other["selection"]["method"] == "divprune"
-    assert other["selection"]["num_tokens"] == 64
+    assert other["method"] == "divprune" and other["selection"][0]["method"] == "divprune"
+    assert other["selection"][0]["num_tokens"] == 64
     # The views' geometry lets a script draw where the model looks (LLaVA-1.5: the centre square).
     (width, height), box = other["image_size"], other["views"][0]["box"]
     assert [width, height] == [512, 341] and len(other["views"]) == 1

@@ -207,7 +207,7 @@ def test_token_counts_are_the_prompts_visual_tokens(any_pipeline, images):
         assert result.counts["full"].total == result.visual_tokens_full
         assert result.counts["pruned"].total == result.visual_tokens_pruned
         assert pipe.token_counts(feats, sel) == result.counts["pruned"]
-        assert result.to_dict()["counts"]["pruned"]["total"] == result.visual_tokens_pruned
+        assert result.to_dict()["token_counts"]["pruned"]["total"] == result.visual_tokens_pruned
 
 
 def test_a_budget_of_every_token_answers_like_the_full_model(any_pipeline, images):

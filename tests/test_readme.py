@@ -31,9 +31,11 @@ def test_the_client_snippet_runs_as_written(app_url, monkeypatch):
         scope: dict = {}
         exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
         assert scope["out"]["budget"] == 64 and scope["out"]["grid"] == [24, 24]
+        assert scope["dyn"]["dynamic"] and Path(scope["picture"]).suffix == ".png"
 
 
 def test_readme_mentions_only_files_that_exist():
     text = (ROOT / "README.md").read_text()
-    for path in re.findall(r"`((?:assets|benchmarks|docs|tests|studio|viz|prunesid|prunesid_eval|prunesid_vlm)/[\w./-]+)`", text):
+    folders = "assets|benchmarks|docs|tests|studio|viz|prunesid|prunesid_eval|prunesid_vlm|prunesid_lmms|prunesid_cli"
+    for path in re.findall(rf"`((?:{folders})/[\w./-]+)`", text):
         assert (ROOT / path).exists(), path
