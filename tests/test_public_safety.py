@@ -54,6 +54,11 @@ def fn(app_url):
     return {d.get("api_name"): i for i, d in enumerate(config["dependencies"])}
 
 
+def analyze_data(image, question: str = "q", budget: int = 64) -> list:
+    """The seven values /analyze takes, as a raw client sends them (Gradio needs every one)."""
+    return [image, question, budget, "prunesid", False, 16, ""]
+
+
 def join(url: str, fn_index: int, data: list, session_hash: str | None = None, headers=None) -> httpx.Response:
     body = {"fn_index": fn_index, "data": data, "session_hash": session_hash or uuid.uuid4().hex,
             "event_data": None, "trigger_id": None}
@@ -193,7 +198,7 @@ def test_a_path_outside_the_uploads_is_refused_over_raw_http(app_url, fn, server
     payload = {"path": server_paths[kind]}
     if meta:
         payload["meta"] = {"_type": "gradio.FileData"}
-    data = {"analyze": [payload, "What is this?", 64],
+    data = {"analyze": analyze_data(payload, "What is this?"),
             "on_image_upload": [payload, 64, False, None, False],
             "compare": [payload, "What is this?", 64, "prunesid", False]}[endpoint]
     message = call(app_url, fn[endpoint], data)
@@ -209,7 +214,7 @@ def test_a_path_outside_the_uploads_is_refused_over_raw_http(app_url, fn, server
 
 
 def test_the_refusal_is_one_message_whether_the_file_exists_or_not(app_url, fn, server_paths):
-    texts = {kind: refusal_of(call(app_url, fn["analyze"], [{"path": server_paths[kind]}, "q", 64]))
+    texts = {kind: refusal_of(call(app_url, fn["analyze"], analyze_data({"path": server_paths[kind]})))
              for kind in ("existing", "missing", "system", "symlink")}
     assert len(set(texts.values())) == 1 and NOT_UPLOADED in texts["existing"], texts
 
@@ -273,7 +278,7 @@ def test_an_oversize_chunked_body_is_refused_while_it_is_read(app_url):
 
 def test_a_small_chunked_body_still_reaches_the_route(app_url, fn):
     host = urlparse(app_url).netloc
-    body = json.dumps({"fn_index": fn["analyze"], "data": [None, "q", 64], "session_hash": uuid.uuid4().hex}).encode()
+    body = json.dumps({"fn_index": fn["analyze"], "data": analyze_data(None), "session_hash": uuid.uuid4().hex}).encode()
     chunk = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
     status, answer = raw_request(app_url, _post_head("/gradio_api/queue/join", host,
                                                      "Transfer-Encoding: chunked\r\nConnection: close\r\n"), [chunk])
@@ -457,7 +462,7 @@ def test_the_per_client_limit_holds_against_invented_session_ids(app_url, fn, mo
         model_queue_held.add(session)
         # (No X-Forwarded-For: uvicorn itself trusts it from 127.0.0.1, its default FORWARDED_ALLOW_IPS,
         # i.e. from a proxy on this machine; a client connecting from elsewhere cannot set its address.)
-        answers.append(join(app_url, fn["analyze"], [None, "q", 64], session))
+        answers.append(join(app_url, fn["analyze"], analyze_data(None), session))
     codes = [a.status_code for a in answers]
     assert codes[:limits.QUEUE_PER_CLIENT] == [200] * limits.QUEUE_PER_CLIENT, codes
     assert codes[limits.QUEUE_PER_CLIENT:] == [503, 503]
@@ -467,7 +472,7 @@ def test_the_per_client_limit_holds_against_invented_session_ids(app_url, fn, mo
 def test_the_per_session_limit_still_holds(app_url, fn, model_queue_held):
     session = uuid.uuid4().hex
     model_queue_held.add(session)
-    codes = [join(app_url, fn["analyze"], [None, "q", 64], session).status_code
+    codes = [join(app_url, fn["analyze"], analyze_data(None), session).status_code
              for _ in range(limits.QUEUE_PER_SESSION + 1)]
     assert codes == [200] * limits.QUEUE_PER_SESSION + [503]
 
@@ -482,7 +487,7 @@ def test_the_client_address_on_spaces_is_the_first_forwarded_one():
 
 def test_a_job_whose_client_never_listens_is_skipped(app_url, demo, fn, monkeypatch):
     monkeypatch.setattr(limits, "STREAM_GRACE_S", 0)
-    answer = join(app_url, fn["analyze"], [None, "q", 64])
+    answer = join(app_url, fn["analyze"], analyze_data(None))
     assert answer.status_code == 200
     event_id = answer.json()["event_id"]
     deadline = time.monotonic() + 10
@@ -685,7 +690,7 @@ def test_a_file_a_queued_job_will_open_is_not_swept(tmp_path):
     path.write_bytes(b"w" * 100)
     os.utime(path, (now - 5000, now - 5000))
     file = {"path": str(path), "meta": {"_type": "gradio.FileData"}}
-    waiting = SimpleNamespace(data=SimpleNamespace(data=[file, "question", 64]))
+    waiting = SimpleNamespace(data=SimpleNamespace(data=analyze_data(file, "question")))
     queue = SimpleNamespace(event_queue_per_concurrency_id={"model": SimpleNamespace(queue=[waiting])},
                             active_jobs=[None])
     blocks = SimpleNamespace(upload_file_set={str(path)}, _queue=queue)
