@@ -28,6 +28,8 @@ from gradio import utils
 from gradio.data_classes import FileData
 from PIL import Image
 
+from viz.overlays import group_layer_palette
+
 from . import limits
 from .media import RefusedFile
 
@@ -162,7 +164,10 @@ class GroupImage(gr.AnnotatedImage):
         sections = []
         for mask, label in annotations:
             color = _hex_rgb(colors.get(label, "#ff0000"))
-            path = mask_png_file(mask_alpha(mask), color, self.GRADIO_CACHE)
+            if np.asarray(mask).dtype == np.uint8:  # a group layer: codes with its own dots
+                path = layer_png_file(mask, *group_layer_palette(color), self.GRADIO_CACHE)
+            else:
+                path = mask_png_file(mask_alpha(mask), color, self.GRADIO_CACHE)
             sections.append(Annotation(image=FileData(path=path), label=label))
         return AnnotatedImageData(image=FileData(path=str(utils.abspath(base_path))), annotations=sections)
 
@@ -179,18 +184,25 @@ def mask_png_file(alpha: np.ndarray, rgb: tuple[int, int, int], cache_dir: str |
     alpha. Written as an 8-bit palette image (palette index = alpha, a tRNS chunk gives each index
     its alpha): it decodes to exactly that RGBA picture, with a quarter of the bytes of an RGBA PNG
     to filter and compress."""
-    alpha = np.ascontiguousarray(alpha, dtype=np.uint8)
-    digest = _name_hash(alpha.tobytes())
-    digest.update(f"{alpha.shape} {tuple(rgb)} P".encode())
+    return layer_png_file(alpha, bytes((0, 0, 0)) + bytes(rgb) * 255, bytes(range(256)), cache_dir)
+
+
+def layer_png_file(codes: np.ndarray, palette_rgb: bytes, palette_alpha: bytes,
+                   cache_dir: str | None = None) -> str:
+    """A uint8 ``[H, W]`` code image drawn through a 256-entry palette (RGB bytes and, as a tRNS
+    chunk, alpha bytes), written once per content and palette; its absolute path."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    digest = _name_hash(codes.tobytes())
+    digest.update(f"{codes.shape} P".encode() + palette_rgb + palette_alpha)
     folder = Path(cache_dir or utils.get_upload_folder()) / "prunesid-studio"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest.hexdigest()}.png"
     if not path.exists():
-        h, w = alpha.shape
-        im = Image.frombytes("P", (w, h), alpha.tobytes())
-        im.putpalette(bytes((0, 0, 0)) + bytes(rgb) * 255, "RGB")
+        h, w = codes.shape
+        im = Image.frombytes("P", (w, h), codes.tobytes())
+        im.putpalette(palette_rgb, "RGB")
         tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.png"
-        im.save(tmp, format="PNG", compress_level=1, transparency=bytes(range(256)))
+        im.save(tmp, format="PNG", compress_level=1, transparency=palette_alpha)
         os.replace(tmp, path)
         _written(folder)
     return str(path.resolve())

@@ -114,7 +114,7 @@ def _group_annotations(pixels, sel, view, grid):
     sr = viz.selection_row(sel, view)
     nonempty = [g for g in range(sr.num_groups) if sr.group_size[g] > 0]
     note = (f"{len(nonempty)} non-empty groups. Hover a legend entry to see only that group; "
-            "white dots are the kept tokens.")
+            "white dots are its kept tokens.")
     if len(nonempty) <= MAX_GROUP_ANNOTATIONS:
         ann = viz.group_annotations(pixels, sel, view, size=DISPLAY, grid_shape=grid)
         return (ann.base, list(ann.annotations), dict(ann.color_map)), note

@@ -183,7 +183,34 @@ def test_group_masks_partition_the_image():
     assert set(full.color_map) == {label for _, label in full.annotations}
     assert full.color_map["group 2: 4 patches, keeps 1"] == group_hex(3)[1]
     x, y = grid.center(0)
-    assert all(m[int(y), int(x)] == 0 for m, _ in full.annotations)  # hole under a kept dot
+    assert all(m[int(y), int(x)] == 0 for m, _ in viz.group_masks(sel, grid=grid))  # a hole under a kept dot
+
+
+def test_each_group_layer_carries_only_its_own_kept_dots():
+    """Hovering a legend entry hides every other layer: a group's kept tokens must be drawn in its
+    own layer (white centre, dark rim), not on the base picture, or every dot stays on screen."""
+    from viz.overlays import DOT_CODE, MARK_LEVELS, RIM_CODE, group_layer_palette
+
+    sel = make_selection()
+    image = test_image()
+    full = viz.group_annotations(image, sel, size=64)
+    grid = PatchGrid(64, 64, 4, 4)
+    sr = viz.selection_row(sel)
+    assert np.array_equal(full.base, grid.fit(image))  # no marks on the picture itself
+    for layer, label in full.annotations:
+        g = int(label.split(":")[0].split()[1]) - 1
+        assert layer.dtype == np.uint8
+        for p in range(sr.num_patches):
+            x, y = grid.center(p)
+            centre = int(layer[int(y), int(x)])
+            if sr.kept[p] and sr.group[p] == g:
+                assert centre == DOT_CODE + MARK_LEVELS - 1, (label, p)  # opaque white
+            else:
+                assert centre < RIM_CODE, (label, p)  # another group's dot is not in this layer
+    rgb, alpha = group_layer_palette((200, 30, 40))
+    assert len(rgb) == 768 and len(alpha) == 256
+    assert rgb[3 * (DOT_CODE + MARK_LEVELS - 1):][:3] == bytes((255, 255, 255)) and alpha[-1] == 255
+    assert rgb[:3] == bytes((200, 30, 40)) and alpha[0] == 0
 
 
 def test_group_masks_skip_empty_groups():

@@ -227,14 +227,52 @@ def group_masks(
     return out
 
 
+# A group layer is one uint8 code per pixel, drawn with a palette made for its group's colour
+# (:func:`group_layer_palette`): a hovered legend entry hides every other layer, so each group's
+# kept-token dots live in its own layer, not on the base image, and vanish with their group.
+FILL_LEVELS = 160
+"""Codes ``0 .. FILL_LEVELS - 1``: the group's colour at alpha ``code / (FILL_LEVELS - 1)``."""
+MARK_LEVELS = 48
+RIM_CODE = FILL_LEVELS
+"""Codes ``RIM_CODE + i``: a kept dot's dark rim at coverage ``i / (MARK_LEVELS - 1)``."""
+DOT_CODE = FILL_LEVELS + MARK_LEVELS
+"""Codes ``DOT_CODE + i``: a kept dot's white centre over its rim, opaque, at coverage ``i / (MARK_LEVELS - 1)``."""
+RIM_RGB = (20, 20, 20)
+
+
+def group_layer_palette(rgb: Sequence[int]) -> tuple[bytes, bytes]:
+    """The 256-entry palette (RGB bytes, alpha bytes) that draws a group layer's codes in ``rgb``."""
+    levels = np.linspace(0.0, 1.0, MARK_LEVELS)
+    colour = np.asarray(rgb, dtype=np.float32)
+    rim = np.asarray(RIM_RGB, dtype=np.float32)
+    rgb_table = np.concatenate([
+        np.broadcast_to(colour, (FILL_LEVELS, 3)),
+        np.broadcast_to(rim, (MARK_LEVELS, 3)),
+        rim + levels[:, None] * (WHITE - rim),
+    ])
+    alpha = np.concatenate([np.linspace(0.0, 1.0, FILL_LEVELS), levels, np.ones(MARK_LEVELS)])
+    return (np.rint(rgb_table).astype(np.uint8).tobytes(), np.rint(alpha * 255).astype(np.uint8).tobytes())
+
+
+def _group_layer(mask: np.ndarray, rim: np.ndarray, dot: np.ndarray) -> np.ndarray:
+    """Codes for one group: its mask's fill, then its kept dots' rims and centres on top."""
+    code = np.rint(np.clip(mask, 0.0, 1.0) * (FILL_LEVELS - 1)).astype(np.uint8)
+    top = MARK_LEVELS - 1
+    code = np.where(rim >= 0.5, RIM_CODE + np.rint(rim * top).astype(np.uint8), code)
+    return np.where(dot > 0, DOT_CODE + np.rint(dot * top).astype(np.uint8), code).astype(np.uint8)
+
+
 class GroupAnnotations(NamedTuple):
-    """Everything ``gr.AnnotatedImage`` needs: ``value=(base, annotations)``, ``color_map``."""
+    """Everything ``gr.AnnotatedImage`` needs: ``value=(base, annotations)``, ``color_map``.
+
+    ``annotations`` hold group *layers* (uint8 codes, :func:`group_layer_palette`), each with its
+    group's kept-token dots; ``base`` is the picture without marks."""
 
     base: np.ndarray
     annotations: list[tuple[np.ndarray, str]]
     color_map: dict[str, str]
     pooled: np.ndarray | None = None
-    """The merged mask of the ``pool`` groups, when asked for."""
+    """The merged layer of the ``pool`` groups, when asked for."""
 
 
 def group_annotations(
@@ -247,20 +285,39 @@ def group_annotations(
     groups: Sequence[int] | None = None,
     pool: Sequence[int] | None = None,
 ) -> GroupAnnotations:
-    """The PSCA groups as an annotated image: hovering a legend entry isolates a group.
+    """The PSCA groups as an annotated image: hovering a legend entry isolates a group, with
+    only that group's kept tokens (white dots with a dark rim).
 
-    ``base`` is the display image with kept tokens marked by white dots; the masks
-    (:func:`group_masks`) leave holes where the dots are, so they stay visible.
-    ``groups`` / ``pool``: as in :func:`group_masks`; the pooled mask (if any) is ``pooled``,
-    not in ``annotations``.
+    The masks (:func:`group_masks`) leave holes where the dots sit; each layer fills its own
+    holes with its own dots. ``groups`` / ``pool``: as in :func:`group_masks`; the pooled layer
+    (if any) is ``pooled``, not in ``annotations``.
     """
     image, grid, sr = prepare(image, selection, row, size, grid_shape)
-    base = _kept_dots(image, grid, sr.kept)
     ann = group_masks(selection, row, grid=grid, groups=groups, pool=pool)
-    pooled = ann.pop()[0] if ann and ann[-1][1] == "" else None
+    r = 0.2 * grid.cell_size
+    kept_px = sr.kept[grid.cell_map]
+    rim_all = _disc_coverage(grid, r + 1.0 * _line_width(grid)) * kept_px
+    dot_all = _disc_coverage(grid, r) * kept_px
+    g_px = sr.group[grid.cell_map]
+
+    def layer(mask: np.ndarray, members: np.ndarray) -> np.ndarray:
+        own = members[g_px]
+        return _group_layer(mask, rim_all * own, dot_all * own)
+
+    n_ids = max(sr.num_groups, int(sr.group.max()) + 1)
+    wanted = list(range(sr.num_groups)) if groups is None else list(groups)
+    wanted = [g for g in wanted if sr.group_size[g] > 0]
+    layers = []
+    for g, (mask, label) in zip(wanted, ann):  # one layer per listed group: G <= 144
+        layers.append((layer(mask, np.arange(n_ids) == g), label))
+    pooled = None
+    if len(ann) > len(wanted):
+        members = np.zeros(n_ids, dtype=bool)
+        members[np.asarray(pool, dtype=np.int64)] = True
+        pooled = layer(ann[-1][0], members)
     hexes = group_hex(sr.num_groups)
-    labels = {label: hexes[int(label.split(":")[0].split()[1]) - 1] for _, label in ann}
-    return GroupAnnotations(base, ann, labels, pooled)
+    labels = {label: hexes[int(label.split(":")[0].split()[1]) - 1] for _, label in layers}
+    return GroupAnnotations(image, layers, labels, pooled)
 
 
 # ---- 3. NMS ---------------------------------------------------------------------------------
