@@ -26,9 +26,12 @@ from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROJECT_PACKAGES = ("prunesid", "prunesid_eval", "prunesid_vlm", "studio", "viz", "prunesid_lmms", "prunesid_report")
-TOOLS = ("prunesid_lmms", "prunesid_report", "evaluate.py", "report.py", "inllm_study.py")
-"""The batch tools (lmms-eval model, fidelity report): users of the public doors, like the app."""
+PROJECT_PACKAGES = ("prunesid", "prunesid_eval", "prunesid_vlm", "studio", "viz", "prunesid_lmms", "prunesid_report",
+                    "prunesid_cli")
+TOOLS = ("prunesid_lmms", "prunesid_report", "prunesid_cli", "evaluate.py", "report.py", "inllm_study.py")
+"""The batch tools (lmms-eval model, fidelity report, installed commands): users of the public doors, like the app."""
+TOOL_DOORS = ("prunesid_vlm.text_only", "prunesid_vlm.load_options")
+"""Doors of prunesid_vlm for the batch tools alone: questions without a picture, lmms-eval's loading options."""
 MODEL_AND_UI = ("transformers", "PIL", "cv2", "gradio", "matplotlib")
 HEAVY_ON_IMPORT = ("numba", "scipy", *MODEL_AND_UI)
 """What ``import prunesid`` must not load: the eigensolver imports SciPy and numba on its
@@ -207,6 +210,27 @@ def test_importing_prunesid_loads_no_heavy_library():
     assert not loaded, f"import prunesid loaded {roots} ({len(loaded)} modules, e.g. {loaded[:5]})"
 
 
+def test_the_entry_points_load_nothing_heavy():
+    """lmms-eval imports ``prunesid_lmms.plugin`` (the ``lmms_eval.models`` entry point) whenever it
+    starts, whichever model is asked for; the installed commands parse ``--help`` before importing
+    a script. Neither may load torch, transformers or the app's libraries on its own."""
+    code = (  # lmms-eval's model registry loads the entry points itself (and loads nothing heavy: 0.7.3)
+        "import json, sys\n"
+        "import prunesid_lmms, prunesid_cli\n"
+        "try:\n"
+        "    import lmms_eval.models.registry_v2, prunesid_lmms.plugin\n"
+        "except ImportError:\n"
+        "    pass\n"
+        f"heavy = {('torch', *HEAVY_ON_IMPORT)!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not loaded, f"the entry points loaded {sorted({m.split('.')[0] for m in loaded})}"
+
+
 def test_prunesid_imports_no_model_ui_or_sibling_package():
     bad = in_roots(*MODEL_AND_UI, "prunesid_vlm", "prunesid_eval", "studio", "viz")
     found = violations(python_files("prunesid", exclude=[PIPELINE_SHIM]), bad)
@@ -250,7 +274,8 @@ def tool_may_import(module: str) -> bool:
         return False
     if module.split(".")[0] == "studio":
         return module == "studio.media"
-    return studio_may_import(module) or module.split(".")[0] in ("prunesid_lmms", "prunesid_report")
+    return (studio_may_import(module) or module in TOOL_DOORS
+            or module.split(".")[0] in ("prunesid_lmms", "prunesid_report"))
 
 
 def test_the_batch_tools_use_only_public_doors():
