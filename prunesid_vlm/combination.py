@@ -17,6 +17,7 @@ are measured side by side.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +44,11 @@ MAX_REPEATS = 41
 """Timing passes per variant: at least the asked repeats, more while the passes are that quick."""
 STAGE_KEEP = 0.5
 """What each in-LLM stage keeps after PruneSID: FastV's and PyramidDrop's published ratio (50 %)."""
+SPREAD = (25, 75)
+"""Percentiles of the passes a timing's spread is given by (the middle half)."""
+CLOCK_RESOLUTION_S = time.get_clock_info("perf_counter").resolution
+RESOLVED_TICKS = 1000
+"""A prefill shorter than this many ticks of the clock is not resolved (said so instead of a ratio)."""
 
 
 @dataclass
@@ -60,6 +66,8 @@ class VariantRun:
     first_token_agrees: bool
     method_label: str = "PruneSID"
     """The pre-LLM method's name in labels (PruneSID unless the study was run with another)."""
+    times: list[float] = field(default_factory=list)
+    """Prefill seconds of every timing pass (``prefill_s`` is their median)."""
 
     @property
     def kind_label(self) -> str:
@@ -97,10 +105,40 @@ class CombinationStudy:
     def of_kind(self, kind: str) -> list[VariantRun]:
         return [r for r in self.runs if r.kind == kind]
 
+    def time_ratios(self, run: VariantRun) -> list[float]:
+        """Per timing pass: ``run``'s prefill over the unpruned one's in the same pass (paired: both
+        were timed moments apart, so a slow moment of a shared machine slows both)."""
+        if not run.times or len(run.times) != len(self.full.times):
+            return [run.prefill_s / self.full.prefill_s]
+        return [t / f for t, f in zip(run.times, self.full.times)]
+
+    def resolved(self, run: VariantRun) -> bool:
+        """Whether ``run``'s prefill lasts many ticks of the clock (else its time says nothing)."""
+        return run.prefill_s >= RESOLVED_TICKS * CLOCK_RESOLUTION_S
+
+    def same_schedule(self, run: VariantRun) -> VariantRun | None:
+        """An earlier run (the unpruned one included) whose layers see exactly ``run``'s tokens: the two
+        do the same work, so any gap between their times is run-to-run noise."""
+        for other in [self.full, *self.runs]:
+            if other is run:
+                return None
+            if other.tokens_per_layer == run.tokens_per_layer:
+                return other
+        return None
+
     def rows(self) -> list[dict]:
-        """One row per run (the unpruned one first), for tables and JSON."""
+        """One row per run (the unpruned one first), for tables and JSON.
+
+        Time: ``time_vs_full`` is the median over passes of the run's prefill over the unpruned one's
+        in the same pass, ``time_vs_full_spread`` the middle half of those ratios (percentiles
+        ``SPREAD``). ``time_within_noise``: that spread holds 1.0 — the run is not told apart from no
+        pruning; ``same_schedule_as``: an earlier row doing exactly the same work (its time gap is noise)."""
         out = []
         for run in [self.full, *self.runs]:
+            ratios = self.time_ratios(run)
+            low, high = (float(v) for v in np.percentile(ratios, SPREAD))
+            ms = [t * 1e3 for t in (run.times or [run.prefill_s])]
+            same = self.same_schedule(run)
             out.append({"variant": run.label, "kind": run.kind, "kind_label": run.kind_label, "budget": run.budget, "in_llm": run.schedule.name,
                         "image_tokens_per_layer": run.image_tokens_per_layer,
                         "mean_image_tokens": round(run.mean_image_tokens, 1),
@@ -108,7 +146,13 @@ class CombinationStudy:
                         "prefill_gflops": round(run.flops / 1e9, 3),
                         "flops_vs_full": round(run.flops / self.full.flops, 3),
                         "prefill_ms": round(run.prefill_s * 1e3, 2),
-                        "time_vs_full": round(run.prefill_s / self.full.prefill_s, 3),
+                        "prefill_ms_spread": [round(float(v), 2) for v in np.percentile(ms, SPREAD)],
+                        "passes": len(ms),
+                        "time_vs_full": round(float(np.median(ratios)), 3),
+                        "time_vs_full_spread": [round(low, 3), round(high, 3)],
+                        "time_within_noise": run is not self.full and low <= 1.0 <= high,
+                        "time_resolved": self.resolved(run) and self.resolved(self.full),
+                        "same_schedule_as": None if same is None else same.label,
                         "first_token_kl": round(run.first_token_kl, 5),
                         "first_token_agrees": run.first_token_agrees})
         return out
@@ -149,7 +193,7 @@ def answer_figures(pipe: Pipeline, feats: EncodedImages, full: Answer, pruned: A
     ``num_layers``, also the image tokens each layer saw, the total compression and the prefill
     FLOPs relative to no pruning, so that variants with and without in-LLM stages compare on one scale."""
     out = {"first_token_kl": first_token_kl(full.first_logits, pruned.first_logits),
-           "first_token_agrees": bool(full.first_logits.argmax() == pruned.first_logits.argmax()),
+           "first_token_agrees": pipe.same_first_token(full, pruned),  # the rule the answers were decoded by
            "same_answer": full.tokens == pruned.tokens}
     if num_layers:
         full_image = pipe.token_counts(feats).total
@@ -228,14 +272,16 @@ def combination_study(pipe: Pipeline, images: Sequence[Image.Image], question: s
     runs, timings, passes = pipe.staged_prefills(images, question, [entry[2:] for entry in plan], repeats=repeats,
                                                  min_seconds=min_seconds, max_repeats=MAX_REPEATS, progress=progress)
     full = runs[0]
+    # The first token greedy decoding takes (suppressed tokens never win), as for every answer shown.
+    full_first = pipe.first_token(full.first_logits)
     variants = []
     for (kind, k, _selection, schedule), run, times in zip(plan, runs, timings):
         variants.append(VariantRun(
             kind=kind, budget=k, schedule=schedule, image_tokens_per_layer=list(run.image_tokens_per_layer),
             tokens_per_layer=list(run.tokens_per_layer), flops=pipe.prefill_flops(run.tokens_per_layer),
-            prefill_s=float(np.median(times)),
+            prefill_s=float(np.median(times)), times=[float(t) for t in times],
             first_token_kl=first_token_kl(full.first_logits, run.first_logits),
-            first_token_agrees=bool(full.first_logits.argmax() == run.first_logits.argmax()),
+            first_token_agrees=pipe.first_token(run.first_logits) == full_first,
             method_label=method_label))
     return CombinationStudy(question=question, num_layers=num_layers, full=variants[0], runs=variants[1:],
                             selections=selections, repeats=passes)

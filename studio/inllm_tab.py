@@ -16,7 +16,9 @@ from prunesid_vlm.pipeline import Cost, check_question
 from viz.combination import plot_combination
 
 TABLE_HEADERS = ["variant", "image tokens per layer", "total compression", "prefill FLOPs vs none",
-                 "prefill time vs none", "first-token KL (nats)", "first token"]
+                 "prefill time vs none (spread)", "first-token KL (nats)", "first token"]
+"""Whole words only: on a phone the table scrolls sideways (``studio.compare_tab.CSS``) rather than break them."""
+TABLE_COLUMN_WIDTHS = ["16%", "16%", "12%", "10%", "22%", "12%", "12%"]
 REPEATS = 3
 MAX_BUDGETS = 6
 """Budgets per run: each costs (up to) four variants × REPEATS prefills."""
@@ -26,8 +28,10 @@ EXPLAINER = f"""How far can pruning go when it happens **before** the language m
 ranking, by the next layer's attention, after ¼, ½ and ¾ of the depth), or **both**? Each stage after PruneSID halves
 what is left ({STAGE_KEEP:.0%}); FastV alone keeps as many as PruneSID's budget, so both meet there. *Total compression*: the
 image tokens summed over all decoder layers without pruning, over the variant's. FLOPs are estimated from each
-layer's sequence length; times are medians of at least {REPEATS} prefills per variant (more when they take
-milliseconds), all measured in one rotating order."""
+layer's sequence length. Times: per pass, each variant's prefill over the unpruned one's in the same pass (at least
+{REPEATS} passes, more when they take milliseconds, every variant in one rotating order); the median, and in brackets
+the middle half of the passes — times whose ranges overlap are not told apart, and rows with the same token
+schedule do the same work, so any gap between them is noise."""
 
 
 def _schedule_text(counts: list[int]) -> str:
@@ -81,17 +85,50 @@ def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, m
         shown = None
     figure = plot_combination(rows, schedule_budget=shown)
     table = [[r["variant"], _schedule_text(r["image_tokens_per_layer"]), f"{r['compression']:.1f}×",
-              f"{r['flops_vs_full']:.2f}", f"{r['time_vs_full']:.2f}", f"{r['first_token_kl']:.4f}",
+              f"{r['flops_vs_full']:.2f}", time_text(r), f"{r['first_token_kl']:.4f}",
               "same" if r["first_token_agrees"] else "changed"] for r in rows]
     meaning = f"  \nℹ {pipe.model_id}: {pipe.meaning}." if pipe.meaning else ""
+    low, high = rows[0]["prefill_ms_spread"]
     markdown = (f"**Measured on** {label} · question: “{question}” · model `{pipe.model_id}` on {pipe.device} · "
-                f"no pruning: {rows[0]['prefill_ms']:.1f} ms prefill, {rows[0]['prefill_gflops']:.2f} GFLOPs; "
-                f"times are medians of {study.repeats} passes.  \n"
+                f"no pruning: {rows[0]['prefill_ms']:.1f} ms prefill ({low:.1f}–{high:.1f} ms over the middle half "
+                f"of {study.repeats} passes), {rows[0]['prefill_gflops']:.2f} GFLOPs.  \n"
+                f"{timing_note(rows)}  \n"
                 f"{depth_note(num_layers, '' if 'pyramiddrop' in pipe.in_llm_styles else pipe.in_llm_limits)}"
                 f"{meaning}")
     return {"figure": figure, "table": table, "markdown": markdown,
             "json": {"model_id": pipe.model_id, "question": question, "media": label, "num_layers": num_layers,
                      "repeats": study.repeats, "device": pipe.device, "rows": rows}}
+
+
+def time_text(row: dict) -> str:
+    """The time cell: ``"0.29 (0.25–0.41)"``, marked where it says nothing the spread does not."""
+    if not row.get("time_resolved", True):
+        return "below the clock's resolution"
+    if row["kind"] == "full":
+        return "1 (reference)"
+    text = f"{row['time_vs_full']:.2f}"
+    if row.get("time_vs_full_spread"):
+        low, high = row["time_vs_full_spread"]
+        text += f" ({low:.2f}–{high:.2f})"
+    if row.get("time_within_noise"):
+        text += " ≈ none (within noise)"
+    if row.get("same_schedule_as"):
+        text += f"; same work as {row['same_schedule_as']}"
+    return text
+
+
+def timing_note(rows: list[dict]) -> str:
+    """One sentence on what the times can tell apart here."""
+    if not all(r.get("time_resolved", True) for r in rows):
+        return "Some prefills are shorter than the clock resolves: their times are not shown."
+    twins = [r for r in rows if r.get("same_schedule_as")]
+    spreads = [high - low for r in rows[1:] for low, high in [r.get("time_vs_full_spread") or (0, 0)]]
+    text = (f"Run-to-run spread of the time ratios: up to {max(spreads, default=0):.2f} (middle half of the passes); "
+            "differences smaller than that are noise.")
+    if twins:
+        text += (" Same token schedule, same work: " + "; ".join(f"{r['variant']} = {r['same_schedule_as']}"
+                                                                 for r in twins) + ".")
+    return text
 
 
 def on_combination(get_pipeline):
@@ -119,7 +156,7 @@ def build_inllm_tab(image_input, question_input, budget_input, get_pipeline, med
     text = gr.Markdown(elem_id="inllm-text")
     plot = gr.Plot(show_label=False, elem_id="inllm-plot")
     table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str"] * len(TABLE_HEADERS), wrap=True, interactive=False,
-                         elem_id="inllm-table")
+                         column_widths=TABLE_COLUMN_WIDTHS, max_height=2000, pinned_columns=1, elem_id="inllm-table")
 
     def wire(raw) -> None:
         run.click(on_combination(get_pipeline), [image_input, question_input, budgets, budget_input] + media,

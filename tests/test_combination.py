@@ -133,3 +133,54 @@ def test_quick_prefills_are_timed_over_more_passes(llava_pipeline):
     more = combination_study(llava_pipeline, [image], QUESTION, budgets=(64,), kinds=("prunesid",), repeats=2,
                              min_seconds=1.0)
     assert 2 < more.repeats <= MAX_REPEATS
+
+
+def test_timings_come_with_their_spread_and_equal_schedules_are_named(llava_pipeline):
+    """On the 2-layer demo PruneSID + FastV and PruneSID + PyramidDrop run the same schedule: their time
+    gap is noise, and the rows say so; every time carries the spread of its passes (issue 24)."""
+    study = combination_study(llava_pipeline, [make_image(3)], QUESTION, budgets=(64, 16), repeats=3, min_seconds=0.0)
+    rows = {r["variant"]: r for r in study.rows()}
+    for budget in (64, 16):
+        pyramid = rows[f"PruneSID + PyramidDrop {budget}"]
+        assert pyramid["same_schedule_as"] == f"PruneSID + FastV {budget}"
+        assert rows[f"PruneSID alone {budget}"]["same_schedule_as"] is None
+    for run in [study.full, *study.runs]:
+        row = rows[run.label]
+        assert len(run.times) == study.repeats == row["passes"] == 3
+        assert run.prefill_s == pytest.approx(float(np.median(run.times)))
+        low, high = row["time_vs_full_spread"]
+        ratios = study.time_ratios(run)
+        assert low <= row["time_vs_full"] <= high and row["time_vs_full"] == pytest.approx(np.median(ratios), abs=1e-3)
+        assert row["time_within_noise"] == (run is not study.full and low <= 1.0 <= high)
+        assert row["time_resolved"]
+    assert rows["No pruning"]["time_vs_full"] == 1.0 and not rows["No pruning"]["time_within_noise"]
+    fig = plot_combination(study.rows(), schedule_budget=64)
+    assert any("middle half of the passes" in ax.get_title() for ax in fig.axes)
+    legend = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+    assert "PruneSID alone: 64 in (9.0×)" in legend and "No pruning: 576 in" in legend
+
+
+def test_first_token_agreement_is_the_token_decoding_takes(llava_pipeline, monkeypatch):
+    """'Same first token' compares the tokens greedy decoding takes (the generation config's suppressed
+    tokens never win), not the logits' raw argmax (issue 24: 'same first token: no' beside identical
+    answers). Here the raw argmaxes differ, and every token ranked above the first one both runs rank
+    high is suppressed: decoding starts both answers with that token, so they agree."""
+    from prunesid_vlm.generation import without_suppressed
+    from prunesid_vlm.inllm import NO_STAGES
+
+    pipe, image = llava_pipeline, make_image(3)
+    selection = pipe.select(pipe.encode([image]), 64)
+    full = pipe.staged_prefill([image], QUESTION, None, NO_STAGES).first_logits
+    pruned = pipe.staged_prefill([image], QUESTION, selection, NO_STAGES).first_logits
+    assert int(full.argmax()) != int(pruned.argmax()), "the raw rule must disagree for this test to mean anything"
+    rank = {name: without_suppressed(pipe.model, logits[None])[0].argsort(descending=True)[:50].tolist()
+            for name, logits in (("full", full), ("pruned", pruned))}
+    shared = next(t for t in rank["full"] if t in rank["pruned"])
+    above = {t for order in rank.values() for t in order[:order.index(shared)]}
+    suppress = list(pipe.model.generation_config.suppress_tokens or []) + sorted(above)
+    monkeypatch.setattr(pipe.model.generation_config, "suppress_tokens", suppress)
+    assert pipe.first_token(full) == pipe.first_token(pruned) == shared
+    study = combination_study(pipe, [image], QUESTION, budgets=(64,), kinds=("prunesid",), repeats=1,
+                              min_seconds=0.0)
+    (run,) = study.runs
+    assert run.first_token_agrees and study.rows()[1]["first_token_agrees"]

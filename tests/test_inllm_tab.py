@@ -60,3 +60,23 @@ def test_the_scripted_endpoint(llava_pipeline, image_path):
         out = client.predict(handle_file(image_path), "What is this?", "32", api_name="/compare_in_llm")
     assert [r["kind"] for r in out["rows"]] == ["full", "prunesid", "fastv", "prunesid+fastv", "prunesid+pyramiddrop"]
     assert out["rows"][3]["image_tokens_per_layer"] == [32, 16]
+
+
+def test_times_within_noise_are_said_to_be(llava_pipeline, image_path):
+    """Identical token schedules are named as doing the same work; a time whose spread holds 1 is
+    'within noise'; the spread is in every cell (issue 24)."""
+    from studio.inllm_tab import TABLE_HEADERS, time_text
+
+    out = combination_view(image_path, "What is it?", "64", lambda: llava_pipeline, repeats=3)
+    column = TABLE_HEADERS.index("prefill time vs none (spread)")
+    cells = {row[0]: row[column] for row in out["table"]}
+    assert cells["No pruning"] == "1 (reference)"
+    assert cells["PruneSID + PyramidDrop 64"].endswith("same work as PruneSID + FastV 64")
+    for row in out["json"]["rows"][1:]:
+        low, high = row["time_vs_full_spread"]
+        assert f"({low:.2f}–{high:.2f})" in cells[row["variant"]]
+        assert ("within noise" in cells[row["variant"]]) == row["time_within_noise"]
+    assert "PruneSID + PyramidDrop 64 = PruneSID + FastV 64" in out["markdown"]
+    assert "noise" in out["markdown"]
+    assert time_text({"kind": "prunesid", "time_vs_full": 0.5, "time_resolved": False}) == \
+        "below the clock's resolution"

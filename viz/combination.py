@@ -6,8 +6,9 @@ run drawn beside it. Pure: plain numbers in, a matplotlib Figure out.
 
 ``rows`` are the study's rows (``CombinationStudy.rows()``): dicts with ``kind``, ``kind_label``,
 ``budget``, ``compression``, ``first_token_kl``, ``flops_vs_full``, ``time_vs_full`` (None: not
-drawn) and
-``image_tokens_per_layer``; the ``"full"`` row is the unpruned reference.
+drawn), optionally ``time_vs_full_spread`` (``[low, high]``: the middle half of the timing passes,
+drawn as a bar; ``time_resolved`` False: no time drawn) and ``image_tokens_per_layer`` (its first
+entry: the image tokens handed to the language model); the ``"full"`` row is the unpruned reference.
 """
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ def _log_ticks(axis, low: float, high: float) -> None:
     axis.set_major_locator(FixedLocator(inside))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
+
+
+def _timed(row: Mapping) -> bool:
+    """Whether a row's time is drawn: measured, and long enough for the clock to resolve."""
+    return row.get("time_vs_full") is not None and row.get("time_resolved", True)
+
+
+def _count(value: float) -> str:
+    """A token count (a mean over items may be fractional)."""
+    return f"{value:g}" if float(value) != int(value) else str(int(value))
 
 
 def _by_kind(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
@@ -68,9 +79,14 @@ def plot_combination(rows: Sequence[Mapping], *, schedule_budget: int | None = N
                 kl_ax.plot(r["compression"], max(r["first_token_kl"], KL_FLOOR), "o", markersize=11,
                            markerfacecolor="none", markeredgecolor="#D55E00", markeredgewidth=1.2)
         cost_ax.plot(x, [r["flops_vs_full"] for r in group], **style)
-        if all(r.get("time_vs_full") is not None for r in group):
+        if all(_timed(r) for r in group):
             cost_ax.plot(x, [r["time_vs_full"] for r in group], color=style["color"], marker=style["marker"],
                          markersize=4, linewidth=1.1, linestyle=":", alpha=0.8)
+            for r in group:  # the run-to-run spread: differences inside it are noise
+                if r.get("time_vs_full_spread"):
+                    low, high = r["time_vs_full_spread"]
+                    cost_ax.plot([r["compression"]] * 2, [low, high], color=style["color"], linewidth=3.0,
+                                 alpha=0.35, solid_capstyle="butt")
     spread = [r["compression"] for g in groups.values() for r in g]
     kl_ax.set_xscale("log")
     kl_ax.set_yscale("log")
@@ -85,17 +101,22 @@ def plot_combination(rows: Sequence[Mapping], *, schedule_budget: int | None = N
     cost_ax.set_xscale("log")
     _log_ticks(cost_ax.xaxis, min(spread), max(spread))
     cost_ax.axhline(1.0, color=KIND_COLORS["full"], linewidth=0.8, linestyle="--")
-    timed = [r["time_vs_full"] for g in groups.values() for r in g if r.get("time_vs_full") is not None]
+    timed = [v for g in groups.values() for r in g if _timed(r)
+             for v in [r["time_vs_full"], *(r.get("time_vs_full_spread") or [])]]
     cost_ax.set_ylim(0, 1.08 * max([1.0, *timed]))
     cost_ax.set_xlabel("total compression (×)", fontsize=FONT_SIZE)
     cost_ax.set_ylabel("prefill, relative to no pruning", fontsize=FONT_SIZE)
-    cost_ax.set_title("Prefill FLOPs (solid), measured time (dotted)" if timed else "Prefill FLOPs (estimated)",
-                      fontsize=FONT_SIZE + 1)
+    spread = any(r.get("time_vs_full_spread") for g in groups.values() for r in g if _timed(r))
+    cost_ax.set_title(("Prefill FLOPs (solid), measured time (dotted)" + (
+        "\nbars: middle half of the passes (overlapping: not told apart)" if spread else ""))
+        if timed else "Prefill FLOPs (estimated)", fontsize=FONT_SIZE + 1 if not spread else FONT_SIZE)
     _style(cost_ax)
     num_layers = len(full["image_tokens_per_layer"])
     edges = np.arange(num_layers + 1) + 0.5
-    drawn = [(full["kind_label"], full["image_tokens_per_layer"], KIND_COLORS["full"], "--")]
-    drawn += [(f"{r['kind_label']} ({r['compression']:.1f}×)", r["image_tokens_per_layer"], KIND_COLORS.get(kind), "-")
+    drawn = [(f"{full['kind_label']}: {_count(full['image_tokens_per_layer'][0])} in", full["image_tokens_per_layer"],
+              KIND_COLORS["full"], "--")]
+    drawn += [(f"{r['kind_label']}: {_count(r['image_tokens_per_layer'][0])} in ({r['compression']:.1f}×)",
+               r["image_tokens_per_layer"], KIND_COLORS.get(kind), "-")
               for kind, group in groups.items() for r in group if r["budget"] == shown]
     for order, (label, counts, color, style) in enumerate(drawn):
         # Later lines thinner, so that equal schedules stay visible on top of each other.
@@ -112,7 +133,8 @@ def plot_combination(rows: Sequence[Mapping], *, schedule_budget: int | None = N
     schedule_ax.set_title(f"Token schedule at budget {shown}", fontsize=FONT_SIZE + 1)
     schedule_ax.set_xticks(range(1, num_layers + 1, max(1, num_layers // 8)))
     schedule_ax.legend(fontsize=FONT_SIZE - 2, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                       ncols=2)
+                       ncols=2, title="image tokens handed to the LLM, and the total compression",
+                       title_fontsize=FONT_SIZE - 2)
     _style(schedule_ax)
     fig.suptitle(title, fontsize=FONT_SIZE + 2)
     return fig
