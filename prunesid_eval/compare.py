@@ -68,7 +68,9 @@ class MethodRun:
     seconds: float
     """Wall-clock time of the selection call (features cached)."""
     published: PublishedFigure | None
-    """The paper's relative accuracy at this budget, if reported."""
+    """The paper's relative accuracy for this method at the budget asked for, if reported.
+    ``published.num_tokens`` is the paper's budget: for PruneSID-Dyn a nominal one (the paper's
+    average count), not :meth:`tokens` here, which is what this image's selection handed over."""
 
     @property
     def name(self) -> str:
@@ -358,18 +360,40 @@ FidelityFn = Callable[[str, int, Selection], float]
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Per method and budget: tokens handed over, feature coverage and (optionally) fidelity."""
+    """Per method and budget: tokens handed over, feature coverage and (optionally) fidelity.
+
+    ``budgets`` are the budgets asked for (K); what each point handed over is ``tokens`` (or, when a
+    model counted it, ``handed``): a method whose count differs from K (PruneSID-Dyn, which scales K
+    by the image's φ; Qwen's K′; several views) is drawn and labelled at its count, not at K."""
 
     budgets: tuple[int, ...]
     methods: tuple[str, ...]
     labels: tuple[str, ...]
     tokens: dict[str, list[int]]
+    """Per method and budget: tokens of the swept row's selection (kept rows + merged tokens)."""
     coverage: dict[str, list[float]]
     fidelity: dict[str, list[float]] | None
     fidelity_metric: str | None
     selection_seconds: dict[str, float]
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    handed: dict[str, list[int]] | None = None
+    """Per method and budget: the visual tokens the language model receives for the point, all views
+    together (a model's count, :meth:`Pipeline.token_counts`); None when no model counted them (then
+    ``tokens`` is what is handed over)."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Methods asked for that did not run on this model, each with the reason."""
+    paper_budgets: tuple[int, ...] | None = None
+    """Per budget: the same budget in the counting of the published figures (LLaVA-NeXT's are totals
+    over the base image and its crops); None: the budgets themselves."""
+
+    def handed_tokens(self, method: str) -> list[int]:
+        """Per budget: the tokens ``method`` handed over — where its points belong on a token axis."""
+        return list((self.handed or self.tokens)[method])
+
+    def differs_from_budget(self, method: str) -> bool:
+        """Whether ``method`` handed over another count than the budget asked for at some point."""
+        return self.handed_tokens(method) != list(self.budgets)
 
     def to_dict(self) -> dict:
         return {
@@ -377,12 +401,14 @@ class SweepResult:
             "methods": list(self.methods),
             "labels": list(self.labels),
             "tokens": self.tokens,
+            "handed_tokens": {m: self.handed_tokens(m) for m in self.methods},
             "coverage": self.coverage,
             "fidelity": self.fidelity,
             "fidelity_metric": self.fidelity_metric,
             "selection_ms": {k: 1000.0 * v for k, v in self.selection_seconds.items()},
             "seconds": self.seconds,
             "notes": list(self.notes),
+            "unavailable": dict(self.unavailable),
         }
 
 

@@ -14,21 +14,23 @@ from __future__ import annotations
 import inspect
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from PIL import Image
 
 from prunesid import select_tokens_qwen
 from prunesid.subset import concat_selections
-from prunesid_eval.compare import MethodRun, StabilityResult, SweepResult, budget_sweep, stability, take_row
+from prunesid.result import Selection
+from prunesid_eval.compare import (MethodRun, StabilityResult, SweepResult, budget_sweep, coverage, stability,
+                                   take_row)
 from prunesid_eval.methods import get_method, list_methods
-from prunesid_eval.published import FAMILY_MODEL, LLAVA_15_7B, published_figure
+from prunesid_eval.published import FAMILY_MODEL, LLAVA_15_7B, LLAVA_NEXT_7B, published_figure
 
 from .fidelity import first_token_kl
 from .pipeline import Pipeline, check_budget, check_question, selection_budgets, view_budgets
-from .rules import budget_patches
-from .results import CompareResult, EncodedImages
+from .rules import budget_patches, keeps_everything
+from .results import CompareResult, EncodedImages, TokenCounts
 
 Progress = Callable[[float, str], None]
 
@@ -55,6 +57,38 @@ def published_model(pipe: Pipeline) -> str:
     return FAMILY_MODEL.get(pipe.family, LLAVA_15_7B)
 
 
+def paper_budget(pipe: Pipeline, feats: EncodedImages, num_tokens: int) -> int:
+    """The budget K (per view, as the slider) in the counting of the paper's figures shown for ``pipe``:
+    K per image for LLaVA-1.5 and per frame for Video-LLaVA; the total over the base image and its
+    crops for LLaVA-NeXT (640 / 320 / 160 = 128 / 64 / 32 on each of five views)."""
+    if published_model(pipe) == LLAVA_NEXT_7B:
+        return sum(view_budgets(feats, num_tokens))
+    return int(num_tokens)
+
+
+def handed_tokens(pipe: Pipeline, feats: EncodedImages, selection: Selection) -> int:
+    """The visual tokens the language model receives with ``selection`` on ``feats``: every view's
+    kept patches, CLS where kept and merged tokens, plus LLaVA-NeXT's row-end newlines — what the
+    prompt holds. A selection that keeps every patch is answered unpruned (all patches, no CLS)."""
+    return pipe.token_counts(feats, selection).total
+
+
+def unavailable_reasons(pipe: Pipeline, feats: EncodedImages, names: Sequence[str]) -> dict[str, str]:
+    """Of ``names``, the methods that cannot run on ``feats`` with ``pipe``'s model, each with the
+    pipeline's reason (:meth:`Pipeline.unavailable_methods`), in the order given."""
+    refused = pipe.unavailable_methods(feats)
+    return {name: refused[name] for name in names if name in refused}
+
+
+def unavailable_text(pipe: Pipeline, unavailable: dict[str, str]) -> str:
+    """``"Not run, not available for demo/x — CDPruner: <reason>; VisionZip: <reason>."`` (``""`` when none)."""
+    if not unavailable:
+        return ""
+    return (f"Not run, not available for {pipe.model_id} — "
+            + "; ".join(f"{get_method(name).label}: {reason.rstrip('.')}" for name, reason in unavailable.items())
+            + ".")
+
+
 @dataclass
 class MethodsComparison:
     """Every chosen method's selection on one media item at one budget, with answers if asked."""
@@ -70,8 +104,19 @@ class MethodsComparison:
     full_tokens: int | None = None
     generations: dict[str, int] = field(default_factory=dict)
     """Generations this comparison ran (``full``, ``pruned``); cached answers are not counted."""
-    unavailable: list[str] = field(default_factory=list)
-    """Methods asked for that cannot run on this model (CLS-attention ones on Qwen)."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Methods asked for that cannot run on this model, each with the pipeline's reason
+    (:meth:`Pipeline.unavailable_methods`: CLS-attention ones on Qwen, CDPruner without CLIP's text tower)."""
+    counts: dict[str, TokenCounts] = field(default_factory=dict)
+    """Per method: the visual tokens its selection hands the language model, per view (and newlines)."""
+    unpruned: list[str] = field(default_factory=list)
+    """Methods whose selection keeps every patch: the model is then answered unpruned (no CLS)."""
+    paper_budget: int | None = None
+    """The budget the paper's figures are looked up at (:func:`paper_budget`)."""
+
+    def handed(self, name: str) -> int:
+        """The visual tokens method ``name`` handed to the language model (all views)."""
+        return self.counts[name].total
 
     @property
     def selection_s(self) -> float:
@@ -105,10 +150,10 @@ def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: i
         question = check_question(question)
     feats = pipe.encode(images)
     k = check_budget(num_tokens, budget_patches(feats))
-    usable = pipe.available_methods(feats)
-    unavailable = [n for n in names if n not in usable]
-    names = [n for n in names if n in usable]
+    unavailable = unavailable_reasons(pipe, feats, names)
+    names = [n for n in names if n not in unavailable]
     model = published_model(pipe)
+    at = paper_budget(pipe, feats, k)
     options = pipe.method_options(feats, names, question=instruction or question)
     if native_dtype:
         options = with_native_dtype(options, names, feats.hidden_states.dtype)
@@ -117,9 +162,13 @@ def compare_methods(pipe: Pipeline, images: Sequence[Image.Image], num_tokens: i
         start = time.perf_counter()
         sel = pipe.select(feats, k, method=name, options=options)
         seconds = time.perf_counter() - start
-        runs.append(MethodRun(get_method(name), sel, seconds, published_figure(name, int(sel.num_tokens.sum()), model)))
+        # The paper's figure at the budget asked for (for PruneSID-Dyn a nominal one), never at the count handed over.
+        runs.append(MethodRun(get_method(name), sel, seconds, published_figure(name, at, model)))
     out = MethodsComparison(feats=feats, budget=k, selection_budgets=selection_budgets(feats, view_budgets(feats, k)),
-                            runs=runs, question=question, unavailable=unavailable)
+                            runs=runs, question=question, unavailable=unavailable,
+                            counts={r.name: pipe.token_counts(feats, r.selection) for r in runs},
+                            unpruned=[r.name for r in runs if keeps_everything(feats, r.selection)],
+                            paper_budget=at)
     if question is None:
         return out
     before = dict(pipe.stats)
@@ -152,22 +201,33 @@ def _qwen_rule(hidden_states, _cls_attention, num_tokens, *, pca="exact", genera
 def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
           methods: Sequence[str] | str | None = None, *, question: str | None = None,
           progress: Progress | None = None) -> tuple[SweepResult, dict[str, int]]:
-    """Feature coverage (and, with a ``question``, first-token fidelity) against budget, per method,
-    on the first tower view. Returns the result and the generations it ran."""
+    """Feature coverage (and, with a ``question``, first-token fidelity) against the tokens handed
+    over, per method and budget. Returns the result and the generations it ran.
+
+    Every point is the pipeline's selection on every view — the tokens the model is given — so its
+    fidelity, its coverage and its count (``result.handed``) describe the same selection. Methods
+    this model cannot run are left out with the pipeline's reason (``result.unavailable``)."""
     names = check_methods(methods)
     feats = pipe.encode(images)
-    names = [n for n in names if n in pipe.available_methods(feats)]
+    unavailable = unavailable_reasons(pipe, feats, names)
+    names = [n for n in names if n not in unavailable]
+    if not names:
+        raise ValueError(f"None of the chosen methods runs here. {unavailable_text(pipe, unavailable)}")
     points = sorted({check_budget(k, budget_patches(feats)) for k in budgets})
     options = pipe.method_options(feats, names, question=question)
-    options["prunesid-dyn"] = {"phi_ref": feats.phi_ref}  # the one-view rule of view_budgets
     before = dict(pipe.stats)
+    chosen, seconds = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        for k in points:
+            chosen[(name, k)] = pipe.select(feats, k, method=name, options=options)
+        seconds[name] = time.perf_counter() - start
     fidelity = None
     if question is not None:
         question = check_question(question)
         # The model sees every view, so each point is selected on all of them (deterministic), and
         # all points are prefilled together; the full prompt's logits are shared with every point
         # (and with the Explore tab's answer to the same question, when there is one).
-        chosen = {(name, k): pipe.select(feats, k, method=name, options=options) for name in names for k in points}
         logits = pipe.first_token_logits(images, question, [None, *chosen.values()])
         kl = {point: first_token_kl(logits[0], row) for point, row in zip(chosen, logits[1:])}
 
@@ -176,13 +236,23 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
 
         fidelity = point_fidelity
 
-    made = None
-    if feats.rule == "qwen":  # the rules the sweep runs itself are the CLS-token ones: hand it Qwen's
-        made = {name: concat_selections([take_row(pipe.select(feats, k, method=name, options=options), 0)
-                                         for k in points]) for name in names}
+    # Coverage on the first view from budget_sweep; the same selections, one row per budget.
+    made = {name: concat_selections([take_row(chosen[(name, k)], 0) for k in points]) for name in names}
     result = budget_sweep(feats.hidden_states, feats.cls_attention, points, names, fidelity=fidelity,
                           fidelity_metric=FIDELITY_METRIC if fidelity else None, options=options, progress=progress,
                           selections=made)
+    notes = list(result.notes)
+    cover = result.coverage
+    if feats.num_views > 1:  # the tokens handed over come from every view: cover every view
+        cover = {name: [float(coverage(feats.hidden_states, chosen[(name, k)]).mean()) for k in points]
+                 for name in names}
+        notes.append(f"Coverage is the mean over the {feats.num_views} views, and tokens are counted over all of "
+                     "them.")
+    if unavailable:
+        notes.append(unavailable_text(pipe, unavailable))
+    handed = {name: [handed_tokens(pipe, feats, chosen[(name, k)]) for k in points] for name in names}
+    result = replace(result, handed=handed, coverage=cover, unavailable=unavailable, notes=tuple(notes),
+                     selection_seconds=seconds, paper_budgets=tuple(paper_budget(pipe, feats, k) for k in points))
     return result, _generations_since(pipe, before)
 
 
@@ -203,6 +273,8 @@ class QuestionSensitivity:
     questions: list[str]
     selections: dict[str, list]
     """Per method: one selection per question."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Methods asked for that cannot run on this model, each with the pipeline's reason."""
 
     def jaccard(self, method: str) -> list[float]:
         """Per question after the first: the Jaccard index of its kept patches with the first's (view 0)."""
@@ -223,7 +295,9 @@ def question_sensitivity(pipe: Pipeline, images: Sequence[Image.Image], num_toke
         raise ValueError("give at least two questions to compare")
     feats = pipe.encode(images)
     k = check_budget(num_tokens, budget_patches(feats))
-    names = [m for m in check_methods(list(methods)) if m in pipe.available_methods(feats)]
+    names = check_methods(list(methods))
+    unavailable = unavailable_reasons(pipe, feats, names)
     chosen = {name: [pipe.select(feats, k, method=name, options=pipe.method_options(feats, [name], question=q))
-                     for q in questions] for name in names}
-    return QuestionSensitivity(feats=feats, budget=k, questions=questions, selections=chosen)
+                     for q in questions] for name in names if name not in unavailable}
+    return QuestionSensitivity(feats=feats, budget=k, questions=questions, selections=chosen,
+                               unavailable=unavailable)

@@ -204,6 +204,9 @@ def image_path(tmp_path_factory):
 
 
 def test_compare_view_with_answers(llava_pipeline, image_path):
+    from PIL import Image
+
+    from prunesid_vlm import studies
     from studio.compare_tab import TABLE_HEADERS, compare_view
 
     out = compare_view(image_path, "What is this?", 64, ["prunesid", "visionzip", "divprune"], lambda: llava_pipeline,
@@ -215,8 +218,32 @@ def test_compare_view_with_answers(llava_pipeline, image_path):
     assert [m["tokens"] for m in d["methods"]] == [64, 64, 64]
     assert d["methods"][0]["published"]["relative_accuracy"] == 95.9
     assert d["methods"][1]["merged_tokens"] == 10
-    assert all(m["fidelity"] >= 0 and isinstance(m["answer"], str) for m in d["methods"])
     assert d["budget"] == 64 and d["published_budgets"] == [64, 192]
+    # The result schema (docs/result-schema.md): the full answer once, each method's pruned answer and fidelity
+    # as CompareResult.to_dict() names them.
+    made = studies.compare_methods(llava_pipeline, [Image.open(image_path)], 64, ["prunesid", "visionzip", "divprune"],
+                                   question="What is this?", max_new_tokens=2)
+    assert d["schema"] == "prunesid-result/1" and d["model"]["id"] == llava_pipeline.model_id
+    untimed = lambda run: {k: v for k, v in run.items() if k != "timings"}  # noqa: E731 — timings are per call
+    assert untimed(d["full"]) == untimed(json.loads(json.dumps(made.results["prunesid"].run_dict("full"))))
+    assert d["full"]["answer"] == d["full_answer"] and d["full"]["visual_tokens"] == 576
+    assert set(d["full"]["timings"]) == {"vision_s", "selection_s", "project_s", "prefill_s", "decode_s", "total_s"}
+    for m in d["methods"]:
+        expected = json.loads(json.dumps(made.results[m["method"]].to_dict()))
+        for key in ("selection", "budgets", "token_counts"):
+            assert m[key] == expected[key], (m["method"], key)
+        assert untimed(m["pruned"]) == untimed(expected["pruned"]) and m["pruned"]["timings"]["selection_s"] > 0
+        assert m["fidelity"]["first_token_kl_nats"] == pytest.approx(expected["fidelity"]["first_token_kl_nats"])
+        assert m["fidelity"]["first_token_agrees"] == m["first_token_agrees"] == expected["fidelity"]["first_token_agrees"]
+        assert m["pruned"]["answer"] == m["answer"] and m["pruned"]["visual_tokens"] == m["tokens"] == 64
+        assert m["token_counts"]["pruned"]["total"] == 64 and m["selection"][0]["keep"] == m["keep"]
+    # Without answers: the same fields, the answers' ones empty.
+    bare = compare_view(image_path, "", 64, ["prunesid"], lambda: llava_pipeline, answers=False)["json"]
+    (row,) = bare["methods"]
+    assert bare["full"] is None and row["pruned"] is None and row["fidelity"] is None and row["prefill"] is None
+    assert row["token_counts"] == {"full": {"per_view": [576], "newlines": 0, "total": 576},
+                                   "pruned": {"per_view": [64], "newlines": 0, "total": 64}}
+    assert row["budgets"] == [64] and len(row["selection"][0]["keep"]) == 64
 
 
 def test_compare_view_without_answers_and_errors(llava_pipeline, image_path):
@@ -275,8 +302,9 @@ def test_handlers_never_raise(llava_pipeline, image_path):
 
     out = on_compare(broken)(image_path, "q", 64, None, False, 4, progress=nothing)
     assert "went wrong" in out[2] and "boom" not in out[2]
-    gallery, table, status, raw = on_compare(get)(image_path, "q", 64, ["grid", "topk"], False, 4, progress=nothing)
-    assert len(gallery) == 2 and len(table) == 2 and raw["budget"] == 64
+    gallery, table, status, raw, notes = on_compare(get)(image_path, "q", 64, ["grid", "topk"], False, 4,
+                                                         progress=nothing)
+    assert len(gallery) == 2 and len(table) == 2 and raw["budget"] == 64 and "tokens to the LLM" in notes
 
 
 def test_compare_endpoint_with_gradio_client(llava_pipeline, image_path):
@@ -337,13 +365,27 @@ def test_stability_and_sweep_endpoints(llava_pipeline, image_path):
     from gradio_client import handle_file
 
     with compare_tab_client(llava_pipeline) as client:
-        assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/compare"}
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
         st = client.predict(handle_file(image_path), 64, 3, api_name="/compare_stability")
         sw = client.predict(handle_file(image_path), "What is this?", "16, 64", "grid, divprune",
                             api_name="/compare_sweep")
+        coverage_only = client.predict(handle_file(image_path), "", "16, 64", "grid", api_name="/compare_sweep")
+    # Every study is listed (the README points scripts to them), each parameter named and described.
+    expected = {"/compare": ["image", "question", "budget", "methods", "answers"],
+                "/compare_stability": ["image", "budget", "seeds"],
+                "/compare_sweep": ["image", "question", "budgets", "methods"],
+                "/compare_in_llm": ["image", "question", "budgets"]}
+    assert set(endpoints) == set(expected)
+    for name, params in expected.items():
+        assert [p["parameter_name"] for p in endpoints[name]["parameters"]] == params, name
+        for p in endpoints[name]["parameters"]:
+            assert p["label"].startswith(p["parameter_name"] + ": ") and len(p["label"]) > 30, (name, p["label"])
+        assert len(endpoints[name]["description"]) > 80, name
     assert st["exact_repeat_jaccard"] == 1.0 and len(st["seeds"]) == 3
     assert sw["methods"] == ["grid", "divprune"] and sw["budgets"] == [16, 64]
+    assert sw["handed_tokens"] == {"grid": [16, 64], "divprune": [16, 64]} and sw["fidelity"] is not None
     assert sw["published"]["divprune"]["64"] == 94.6
+    assert coverage_only["fidelity"] is None and coverage_only["question"] is None  # empty question: no model run
 
 
 def test_compare_follows_the_explore_tabs_media_video_frames_included(llava_pipeline, image_path):
@@ -384,7 +426,9 @@ def test_native_dtype_reaches_the_baselines_that_take_it(llava_pipeline, images,
     out = compare_view(image_path, "q", 64, ["divprune", "vispruner"], lambda: llava_pipeline, answers=False,
                        native_dtype=True)
     assert all(row["native_dtype"] for row in out["json"]["methods"])
-    assert any("authors" in h for h in TABLE_HEADERS) and all(len(r) == len(TABLE_HEADERS) for r in out["table"])
+    assert all(len(r) == len(TABLE_HEADERS) for r in out["table"])
+    # The agreement with the authors' code is explained under the table (not in a column too long for it).
+    assert "Beside its authors' code" in out["notes"] and get_method("divprune").versus_code in out["notes"]
 
 
 def test_a_tower_alone_compares_methods_and_sweeps_without_answers(llava_pipeline, image_path):
@@ -456,3 +500,142 @@ def test_cdpruner_is_unavailable_when_clips_text_tower_cannot_be_loaded(deep_lla
     with pytest.raises(NoTextTower, match="openai/clip-vit-large-patch14-336"):
         pipe.text_side()
     assert len(tries) == 1
+
+
+# ---- issue 24: every figure and label names the tokens actually handed over ---------------------------
+def _line_x(fig, label: str, axis: int = 0) -> list[float]:
+    """The x data of the line labelled ``label`` in the figure's ``axis``-th axes, ascending."""
+    (line,) = [ln for ln in fig.axes[axis].get_lines() if ln.get_label() == label]
+    return sorted(float(v) for v in line.get_xdata())
+
+
+def test_the_sweep_draws_every_method_at_the_tokens_it_handed_over(llava_pipeline, image_path):
+    """PruneSID-Dyn hands over K·φ/φ_ref, not K: its points sit at the counts of its selections (the
+    ones the model is prefilled with), in both panels, and the JSON and the chart's caption say them."""
+    from PIL import Image
+
+    from prunesid_vlm.studies import handed_tokens
+    from studio.compare_tab import sweep_view
+
+    pipe, budgets = llava_pipeline, [16, 64, 192, 576]
+    out = sweep_view(image_path, "What is this?", budgets, ["prunesid", "prunesid-dyn", "visionzip"], lambda: pipe,
+                     mark=64)
+    feats = pipe.encode([Image.open(image_path)])
+    selections = {k: pipe.select(feats, k, method="prunesid-dyn") for k in budgets}
+    handed = [handed_tokens(pipe, feats, selections[k]) for k in budgets]
+    d = out["json"]
+    assert d["handed_tokens"]["prunesid-dyn"] == handed and handed != budgets, "the demo's φ moves Dyn off K"
+    for k, count in zip(budgets, handed):
+        sel = selections[k]
+        if bool(sel.kept_patches.all()):  # keeps every patch: answered unpruned, every patch and no CLS
+            assert count == feats.num_patches and int(sel.num_tokens.sum()) == feats.num_patches + 1
+        else:
+            assert count == int(sel.num_tokens.sum())
+    # What the model is given with that selection is that count (here at K = 64 and at the top, unpruned).
+    for k in (64, 576):
+        answer = pipe.answer([Image.open(image_path)], "What is this?", selections[k], max_new_tokens=1)
+        assert answer.visual_tokens == handed[budgets.index(k)]
+    fig = out["figure"]
+    for axis in (0, 1):  # fidelity and coverage panels share the token axis
+        assert _line_x(fig, "PruneSID-Dyn", axis) == sorted(float(v) for v in handed)
+        assert _line_x(fig, "PruneSID", axis) == [float(k) for k in budgets]
+    assert "visual tokens handed to the LLM" in fig.axes[-1].get_xlabel()
+    caption = "\n".join(t.get_text() for t in fig.texts)
+    assert "PruneSID-Dyn: " + ", ".join(map(str, handed)) in caption
+    assert d["published_at_tokens"] == {str(k): k for k in budgets}
+
+
+def test_the_compare_table_and_gallery_name_the_tokens_handed_over(llava_pipeline, image_path):
+    """Token column and gallery captions are the selections' counts (PruneSID-Dyn's own one); the
+    published column names the budget the paper's figure is for, never the count beside it."""
+    from PIL import Image
+
+    from prunesid_vlm import studies
+    from studio.compare_tab import TABLE_HEADERS, compare_view
+
+    pipe = llava_pipeline
+    out = compare_view(image_path, "What is this?", 64, None, lambda: pipe, answers=False)
+    made = studies.compare_methods(pipe, [Image.open(image_path)], 64, None, instruction="What is this?")
+    counts = {r.label: int(r.selection.num_tokens.sum()) for r in made.runs}
+    assert counts["PruneSID-Dyn"] != 64, "the demo's φ moves Dyn off K"
+    column = TABLE_HEADERS.index("tokens to the LLM")
+    for row in out["table"]:
+        assert int(row[column].split(" = ")[0]) == counts[row[0]], row
+    for (_, caption), (label, count) in zip(out["gallery"], counts.items()):
+        assert caption == f"{label} · {count} tokens"
+    paper = {row[0]: row[TABLE_HEADERS.index("paper's figure")] for row in out["table"]}
+    assert paper["PruneSID"] == "95.9% at 64 tokens, LLaVA-1.5-7B"
+    assert paper["PruneSID-Dyn"] == "96.3% at K = 64 (nominal), LLaVA-1.5-7B"  # not at its own count
+    assert paper["Random"] == "not reported at 64 tokens"
+    dyn = next(m for m in out["json"]["methods"] if m["method"] == "prunesid-dyn")
+    assert dyn["tokens"] == counts["PruneSID-Dyn"] and dyn["published"]["num_tokens"] == 64
+    assert f"here {counts['PruneSID-Dyn']} tokens for K = 64" in out["notes"]
+    # At the top of the slider the selection keeps everything: the model gets its unpruned prompt, said so.
+    top = compare_view(image_path, "", 577, ["prunesid"], lambda: pipe, answers=False)
+    assert top["table"][0][column] == "576 = every patch (answered unpruned, no CLS)"
+    assert top["gallery"][0][1] == "PruneSID · 576 tokens"
+
+
+def test_a_method_counted_over_several_views_is_drawn_at_its_total(llava_pipeline, image_path):
+    """Two frames (two views): the sweep's x and the table's count are the totals over both."""
+    from prunesid_vlm import studies
+    from tests.conftest import make_image
+
+    frames = [make_image(31), make_image(32)]
+    result, _ = studies.sweep(llava_pipeline, frames, [16, 64], ["prunesid", "prunesid-dyn"])
+    feats = llava_pipeline.encode(frames)
+    for name in ("prunesid", "prunesid-dyn"):
+        assert result.handed_tokens(name) == [int(llava_pipeline.select(feats, k, method=name).num_tokens.sum())
+                                              for k in (16, 64)]
+    assert result.handed_tokens("prunesid") == [32, 128]
+    assert any("mean over the 2 views" in n for n in result.notes)
+
+
+def test_plot_budget_sweep_takes_each_methods_own_token_counts():
+    fig = plot_budget_sweep([16, 64], {"A": [0.2, 0.1], "B": [0.3, 0.2]}, ylabel="KL", x={"B": [40, 150]},
+                            note="B hands over its own count")
+    assert _line_x(fig, "A") == [16.0, 64.0] and _line_x(fig, "B") == [40.0, 150.0]
+    assert "B hands over" in fig.texts[0].get_text()
+    with pytest.raises(ValueError, match="token counts"):
+        plot_budget_sweep([16, 64], {"A": [0.2, 0.1]}, ylabel="KL", x={"A": [16]})
+
+
+def test_unavailable_methods_carry_the_pipelines_reasons(llava_pipeline, image_path, monkeypatch):
+    """Whatever the pipeline says a method lacks is what Compare, the sweep and the Question tab say —
+    in the status line, the table, the notes and the JSON — and nothing is silently dropped."""
+    from studio.compare_tab import compare_view, on_sweep, question_view, sweep_view
+
+    pipe = llava_pipeline
+    reasons = {"cdpruner": "a test reason only the pipeline knows", "visionzip": "another reason of the pipeline's"}
+    monkeypatch.setattr(pipe, "unavailable_methods", lambda feats: dict(reasons))
+    out = compare_view(image_path, "What is this?", 64, ["prunesid", "visionzip", "cdpruner"], lambda: pipe,
+                       answers=False)
+    assert out["json"]["unavailable"] == reasons
+    assert [m["method"] for m in out["json"]["methods"]] == ["prunesid"]
+    for reason in reasons.values():
+        assert reason in out["context"] and reason in out["notes"] and any(reason in n for n in out["json"]["notes"])
+    rows = {row[0]: row for row in out["table"]}
+    assert reasons["cdpruner"] in rows["CDPruner"][2] and rows["CDPruner"][1] == "—"
+    assert "no CLS token" not in out["context"]
+    swept = sweep_view(image_path, "", "16, 64", ["prunesid", "cdpruner"], lambda: pipe, with_model=False)
+    assert swept["json"]["unavailable"] == {"cdpruner": reasons["cdpruner"]} and reasons["cdpruner"] in swept["not_run"]
+    status = on_sweep(lambda: pipe)(image_path, "", "16, 64", ["prunesid", "cdpruner"], False, 64,
+                                    progress=lambda *a, **k: None)[1]
+    assert reasons["cdpruner"] in status
+    asked = question_view(image_path, "What animal is this?", "What is in the background?", 64, lambda: pipe)
+    assert reasons["cdpruner"] in asked["markdown"] and asked["json"]["unavailable"] == {"cdpruner": reasons["cdpruner"]}
+    assert len(asked["gallery"]) == 2  # PruneSID's two questions; no CDPruner side
+    with pytest.raises(ValueError, match="another reason of the pipeline's"):
+        sweep_view(image_path, "", "16", ["visionzip"], lambda: pipe, with_model=False)
+
+
+def test_cdpruner_on_the_dinov2_demo_is_refused_for_its_real_reason(dinov2_pipeline, image_path):
+    """The DINOv2 demo has a CLS token; what CDPruner lacks there is CLIP's text tower."""
+    from PIL import Image
+
+    from studio.compare_tab import compare_view
+
+    reason = dinov2_pipeline.unavailable_methods(dinov2_pipeline.encode([Image.open(image_path)]))["cdpruner"]
+    out = compare_view(image_path, "What is this?", 64, ["prunesid", "cdpruner"], lambda: dinov2_pipeline,
+                       answers=False)
+    assert reason in out["context"] and "CLIP" in reason and "no CLS token" not in out["context"] + out["notes"]

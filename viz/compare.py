@@ -5,10 +5,12 @@ arrays or matplotlib Figures out (no UI code; see :mod:`viz` for the conventions
     tiles = method_overlays(image, [("PruneSID", sel_a), ("VisionZip", sel_b)], size=336)
     sheet = comparison_sheet(image, [("PruneSID", sel_a), ("VisionZip", sel_b)])
     fig = plot_stability(jaccard_vs_exact, pairwise, seeds)
-    fig = plot_budget_sweep(budgets, {"PruneSID": [...], "Random": [...]}, ylabel="KL (nats)")
+    fig = plot_budget_sweep(budgets, {"PruneSID": [...], "Random": [...]}, ylabel="KL (nats)",
+                            x={"PruneSID": [...tokens handed over...], "Random": [...]})
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -27,6 +29,8 @@ MERGED_HEX = "#56B4E9"
 """Tint of patches folded into merged (contextual) tokens: sky blue, apart from the kept yellow."""
 FREQUENCY_CMAP = "viridis"
 """How often a patch is kept across seeds (0 → 1)."""
+NOTE_CHARS = 118
+"""Characters per line of a chart's caption (8-inch figure, 9 pt)."""
 
 
 def method_colors(names: Sequence[str]) -> dict[str, str]:
@@ -68,8 +72,8 @@ def draw_method_tokens(
     return stack_below(out, legend_band(items, out.shape[1], _scale(grid)))
 
 
-def token_caption(label: str, selection: Selection, row: int = 0) -> str:
-    """E.g. ``"VisionZip · 64 tokens (CLS + 53 patches + 10 merged)"``."""
+def token_parts(selection: Selection, row: int = 0) -> str:
+    """Where row ``row``'s tokens come from, e.g. ``"CLS + 53 patches + 10 merged"``."""
     keep = selection.keep_row(row)
     parts = []
     if bool((keep == 0).any()):
@@ -78,7 +82,20 @@ def token_caption(label: str, selection: Selection, row: int = 0) -> str:
     merged = int(selection.num_tokens[row]) - keep.numel()
     if merged:
         parts.append(f"{merged} merged")
-    return f"{label} · {int(selection.num_tokens[row])} tokens ({' + '.join(parts)})"
+    return " + ".join(parts)
+
+
+def token_caption(label: str, selection: Selection, row: int = 0, *, handed: int | None = None,
+                  detail: bool = True) -> str:
+    """E.g. ``"VisionZip · 64 tokens (CLS + 53 patches + 10 merged)"``; ``detail=False``: ``"VisionZip · 64 tokens"``.
+
+    ``handed``: the tokens the language model actually receives, when a caller counted them (all
+    views of the media, or an unpruned prompt); the row's own breakdown is then left out unless
+    it adds up to that count."""
+    count = int(selection.num_tokens[row])
+    shown = count if handed is None else int(handed)
+    text = f"{label} · {shown} tokens"
+    return text + (f" ({token_parts(selection, row)})" if detail and shown == count else "")
 
 
 def method_overlays(
@@ -89,10 +106,18 @@ def method_overlays(
     size: int | None = 336,
     grid_shape: tuple[int, int] | None = None,
     legend: bool = True,
+    handed: Sequence[int | None] | None = None,
+    detail: bool = True,
 ) -> list[tuple[np.ndarray, str]]:
-    """``(overlay, caption)`` per method, ready for a gallery (``legend``: a key under each)."""
+    """``(overlay, caption)`` per method, ready for a gallery (``legend``: a key under each).
+
+    ``handed``: per method, the tokens the language model receives (see :func:`token_caption`);
+    ``detail=False``: short captions (label and count), for narrow gallery tiles."""
+    counts = list(handed) if handed is not None else [None] * len(labelled)
+    if len(counts) != len(labelled):
+        raise ValueError(f"{len(counts)} counts for {len(labelled)} selections")
     return [(draw_method_tokens(image, sel, row, size=size, grid_shape=grid_shape, legend=legend),
-             token_caption(label, sel, row)) for label, sel in labelled]
+             token_caption(label, sel, row, handed=n, detail=detail)) for (label, sel), n in zip(labelled, counts)]
 
 
 def comparison_sheet(
@@ -197,6 +222,20 @@ def plot_stability(
     return fig
 
 
+def _token_ticks(low: float, high: float, budgets: np.ndarray, on_budgets: bool = True) -> list[float]:
+    """Ticks of a log₂ token axis: the budgets when some line's points sit on them (``on_budgets``) and
+    the others lie among them, else powers of two (ticks at K under points that are not at K would
+    read as budgets)."""
+    if on_budgets and budgets.size and low >= budgets.min() / 1.25 and high <= budgets.max() * 1.25:
+        ticks = []
+        for t in sorted(set(budgets.tolist())):
+            if not ticks or t / ticks[-1] >= 1.12:  # 576 and 577 would print over each other
+                ticks.append(t)
+        return ticks
+    first, last = int(np.floor(np.log2(max(low, 1.0)))), int(np.ceil(np.log2(max(high, 1.0))))
+    return [float(2 ** e) for e in range(first, last + 1)]
+
+
 def plot_budget_sweep(
     budgets: Sequence[int],
     series: Mapping[str, Sequence[float]],
@@ -205,16 +244,26 @@ def plot_budget_sweep(
     title: str = "Fidelity against budget",
     lower_is_better: bool = True,
     marks: Sequence[int] = (),
+    mark_label: str = "K = {k}",
     colors: Mapping[str, str] | None = None,
     ax_extra: tuple[str, Mapping[str, Sequence[float]]] | None = None,
+    x: Mapping[str, Sequence[float]] | None = None,
+    xlabel: str = "visual tokens handed to the LLM (log scale)",
+    note: str | None = None,
 ) -> Figure:
-    """One line per method: a figure against the token budget (log-scaled x).
+    """One line per method: a figure against the visual tokens handed over (log-scaled x).
 
     Args:
         series: ``{label: [value per budget]}`` (NaN for missing points).
-        marks: budgets to mark with a vertical line (e.g. the current slider value).
+        x: ``{label: [tokens handed over per budget]}``: where each point goes on the token axis.
+            A method whose count is not the budget (PruneSID-Dyn, which scales it by the image's φ;
+            Qwen's K′; all views of a media item) is drawn at its own count. Default: the budgets,
+            for callers whose every method hands over exactly the budget.
+        marks: token counts to mark with a vertical line (e.g. the current slider value),
+            labelled ``mark_label.format(k=...)`` in the legend.
         ax_extra: ``(ylabel, series)`` for a second panel below sharing the x axis
             (e.g. the model-free coverage next to the model's fidelity).
+        note: a caption under the axes (what the points are, which methods moved off their budget).
     """
     b = np.asarray(budgets, dtype=np.float64)
     if b.size == 0 or not series:
@@ -222,23 +271,41 @@ def plot_budget_sweep(
     for label, values in series.items():
         if len(values) != b.size:
             raise ValueError(f"{label}: {len(values)} values for {b.size} budgets")
+    xs = {label: np.asarray((x or {}).get(label, b), dtype=np.float64) for label in series}
+    for label, where in xs.items():
+        if where.shape != b.shape:
+            raise ValueError(f"{label}: {where.size} token counts for {b.size} budgets")
+        if (where <= 0).any():
+            raise ValueError(f"{label}: token counts must be positive, got {where.tolist()}")
     colors = dict(colors or method_colors(list(series)))
     panels = [(ylabel, series)] + ([ax_extra] if ax_extra else [])
-    fig = _figure(8.0, 3.6 * len(panels) + 0.4)
+    note_lines = [line for part in (note or "").split("\n") for line in textwrap.wrap(part, NOTE_CHARS) or [""]]
+    note_h = 0.0 if not note else 0.17 * len(note_lines) + 0.12  # inches
+    height = 3.6 * len(panels) + 0.4 + note_h
+    fig = _figure(8.0, height)
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
     for ax, (label_y, data) in zip(axes, panels):
         for i, (label, values) in enumerate(data.items()):
             style = "-" if i < 8 else "--"
-            ax.plot(b, np.asarray(values, dtype=np.float64), style, marker="o", markersize=4, linewidth=1.8,
-                    label=label, color=colors.get(label))
-        for k in marks:
-            ax.axvline(k, color="#888888", linewidth=1.0, linestyle=":")
+            where = xs.get(label, b)
+            order = np.argsort(where, kind="stable")
+            ax.plot(where[order], np.asarray(values, dtype=np.float64)[order], style, marker="o", markersize=4,
+                    linewidth=1.8, label=label, color=colors.get(label))
+        for j, k in enumerate(marks):
+            ax.axvline(k, color="#888888", linewidth=1.0, linestyle=":",
+                       label=mark_label.format(k=k) if ax is axes[0] and j == 0 else None)
         ax.set_ylabel(label_y, fontsize=FONT_SIZE)
         _style(ax)
     axes[0].set_title(title + (" (lower is better)" if lower_is_better else ""), fontsize=FONT_SIZE + 1)
     axes[0].legend(fontsize=FONT_SIZE - 2, frameon=False, ncols=2)
+    every = np.concatenate(list(xs.values()))
     axes[-1].set_xscale("log", base=2)
-    axes[-1].set_xticks(b, [str(int(v)) for v in b])
+    ticks = _token_ticks(float(every.min()), float(every.max()), b, any(np.array_equal(v, b) for v in xs.values()))
+    axes[-1].set_xticks(ticks, [str(int(v)) for v in ticks])
     axes[-1].minorticks_off()
-    axes[-1].set_xlabel("visual tokens handed to the LLM", fontsize=FONT_SIZE)
+    axes[-1].set_xlabel(xlabel, fontsize=FONT_SIZE)
+    if note:
+        fig.text(0.012, 0.06 / height, "\n".join(note_lines), fontsize=FONT_SIZE - 2, color="#333333", ha="left",
+                 va="bottom", linespacing=1.25)
+        fig.get_layout_engine().set(rect=(0, note_h / height, 1, 1 - note_h / height))
     return fig
