@@ -4,9 +4,13 @@ model's answers, per item, with plots. Resumable: run it again to continue.
     python report.py assets/ --out report/ --model demo/dinov2-small-llava \\
         --methods prunesid,visionzip,random --budgets 16,64,192
 
-Writes ``results.jsonl`` (one line per finished item), ``results.csv``, ``summary.json``,
-``fidelity.png`` (mean first-token KL and unchanged answers against budget, per method) and
-``worst.png`` (the items PruneSID's smallest budget moves most, with its kept tokens).
+Writes ``results.jsonl`` (one line per finished item), ``results.csv`` (one row per item, method and
+budget: the question, the answer with all visual tokens and with the method's, the tokens handed over,
+the figures, and why a point did not run where it did not), ``summary.json``,
+``fidelity.png`` (mean first-token KL and unchanged answers per method, each point drawn at the mean
+visual tokens the model received — PruneSID-Dyn's own count, not its budget K) and ``worst.png`` (the
+items PruneSID's smallest budget moves most, with its kept tokens, under a caption; each tile names
+the tokens handed over and the KL).
 
 With in-LLM variants (``--methods prunesid,fastv,prunesid+fastv,prunesid+pyramiddrop``) every point
 also records the image tokens each decoder layer saw, the total compression and the prefill FLOPs

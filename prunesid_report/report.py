@@ -93,7 +93,7 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
     full = pipe.answer(images, settings.question, max_new_tokens=settings.max_new_tokens)
     result = ItemResult(item=item, kind=kind, settings=settings.key(), full_answer=full.text,
                         full_tokens=full.visual_tokens, full_prefill_s=full.prefill_s)
-    usable = set(pipe.available_methods(feats))  # the model's view: CDPruner needs CLIP's text side
+    refused = pipe.unavailable_methods(feats)  # the model's reasons: CDPruner needs CLIP's text side, ...
     staged = any(parse_variant(m)[1] for m in settings.methods)
     num_layers = pipe.in_llm_layers() if staged else 0  # per-layer figures for every point, staged or not
     made: dict = {}  # selections by (method, budget), shared by that method's variants
@@ -101,8 +101,11 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
         base, stage = parse_variant(method)
         for budget in settings.budgets:
             # A registry method this model has no inputs for, or a stage its language model does not run.
-            if (base is not None and base not in usable) or (stage is not None and stage not in pipe.in_llm_styles):
-                result.points.append({"method": method, "budget": budget, "available": False})
+            reason = (refused.get(base) if base is not None else None) or (
+                pipe.in_llm_limits or f"{stage} does not run on this model"
+                if stage is not None and stage not in pipe.in_llm_styles else None)
+            if reason:
+                result.points.append({"method": method, "budget": budget, "available": False, "reason": reason})
                 continue
             selection, schedule = variant_run(pipe, feats, method, budget, num_layers, settings.question, made)
             pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens,
@@ -178,20 +181,28 @@ def summarise(results: list[ItemResult], settings: ReportSettings) -> dict:
                                          mean_flops_vs_full=float(np.mean([p["flops_vs_full"] for p in points])))
         table[method] = rows
     return {"settings": settings.__dict__, "items": len(results), "per_method": table,
-            "note": ("First-token KL in nats (0 = pruning did not move the model's first answer token); prefill times "
-                     "are single runs on this machine.")}
+            "note": ("First-token KL in nats (0 = pruning did not move the model's first answer token); mean_tokens: "
+                     "the visual tokens the model received, mean over items (PruneSID-Dyn's differ from the budget); "
+                     "prefill times are single runs on this machine.")}
+
+
+CSV_COLUMNS = ("item", "kind", "method", "budget", "available", "unavailable_reason", "question", "full_answer",
+               "answer", "tokens", "full_tokens", "first_token_kl", "first_token_agrees", "same_answer", "prefill_s",
+               "full_prefill_s", "compression", "flops_vs_full")
+"""``results.csv``, one row per item and (method, budget): the question, both answers (``answer``: with
+the method's tokens), the visual tokens each prompt held and the figures; ``unavailable_reason`` says
+why a point did not run on the model."""
 
 
 def write_outputs(results: list[ItemResult], settings: ReportSettings, out: Path, folder: Path, pipe=None) -> None:
     """``results.csv``, ``summary.json``, ``fidelity.png`` and ``worst.png``."""
     with (out / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["item", "kind", "method", "budget", "available", "tokens", "full_tokens", "first_token_kl",
-                         "first_token_agrees", "same_answer", "prefill_s", "full_prefill_s", "compression",
-                         "flops_vs_full"])
+        writer.writerow(CSV_COLUMNS)
         for r in results:
             for p in r.points:
                 writer.writerow([r.item.split("|")[0], r.kind, p["method"], p["budget"], p.get("available"),
+                                 p.get("reason", ""), settings.question, r.full_answer, p.get("answer"),
                                  p.get("tokens"), r.full_tokens, p.get("first_token_kl"), p.get("first_token_agrees"),
                                  p.get("same_answer"), p.get("prefill_s"), r.full_prefill_s, p.get("compression"),
                                  p.get("flops_vs_full")])
@@ -204,24 +215,54 @@ def write_outputs(results: list[ItemResult], settings: ReportSettings, out: Path
 
 
 def plot_fidelity(summary: dict, settings: ReportSettings, path: Path) -> None:
-    """Mean first-token KL (top) and the share of unchanged answers (bottom) against budget."""
-    from viz import figure_to_array
-    from viz.compare import plot_budget_sweep
+    """``fidelity.png``: :func:`fidelity_figure` (nothing when no point was measured)."""
     from PIL import Image
 
-    kl, same = {}, {}
+    from viz import figure_to_array
+
+    fig = fidelity_figure(summary, settings)
+    if fig is not None:
+        Image.fromarray(figure_to_array(fig)).save(path)
+
+
+def fidelity_figure(summary: dict, settings: ReportSettings):
+    """Mean first-token KL (top) and the share of unchanged answers (bottom) against the mean visual
+    tokens handed to the language model — each method at its own count, not at its budget K
+    (PruneSID-Dyn scales K by each image's φ; Qwen's K′ and LLaVA-NeXT's crops differ from K too).
+    Variants with an in-LLM stage are left out: they hand over K and prune inside the model, and are
+    drawn against total compression in ``combination.png``. None when no such point was measured."""
+    from prunesid_vlm.combination import parse_variant
+    from viz.compare import plot_budget_sweep
+
+    kl, same, tokens, staged = {}, {}, {}, []
     for method, rows in summary["per_method"].items():
         values = [rows[str(b)] for b in settings.budgets]
         if all(v is None for v in values):
             continue
+        base, stage = parse_variant(method)
+        if base is None or stage is not None:
+            staged.append(method)
+            continue
         kl[method] = [math.nan if v is None else v["mean_first_token_kl"] for v in values]
         same[method] = [math.nan if v is None else v["same_answer_rate"] for v in values]
+        # A missing point (NaN) is not drawn; its x only has to be a positive number.
+        tokens[method] = [float(b) if v is None else v["mean_tokens"] for b, v in zip(settings.budgets, values)]
     if not kl:
-        return
+        return None
+    moved = [m for m in kl if tokens[m] != [float(b) for b in settings.budgets]]
+    note = (f"Each point: a method at one budget K ({', '.join(map(str, settings.budgets))}), drawn at the mean over "
+            f"the {summary['items']} items of the visual tokens the model received (not at K).")
+    for m in moved[:4]:
+        note += f"\n{m}: {', '.join(f'{t:.4g}' for t in tokens[m])} tokens on average."
+    if len(moved) > 4:
+        note += f"\n… and {len(moved) - 4} more off their K (summary.json: mean_tokens)."
+    if staged:
+        note += f"\nNot drawn here: {', '.join(staged)} (pruned inside the LLM: see combination.png)."
     fig = plot_budget_sweep(list(settings.budgets), kl, ylabel="mean first-token KL (nats)",
-                            title=f"Fidelity against budget, {summary['items']} items, {settings.model}",
-                            ax_extra=("answers unchanged", same))
-    Image.fromarray(figure_to_array(fig)).save(path)
+                            title=f"Fidelity against tokens handed over\n{summary['items']} items, {settings.model}",
+                            ax_extra=("share of answers unchanged", same), x=tokens,
+                            xlabel="mean visual tokens handed to the LLM (log scale)", note=note)
+    return fig
 
 
 def combination_rows(results: list[ItemResult], settings: ReportSettings) -> list[dict]:
@@ -270,7 +311,9 @@ def plot_compression(results: list[ItemResult], settings: ReportSettings, path: 
 
 def plot_worst(results: list[ItemResult], settings: ReportSettings, folder: Path, path: Path, pipe,
                count: int = 6) -> None:
-    """The items PruneSID's smallest budget moves most (largest first-token KL), with its kept tokens."""
+    """The items PruneSID's smallest budget moves most (largest first-token KL), with its kept tokens,
+    under a caption saying what the sheet shows; each tile names its item, the tokens handed over
+    and its KL."""
     import viz
     from PIL import Image
 
@@ -283,10 +326,58 @@ def plot_worst(results: list[ItemResult], settings: ReportSettings, folder: Path
     for kl, r, p in scored[:count]:
         images, _ = load_item(folder / r.item.split("|")[0])
         feats = pipe.encode(images)
-        selection = pipe.select(feats, budget, method=method, question=settings.question)
+        selection = _worst_selection(pipe, feats, method, budget, settings.question)
         pixels = pipe.view_pixels(images, feats)[0]
-        tiles.append(viz.draw_kept_tokens(pixels, selection, 0, size=336, grid_shape=feats.grid or pipe.grid,
-                                          legend=False))
-        labels.append(f"{r.item.split('|')[0]} · KL {kl:.3f}" + (" · same answer" if p["same_answer"] else ""))
+        if selection is None:
+            tile = viz.as_rgb_uint8(pixels)
+        else:
+            tile = viz.draw_kept_tokens(pixels, selection, 0, size=336, grid_shape=feats.grid or pipe.grid,
+                                        legend=False)
+        tiles.append(tile)
+        labels.append(worst_label(r.item.split("|")[0], p, kl))
     if tiles:
-        Image.fromarray(viz.contact_sheet(tiles, labels, cols=3)).save(path)
+        sheet = viz.contact_sheet(tiles, labels, cols=3)
+        Image.fromarray(with_caption(sheet, worst_caption(method, budget, len(tiles), len(scored), settings.model))
+                        ).save(path)
+
+
+def _worst_selection(pipe, feats, method: str, budget: int, question: str):
+    """The selection ``method`` hands the language model at ``budget`` (its pre-LLM part for a variant
+    with an in-LLM stage), or None for FastV alone (every token enters)."""
+    from prunesid_vlm.combination import parse_variant
+
+    base, _ = parse_variant(method)
+    return None if base is None else pipe.select(feats, budget, method=base, question=question)
+
+
+def worst_label(name: str, point: dict, kl: float) -> str:
+    """A tile's chip: ``"cat.jpg · 16 tokens · KL 0.003 · same answer"`` (the tokens the model received)."""
+    return (f"{name} · {point['tokens']} tokens · KL {kl:.3f}"
+            + (" · same answer" if point.get("same_answer") else " · answer changed"))
+
+
+def worst_caption(method: str, budget: int, shown: int, items: int, model: str) -> str:
+    """What ``worst.png`` shows."""
+    return (f"The {shown} of {items} items that {method} at budget K = {budget} changes most ({model}): largest "
+            f"first-token KL to the unpruned answer (nats). Outlined: the patches kept in the first view; each chip "
+            f"names the item, the visual tokens the model received, the KL and whether the whole answer changed.")
+
+
+def with_caption(image, text: str):
+    """``image`` (uint8 RGB) under a white band holding ``text``, wrapped to its width."""
+    import textwrap
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from viz._draw import font
+
+    size = 14
+    face = font(size)
+    chars = max(20, int(image.shape[1] / (0.55 * size)))
+    lines = textwrap.wrap(text, chars)
+    band = Image.new("RGB", (image.shape[1], 12 + len(lines) * (size + 5)), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        draw.text((8, 6 + i * (size + 5)), line, fill=(30, 30, 30), font=face)
+    return np.concatenate([np.asarray(band), image], axis=0)

@@ -37,6 +37,13 @@ def test_the_report_measures_every_point_and_draws(llava_pipeline, folder, tmp_p
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 3 * 2 * 2 and {r["method"] for r in rows} == {"prunesid", "random"}
     assert all(float(r["first_token_kl"]) >= 0 and r["tokens"] in ("16", "64") for r in rows)
+    # The CSV carries the question and both answers, as the model gave them (issue 25).
+    answers = {(r.item.split("|")[0], p["method"], p["budget"]): (r.full_answer, p["answer"])
+               for r in results for p in r.points}
+    for row in rows:
+        assert row["question"] == "What?" and row["unavailable_reason"] == ""
+        assert (row["full_answer"], row["answer"]) == answers[(row["item"], row["method"], int(row["budget"]))]
+    assert any(row["answer"] for row in rows) and all(row["full_answer"] for row in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["per_method"]["prunesid"]["64"]["items"] == 3
     assert (out / "fidelity.png").stat().st_size > 10_000 and (out / "worst.png").stat().st_size > 10_000
@@ -123,6 +130,12 @@ def test_qwen_report_runs_fastv_and_marks_pyramiddrop_unavailable(folder, tmp_pa
         assert points["prunesid+fastv"]["image_tokens_per_layer"] == [handed, stage_keeps(handed, 0.5)]
         assert points["prunesid+pyramiddrop"]["available"] is False
         assert points["cdpruner"]["available"] is False  # no CLIP text side on Qwen, as the app says
+        # Each with the model's own reason (the pipeline's), also in the CSV.
+        assert points["prunesid+pyramiddrop"]["reason"] == pipe.in_llm_limits
+        assert points["cdpruner"]["reason"] == pipe.unavailable_methods(pipe.encode(R.load_item(
+            folder / item.item.split("|")[0])[0]))["cdpruner"]
+    rows = {(r["item"], r["method"]): r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert rows[("cat.jpg", "cdpruner")]["unavailable_reason"] == results[0].points[3]["reason"] != ""
     assert (tmp_path / "out" / "combination.png").exists()
 
 
@@ -135,3 +148,38 @@ def test_unknown_in_llm_stages_are_refused():
         parse_variant("prunesid+sparsevlm")
     with pytest.raises(ValueError, match="unknown selection method"):
         parse_variant("nope+fastv")
+
+
+def test_the_plots_name_the_tokens_handed_over_and_say_what_they_show(llava_pipeline, folder, tmp_path):
+    """fidelity.png draws PruneSID-Dyn at the mean count it handed over (not at K), leaves the in-LLM
+    variants to combination.png and says so; worst.png has a caption and names each tile's tokens (issue 24)."""
+    import numpy as np
+    from PIL import Image
+
+    pipe = llava_pipeline
+    chosen = R.ReportSettings(model=pipe.model_id, methods=("prunesid", "prunesid-dyn", "prunesid+fastv"),
+                              budgets=(16, 64), question="What?", max_new_tokens=2)
+    out = tmp_path / "out"
+    results = R.run_report(folder, out, chosen, pipe=pipe)
+    summary = json.loads((out / "summary.json").read_text())
+    for method in ("prunesid", "prunesid-dyn"):
+        for budget in (16, 64):
+            handed = [p["tokens"] for r in results for p in r.points if p["method"] == method and p["budget"] == budget]
+            assert summary["per_method"][method][str(budget)]["mean_tokens"] == pytest.approx(np.mean(handed))
+    dyn = [summary["per_method"]["prunesid-dyn"][str(b)]["mean_tokens"] for b in (16, 64)]
+    assert dyn != [16, 64], "the demo's φ moves Dyn off K"
+    fig = R.fidelity_figure(summary, chosen)
+    for axis in (0, 1):
+        lines = {ln.get_label(): sorted(ln.get_xdata()) for ln in fig.axes[axis].get_lines()}
+        assert lines["prunesid-dyn"] == pytest.approx(sorted(dyn)) and lines["prunesid"] == [16, 64]
+        assert "prunesid+fastv" not in lines
+    caption = fig.texts[0].get_text()
+    assert "prunesid+fastv" in caption and "combination.png" in caption and "not at K" in caption
+    assert "tokens handed" in fig.axes[0].get_title() and "handed to the LLM" in fig.axes[-1].get_xlabel()
+    # worst.png: the caption band above the sheet, and each tile's chip names the tokens the model received.
+    point = next(p for r in results for p in r.points if p["method"] == "prunesid" and p["budget"] == 16)
+    assert R.worst_label("cat.jpg", point, 0.5).startswith(f"cat.jpg · {point['tokens']} tokens · KL 0.500")
+    text = R.worst_caption("prunesid", 16, 3, 3, pipe.model_id)
+    assert "K = 16" in text and "first-token KL" in text and "tokens the model received" in text
+    worst = np.asarray(Image.open(out / "worst.png"))
+    assert worst.shape[0] > 336 + 40 and (worst[:30] < 100).any()  # dark caption text on the white band on top
