@@ -340,8 +340,15 @@ def test_cdpruner_matches_its_public_code(case, budget):
     text_embeds = torch.randn(2, 48, generator=g)  # two 77-token segments of the instruction
     relevance = -(F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T).mean(-1)
     ours = cdpruner_select(hidden, attention, budget, features=projected, relevance=relevance)
-    assert torch.equal(ours.kept_patches, cdpruner_reference(projected, image_embeds, text_embeds, budget))
+    theirs = cdpruner_reference(projected, image_embeds, text_embeds, budget)
+    if budget <= projected.shape[-1]:
+        assert torch.equal(ours.kept_patches, theirs)
+    else:  # past the kernel's rank (the features' width) the code picks round-off, then repeats
+        width = projected.shape[-1]
+        within_rank = cdpruner_reference(projected, image_embeds, text_embeds, width)
+        assert bool((ours.kept_patches | ~within_rank).all()) and int(theirs.sum()) < budget
     assert not bool((ours.keep_row(0) == 0).any()) and int(ours.num_tokens[0]) == budget
+    assert int(ours.kept_patches.sum()) == budget  # as many distinct patches as tokens handed over
 
 
 def test_cdpruner_depends_on_the_instruction_and_without_one_is_a_plain_dpp(case):
@@ -356,3 +363,25 @@ def test_cdpruner_depends_on_the_instruction_and_without_one_is_a_plain_dpp(case
     plain = cdpruner_select(hidden, attention, 64).keep_row(0) - 1
     units = F.normalize(hidden[:, 1:].float(), dim=-1)
     assert torch.equal(plain, dpp_greedy_map(units @ units.transpose(1, 2), 64)[0].sort().values)
+
+
+def test_cdpruner_past_the_kernels_rank_keeps_distinct_tokens():
+    """A kernel of rank 3 over 12 tokens, asked for 8: the code's loop would repeat tokens once the
+    rank is used up (the demo's narrow features at K >= 128 handed 576 tokens of which 75 were
+    distinct). The first three picks are the DPP's; the rest are distinct, by relevance."""
+    from prunesid_eval.methods.cdpruner import cdpruner_select, dpp_greedy_map
+
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(1, 12, 3, generator=gen)
+    relevance = torch.rand(1, 12, generator=gen)
+    units = torch.nn.functional.normalize(features, dim=-1)
+    r = relevance[0] / relevance[0].max()
+    kernel = (r[:, None] * (units[0] @ units[0].T) * r[None, :]).unsqueeze(0)
+    picks = dpp_greedy_map(kernel, 8)[0]
+    assert picks.unique().numel() == 8
+    assert torch.equal(picks[:3], dpp_greedy_map(kernel, 3)[0])
+    rest = [int(j) for j in torch.argsort(torch.diagonal(kernel[0]), descending=True) if int(j) not in picks[:3]]
+    assert picks[3:].tolist() == rest[:5]
+    hidden = torch.randn(1, 13, 3, generator=gen)
+    kept = cdpruner_select(hidden, torch.rand(1, 12, generator=gen), 10, features=features, relevance=relevance)
+    assert int(kept.kept_patches.sum()) == 10

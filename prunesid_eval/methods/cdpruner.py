@@ -21,6 +21,8 @@ Deviations (also in the registry):
 * **Batched relevance scaling.** The code scales ``r`` by the minimum and maximum of the whole
   batch; here each image by its own (the same for one image, the code's case).
 * **No instruction** (``relevance=None``): ``r = 1``, a DPP on similarity alone — reported as such.
+* **Past the kernel's rank** (more picks than the features' width), the code picks the same tokens
+  again; here the rest are the unpicked tokens by relevance (:func:`dpp_greedy_map`).
 """
 from __future__ import annotations
 
@@ -40,21 +42,43 @@ def scale_relevance(relevance: torch.Tensor) -> torch.Tensor:
     return (r - low + RELEVANCE_EPS) / (high - low).clamp(min=RELEVANCE_EPS)
 
 
+RANK_EPS = 1e-6
+"""A remaining gain at or below ``RANK_EPS`` × the largest diagonal entry means the kernel's rank
+is used up: no candidate adds a new direction."""
+
+
 def dpp_greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
     """Long ``[B, k]``: greedy MAP of the DPP with ``kernel`` ``[B, N, N]``, in pick order (the
-    code's incremental Cholesky loop, batched)."""
+    code's incremental Cholesky loop, batched).
+
+    Once the kernel's rank is used up (every remaining gain ``<= RANK_EPS · max diag``, which
+    happens when ``k`` exceeds the features' width), the code's loop takes the square root of
+    negative round-off and picks the same tokens again. Here the remaining picks are the unpicked
+    tokens by their diagonal entry (their relevance): ``k`` distinct tokens, and the same picks as
+    the code's wherever its picks are distinct."""
     b, n, _ = kernel.shape
     rows = torch.arange(b, device=kernel.device)
     cis = torch.zeros((k, b, n), dtype=kernel.dtype, device=kernel.device)
-    gains = torch.diagonal(kernel, dim1=1, dim2=2).clone()
+    diagonal = torch.diagonal(kernel, dim1=1, dim2=2)
+    gains = diagonal.clone()
+    floor = RANK_EPS * diagonal.amax(dim=-1)
+    picked = torch.zeros((b, n), dtype=torch.bool, device=kernel.device)
     picks = torch.empty((k, b), dtype=torch.long, device=kernel.device)
     for i in range(k):  # k picks, each one [B, N] update
         j = torch.argmax(gains, dim=-1)
+        best = gains[rows, j]
+        exhausted = ~(best > floor)  # NaN included
+        if exhausted.any():
+            by_diagonal = torch.argmax(diagonal.masked_fill(picked, -float("inf")), dim=-1)
+            j = torch.where(exhausted, by_diagonal, j)
+            best = gains[rows, j]
         picks[i] = j
         update = (kernel[rows, j] - torch.einsum("tb,tbn->bn", cis[:i, rows, j], cis[:i])) / \
-            torch.sqrt(gains[rows, j]).unsqueeze(-1)
+            torch.sqrt(best.clamp(min=1e-30)).unsqueeze(-1)
+        update = update.masked_fill(exhausted.unsqueeze(-1), 0.0)
         cis[i] = update
         gains -= torch.square(update)
+        picked[rows, j] = True
         gains[rows, j] = -float("inf")
     return picks.t()
 
