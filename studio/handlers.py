@@ -21,8 +21,8 @@ import gradio as gr
 import numpy as np
 
 from prunesid_vlm.pipeline import (
-    MAX_QUESTION_CHARS,
-    RESULT_SCHEMA,  # noqa: F401  (the question box's limit, read by the layout)
+    MAX_QUESTION_CHARS,  # noqa: F401  (the question box's limit, read by the layout)
+    RESULT_SCHEMA,
     CompareResult,
     Frames,
     Pipeline,
