@@ -113,8 +113,12 @@ def bench_prefill(model, hidden, cls, text, repeats, device):
 @torch.inference_mode()
 def bench_tower(model, pixels, repeats, device):
     tower = model.model.vision_tower
-    plain = lambda: tower(pixels, output_hidden_states=[-2])
-    hooked = lambda: encode_views(model, pixels)
+    def plain():
+        return tower(pixels, output_hidden_states=[-2])
+
+    def hooked():
+        return encode_views(model, pixels)
+
     best = {"plain": float("inf"), "hooks": float("inf"), "eager": float("inf")}
     for _ in range(repeats):
         best["plain"] = min(best["plain"], timed(plain, device))

@@ -337,7 +337,7 @@ def plot_worst(results: list[ItemResult], settings: ReportSettings, folder: Path
         labels.append(worst_label(r.item.split("|")[0], p, kl))
     if tiles:
         sheet = viz.contact_sheet(tiles, labels, cols=3)
-        Image.fromarray(with_caption(sheet, worst_caption(method, budget, len(tiles), len(scored), settings.model))
+        Image.fromarray(viz.with_caption(sheet, worst_caption(method, budget, len(tiles), len(scored), settings.model))
                         ).save(path)
 
 
@@ -363,21 +363,3 @@ def worst_caption(method: str, budget: int, shown: int, items: int, model: str) 
             f"names the item, the visual tokens the model received, the KL and whether the whole answer changed.")
 
 
-def with_caption(image, text: str):
-    """``image`` (uint8 RGB) under a white band holding ``text``, wrapped to its width."""
-    import textwrap
-
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from viz._draw import font
-
-    size = 14
-    face = font(size)
-    chars = max(20, int(image.shape[1] / (0.55 * size)))
-    lines = textwrap.wrap(text, chars)
-    band = Image.new("RGB", (image.shape[1], 12 + len(lines) * (size + 5)), (255, 255, 255))
-    draw = ImageDraw.Draw(band)
-    for i, line in enumerate(lines):
-        draw.text((8, 6 + i * (size + 5)), line, fill=(30, 30, 30), font=face)
-    return np.concatenate([np.asarray(band), image], axis=0)

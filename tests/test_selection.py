@@ -233,7 +233,7 @@ def test_nms_equals_sequential_greedy():
         if not alive[i]:
             continue
         survives[i] = True
-        victims = alive & (group[0] == group[0, i]) & (similarity[0, i] > tau) 
+        victims = alive & (group[0] == group[0, i]) & (similarity[0, i] > tau)
         victims[i] = False
         suppressor[victims] = i
         alive &= ~victims

@@ -5,10 +5,12 @@ Overlays (uint8 ``H x W x 3`` in, uint8 out; see :mod:`viz.overlays` for convent
     draw_kept_tokens, draw_groups, group_masks, group_annotations, draw_nms, draw_importance,
     draw_on_original (the original picture as the processor cuts it, kept tokens in place)
 Charts (matplotlib Figures) and video helpers:
-    plot_group_budgets, plot_dynamic_ratio, complexity_label, plot_frame_budgets, contact_sheet
+    plot_group_budgets, plot_dynamic_ratio, complexity_label, plot_frame_budgets, contact_sheet,
+    with_caption (a picture under a caption band)
 Geometry and colours:
     PatchGrid (patch index <-> pixel rectangle), group_colors / group_hex
 """
+from ._draw import with_caption
 from .grid import PatchGrid, as_rgb_uint8
 from .overlays import (
     GroupAnnotations,
@@ -55,4 +57,5 @@ __all__ = [
     "plot_group_budgets",
     "SelectionRow",
     "selection_row",
+    "with_caption",
 ]

@@ -191,3 +191,20 @@ def label_inplace(image: np.ndarray, text: str, scale: float = 1.0) -> None:
     draw.rectangle((x0 - pad, y0 - pad, x1 + pad, y1 + pad), fill=(0, 0, 0))
     draw.text((pad * 2, pad * 2), text, fill=(255, 255, 255), font=f)
     image[...] = np.asarray(pil)
+
+
+def with_caption(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` (uint8 RGB) under a white band holding ``text``, wrapped to its width."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    size = 14
+    face = font(size)
+    chars = max(20, int(image.shape[1] / (0.55 * size)))
+    lines = textwrap.wrap(text, chars)
+    band = Image.new("RGB", (image.shape[1], 12 + len(lines) * (size + 5)), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        draw.text((8, 6 + i * (size + 5)), line, fill=(30, 30, 30), font=face)
+    return np.concatenate([np.asarray(band), image], axis=0)
