@@ -25,16 +25,26 @@ def group_bounds(
 
     lo_g = min(1, c_g); up_g = min(cap·⌈K/64⌉, c_g, n_g), then — as the reference's
     ``while`` loop does — every up_g is raised by the same t (capped at c_g), with t the
-    smallest integer that makes Σ up_g ≥ K. Here t is found for all rows at once.
+    smallest integer that makes Σ up_g ≥ K. Here t is found for all rows at once, by
+    bisection (Σ min(up_g + t, c_g) grows with t): O(G · log K) work and [B, G] memory.
     Requires Σ c_g ≥ K (budgets that keep everything are handled by the caller).
     """
     lower = sizes.clamp(max=1)
     cap = cap_per_64 * torch.div(budget + 63, 64, rounding_mode="floor")  # 5·⌈K/64⌉
     upper = torch.minimum(torch.minimum(cap[:, None], sizes), survivors)
-    steps = torch.arange(int(budget.max()) + 1, device=sizes.device)  # candidate t (t ≤ K suffices)
-    raised = torch.minimum(upper[:, None, :] + steps[None, :, None], sizes[:, None, :])  # (B, T, G)
-    enough = raised.sum(dim=-1) >= budget[:, None]  # (B, T)
-    t = enough.to(torch.int8).argmax(dim=1)  # first t that suffices
+
+    def enough(t: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(upper + t[:, None], sizes).sum(dim=1) >= budget
+
+    # t = 0 may already suffice; t = K always does (every up_g reaches c_g, and Σ c_g ≥ K).
+    low = torch.full_like(budget, -1)  # invariant: low does not suffice (or is -1), high does
+    high = budget.clone()
+    for _ in range(max(int(budget.max()), 1).bit_length() + 1):
+        middle = torch.div(low + high, 2, rounding_mode="floor")
+        fits = enough(middle.clamp(min=0))
+        high = torch.where(fits, middle, high)
+        low = torch.where(fits, low, middle)
+    t = high.clamp(min=0)
     upper = torch.minimum(upper + t[:, None], sizes)
     return lower, upper
 

@@ -43,3 +43,12 @@ DEFAULT_CONFIG = PruneSIDConfig()
 # Dynamic ratio (paper Eq. 7; absent from the reference code).
 DEFAULT_MIN_TOKENS = 8
 """Floor on a dynamic per-image budget: below this the PSCA has one or two groups."""
+
+# Views of thousands of tokens (docs/algorithm.md#at-scale).
+MAX_TOKENS_PER_VIEW = 10_000
+"""Largest view (tokens N of one image, crop or frame) the app selects on: seconds, not minutes,
+on a small CPU (``benchmarks/selection_scale.py`` on a shared 2-core machine, PERFORMANCE.md,
+"Selection at scale"). ``select_tokens`` and ``select_tokens_qwen`` do not enforce it (they
+select for any N, in time and memory about linear in N for N > D); ``prunesid_vlm`` refuses a
+larger view and scales Qwen pictures down to it (a Qwen checkpoint's default ``max_pixels``
+allows ~16,000 merged tokens)."""

@@ -7,16 +7,25 @@ belongs to group ``argmax_j |V_ij|``. Groups are numbered by component, largest
 singular value first.
 
 The right singular vectors of the centred Z are the eigenvectors of the N×N Gram
-matrix ``Zcᵀ Zc`` (``zc @ zcᵀ`` with our token-major ``zc``), which is what we decompose
-(cheaper than an SVD of D×N): by LAPACK through SciPy, or by its accelerators (Lanczos
-converged to working precision for G ≤ 16), see :mod:`prunesid._eigen.solve`. All are
-exact to the precision of the matrix and deterministic.
+matrix ``Zcᵀ Zc`` (``zc @ zcᵀ`` with our token-major ``zc``). They are found from the
+smaller of two symmetric problems (:func:`decomposed_side`):
+
+* N ≤ D (a LLaVA image, a small Qwen view): the N×N Gram matrix itself, by LAPACK through
+  SciPy, or by its accelerators (Lanczos converged to working precision for G ≤ 16);
+* N > D (a Qwen picture at full resolution, thousands of merged tokens): the D×D matrix
+  ``Zc Zcᵀ`` (``zcᵀ @ zc``), in float64, whose top eigenvectors U map back to the same
+  vectors, ``V = zc @ U`` with each column normalised — O(N·D²) instead of O(N²·D + N³),
+  and no N×N matrix.
+
+See :mod:`prunesid._eigen.solve`. All are exact to the precision of the matrix and
+deterministic; only ``|V|`` is ever used, so the arbitrary sign of a column (which
+differs between the two problems) changes nothing.
 """
 from __future__ import annotations
 
 import torch
 
-from ._eigen import gram_top_eigenvectors
+from ._eigen import channel_gram_top_eigenvectors, gram_top_eigenvectors
 
 FLOAT32_MAX_COMPONENTS = 16
 """Largest G decomposed in float32. Forming the Gram matrix squares the condition of the
@@ -24,6 +33,13 @@ problem: the eigenvector error grows like eps·λ1/gap, and beyond ~16 component
 eigenvalues are 100× below λ1 and close together, so float32 rounding flips group
 assignments (measured on the reference cases: every case with G ≤ 16 agrees in float32,
 about a fifth of those with G ≥ 24 do not; in float64 all but one near-tie agree)."""
+
+
+def decomposed_side(num_tokens: int, channels: int) -> str:
+    """Which symmetric problem gives the components: ``"tokens"`` (the N×N Gram matrix) when
+    N ≤ D, else ``"channels"`` (the D×D one). Both give the same vectors; the smaller is cheaper
+    (a size-n problem costs O(n³) and holds n² numbers)."""
+    return "channels" if channels < num_tokens else "tokens"
 
 
 def centred_token_matrix(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -54,6 +70,9 @@ def principal_components(
     """
     zc = centred_token_matrix(hidden_states)  # (B, N, D)
     if method == "exact":
+        if decomposed_side(zc.shape[1], zc.shape[2]) == "channels":
+            zc = zc.double()  # always: the D×D matrix squares the condition as the N×N one does
+            return channel_gram_top_eigenvectors(zc, num_components).float()
         if num_components > FLOAT32_MAX_COMPONENTS:
             zc = zc.double()  # see FLOAT32_MAX_COMPONENTS
         return gram_top_eigenvectors(zc, num_components).float()

@@ -6,6 +6,22 @@ accelerated path, ``krylov`` (Lanczos compiled with numba, where numba is instal
 ``lapack`` (the library's LAPACK call without the GIL). SciPy and numba are imported on
 first use, not with the package.
 """
-from .solve import SOLVERS, gram_matrix, gram_top_eigenvectors, top_eigenvectors, warm_up
+from .solve import (
+    SOLVERS,
+    channel_gram_matrix,
+    channel_gram_top_eigenvectors,
+    gram_matrix,
+    gram_top_eigenvectors,
+    top_eigenvectors,
+    warm_up,
+)
 
-__all__ = ["SOLVERS", "gram_matrix", "gram_top_eigenvectors", "top_eigenvectors", "warm_up"]
+__all__ = [
+    "SOLVERS",
+    "channel_gram_matrix",
+    "channel_gram_top_eigenvectors",
+    "gram_matrix",
+    "gram_top_eigenvectors",
+    "top_eigenvectors",
+    "warm_up",
+]

@@ -52,7 +52,7 @@ def _call(matrix: np.ndarray, first: int, last: int, vectors: np.ndarray, values
 
 @lru_cache(maxsize=16)
 def _workspace_sizes(n: int, k: int, dtype: str) -> tuple[int, int]:
-    probe = np.eye(n, dtype=dtype)
+    probe = np.zeros((n, n), dtype=dtype)  # never read by a size query; calloc'd, so it takes no memory
     work, iwork = np.empty(1, dtype=dtype), np.empty(1, dtype=np.int32)
     vectors, values = np.empty((k, n), dtype=dtype), np.empty(n, dtype=dtype)
     info = _call(probe, n - k + 1, n, vectors, values, work, iwork, -1, -1)  # size query

@@ -232,6 +232,69 @@ def gram_top_eigenvectors(rows: torch.Tensor, k: int, *, solver: str | None = No
     return top_eigenvectors(gram_matrix(rows), k, overwrite=True, solver=solver)  # the Gram matrix is ours
 
 
+MAPPED_ROWS = 1024
+"""Rows of ``rows @ U`` computed per BLAS call in :func:`channel_gram_top_eigenvectors`: small
+enough that the calls spread evenly over the cores (20 for a 20,000-token view), large enough
+for BLAS to run at full speed; fixed, so that a row's vectors do not depend on the thread count."""
+
+
+def channel_gram_matrix(rows: torch.Tensor) -> torch.Tensor:
+    """``[B, D, D]``: ``rowsᵀ @ rows`` for ``rows`` ``[B, N, D]``, both triangles filled.
+
+    On the CPU the same four lower-triangle blocks as :func:`gram_matrix`, on ``rowsᵀ``
+    (the F-ordered view of each row, no copy), one thread per core.
+    """
+    if rows.device.type != "cpu":
+        return torch.bmm(rows.transpose(1, 2), rows)
+    _limit_blas_threads()
+    batch = rows.detach().contiguous().numpy()
+    d = batch.shape[2]
+    grams = np.empty((batch.shape[0], d, d), dtype=batch.dtype)
+    tasks = [(row, block) for row in range(len(batch)) for block in gram_blocks(d)]
+    _map(lambda task: _gram_block(batch[task[0]].T, grams[task[0]], task[1]), tasks, _workers())
+    return torch.from_numpy(grams)
+
+
+def channel_gram_top_eigenvectors(rows: torch.Tensor, k: int, *, solver: str | None = None) -> torch.Tensor:
+    """``[B, N, k]``: the top-k eigenvectors of ``rows @ rowsᵀ`` (N×N), found from ``rowsᵀ @ rows`` (D×D).
+
+    The same vectors as :func:`gram_top_eigenvectors` (up to sign, and to the precision of the
+    matrix), at the cost of the smaller problem when D < N: if ``rowsᵀ rows u = λ u`` then
+    ``rows u`` is an eigenvector of ``rows rowsᵀ`` for the same λ, of length √λ. So the top-k
+    eigenvectors U of the D×D matrix are solved for (by the same LAPACK call as the N×N ones) and
+    mapped back, ``V = rows @ U``, each column divided by its own computed length. Memory is
+    O(N·D + D² + N·k), time O(N·D² + D³); the N×N path is O(N²·D + N³) and holds N² numbers.
+
+    The D×D matrix has at most D non-zero eigenvalues, the N×N one as many: eigenvectors beyond
+    the rank (k > D, or eigenvalues at most ``D · eps · λ1``, the backward error of the D×D
+    solve) lie in the N×N matrix's null space, where any orthonormal basis is as good as another
+    and an N×N solver returns one chosen by rounding; here they are zero columns.
+
+    ``rows``: ``[B, N, D]``, float64 for PSCA (float32 works, with the float32 Gram matrix's
+    squared condition and a null-space cut-off ``D · eps`` of float32).
+    """
+    b, n, d = rows.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"asked for {k} eigenvectors of a {n}x{n} matrix")
+    solved = min(k, d)
+    vectors = top_eigenvectors(channel_gram_matrix(rows), solved, overwrite=True, solver=solver)  # (B, D, solved)
+    if rows.device.type != "cpu":
+        mapped = torch.bmm(rows, vectors)  # (B, N, solved)
+    else:
+        source, basis = rows.detach().contiguous().numpy(), vectors.numpy()
+        out = np.empty((b, n, solved), dtype=source.dtype)
+        tasks = [(row, slice(start, start + MAPPED_ROWS)) for row in range(b) for start in range(0, n, MAPPED_ROWS)]
+        _map(lambda task: np.matmul(source[task[0]][task[1]], basis[task[0]], out=out[task[0]][task[1]]), tasks, _workers())
+        mapped = torch.from_numpy(out)
+    lengths = torch.linalg.vector_norm(mapped, dim=1, keepdim=True)  # (B, 1, solved): √λ
+    tolerance = d * torch.finfo(mapped.dtype).eps  # relative to λ1: numerically zero
+    null = lengths.square() <= tolerance * lengths[:, :, :1].square()
+    mapped = torch.where(null, torch.zeros((), dtype=mapped.dtype, device=mapped.device), mapped / lengths.masked_fill(null, 1))
+    if solved < k:
+        mapped = torch.nn.functional.pad(mapped, (0, k - solved))
+    return mapped
+
+
 def top_eigenvectors(matrix: torch.Tensor, k: int, *, overwrite: bool = False, solver: str | None = None) -> torch.Tensor:
     """``[B, N, k]`` eigenvectors of the k largest eigenvalues, largest first (same dtype).
 
