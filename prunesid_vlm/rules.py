@@ -305,16 +305,22 @@ def _rectangle(patches: torch.Tensor, num_patches: int) -> tuple[int, int]:
 
 def _rows_of(options: dict | None, views: torch.Tensor, patches: torch.Tensor | None = None) -> dict | None:
     """Per-method options (``{method: {key: value}}``) for some views and, given ``patches``, those
-    patches only: the per-view tensors among them (DivPrune's projected ``features`` ``[V, N, D]``)."""
+    patches only: the per-view tensors among them (:data:`PER_VIEW_OPTIONS`)."""
     if not options:
         return options
     out = {}
     for name, opts in options.items():
-        if "features" in opts:
-            features = opts["features"][views]
-            opts = {**opts, "features": features if patches is None else features[:, patches]}
+        for key in PER_VIEW_OPTIONS:
+            if opts.get(key) is not None:
+                rows = opts[key][views]
+                opts = {**opts, key: rows if patches is None else rows[:, patches]}
         out[name] = opts
     return out
+
+
+PER_VIEW_OPTIONS = ("features", "relevance")
+"""Options that hold one row per view and one entry per patch: the projected ``features``
+``[V, N, D]`` (DivPrune, CDPruner) and CDPruner's instruction ``relevance`` ``[V, N]``."""
 
 
 def keeps_everything(feats: EncodedImages, selection: Selection) -> bool:

@@ -157,3 +157,21 @@ def test_video_frames_on_an_anyres_model_go_in_as_base_views(llava_next_pipeline
     assert prefills[0].shape[1] == result.prompt_tokens["full"] < len(full_ids)
     assert any("base view alone" in n for n in pipe.media_notes(feats))
     assert not any("base view alone" in n for n in pipe.media_notes(pipe.encode(list(frames))))
+
+
+def test_question_methods_run_on_padded_crops(llava_next_pipeline):
+    """CDPruner's per-view relevance is cut to a padded crop's received patches, as its projected
+    features are (the Compare tab on a NeXT model warned 'relevance must match the (1, 576)
+    patches, got (3, 576)' and left CDPruner out)."""
+    pipe, k = llava_next_pipeline, 64
+    image = make_image(7, 60, 1500)
+    feats = pipe.encode([image])
+    assert feats.visible is not None and not bool(feats.visible[1:].all())
+    if "cdpruner" not in pipe.available_methods(feats):
+        pytest.skip(pipe.unavailable_methods(feats).get("cdpruner", "CDPruner unavailable"))
+    for method in ("cdpruner", "divprune"):
+        sel = pipe.select(feats, k, method=method, question=QUESTION)
+        for view in range(1, feats.num_views):
+            kept = sel.kept_patches[view]
+            assert not bool((kept & ~feats.visible[view]).any()), method
+            assert int(kept.sum()) == min(k, int(feats.visible[view].sum())), method
