@@ -96,7 +96,8 @@ class TokenCounts:
     handed: tuple[int, ...]
     newlines: int = 0
     kinds: tuple[str, ...] = ()
-    """Per view: ``"image"``, ``"base"``, ``"crop"`` or ``"frame"``."""
+    """Per view: ``"image"``, ``"base"``, ``"crop"``, ``"frame"`` or (a Qwen clip's two frames)
+    ``"temporal patch"``."""
 
     @property
     def total(self) -> int:
@@ -112,7 +113,8 @@ class TokenCounts:
         parts, kinds = [], self.kinds or ("view",) * len(self.handed)
         for kind in dict.fromkeys(kinds):  # in order of first appearance
             counts = [str(n) for n, k in zip(self.handed, kinds) if k == kind]
-            label = kind if len(counts) == 1 else f"{len(counts)} {kind}s"
+            plural = kind.replace("patch", "patches") if kind.endswith("patch") else kind + "s"
+            label = kind if len(counts) == 1 else f"{len(counts)} {plural}"
             parts.append(f"{'+'.join(counts)} ({label})")
         if self.newlines:
             parts.append(f"{self.newlines} newline{'s' if self.newlines != 1 else ''}")

@@ -348,7 +348,7 @@ def token_counts(feats: EncodedImages, selection: Selection | None = None) -> To
         sent = None if rows is None else rows[selection.kept_patches.cpu()]
     newlines = 0 if sent is None else int(sent[sent >= 0].unique().numel())
     return TokenCounts(handed=tuple(int(h) for h in handed), newlines=newlines,
-                       kinds=tuple(v.kind for v in feats.views))
+                       kinds=tuple("temporal patch" if feats.clip else v.kind for v in feats.views))
 
 
 def selection_key(selection: Selection) -> str:

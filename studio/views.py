@@ -136,7 +136,8 @@ def _dynamic(analysis: Analysis, view: int):
     phi = float(sel.phi[view])
     budget = int(analysis.budgets[view])  # what this view hands over now (a crop's CLS not counted)
     refs = analysis.reference_phis or [analysis.phi_ref]
-    label = "this frame" if analysis.kind == "video" else "this image"
+    clip = bool(analysis.feats.clip)  # a Qwen clip: one view per temporal patch (two frames)
+    label = "this temporal patch" if clip else ("this frame" if analysis.kind == "video" else "this image")
     would = view_budgets(analysis.feats, analysis.budget, dynamic=True)[view]
     # The chart marks what the dynamic ratio gives this φ, so that the marker and the chart's token
     # axis always agree; that axis (K̄ · φ / φ_ref) is the single-image rule, so several views,
@@ -146,8 +147,13 @@ def _dynamic(analysis: Analysis, view: int):
     fig = viz.plot_dynamic_ratio(phi, refs, would, mean_budget=analysis.budget if single else None, label=marker)
     level = viz.complexity_label(phi, refs)
     if analysis.num_views > 1 and analysis.dynamic:
-        text = (f"**Dynamic ratio on.** The {analysis.num_views} {'frames' if analysis.kind == 'video' else 'views'} "
-                f"share {analysis.budget} × {analysis.num_views} = {sum(analysis.budgets)} tokens in proportion to "
+        views = ("temporal patches (two frames each)" if clip else
+                 "frames" if analysis.kind == "video" else "views")
+        total = sum(analysis.budgets)
+        # Qwen scales K (per 576 tokens) to its views' size first: name the scaled K′ it shares.
+        each = f"K′ = {total // analysis.num_views}" if analysis.feats.rule == "qwen" else str(analysis.budget)
+        text = (f"**Dynamic ratio on.** The {analysis.num_views} {views} "
+                f"share {each} × {analysis.num_views} = {total} tokens in proportion to "
                 f"their information φ; {label} (φ = {phi:.3f}, {level} complexity) got **{budget}**.")
     elif analysis.dynamic:
         text = (f"**Dynamic ratio on.** φ = 1 − ρ = {phi:.3f} ({level} complexity; calibration photos' mean "

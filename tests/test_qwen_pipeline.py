@@ -133,6 +133,12 @@ def test_every_view_and_the_compare_tab_work_on_qwens_grid(qwen, tmp_path):
     frames = clip(4)
     video = H.reselect(H.encode(qwen, "video", "clip", frames, [], None), 64, True)
     assert video.num_views == 2 and V.render(video, 1)["frame_chart"] is not None
+    # A clip's views are temporal patches, and they share the scaled K′, not K (64 per 576 tokens).
+    shared = sum(video.budgets)
+    text = V.render(video, 1)["dynamic_text"]
+    assert f"2 temporal patches (two frames each) share K′ = {shared // 2} × 2 = {shared} tokens" in text, text
+    assert "this temporal patch" in text and "64 × 2" not in text
+    assert "(2 temporal patches)" in H.token_counts(video.feats, video.selection).breakdown()
     get = lambda: qwen  # noqa: E731
     out = compare_view(str(path), "What is it?", 64, None, get, answers=False)
     assert {r["method"] for r in out["json"]["methods"]} == {"prunesid", "prunesid-dyn", "random", "grid", "divprune"}
