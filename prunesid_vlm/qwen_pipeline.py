@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import prunesid.config
 from prunesid.result import Selection
 
 from .adapters.base import ViewInfo
@@ -46,14 +47,34 @@ class QwenPipeline(Pipeline):
     def num_patches(self) -> int:
         return 0
 
+    def __init__(self, loaded):
+        super().__init__(loaded)
+        # A checkpoint's own max_pixels allows views of ~16,000 merged tokens, whose selection takes
+        # tens of seconds: larger pictures are scaled down to the view limit instead (media_notes says so).
+        size = self.processor.image_processor.size
+        self.checkpoint_max_pixels = int(size["longest_edge"])
+        if self.checkpoint_max_pixels > self.max_view_pixels:
+            size["longest_edge"] = max(self.max_view_pixels, int(size["shortest_edge"]))
+
+    @property
+    def max_view_pixels(self) -> int:
+        """The most pixels a view may have: ``prunesid.MAX_TOKENS_PER_VIEW`` merged tokens of 28 × 28 px."""
+        side = self.processor.patch_size * self.processor.merge_size
+        return prunesid.config.MAX_TOKENS_PER_VIEW * side * side
+
     def set_pixel_range(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         """Qwen's dynamic resolution: images are resized to between ``min_pixels`` and ``max_pixels``
-        (multiples of 28 px; one merged token per 28 × 28 px). Cached features are dropped."""
+        (multiples of 28 px; one merged token per 28 × 28 px). Cached features are dropped. A
+        ``max_pixels`` above :attr:`max_view_pixels` is refused (see ``prunesid.MAX_TOKENS_PER_VIEW``)."""
         processor = self.processor.image_processor
         low = int(min_pixels if min_pixels is not None else processor.size["shortest_edge"])
         high = int(max_pixels if max_pixels is not None else processor.size["longest_edge"])
         if not 28 * 28 <= low <= high:
             raise ValueError(f"the pixel range must satisfy 784 <= min_pixels <= max_pixels, got {low} and {high}")
+        if high > self.max_view_pixels:
+            raise ValueError(f"max_pixels={high:,} gives views of up to {high // 784:,} merged tokens; PruneSID selects "
+                             f"in seconds up to {prunesid.config.MAX_TOKENS_PER_VIEW:,} per view "
+                             f"(prunesid.MAX_TOKENS_PER_VIEW), so max_pixels may be at most {self.max_view_pixels:,}")
         with self._lock:
             processor.size = {"shortest_edge": low, "longest_edge": high}
             self._features.clear()
@@ -162,8 +183,14 @@ class QwenPipeline(Pipeline):
         rows, cols = feats.grid
         (h, w) = feats.image_sizes[0]
         what = "clip" if feats.clip else "image"
-        return [f"{self.model_id} sees the whole {what} ({w}×{h} px) resized to {cols * 28}×{rows * 28} px: "
-                f"{rows} × {cols} merged tokens of 28 × 28 px per {'temporal patch (2 frames)' if feats.clip else 'image'}."]
+        notes = [f"{self.model_id} sees the whole {what} ({w}×{h} px) resized to {cols * 28}×{rows * 28} px: "
+                 f"{rows} × {cols} merged tokens of 28 × 28 px per {'temporal patch (2 frames)' if feats.clip else 'image'}."]
+        capped = self.processor.image_processor.size["longest_edge"] >= self.max_view_pixels  # not a lower setting
+        if capped and min(w * h, self.checkpoint_max_pixels) > self.max_view_pixels:
+            notes.append(f"Scaled down to at most {prunesid.config.MAX_TOKENS_PER_VIEW:,} merged tokens per view "
+                         f"(the checkpoint allows {self.checkpoint_max_pixels // 784:,}): PruneSID's selection of a "
+                         f"larger view would take tens of seconds.")
+        return notes
 
     def _project_patches(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden[:, 1:].float()  # merged tokens are already the language model's inputs

@@ -21,6 +21,7 @@ from PIL import Image
 
 from prunesid import (QWEN_CONFIG, allocate_budgets, dynamic_budget, information_score, qwen_budget, select_tokens,
                       select_tokens_qwen)
+import prunesid.config
 from prunesid.config import DEFAULT_MIN_TOKENS
 from prunesid.result import Selection
 from prunesid.subset import concat_selections, expand_selection, subset_inputs
@@ -201,6 +202,16 @@ def view_phis(hidden_states: torch.Tensor, visible: torch.Tensor | None = None) 
     return phi
 
 
+def check_view_size(feats: EncodedImages) -> None:
+    """A ValueError that says why, for views of more than ``prunesid.MAX_TOKENS_PER_VIEW`` tokens."""
+    largest = feats.hidden_states.shape[1] - 1  # a view's tokens, less its CLS (Qwen: a zero row)
+    limit = prunesid.config.MAX_TOKENS_PER_VIEW  # read here, so that tests may lower it
+    if largest > limit:
+        raise ValueError(f"A view of {largest:,} tokens is more than a selection handles in seconds "
+                         f"(prunesid.MAX_TOKENS_PER_VIEW = {limit:,}): use a smaller picture "
+                         f"(Qwen models: a lower max_pixels, Pipeline.set_pixel_range).")
+
+
 def select(feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, method: str = "prunesid",
            options: dict | None = None, seed: int = 0, mode: str = "per_view") -> Selection:
     """A registry method's selection on ``feats`` at ``num_tokens`` per view (or in all, ``mode="total"``), CPU.
@@ -208,8 +219,10 @@ def select(feats: EncodedImages, num_tokens: int, *, dynamic: bool = False, meth
     A dynamic method (``prunesid-dyn``) gets its budgets from :func:`view_budgets` with
     ``dynamic=True`` — the same rule as PruneSID with ``dynamic=True`` — and runs PruneSID's
     fixed-budget rule with them, so the two always agree. Views with patches the language
-    model does not receive are selected on the received ones only (``feats.visible``).
+    model does not receive are selected on the received ones only (``feats.visible``). Views
+    larger than ``prunesid.MAX_TOKENS_PER_VIEW`` are refused (:func:`check_view_size`).
     """
+    check_view_size(feats)
     spec = get_method(method)
     budgets = selection_budgets(feats, view_budgets(feats, num_tokens, dynamic or spec.dynamic, mode))
     if feats.rule == "qwen":
