@@ -26,7 +26,7 @@ from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
 from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
 from prunesid_vlm import studies
-from prunesid_vlm.pipeline import RESULT_SCHEMA, Cost, Pipeline, check_budget, check_question
+from prunesid_vlm.pipeline import RESULT_SCHEMA, Cost, Frames, Pipeline, check_budget, check_question
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability, token_parts
 
 from .components import RawNumber, SafeImage
@@ -76,7 +76,10 @@ def _media(image: Any, media: Any = None) -> tuple[list, list[str], str]:
     if media is not None and getattr(media, "images", None):
         name = Path(str(media.source)).name
         label = f"the {len(media.images)} frames sampled from {name}" if media.kind == "video" else name
-        return list(media.images), list(media.notes), label
+        # Frames stay Frames: a clip is compared as the Explore tab analysed it (Qwen: temporal
+        # patches; LLaVA-NeXT: base views only), not as that many separate pictures.
+        images = Frames(media.images) if isinstance(media.images, Frames) else list(media.images)
+        return images, list(media.notes), label
     if image is None or (isinstance(image, str) and not image):
         raise MediaError("No image yet: upload one (or pick an example) in the Explore tab.")
     img, notes = load_image(image)

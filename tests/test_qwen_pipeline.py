@@ -140,6 +140,10 @@ def test_every_view_and_the_compare_tab_work_on_qwens_grid(qwen, tmp_path):
     assert "this temporal patch" in text and "64 × 2" not in text
     assert "(2 temporal patches)" in H.token_counts(video.feats, video.selection).breakdown()
     get = lambda: qwen  # noqa: E731
+    # Compare on the Explore tab's clip compares the clip (its temporal patches), not 4 pictures.
+    on_clip = compare_view(None, None, 64, ["prunesid"], get, answers=False, media=video)["json"]
+    assert on_clip["views"] == video.num_views == 2
+    assert len(on_clip["methods"][0]["tokens_per_view"]) == 2
     out = compare_view(str(path), "What is it?", 64, None, get, answers=False)
     assert {r["method"] for r in out["json"]["methods"]} == {"prunesid", "prunesid-dyn", "random", "grid", "divprune"}
     assert "not available" in out["context"]
