@@ -385,3 +385,16 @@ def test_on_original_shows_what_the_tower_sees_and_the_kept_tokens_in_place():
     assert with_legend.shape[0] > 300
     with pytest.raises(ValueError, match="focus"):
         draw_on_original(image, [(0, 0, 600, 300)], focus=2)
+
+
+def test_a_legend_entry_wider_than_the_picture_wraps_instead_of_being_cut():
+    """A narrow overlay (a Qwen grid) with a long legend entry: the text goes on to further lines,
+    and nothing is drawn in the right margin (it was cut at the edge)."""
+    from viz._draw import LegendItem, legend_band
+
+    words = "group 1 only; duplicate = similarity > τ = 0.75 and a few more words to be sure"
+    short = legend_band([LegendItem("disc", (200, 0, 0), "kept")], 160)
+    band = legend_band([LegendItem("disc", (200, 0, 0), "kept"), LegendItem("none", "", words)], 160)
+    assert band.shape[0] >= 3 * short.shape[0]  # several lines
+    ink = (band < 200).any(axis=(0, 2))
+    assert not ink[-4:].any()  # the right margin stays white

@@ -5,7 +5,7 @@ unless the name says ``_inplace``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal, Sequence
 
@@ -83,6 +83,7 @@ def legend_band(items: Sequence[LegendItem], width: int, scale: float = 1.0) -> 
     line_h = max(sw, fsize) + round(6 * scale)
     # Lay out: measure each entry and wrap greedily.
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = _split_wide(items, width - 2 * pad, sw, round(5 * scale), lambda t: probe.textlength(t, font=f))
     widths = [it.swatch_width(sw) + round(5 * scale) * bool(it.swatch_width(sw)) + int(probe.textlength(it.text, font=f)) for it in items]
     lines: list[list[int]] = [[]]
     x = pad
@@ -105,6 +106,28 @@ def legend_band(items: Sequence[LegendItem], width: int, scale: float = 1.0) -> 
             draw.text((tx, y + sw / 2), it.text, fill=(20, 20, 20), font=f, anchor="lm")
             x += widths[i] + gap
     return np.asarray(band)
+
+
+def _split_wide(items: Sequence[LegendItem], room: int, sw: int, space: int, measure) -> list[LegendItem]:
+    """Entries wider than a whole line split at spaces into several (the rest without a swatch),
+    so the greedy layout puts them on the next lines instead of cutting the text at the edge."""
+    out: list[LegendItem] = []
+    for it in items:
+        lead = it.swatch_width(sw) + space * bool(it.swatch_width(sw))
+        words = it.text.split(" ")
+        if lead + measure(it.text) <= room or len(words) == 1:
+            out.append(it)
+            continue
+        line, first = "", True
+        for word in words:
+            trial = f"{line} {word}".strip()
+            if line and (lead if first else 0) + measure(trial) > room:
+                out.append(replace(it, text=line) if first else LegendItem("none", "", line))
+                line, first = word, False
+            else:
+                line = trial
+        out.append(replace(it, text=line) if first else LegendItem("none", "", line))
+    return out
 
 
 def _swatch(band: Image.Image, draw: ImageDraw.ImageDraw, it: LegendItem, box, scale: float) -> None:

@@ -397,7 +397,9 @@ def draw_nms(
     if (kept_dup & in_focus).any():
         items.append(LegendItem("square", (90, 90, 90), f"kept duplicate ({counted(kept_dup)})"))
     where = "colour = group" if focus_group is None else f"group {int(focus_group) + 1} only"
-    items.append(LegendItem("none", "", f"{where}; duplicate = similarity > τ = {sr.tau:.2f}"))
+    # Two entries, so that a narrow picture (a Qwen grid) wraps them instead of cutting the text.
+    items.append(LegendItem("none", "", where + ";"))
+    items.append(LegendItem("none", "", f"duplicate = similarity > τ = {sr.tau:.2f}"))
     return stack_below(out, legend_band(items, out.shape[1], _scale(grid)))
 
 
