@@ -194,6 +194,15 @@ def test_scanner_sees_every_kind_of_import():
     assert [i.module for i in deep] == ["prunesid.result", "prunesid._eigen.a"]
 
 
+def _heavy_modules_after(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter with the checkout on the path; the module names its
+    last line prints (a JSON list)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_importing_prunesid_loads_no_heavy_library():
     """In a fresh interpreter: ``import prunesid`` must leave these out of ``sys.modules``."""
     code = (
@@ -202,10 +211,7 @@ def test_importing_prunesid_loads_no_heavy_library():
         f"heavy = {HEAVY_ON_IMPORT!r}\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    loaded = _heavy_modules_after(code)
     roots = sorted({m.split(".")[0] for m in loaded})
     assert not loaded, f"import prunesid loaded {roots} ({len(loaded)} modules, e.g. {loaded[:5]})"
 
@@ -224,10 +230,7 @@ def test_the_entry_points_load_nothing_heavy():
         f"heavy = {('torch', *HEAVY_ON_IMPORT)!r}\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    loaded = _heavy_modules_after(code)
     assert not loaded, f"the entry points loaded {sorted({m.split('.')[0] for m in loaded})}"
 
 
