@@ -17,6 +17,7 @@ Three layers, as in :mod:`studio.handlers`:
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -50,6 +51,7 @@ MAX_SWEEP_POINTS = 12
 ANY_PATCHES = 1 << 20
 """A bound that lets every budget through :func:`parse_budgets` when the media's N is not known yet."""
 
+logger = logging.getLogger(__name__)
 GetPipeline = Callable[[], Pipeline]
 ProgressFn = Callable[..., Any]
 
@@ -84,6 +86,35 @@ def _media(image: Any, media: Any = None) -> tuple[list, list[str], str]:
         raise MediaError("No image yet: upload one (or pick an example) in the Explore tab.")
     img, notes = load_image(image)
     return [img], notes, Path(str(image)).name
+
+
+def method_availability(pipe: Pipeline, feats) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """``(choices, reasons)``: the registry methods ``pipe`` can run on ``feats`` as checkbox
+    choices, and why each other one cannot."""
+    reasons = pipe.unavailable_methods(feats)
+    return [(s.label, s.name) for s in list_methods() if s.name not in reasons], reasons
+
+
+def on_availability(get_pipeline: GetPipeline):
+    """The Compare tab opens: offer only the methods the model in use can run on the visitor's media
+    (their reasons said under the buttons), and the Question sub-tab only where a method chooses
+    by the question. Without an analysis yet, nothing changes."""
+    def handler(ticked: Sequence[str] | None, media: Any = None):
+        feats = getattr(media, "feats", None)
+        if feats is None:
+            return gr.update(), gr.update()
+        try:
+            choices, reasons = method_availability(get_pipeline(), feats)
+        except Exception:  # noqa: BLE001 - the tab stays as it was; Compare itself says what went wrong
+            logger.exception("method availability")
+            return gr.update(), gr.update()
+        offered = [name for _, name in choices]
+        kept = [name for name in (ticked or []) if name in offered]
+        by_question = any(get_method(name).needs_question for name in offered)
+        note = ("Every registry method runs on this model." if not reasons else "Not offered for this model: "
+                + "; ".join(f"{get_method(name).label} ({reason})" for name, reason in reasons.items()) + ".")
+        return gr.update(choices=choices, value=kept or offered, info=note), gr.update(visible=by_question)
+    return handler
 
 
 def context_line(label: str, budget: int, question: str | None, model_id: str) -> str:
@@ -490,11 +521,14 @@ its captions wrap instead of being cut."""
 
 
 # ---- layout --------------------------------------------------------------------------------
-def build_compare_tab(image_input, question_input, budget_input, get_pipeline: GetPipeline, media_state=None) -> None:
+def build_compare_tab(image_input, question_input, budget_input, get_pipeline: GetPipeline,
+                      media_state=None) -> Callable[[Any], None]:
     """The tab's components and events (call inside ``with gr.Tab("Compare methods"):``).
 
     ``media_state``: the Explore tab's ``gr.State`` holding the visitor's analysis; when given, the
-    comparisons run on its media (the image, or a video's sampled frames) rather than the image input."""
+    comparisons run on its media (the image, or a video's sampled frames) rather than the image input.
+    Returns ``on_open(tab)``: wires ``tab.select`` to offer only the methods the model in use can run
+    (and the Question sub-tab only where a method chooses by the question)."""
     choices = [(s.label, s.name) for s in list_methods()]
     media = [media_state] if media_state is not None else []
     gr.Markdown(INTRO)
@@ -526,7 +560,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
                                  interactive=False, column_widths=TABLE_COLUMN_WIDTHS, max_height=TABLE_MAX_HEIGHT,
                                  pinned_columns=1, elem_id="compare-table")
             table_md = gr.Markdown(elem_id="compare-table-notes")
-        with gr.Tab("Question", id="compare-question-tab"):
+        with gr.Tab("Question", id="compare-question-tab") as question_tab:
             gr.Markdown("Does the question change which tokens are kept? PruneSID chooses from the picture alone; "
                         "CDPruner weighs each token by its relevance to the question (CLIP's text tower).")
             with gr.Row():
@@ -563,6 +597,10 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
 
     private = dict(api_visibility="private", concurrency_id="model", concurrency_limit=1)
     wire_inllm(raw)
+
+    def on_open(tab) -> None:
+        tab.select(on_availability(get_pipeline), [methods] + media, [methods, question_tab], queue=False,
+                   show_progress="hidden", api_visibility="private")
     run_compare.click(on_compare(get_pipeline),
                       [image_input, question_input, budget_input, methods, answers, max_new, native] + media,
                       [gallery, table, status, raw, table_md], **private)
@@ -663,3 +701,5 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
                         "spread of the timing passes (`time_within_noise`, `time_resolved`, `same_schedule_as` say "
                         "when a time tells nothing apart), first-token KL and agreement, as JSON.",
         **public)
+    return on_open
+

@@ -124,8 +124,8 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Explore PruneSID", id="explore"):
                 inputs, model = _explore_tab(demo, banner)
             if importlib.util.find_spec("studio.compare_tab") is not None:
-                with gr.Tab("Compare methods", id="compare"):
-                    _compare_tab(*inputs)
+                with gr.Tab("Compare methods", id="compare") as compare:
+                    _compare_tab(*inputs)(compare)
         with gr.Accordion("About / how to read these views", open=False):
             gr.Markdown(ABOUT)
         _api(demo)
@@ -307,11 +307,11 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     return (image, question, budget, state), model
 
 
-def _compare_tab(image, question, budget, state) -> None:
-    """The methods engineer's tab (``studio/compare_tab.py``), if it has landed."""
+def _compare_tab(image, question, budget, state):
+    """The methods engineer's tab (``studio/compare_tab.py``); returns its ``on_open(tab)``."""
     from studio.compare_tab import build_compare_tab
 
-    build_compare_tab(image, question, budget, lambda: MANAGER.current(), media_state=state)
+    return build_compare_tab(image, question, budget, lambda: MANAGER.current(), media_state=state)
 
 
 def _api(demo: gr.Blocks) -> None:

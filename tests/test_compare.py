@@ -463,6 +463,24 @@ def test_cdpruner_moves_with_the_question_and_prunesid_does_not(llava_pipeline, 
         question_view(image_path, "What?", "", 64, lambda: llava_pipeline)
 
 
+def test_opening_the_tab_offers_every_method_the_model_runs(llava_pipeline, image_path):
+    """On the tiny LLaVA demo (CLIP tower and text side) every method runs and CDPruner chooses by
+    the question, so the Question sub-tab shows; a visitor's unticked methods stay unticked."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+    from PIL import Image
+
+    from studio.compare_tab import on_availability
+
+    feats = llava_pipeline.encode([Image.open(image_path).convert("RGB")])
+    methods, question_tab = on_availability(lambda: llava_pipeline)(["prunesid", "cdpruner"],
+                                                                    SimpleNamespace(feats=feats))
+    assert [name for _, name in methods["choices"]] == [s.name for s in list_methods()]
+    assert methods["value"] == ["prunesid", "cdpruner"] and question_tab["visible"] is True
+    assert on_availability(lambda: llava_pipeline)(["prunesid"], None) == (gr.update(), gr.update())
+
+
 def test_select_gives_divprune_and_cdpruner_what_their_code_uses(llava_pipeline):
     """Without explicit options, the pipeline's select projects the tokens for DivPrune and CDPruner and
     weighs CDPruner's by the question: the same sets as with the options spelled out."""
