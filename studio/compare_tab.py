@@ -95,10 +95,15 @@ def method_availability(pipe: Pipeline, feats) -> tuple[list[tuple[str, str]], d
     return [(s.label, s.name) for s in list_methods() if s.name not in reasons], reasons
 
 
+QUESTION_INTRO = ("Does the question change which tokens are kept? PruneSID chooses from the picture alone; "
+                  "CDPruner weighs each token by its relevance to the question (CLIP's text tower).")
+
+
 def on_availability(get_pipeline: GetPipeline):
     """The Compare tab opens: offer only the methods the model in use can run on the visitor's media
-    (their reasons said under the buttons), and the Question sub-tab only where a method chooses
-    by the question. Without an analysis yet, nothing changes."""
+    (the others named under the list, with their reasons), and say on the Question sub-tab when none
+    of them chooses by the question. (Gradio 6.31 does not hide a ``gr.Tab`` on an update, so the
+    sub-tab stays and says why.) Without an analysis yet, nothing changes."""
     def handler(ticked: Sequence[str] | None, media: Any = None):
         feats = getattr(media, "feats", None)
         if feats is None:
@@ -110,10 +115,14 @@ def on_availability(get_pipeline: GetPipeline):
             return gr.update(), gr.update()
         offered = [name for _, name in choices]
         kept = [name for name in (ticked or []) if name in offered]
-        by_question = any(get_method(name).needs_question for name in offered)
         note = ("Every registry method runs on this model." if not reasons else "Not offered for this model: "
                 + "; ".join(f"{get_method(name).label} ({reason})" for name, reason in reasons.items()) + ".")
-        return gr.update(choices=choices, value=kept or offered, info=note), gr.update(visible=by_question)
+        by_question = [name for name in reasons if get_method(name).needs_question]
+        intro = QUESTION_INTRO if not by_question else (
+            "**No method this model can run chooses by the question**: " + "; ".join(
+                f"{get_method(name).label}: {reasons[name]}" for name in by_question)
+            + ". PruneSID chooses from the picture alone, so both questions give it the same tokens.")
+        return gr.update(choices=choices, value=kept or offered, info=note), gr.update(value=intro)
     return handler
 
 
@@ -528,7 +537,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     ``media_state``: the Explore tab's ``gr.State`` holding the visitor's analysis; when given, the
     comparisons run on its media (the image, or a video's sampled frames) rather than the image input.
     Returns ``on_open(tab)``: wires ``tab.select`` to offer only the methods the model in use can run
-    (and the Question sub-tab only where a method chooses by the question)."""
+    (the Question sub-tab says when none of them chooses by the question)."""
     choices = [(s.label, s.name) for s in list_methods()]
     media = [media_state] if media_state is not None else []
     gr.Markdown(INTRO)
@@ -560,9 +569,8 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
                                  interactive=False, column_widths=TABLE_COLUMN_WIDTHS, max_height=TABLE_MAX_HEIGHT,
                                  pinned_columns=1, elem_id="compare-table")
             table_md = gr.Markdown(elem_id="compare-table-notes")
-        with gr.Tab("Question", id="compare-question-tab") as question_tab:
-            gr.Markdown("Does the question change which tokens are kept? PruneSID chooses from the picture alone; "
-                        "CDPruner weighs each token by its relevance to the question (CLIP's text tower).")
+        with gr.Tab("Question", id="compare-question-tab"):
+            question_intro = gr.Markdown(QUESTION_INTRO)
             with gr.Row():
                 other_question = gr.Textbox("What is in the background?", label="A second question", scale=4,
                                             elem_id="compare-other-question")
@@ -599,7 +607,7 @@ def build_compare_tab(image_input, question_input, budget_input, get_pipeline: G
     wire_inllm(raw)
 
     def on_open(tab) -> None:
-        tab.select(on_availability(get_pipeline), [methods] + media, [methods, question_tab], queue=False,
+        tab.select(on_availability(get_pipeline), [methods] + media, [methods, question_intro], queue=False,
                    show_progress="hidden", api_visibility="private")
     run_compare.click(on_compare(get_pipeline),
                       [image_input, question_input, budget_input, methods, answers, max_new, native] + media,

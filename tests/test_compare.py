@@ -465,7 +465,7 @@ def test_cdpruner_moves_with_the_question_and_prunesid_does_not(llava_pipeline, 
 
 def test_opening_the_tab_offers_every_method_the_model_runs(llava_pipeline, image_path):
     """On the tiny LLaVA demo (CLIP tower and text side) every method runs and CDPruner chooses by
-    the question, so the Question sub-tab shows; a visitor's unticked methods stay unticked."""
+    the question (the Question sub-tab keeps its introduction); unticked methods stay unticked."""
     from types import SimpleNamespace
 
     import gradio as gr
@@ -474,10 +474,9 @@ def test_opening_the_tab_offers_every_method_the_model_runs(llava_pipeline, imag
     from studio.compare_tab import on_availability
 
     feats = llava_pipeline.encode([Image.open(image_path).convert("RGB")])
-    methods, question_tab = on_availability(lambda: llava_pipeline)(["prunesid", "cdpruner"],
-                                                                    SimpleNamespace(feats=feats))
+    methods, intro = on_availability(lambda: llava_pipeline)(["prunesid", "cdpruner"], SimpleNamespace(feats=feats))
     assert [name for _, name in methods["choices"]] == [s.name for s in list_methods()]
-    assert methods["value"] == ["prunesid", "cdpruner"] and question_tab["visible"] is True
+    assert methods["value"] == ["prunesid", "cdpruner"] and intro["value"].startswith("Does the question change")
     assert on_availability(lambda: llava_pipeline)(["prunesid"], None) == (gr.update(), gr.update())
 
 

@@ -142,11 +142,11 @@ def test_every_view_and_the_compare_tab_work_on_qwens_grid(qwen, tmp_path):
     get = lambda: qwen  # noqa: E731
     # Opening the Compare tab offers only what runs on Qwen; no method chooses by the question here.
     from studio.compare_tab import on_availability
-    methods, question_tab = on_availability(get)(["prunesid", "topk", "cdpruner"], analysis)
+    methods, intro = on_availability(get)(["prunesid", "topk", "cdpruner"], analysis)
     offered = {name for _, name in methods["choices"]}
     assert offered == {"prunesid", "prunesid-dyn", "random", "grid", "divprune"}
     assert methods["value"] == ["prunesid"] and "CLS-attention top-k (" in methods["info"]
-    assert question_tab["visible"] is False
+    assert intro["value"].startswith("**No method this model can run chooses by the question**: CDPruner")
     # Compare on the Explore tab's clip compares the clip (its temporal patches), not 4 pictures.
     on_clip = compare_view(None, None, 64, ["prunesid"], get, answers=False, media=video)["json"]
     assert on_clip["views"] == video.num_views == 2
