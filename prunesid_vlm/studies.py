@@ -213,7 +213,9 @@ def sweep(pipe: Pipeline, images: Sequence[Image.Image], budgets: Sequence[int],
     names = [n for n in names if n not in unavailable]
     if not names:
         raise ValueError(f"None of the chosen methods runs here. {unavailable_text(pipe, unavailable)}")
-    points = sorted({check_budget(k, budget_patches(feats)) for k in budgets})
+    most = budget_patches(feats) + 1  # every token: a budget above it (the UI's default 576 on a
+    # 144-patch model) is swept once, at this count; the caller says so
+    points = sorted({check_budget(min(k, most) if isinstance(k, int) else k, most - 1) for k in budgets})
     options = pipe.method_options(feats, names, question=question)
     before = dict(pipe.stats)
     chosen, seconds = {}, {}

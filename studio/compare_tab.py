@@ -328,6 +328,10 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
     coverage = {labels[m]: result.coverage[m] for m in result.methods}
     x = {labels[m]: result.handed_tokens(m) for m in result.methods}
     note = sweep_note(result)
+    above = [k for k in points if k > max(result.budgets)]
+    if above:
+        note += (f" K = {', '.join(map(str, above))} {'is' if len(above) == 1 else 'are'} above this model's "
+                 f"{max(result.budgets)} tokens per view: swept once, at {max(result.budgets)} (every token).")
     # The slider's K, where it is a token count on this axis (some method hands over exactly its budgets).
     exact = [m for m in result.methods if not result.differs_from_budget(m)]
     marks = [int(mark)] if exact and mark is not None and str(mark).strip() else []
@@ -349,6 +353,8 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
               "published": {m: {str(k): _published_text(m, at[k], model) for k in result.budgets}
                             for m in result.methods},
               "published_at_tokens": {str(k): at[k] for k in result.budgets}})
+    if above:
+        d["budgets_above_model"] = above
     return {"figure": fig, "json": d, "not_run": studies.unavailable_text(pipe, result.unavailable)}
 
 
@@ -474,6 +480,10 @@ def on_sweep(get_pipeline: GetPipeline):
         d = out["json"]
         asked = f" · question: “{d['question']}”" if d["question"] else ""
         not_run = f"  \n{out['not_run']}" if out["not_run"] else ""
+        if d.get("budgets_above_model"):
+            top = max(d["budgets"])
+            not_run += (f"  \nK = {', '.join(map(str, d['budgets_above_model']))}: above this model's {top} tokens "
+                        f"per view, swept once at {top} (every token).")
         return (out["figure"], f"**Swept on** {d['media']}{asked} · {len(d['budgets'])} budgets × "
                                f"{len(d['methods'])} methods in {d['seconds']:.1f} s.{not_run}", d)
     handler.__name__ = "on_sweep"

@@ -656,3 +656,15 @@ def test_cdpruner_on_the_dinov2_demo_is_refused_for_its_real_reason(dinov2_pipel
     out = compare_view(image_path, "What is this?", 64, ["prunesid", "cdpruner"], lambda: dinov2_pipeline,
                        answers=False)
     assert reason in out["context"] and "CLIP" in reason and "no CLS token" not in out["context"] + out["notes"]
+
+
+def test_a_sweep_past_the_models_tokens_is_swept_once_at_every_token(llava_next_video_pipeline, image_path):
+    """NeXT-Video's frames have 144 patches: the tab's default budgets up to 576 sweep K = 192 and
+    576 once, at 145 (every token), and say so, instead of refusing the whole sweep."""
+    from studio.compare_tab import sweep_view
+
+    out = sweep_view(image_path, None, "16, 64, 192, 576", ["prunesid", "random"], lambda: llava_next_video_pipeline,
+                     with_model=False)
+    d = out["json"]
+    assert d["budgets"] == [16, 64, 145] and d["budgets_above_model"] == [192, 576]
+    assert any("K = 192, 576 are above this model's 145 tokens per view" in t.get_text() for t in out["figure"].texts)
