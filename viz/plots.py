@@ -214,8 +214,9 @@ def plot_dynamic_ratio(
     ax.xaxis.label.set_va("bottom")
     ax.set_ylabel(f"reference images (of {ref.size})", fontsize=FONT_SIZE)
     # fixed title position (no per-draw search for the top axis' extent): above the secondary axis
-    ax.set_title("How complex is this image? More varied images get more tokens", fontsize=FONT_SIZE + 1,
-                 y=1.0, pad=35 if secondary else 6)
+    subject = label.split(",")[0]  # "this frame", "this temporal patch", "this image"
+    title = f"How complex is {subject}? More varied pictures get more tokens"
+    ax.set_title(title, fontsize=FONT_SIZE + 1, y=1.0, pad=35 if secondary else 6)
     ax.yaxis.get_major_locator().set_params(integer=True)
     dynamic = [note]
     if secondary:
@@ -232,7 +233,7 @@ def plot_dynamic_ratio(
     _style(ax)
     # what changes when only the budget moves (the label and the top axis) is drawn over a
     # cached rendering of the rest (histogram, marker, labels, title), keyed by what shapes it
-    fig.set_background_key((ref.tobytes(), phi, bins, secondary, tuple(ax.get_position().bounds)), dynamic)
+    fig.set_background_key((ref.tobytes(), phi, bins, secondary, title, tuple(ax.get_position().bounds)), dynamic)
     return fig
 
 
