@@ -50,6 +50,7 @@ from .relevance import NoTextTower, text_side_for
 from .results import RESULT_SCHEMA, Answer, CompareResult, EncodedImages, TokenCounts
 from .rules import (
     MAX_QUESTION_CHARS,
+    handed_per_view,
     Frames,
     check_images,
     check_max_new_tokens,
@@ -71,7 +72,7 @@ from .rules import (
 __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "RESULT_SCHEMA", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods",
-           "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS"]
+           "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS", "handed_per_view"]
 
 MODEL_OPTION_METHODS = ("divprune", "cdpruner")
 """Registry methods that measure the projected tokens (and, CDPruner, the question), as their code does."""
@@ -987,7 +988,7 @@ class Pipeline:
             fidelity=first_token_kl(full.first_logits, pruned.first_logits),
             first_token_agrees=self.same_first_token(full, pruned),
             same_answer=full.tokens == pruned.tokens,
-            budgets=[int(n) - int(d) for n, d in zip(selection.num_tokens.tolist(), feats.drops_cls)],
+            budgets=handed_per_view(feats, selection),
             selection=selection, model_id=self.model_id, family=self.family, features_cached=all(feats.cached),
             full_tokens=list(full.tokens), pruned_tokens=list(pruned.tokens),
             answers_cached={"full": full.cached, "pruned": pruned.cached}, device=self.device,

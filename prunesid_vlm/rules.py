@@ -345,11 +345,17 @@ def keeps_everything(feats: EncodedImages, selection: Selection) -> bool:
     return bool(kept.all()) if feats.visible is None else bool((kept | ~feats.visible).all())
 
 
+def handed_per_view(feats: EncodedImages, selection: Selection) -> list[int]:
+    """Per view, the tokens ``selection`` hands the language model: its budget less the CLS of views
+    that drop it after selection (LLaVA-NeXT crops)."""
+    drops = feats.drops_cls or (False,) * feats.num_views
+    return [int(n) - int(d) for n, d in zip(selection.num_tokens.tolist(), drops)]
+
+
 def token_counts(feats: EncodedImages, selection: Selection | None = None) -> TokenCounts:
     """Where a prompt's visual tokens come from: all of them (``selection=None``: every received
     patch, no CLS) or ``selection``'s (its budgets, less the CLS of views that drop it), plus one
     newline per crop-map row that is sent (LLaVA-NeXT). Pure: from ``feats.map_rows`` alone."""
-    drops = torch.tensor(feats.drops_cls or (False,) * feats.num_views, dtype=torch.long)
     rows = feats.map_rows
     if selection is not None and keeps_everything(feats, selection):
         selection = None
@@ -357,7 +363,7 @@ def token_counts(feats: EncodedImages, selection: Selection | None = None) -> To
         handed = torch.full((feats.num_views,), feats.num_patches) if rows is None else (rows >= -1).sum(1)
         sent = rows
     else:
-        handed = selection.num_tokens.cpu() - drops
+        handed = handed_per_view(feats, selection)
         sent = None if rows is None else rows[selection.kept_patches.cpu()]
     newlines = 0 if sent is None else int(sent[sent >= 0].unique().numel())
     return TokenCounts(handed=tuple(int(h) for h in handed), newlines=newlines,

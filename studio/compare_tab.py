@@ -27,7 +27,8 @@ from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
 from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
 from prunesid_vlm import studies
-from prunesid_vlm.pipeline import RESULT_SCHEMA, Cost, Frames, Pipeline, check_budget, check_question
+from prunesid_vlm.pipeline import (RESULT_SCHEMA, Cost, Frames, Pipeline, check_budget, check_question,
+                                   handed_per_view)
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability, token_parts
 
 from .components import RawNumber, SafeImage
@@ -225,8 +226,7 @@ def schema_fields(out: studies.MethodsComparison, run, result, full_counts) -> d
         return {key: fields[key] for key in ("selection", "budgets", "token_counts", "pruned", "fidelity", "prefill")}
     selection = run.selection
     return {"selection": [selection.to_dict(v) for v in range(selection.batch_size)],
-            "budgets": [int(n) - int(d) for n, d in zip(selection.num_tokens.tolist(),
-                                                        out.feats.drops_cls or (False,) * selection.batch_size)],
+            "budgets": handed_per_view(out.feats, selection),
             "token_counts": {"full": full_counts.to_dict(), "pruned": out.counts[run.name].to_dict()},
             "pruned": None, "fidelity": None, "prefill": None}
 
@@ -329,9 +329,11 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
     x = {labels[m]: result.handed_tokens(m) for m in result.methods}
     note = sweep_note(result)
     above = [k for k in points if k > max(result.budgets)]
-    if above:
-        note += (f" K = {', '.join(map(str, above))} {'is' if len(above) == 1 else 'are'} above this model's "
-                 f"{max(result.budgets)} tokens per view: swept once, at {max(result.budgets)} (every token).")
+    above_note = "" if not above else (
+        f"K = {', '.join(map(str, above))} {'is' if len(above) == 1 else 'are'} above this model's "
+        f"{max(result.budgets)} tokens per view: swept once, at {max(result.budgets)} (every token).")
+    if above_note:
+        note += " " + above_note
     # The slider's K, where it is a token count on this axis (some method hands over exactly its budgets).
     exact = [m for m in result.methods if not result.differs_from_budget(m)]
     marks = [int(mark)] if exact and mark is not None and str(mark).strip() else []
@@ -355,7 +357,8 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
               "published_at_tokens": {str(k): at[k] for k in result.budgets}})
     if above:
         d["budgets_above_model"] = above
-    return {"figure": fig, "json": d, "not_run": studies.unavailable_text(pipe, result.unavailable)}
+    return {"figure": fig, "json": d, "not_run": studies.unavailable_text(pipe, result.unavailable),
+            "above_note": above_note}
 
 
 def sweep_note(result) -> str:
@@ -479,11 +482,7 @@ def on_sweep(get_pipeline: GetPipeline):
             return gr.skip(), _fail(err, "sweep"), gr.skip()
         d = out["json"]
         asked = f" · question: “{d['question']}”" if d["question"] else ""
-        not_run = f"  \n{out['not_run']}" if out["not_run"] else ""
-        if d.get("budgets_above_model"):
-            top = max(d["budgets"])
-            not_run += (f"  \nK = {', '.join(map(str, d['budgets_above_model']))}: above this model's {top} tokens "
-                        f"per view, swept once at {top} (every token).")
+        not_run = "".join(f"  \n{line}" for line in (out["not_run"], out["above_note"]) if line)
         return (out["figure"], f"**Swept on** {d['media']}{asked} · {len(d['budgets'])} budgets × "
                                f"{len(d['methods'])} methods in {d['seconds']:.1f} s.{not_run}", d)
     handler.__name__ = "on_sweep"

@@ -135,6 +135,19 @@ def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: in
                         selection_s=analysis.selection_ms / 1000)
 
 
+def method_analysis(pipe: Pipeline, encoded: Analysis, budget: int, dynamic: bool, method: str) -> Analysis:
+    """``encoded`` with ``method``'s selection at ``budget``: PruneSID's through :func:`reselect` (the
+    page's own path), another method's through the pipeline, which gives DivPrune and CDPruner their
+    code's inputs (PruneSID's selection is not made first and thrown away)."""
+    if method == "prunesid":
+        return reselect(encoded, budget, dynamic)
+    k = check_budget(budget, budget_patches(encoded.feats))
+    analysis = replace(encoded, budget=k, dynamic=bool(dynamic))
+    num_tokens, mode = budget_rule(analysis)
+    return replace(analysis, budgets=view_budgets(analysis.feats, num_tokens, analysis.dynamic, mode),
+                   selection=pipe.select(analysis.feats, k, dynamic=analysis.dynamic, method=method))
+
+
 MAX_API_NEW_TOKENS = 256
 """The longest answer a scripted call may ask for (the page's slider stops there too)."""
 
@@ -175,9 +188,7 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
                               method=method)
     encoded = encode(pipe, "image", source, images, notes, None)  # cached by the crossing above
     if result is None:  # a vision tower alone: the selection is all there is
-        analysis = reselect(encoded, k, dynamic)
-        if method != "prunesid":
-            analysis = replace(analysis, selection=pipe.select(encoded.feats, k, dynamic=bool(dynamic), method=method))
+        analysis = method_analysis(pipe, encoded, k, dynamic, method)
     else:
         analysis = replace(encoded, budget=k, dynamic=bool(dynamic), selection=result.selection,
                            budgets=list(token_counts(encoded.feats, result.selection).handed))
@@ -781,9 +792,7 @@ def kept_tokens_picture(image: Any, budget: Any, method: Any = "prunesid", dynam
     method, _ = check_api_options(method, 64)
     pipe = manager.current()
     images, notes, _, source = load_media("image", image, None)
-    analysis = reselect(encode(pipe, "image", source, images, notes, None), k, dynamic)
-    if method != "prunesid":
-        analysis = replace(analysis, selection=pipe.select(analysis.feats, k, dynamic=bool(dynamic), method=method))
+    analysis = method_analysis(pipe, encode(pipe, "image", source, images, notes, None), k, dynamic, method)
     return png_file(V.on_original(analysis, 0))
 
 
