@@ -6,6 +6,7 @@ warm cache locally), and the hub is switched offline: nothing is ever downloaded
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,12 @@ def natural_images() -> dict[str, Image.Image]:
     data = pytest.importorskip("skimage.data", reason="scikit-image ships the natural test images")
     names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
     return {n: Image.fromarray(getattr(data, n)()).convert("RGB") for n in names}
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium, which the browser tests drive through Playwright (.ci/run installs it)."""
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"),
+]
+"""``pytestmark`` of every browser test module."""

@@ -24,14 +24,12 @@ if "GRADIO_TEMP_DIR" not in os.environ:
     os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gradio-browser-tests-")
     atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
-CHROMIUM = "/usr/bin/chromium"
+from conftest import BROWSER_MARKS, CHROMIUM  # noqa: E402
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SCREENS = Path("/tmp/app_screens")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 

@@ -16,14 +16,12 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CHROMIUM = "/usr/bin/chromium"
+from conftest import BROWSER_MARKS, CHROMIUM  # noqa: E402
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SCREENS = Path("/tmp/compare_walk")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 LAYOUT = """() => {

@@ -32,13 +32,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
-CHROMIUM = "/usr/bin/chromium"
+from conftest import BROWSER_MARKS, CHROMIUM  # noqa: E402
+
 SCREENS = Path("/tmp/public_walk")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 
