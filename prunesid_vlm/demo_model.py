@@ -80,7 +80,10 @@ def save_demo_model(family: str, folder: Path) -> None:
     elif family in ("qwen2_vl", "qwen2_5_vl"):
         model, processor = _qwen(family)
     else:
-        raise ValueError(f"no demo model for family {family!r}")
+        from .demos import demo_builder
+
+        demo_builder(family)(folder)  # a family's own module under prunesid_vlm.demos
+        return
     model.generation_config.pad_token_id = tok.pad_token_id
     # Random weights favour the 256 byte-fallback ids, which decode to "�"; keep answers readable.
     model.generation_config.suppress_tokens = list(range(3, 3 + 256))

@@ -1,19 +1,23 @@
 """The model families this package can run, one entry each: which checkpoints belong to
-it, which transformers class loads it, and which adapter packs its visual tokens.
+it, which transformers class loads it, and which adapter (CLS towers) or backend (CLS-free
+towers) packs its visual tokens.
 
-Adding a family means adding an adapter (:class:`~prunesid_vlm.adapters.base.Adapter`)
-and one :class:`Family` here; loading and the pipeline look families up, they do not
-branch on names.
+Adding a family means adding a backend (:class:`~prunesid_vlm.backends.base.TokenBackend`, one
+module under :mod:`prunesid_vlm.backends`), its demo builder (:mod:`prunesid_vlm.demos`), a test,
+and one :class:`Family` line here; loading and the pipeline look families up, they do not branch
+on names (docs/architecture.md).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from .adapters.base import Adapter
+from .backends.base import TokenBackend
 from .adapters.llava import LlavaAdapter
 from .adapters.llava_next import LlavaNextAdapter
 from .adapters.llava_next_video import LlavaNextVideoAdapter
-from .adapters.qwen import QwenAdapter
+from .backends.qwen import QwenBackend
 
 
 @dataclass(frozen=True)
@@ -23,13 +27,15 @@ class Family:
     """``config.model_type`` of its checkpoints."""
     model_class: str
     """The ``transformers`` class that loads it."""
-    adapter: type[Adapter]
+    adapter: type[Adapter] | type[TokenBackend] | str
+    """The class, or ``"module:Class"`` under :mod:`prunesid_vlm.backends` (imported when first used)."""
     frame_processor: bool = False
     """Build the processor from the tokenizer and a CLIP image processor (the family's own
     video processor needs torchvision, which this project does not depend on)."""
-    qwen: bool = False
-    """Qwen2-VL / Qwen2.5-VL: merged tokens without CLS, M-RoPE positions, the Qwen PruneSID rule,
-    a :class:`~prunesid_vlm.qwen_processing.QwenProcessor` and a :class:`QwenPipeline`."""
+    cls_free: bool = False
+    """The tower has no CLS token to read importance from: ``adapter`` is a
+    :class:`~prunesid_vlm.backends.base.TokenBackend` (it loads its own processor), the pipeline a
+    :class:`~prunesid_vlm.token_pipeline.TokenPipeline`, and PruneSID the CLS-free rule."""
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -37,8 +43,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llava_next", "llava_next", "LlavaNextForConditionalGeneration", LlavaNextAdapter),
     Family("llava_next_video", "llava_next_video", "LlavaNextVideoForConditionalGeneration", LlavaNextVideoAdapter,
            frame_processor=True),
-    Family("qwen2_vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", QwenAdapter, qwen=True),
-    Family("qwen2_5_vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", QwenAdapter, qwen=True),
+    Family("qwen2_vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", QwenBackend, cls_free=True),
+    Family("qwen2_5_vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", QwenBackend, cls_free=True),
+    Family("qwen3_vl", "qwen3_vl", "Qwen3VLForConditionalGeneration", "qwen3_vl:Qwen3VLBackend", cls_free=True),
+    Family("llava_onevision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",
+           "llava_onevision:OnevisionBackend", cls_free=True),
+    Family("internvl", "internvl", "InternVLForConditionalGeneration", "internvl:InternVLBackend", cls_free=True),
+    Family("gemma3", "gemma3", "Gemma3ForConditionalGeneration", "gemma3:Gemma3Backend", cls_free=True),
 )}
 
 
@@ -47,6 +58,15 @@ def family_for_model_type(model_type: str) -> Family | None:
     return next((f for f in FAMILIES.values() if f.model_type == model_type), None)
 
 
-def adapter_for(family: str, model, processor) -> Adapter:
-    """The family's adapter around a loaded model and its processor."""
-    return FAMILIES[family].adapter(model, processor)
+def adapter_class(family: str) -> type[Adapter] | type[TokenBackend]:
+    """The family's adapter or backend class (a backend named by string is imported now)."""
+    adapter = FAMILIES[family].adapter
+    if isinstance(adapter, str):
+        module, name = adapter.split(":")
+        adapter = getattr(importlib.import_module(f"{__package__}.backends.{module}"), name)
+    return adapter
+
+
+def adapter_for(family: str, model, processor) -> Adapter | TokenBackend:
+    """The family's adapter (or backend) around a loaded model and its processor."""
+    return adapter_class(family)(model, processor)

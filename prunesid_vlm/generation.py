@@ -160,22 +160,16 @@ def batched_first_logits(model: torch.nn.Module, prompts: Sequence[tuple[torch.T
 
 @torch.inference_mode()
 def continuation_logprob(model: torch.nn.Module, input_ids: torch.Tensor, features, continuation: torch.Tensor, *,
-                         modality: str = "image", position_ids: torch.Tensor | None = None,
-                         next_position: int | None = None) -> tuple[float, bool]:
+                         modality: str = "image") -> tuple[float, bool]:
     """``(Σ log p(continuation tokens), whether each is the argmax)`` after the prompt ``input_ids``
-    whose placeholders take ``features`` (as for :func:`greedy_generate`). Explicit M-RoPE
-    ``position_ids`` (Qwen) are extended from ``next_position`` over the continuation."""
+    whose placeholders take ``features`` (as for :func:`greedy_generate`)."""
     device = model.device
     ids = torch.cat([input_ids, continuation], dim=1).to(device)
-    kwargs = {}
-    if position_ids is not None:
-        extra = torch.arange(continuation.shape[1]).view(1, 1, -1).expand(3, 1, -1) + next_position
-        kwargs["position_ids"] = torch.cat([position_ids, extra], dim=2).to(device)
     if isinstance(features, dict):
         outputs = {k: BaseModelOutputWithPooling(pooler_output=v) for k, v in features.items()}
     else:
         outputs = {modality: BaseModelOutputWithPooling(pooler_output=features)}
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_encoder_outputs=outputs, **kwargs)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_encoder_outputs=outputs)
     start = input_ids.shape[1]
     return score_continuation(model, out.logits[0, start - 1: start - 1 + continuation.shape[1]], continuation[0])
 

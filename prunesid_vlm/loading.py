@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .demo_model import cache_root, demo_model_path
-from .families import FAMILIES, family_for_model_type
+from .families import FAMILIES, adapter_class, family_for_model_type
 from .registry import DINOV2_DEMO_ID, ModelSpec, spec_for, tower_only_spec
 
 
@@ -85,8 +85,8 @@ def load_model(model_id_or_path: str, device: str | torch.device | None = None,
     path = checkpoint_folder(spec) if spec is not None else model_id_or_path
     family = _family_of(path, model_id_or_path)
     model = _load_weights(family, path, model_id_or_path, device, dtype)
-    if FAMILIES[family].qwen:
-        processor = qwen_processor(path, model_id_or_path)
+    if FAMILIES[family].cls_free:
+        processor = adapter_class(family).load_processor(path, model_id_or_path)
     elif FAMILIES[family].frame_processor:
         processor = frame_processor(path, model)
     else:
@@ -130,7 +130,7 @@ def _family_of(path: str, name: str) -> str:
     if family is None:
         raise ModelLoadError(f"{name!r} is a {config.model_type!r} model; this app supports LLaVA-1.5, LLaVA-NeXT and "
                              f"LLaVA-NeXT-Video checkpoints in the transformers format (e.g. 'llava-hf/llava-1.5-7b-hf').")
-    if not family.qwen and getattr(config.vision_config, "model_type", None) not in TOWERS_WITH_CLS:
+    if not family.cls_free and getattr(config.vision_config, "model_type", None) not in TOWERS_WITH_CLS:
         raise ModelLoadError(f"{name!r} has a {config.vision_config.model_type!r} vision tower; PruneSID's importance "
                              "is the CLS token's attention, so it needs a tower with a CLS token (CLIP or DINOv2).")
     return family.name

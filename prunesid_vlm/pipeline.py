@@ -1022,10 +1022,10 @@ def load_pipeline(model_id_or_path: str, device: str | None = None, dtype=None) 
     loaded = load_model(model_id_or_path, device, dtype)
     from .families import FAMILIES
 
-    if FAMILIES[loaded.family].qwen:
-        from .qwen_pipeline import QwenPipeline
+    if FAMILIES[loaded.family].cls_free:
+        from .token_pipeline import TokenPipeline
 
-        return QwenPipeline(loaded)
+        return TokenPipeline(loaded)
     return Pipeline(loaded)
 
 

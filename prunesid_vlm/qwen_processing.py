@@ -38,6 +38,11 @@ class QwenProcessor:
     tokenizer: object
     image_processor: object
     chat_template: str | None = None
+    frame_timestamps: bool = False
+    """Qwen3-VL: a clip's temporal patches are separate placeholder runs, each after its time
+    (``<0.5 seconds><|vision_start|><|video_pad|>…<|vision_end|>``), as its processor writes them."""
+    frames_per_second: float = 2.0
+    """The frame rate a clip's timestamps assume."""
 
     @property
     def merge_size(self) -> int:
@@ -88,6 +93,8 @@ class QwenProcessor:
                                                   add_generation_prompt=True, tokenize=False)
         pad = VIDEO_PAD if video else IMAGE_PAD
         counts = [int(g.prod()) // self.merge_size ** 2 for g in grids]
+        if video and self.frame_timestamps:
+            text, counts = self._timestamped(text, grids[0]), [int(grids[0][1:].prod()) // self.merge_size ** 2] * int(grids[0][0])
         pieces = text.split(pad)
         if len(pieces) != len(counts) + 1:
             raise ValueError(f"the chat template made {len(pieces) - 1} {pad} placeholders for {len(counts)} {kind}s")
@@ -96,6 +103,17 @@ class QwenProcessor:
         pad_id = self.tokenizer.convert_tokens_to_ids(pad)
         types = torch.where(ids == pad_id, 2 if video else 1, 0)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types}
+
+    def _timestamped(self, text: str, grid: torch.Tensor) -> str:
+        """The clip's one wrapped placeholder, as one timestamped run per temporal patch (each patch's
+        time is the mean of its frames' times)."""
+        step = self.temporal_patch_size
+        times = [(2 * t * step + step - 1) / 2 / self.frames_per_second for t in range(int(grid[0]))]
+        runs = "".join(f"<{time:.1f} seconds>{VISION_START}{VIDEO_PAD}{VISION_END}" for time in times)
+        wrapped = VISION_START + VIDEO_PAD + VISION_END
+        if wrapped not in text:
+            raise ValueError(f"the chat template has no {wrapped} for the clip")
+        return text.replace(wrapped, runs, 1)
 
     def save_pretrained(self, folder) -> None:
         self.tokenizer.save_pretrained(folder)

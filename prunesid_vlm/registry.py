@@ -21,6 +21,10 @@ DEMO_NEXT_VIDEO_MODEL_ID = "demo/tiny-llava-next-video"
 DINOV2_DEMO_ID = "demo/dinov2-small-llava"
 DEMO_QWEN2_ID = "demo/tiny-qwen2-vl"
 DEMO_QWEN25_ID = "demo/tiny-qwen2.5-vl"
+DEMO_QWEN3_ID = "demo/tiny-qwen3-vl"
+DEMO_ONEVISION_ID = "demo/tiny-llava-onevision"
+DEMO_INTERNVL3_ID = "demo/tiny-internvl3"
+DEMO_GEMMA3_ID = "demo/tiny-gemma3"
 TOWER_PREFIX = "tower/"
 """``tower/<checkpoint>``: that checkpoint's vision tower alone (see :mod:`prunesid_vlm.tower_only`)."""
 
@@ -105,6 +109,8 @@ def tower_only_spec(checkpoint: str, family: str = "", label: str = "", tower_we
 # (0.304 B) + projector: Vicuna-7B 6.74 → 7.06; Vicuna-13B 13.02 → 13.35; Mistral-7B 7.24 → 7.57;
 # TinyLlama-1.1B → 1.41; Gemma-2B 2.51 → 2.8; Phi-3-mini 3.82 → 4.1; Qwen2-VL-2B 2.21;
 # Qwen2.5-VL-3B 3.75; Qwen2-VL-7B and Qwen2.5-VL-7B 8.29 (their vision towers ≈ 0.67 B included).
+# CLS-free families, from their model cards (rounded): LLaVA-OneVision 0.5B 0.89, 7B 8.03; Qwen3-VL-2B 2.13,
+# 8B 8.77; InternVL3-1B 0.94, 8B 7.94; Gemma 3 4B 4.30, 12B 12.19.
 KNOWN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("llava-hf/llava-1.5-7b-hf", "llava", "LLaVA-1.5 7B (576 visual tokens)", params_b=7.06),
     ModelSpec("llava-hf/llava-1.5-13b-hf", "llava", "LLaVA-1.5 13B (576 visual tokens)", params_b=13.35),
@@ -125,6 +131,18 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", "Qwen2.5-VL 3B (any aspect ratio; video; answers on a CPU)",
               params_b=3.75, cpu=True),
     ModelSpec("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "Qwen2.5-VL 7B (any aspect ratio; video)", params_b=8.29),
+    ModelSpec("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision",
+              "LLaVA-OneVision 0.5B (SigLIP, AnyRes-max; video; answers on a CPU)", params_b=0.89, cpu=True),
+    ModelSpec("llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision", "LLaVA-OneVision 7B (SigLIP, AnyRes-max; video)",
+              params_b=8.03),
+    ModelSpec("Qwen/Qwen3-VL-2B-Instruct", "qwen3_vl", "Qwen3-VL 2B (any aspect ratio; DeepStack; video; answers on a CPU)",
+              params_b=2.13, cpu=True),
+    ModelSpec("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", "Qwen3-VL 8B (any aspect ratio; DeepStack; video)", params_b=8.77),
+    ModelSpec("OpenGVLab/InternVL3-1B-hf", "internvl", "InternVL3 1B (448 px tiles, pixel shuffle; answers on a CPU)",
+              params_b=0.94, cpu=True),
+    ModelSpec("OpenGVLab/InternVL3-8B-hf", "internvl", "InternVL3 8B (448 px tiles, pixel shuffle)", params_b=7.94),
+    ModelSpec("google/gemma-3-4b-it", "gemma3", "Gemma 3 4B (SigLIP, 256 pooled tokens per picture)", params_b=4.30),
+    ModelSpec("google/gemma-3-12b-it", "gemma3", "Gemma 3 12B (SigLIP, 256 pooled tokens per picture)", params_b=12.19),
     tower_only_spec("llava-hf/llava-1.5-7b-hf", "llava", "LLaVA-1.5 (7B and 13B share it)",
                     tower_weights="openai/clip-vit-large-patch14-336"),
     tower_only_spec("llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next", "LLaVA-NeXT Vicuna 7B"),
@@ -140,6 +158,14 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(DEMO_QWEN2_ID, "qwen2_vl", "Offline demo: tiny Qwen2-VL, random weights", is_demo=True,
               random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
     ModelSpec(DEMO_QWEN25_ID, "qwen2_5_vl", "Offline demo: tiny Qwen2.5-VL, random weights", is_demo=True,
+              random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
+    ModelSpec(DEMO_QWEN3_ID, "qwen3_vl", "Offline demo: tiny Qwen3-VL, random weights", is_demo=True,
+              random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
+    ModelSpec(DEMO_ONEVISION_ID, "llava_onevision", "Offline demo: tiny LLaVA-OneVision, random weights", is_demo=True,
+              random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
+    ModelSpec(DEMO_INTERNVL3_ID, "internvl", "Offline demo: tiny InternVL3, random weights", is_demo=True,
+              random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
+    ModelSpec(DEMO_GEMMA3_ID, "gemma3", "Offline demo: tiny Gemma 3, random weights", is_demo=True,
               random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
 )
 

@@ -60,10 +60,13 @@ class EncodedImages:
     merged tokens follow the image's aspect ratio)."""
     rule: str = "llava"
     """Which PruneSID rule these tokens take: ``"llava"`` (CLS attention) or ``"qwen"`` (no CLS)."""
-    grid_thw: tuple[tuple[int, int, int], ...] = ()
-    """Qwen: the ``(t, h, w)`` patch grid of each media item (what M-RoPE positions follow)."""
+    layout: tuple = ()
+    """CLS-free families: what the family's prompt needs to rebuild its placeholders and positions
+    (Qwen: each media item's ``(t, h, w)`` patch grid; see ``backends.base.EncodedMedia``)."""
     clip: bool = False
-    """Qwen: the views are the temporal patches of one clip (else one view per image)."""
+    """CLS-free families: the views are the parts of one clip (else one view per image)."""
+    layers: tuple[torch.Tensor, ...] = ()
+    """CLS-free families: per-token features injected past the input (Qwen3-VL's DeepStack), ``[V, N, D]`` each."""
 
     @property
     def visible(self) -> torch.Tensor | None:

@@ -37,8 +37,8 @@ def text_prompt_ids(pipe: Pipeline, question: str) -> torch.Tensor:
     """``[1, L]``: one user turn holding ``question`` alone, in the model's chat format (the
     pictured prompt's format without its placeholders)."""
     processor = pipe.processor
-    if FAMILIES[pipe.family].qwen:
-        return processor.prompt(question, torch.zeros((0, 3), dtype=torch.long))["input_ids"]
+    if FAMILIES[pipe.family].cls_free:
+        return pipe.backend.text_ids(question)
     tokenizer = processor.tokenizer
     if getattr(processor, "chat_template", None):
         text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": question}]}],
@@ -97,8 +97,8 @@ def _loglikelihood(pipe: Pipeline, _media, question: str, continuation: list[int
 
 
 def _text_kwargs(pipe: Pipeline, ids: torch.Tensor) -> dict:
-    """Qwen's forward takes the token types M-RoPE follows (all text here)."""
-    return {"mm_token_type_ids": torch.zeros_like(ids)} if FAMILIES[pipe.family].qwen else {}
+    """What else the family's forward takes for a text-only prompt (Qwen: the token types M-RoPE follows)."""
+    return pipe.backend.text_forward_extra(ids) if FAMILIES[pipe.family].cls_free else {}
 
 
 def _check_answers(pipe: Pipeline) -> None:

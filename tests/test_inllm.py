@@ -303,10 +303,9 @@ def qwen(request, demo_cache):
 
 def _qwen_flat(pipe, media, selection):
     feats = pipe.encode(media)
-    ids, features, positions, next_position, _ = pipe._qwen_prompt(media, feats, QUESTION, selection)
-    kind, parts = next(iter(features.items()))
-    token_id = pipe.adapter.video_token_id if kind == "video" else pipe.adapter.image_token_id
-    return ids, torch.cat(parts), token_id, positions, next_position
+    prompt = pipe.token_prompt(feats, QUESTION, selection)
+    parts = next(iter(prompt.features.values()))
+    return prompt.input_ids, torch.cat(parts), prompt.token_id, prompt.positions, prompt.next_position
 
 
 def _qwen_masked_reference(pipe, ids, flat, token_id, positions, next_position, generated, kept_after):
@@ -335,13 +334,13 @@ def _qwen_masked_reference(pipe, ids, flat, token_id, positions, next_position, 
 
 
 def test_qwen_without_stages_is_its_own_greedy_answer(qwen):
-    from prunesid_vlm.qwen_generation import greedy_with_positions
+    from prunesid_vlm.positioned_generation import greedy_with_positions
 
     image = make_image(21, 280, 420)
     selection = qwen.select(qwen.encode([image]), 64)
     ids, flat, token_id, positions, next_position = _qwen_flat(qwen, [image], selection)
-    features = qwen._qwen_prompt([image], qwen.encode([image]), QUESTION, selection)[1]
-    plain = greedy_with_positions(qwen.model, ids, features, positions, next_position, max_new_tokens=8)
+    plain = greedy_with_positions(qwen.model, qwen.token_prompt(qwen.encode([image]), QUESTION, selection),
+                                  max_new_tokens=8)
     staged = staged_generate(qwen.model, ids, flat, token_id, NO_STAGES, max_new_tokens=8, positions=positions,
                              next_position=next_position)
     assert staged.tokens.tolist() == plain.tokens.tolist()

@@ -1,0 +1,105 @@
+"""Greedy decoding, prefill and scoring of a :class:`~prunesid_vlm.backends.base.PromptInputs`,
+with its explicit positions.
+
+A pruned prompt keeps each kept visual token's **original** position (1-D, or Qwen's 3-D time,
+row, column), as the reference does; ``generate`` would recompute positions from the shortened
+sequence instead. So the prefill gets the positions of the full prompt at the kept indices, and
+every generated token the next position of the *full* sequence (its largest position + 1, + 1
+per step), which is where the unpruned model would put it. With every token kept this is
+exactly ``generate``'s greedy path (tested per family).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .backends.base import PromptInputs
+from .generation import GenerationRun, eos_ids, next_token, score_continuation, synchronize
+
+
+def encoder_outputs(prompt: PromptInputs) -> dict:
+    """``mm_encoder_outputs`` for the model's forward: the kept features (and the family's extra fields)."""
+    return {kind: _with_fields(features, prompt.encoder_extra) for kind, features in prompt.features.items()}
+
+
+def _with_fields(features, extra: dict):
+    output = BaseModelOutputWithPooling(pooler_output=features)
+    for name, value in extra.items():
+        output[name] = value  # ModelOutput takes fields its class does not declare
+    return output
+
+
+def _positions_from(prompt: PromptInputs, start: int, count: int) -> torch.Tensor:
+    """Positions ``start … start + count − 1`` shaped like the prompt's (``[1, T]`` or ``[3, 1, T]``)."""
+    steps = torch.arange(start, start + count)
+    return steps.view(*([1] * (prompt.positions.dim() - 1)), -1).expand(*prompt.positions.shape[:-1], -1)
+
+
+def _step(model, input_ids, positions, cache, mm_outputs=None, extra=None):
+    """One forward pass: the last position's raw logits (as ``generate(output_logits=True)``
+    reports them) and the cache."""
+    kwargs = dict(extra or {})
+    if mm_outputs:
+        kwargs["mm_encoder_outputs"] = mm_outputs
+    out = model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
+    return out.logits[:, -1].float(), out.cache
+
+
+def _forward_extra(prompt: PromptInputs, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prompt.forward_extra.items()}
+
+
+@torch.inference_mode()
+def greedy_with_positions(model: torch.nn.Module, prompt: PromptInputs, max_new_tokens: int = 64) -> GenerationRun:
+    """Greedy answer to ``prompt``; generated tokens go at ``prompt.next_position``, + 1, …"""
+    device = model.device
+    synchronize(device)
+    start = time.perf_counter()
+    logits, cache = _step(model, prompt.input_ids.to(device), prompt.positions.to(device), None,
+                          encoder_outputs(prompt), _forward_extra(prompt, device))
+    synchronize(device)
+    prefill_end = time.perf_counter()
+    first = logits[0].cpu()
+    tokens, eos = [], eos_ids(model)
+    for step in range(max_new_tokens):
+        token = next_token(model, logits)
+        tokens.append(token)
+        if token in eos or step == max_new_tokens - 1:
+            break
+        position = _positions_from(prompt, prompt.next_position + step, 1).to(device)
+        logits, cache = _step(model, torch.tensor([[token]], device=device), position, cache)
+    synchronize(device)
+    end = time.perf_counter()
+    return GenerationRun(tokens=torch.tensor(tokens, dtype=torch.long), first_logits=first,
+                         prompt_tokens=int(prompt.input_ids.shape[1]), prefill_s=prefill_end - start,
+                         decode_s=end - prefill_end)
+
+
+@torch.inference_mode()
+def first_logits_with_positions(model: torch.nn.Module, prompt: PromptInputs) -> torch.Tensor:
+    """Float32 ``[vocab]``: the first answer token's logits (a prefill-only forward pass)."""
+    device = model.device
+    logits, _ = _step(model, prompt.input_ids.to(device), prompt.positions.to(device), None,
+                      encoder_outputs(prompt), _forward_extra(prompt, device))
+    return logits[0].cpu()
+
+
+@torch.inference_mode()
+def continuation_with_positions(model: torch.nn.Module, prompt: PromptInputs, continuation: torch.Tensor
+                                ) -> tuple[float, bool]:
+    """``(Σ log p(continuation tokens), whether each is the argmax)`` after ``prompt``; the
+    continuation's positions follow ``prompt.next_position``."""
+    device = model.device
+    ids = torch.cat([prompt.input_ids, continuation], dim=1).to(device)
+    positions = torch.cat([prompt.positions, _positions_from(prompt, prompt.next_position, continuation.shape[1])],
+                          dim=-1).to(device)
+    extra = _forward_extra(prompt, device)
+    for name, value in list(extra.items()):  # per-token inputs (token types) run on over the continuation as text
+        if isinstance(value, torch.Tensor) and value.shape[-1] == prompt.input_ids.shape[1]:
+            extra[name] = torch.cat([value, value.new_zeros(*value.shape[:-1], continuation.shape[1])], dim=-1)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions,
+                mm_encoder_outputs=encoder_outputs(prompt), **extra)
+    start = prompt.input_ids.shape[1]
+    return score_continuation(model, out.logits[0, start - 1: start - 1 + continuation.shape[1]], continuation[0])
