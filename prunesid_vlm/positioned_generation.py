@@ -21,7 +21,19 @@ from .generation import GenerationRun, eos_ids, next_token, score_continuation, 
 
 def encoder_outputs(prompt: PromptInputs) -> dict:
     """``mm_encoder_outputs`` for the model's forward: the kept features (and the family's extra fields)."""
-    return {kind: _with_fields(features, prompt.encoder_extra) for kind, features in prompt.features.items()}
+    return {kind: _with_fields(_in_form(features, prompt.features_form), prompt.encoder_extra)
+            for kind, features in prompt.features.items()}
+
+
+def _in_form(features: list[torch.Tensor], form: str):
+    if form == "list":
+        return features
+    joined = torch.cat(features)
+    if form == "tensor":
+        return joined
+    if form == "batched":
+        return joined[None]
+    raise ValueError(f"unknown features form {form!r}")
 
 
 def _with_fields(features, extra: dict):

@@ -65,6 +65,10 @@ class EncodedImages:
     (Qwen: each media item's ``(t, h, w)`` patch grid; see ``backends.base.EncodedMedia``)."""
     clip: bool = False
     """CLS-free families: the views are the parts of one clip (else one view per image)."""
+    token_noun: str = "patches"
+    """What the page calls the selectable tokens (CLS-free families: ``"merged tokens"``, ``"tokens"``…)."""
+    token_px: int = 0
+    """CLS-free families: side, in the model's input pixels, of the square one token covers (0: not said)."""
     layers: tuple[torch.Tensor, ...] = ()
     """CLS-free families: per-token features injected past the input (Qwen3-VL's DeepStack), ``[V, N, D]`` each."""
 

@@ -136,10 +136,17 @@ def view_ceilings(feats: EncodedImages) -> list[int]:
     """Per view: the most tokens it can hand over (CLS included where it keeps its CLS) — its
     patches the language model receives, plus its CLS (none for Qwen's merged tokens)."""
     if feats.rule == "qwen":
-        return [feats.num_patches] * feats.num_views
+        return received_counts(feats)
     drops = feats.drops_cls or (False,) * feats.num_views
     counts = [feats.num_patches] * feats.num_views if feats.visible is None else feats.visible.sum(1).tolist()
     return [int(c) + (0 if d else 1) for c, d in zip(counts, drops)]
+
+
+def received_counts(feats: EncodedImages) -> list[int]:
+    """Per view: how many of its tokens the language model receives (all, unless padding is dropped)."""
+    if feats.visible is None:
+        return [feats.num_patches] * feats.num_views
+    return [int(c) for c in feats.visible.sum(1).tolist()]
 
 
 def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False, mode: str = "per_view") -> list[int]:
@@ -166,17 +173,17 @@ def view_budgets(feats: EncodedImages, num_tokens: int, dynamic: bool = False, m
 
 
 def _qwen_budgets(feats: EncodedImages, num_tokens: int, share: bool) -> list[int]:
-    """Qwen: K is per 576 tokens; each view keeps K′ = max(round(N·K/576), 16) of its N merged
-    tokens (the reference's scaling). Dynamic: a single view scales K by φ / φ_ref first; several
-    views (a clip's temporal patches) share Σ K′ in proportion to φ."""
+    """The CLS-free rule: K is per 576 tokens; each view keeps K′ = max(round(N·K/576), 16) of the
+    N tokens it hands over (the reference's scaling). Dynamic: a single view scales K by φ / φ_ref
+    first; several views (a clip's temporal patches, a picture's crops) share Σ K′ in proportion to φ."""
     k = check_budget(num_tokens, QWEN_CONFIG.reference_tokens)
-    views, n = feats.num_views, feats.num_patches
+    views, counts = feats.num_views, received_counts(feats)
     if share and views == 1:
         k = dynamic_budget(float(feats.phi[0]), k, feats.phi_ref, ceiling=QWEN_CONFIG.reference_tokens + 1)
-    each = qwen_budget(n, k)
+    each = [qwen_budget(n, k) for n in counts]
     if not share or views == 1:
-        return [each] * views
-    return _shares(feats.phi, each * views, [n] * views)
+        return each
+    return _shares(feats.phi, sum(each), counts)
 
 
 def _shares(weights, total: int, ceilings: list[int]) -> list[int]:
@@ -265,8 +272,21 @@ def _row(selection: Selection, row: int) -> Selection:
 
 
 def _select_qwen(feats: EncodedImages, spec, budgets: list[int], options: dict | None, seed: int) -> Selection:
-    """A method on Qwen's merged tokens (no CLS): PruneSID is the reference's Qwen rule; the
-    baselines that rank by CLS attention are not available; the others keep no CLS."""
+    """A method on a CLS-free family's tokens: PruneSID is the reference's CLS-free (Qwen) rule; the
+    baselines that rank by CLS attention are not available; the others keep no CLS. Views with
+    tokens the language model does not receive (padded crops) are selected on the received ones."""
+    visible = feats.visible
+    if visible is not None and not bool(visible.all()):
+        rows = []
+        for view in range(feats.num_views):  # a handful of views, not tokens
+            patches = visible[view].nonzero().flatten()
+            part = replace(feats, hidden_states=feats.hidden_states[view:view + 1, torch.cat([patches.new_zeros(1), patches + 1])],
+                           cls_attention=feats.cls_attention[view:view + 1, patches], map_rows=None,
+                           views=feats.views[view:view + 1], grid=_rectangle(patches, feats.num_patches),
+                           phi=None if feats.phi is None else feats.phi[view:view + 1])
+            made = _select_qwen(part, spec, budgets[view:view + 1], _rows_of(options, torch.tensor([view]), patches), seed)
+            rows.append(expand_selection(made, patches, feats.num_patches))
+        return concat_selections(rows)
     tokens = feats.hidden_states[:, 1:]
     if spec.name in ("prunesid", "prunesid-dyn"):
         chosen = select_tokens_qwen(tokens, budgets, scale=False)
@@ -367,7 +387,7 @@ def token_counts(feats: EncodedImages, selection: Selection | None = None) -> To
         sent = None if rows is None else rows[selection.kept_patches.cpu()]
     newlines = 0 if sent is None else int(sent[sent >= 0].unique().numel())
     return TokenCounts(handed=tuple(int(h) for h in handed), newlines=newlines,
-                       kinds=tuple("temporal patch" if feats.clip else v.kind for v in feats.views))
+                       kinds=tuple(v.kind for v in feats.views))
 
 
 def selection_key(selection: Selection) -> str:

@@ -29,7 +29,7 @@ from .backends.base import EncodedMedia, PromptInputs, TokenBackend
 from .generation import synchronize
 from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key, device_action
 from .positioned_generation import continuation_with_positions, first_logits_with_positions, greedy_with_positions
-from .rules import Frames, check_images, information_score, keeps_everything
+from .rules import Frames, check_images, information_score, keeps_everything, view_phis
 
 
 class TokenPipeline(Pipeline):
@@ -126,9 +126,11 @@ class TokenPipeline(Pipeline):
             hidden_states=hidden, cls_attention=torch.full(media.tokens.shape[:2], 1.0 / media.tokens.shape[1]),
             views=list(media.views), image_sizes=[(im.height, im.width) for im in images],
             vision_s=0.0 if cached else seconds, cached=[cached] * len(images),
-            tower_s=[seconds / len(images)] * len(images), media_key=key, phi=information_score(hidden.float()),
+            tower_s=[seconds / len(images)] * len(images), media_key=key,
+            phi=view_phis(hidden.float(), None if media.map_rows is None else media.map_rows >= -1),
             phi_ref=phi_ref, drops_cls=(False,) * views_count, sources=media.sources, grid=media.grid, rule="qwen",
-            layout=media.layout, clip=media.clip, layers=media.layers)
+            layout=media.layout, clip=media.clip, layers=media.layers, map_rows=media.map_rows,
+            token_noun=media.token_noun, token_px=media.token_px)
 
     def _encode_media(self, images: list[Image.Image], frames: bool) -> tuple[EncodedMedia, float]:
         synchronize(self.loaded.device)
@@ -210,7 +212,8 @@ class TokenPipeline(Pipeline):
 def _media_of(feats: EncodedImages) -> EncodedMedia:
     """The backend's view of encoded features."""
     return EncodedMedia(tokens=feats.hidden_states[:, 1:], grid=feats.grid, views=feats.views, sources=feats.sources,
-                        layout=feats.layout, clip=feats.clip, layers=feats.layers)
+                        layout=feats.layout, clip=feats.clip, layers=feats.layers, map_rows=feats.map_rows,
+                        token_noun=feats.token_noun, token_px=feats.token_px)
 
 
 def _with_zero_row(tokens: torch.Tensor) -> torch.Tensor:

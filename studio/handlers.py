@@ -404,11 +404,13 @@ def budget_text(analysis: Analysis) -> str:
     of it, and the tokens really handed over."""
     given = analysis.budgets
     multi = analysis.num_views > 1
-    what = "temporal patch" if analysis.feats.clip else ("frame" if analysis.kind == "video" else "view")
-    if analysis.feats.rule == "qwen":
+    feats = analysis.feats
+    what = feats.views[0].kind if feats.clip else ("frame" if analysis.kind == "video" else "view")
+    if feats.rule == "qwen":
         each = given[0] if len(set(given)) == 1 else " + ".join(map(str, given))
-        head = (f"K = {analysis.budget} per 576 tokens, scaled to this {'clip' if analysis.feats.clip else 'image'}'s "
-                f"{analysis.num_patches} merged tokens per {'temporal patch' if analysis.feats.clip else 'image'}: "
+        per = feats.views[0].kind if feats.clip else ("view" if multi else "image")
+        head = (f"K = {analysis.budget} per 576 tokens, scaled to this {'clip' if feats.clip else 'image'}'s "
+                f"{analysis.num_patches} {feats.token_noun} per {per}: "
                 f"K′ = {each}" + (" (shared ∝ φ)" if analysis.dynamic and len(given) > 1 else ""))
     elif analysis.setting[2]:
         rule = "∝ φ" if analysis.dynamic else "evenly, a view taking no more than it can hand over"

@@ -136,8 +136,9 @@ def _dynamic(analysis: Analysis, view: int):
     phi = float(sel.phi[view])
     budget = int(analysis.budgets[view])  # what this view hands over now (a crop's CLS not counted)
     refs = analysis.reference_phis or [analysis.phi_ref]
-    clip = bool(analysis.feats.clip)  # a Qwen clip: one view per temporal patch (two frames)
-    label = "this temporal patch" if clip else ("this frame" if analysis.kind == "video" else "this image")
+    clip = bool(analysis.feats.clip)  # a clip of a CLS-free family: one view per frame or temporal patch
+    part = analysis.feats.views[view].kind if clip else ("frame" if analysis.kind == "video" else "image")
+    label = f"this {part}"
     would = view_budgets(analysis.feats, analysis.budget, dynamic=True)[view]
     # The chart marks what the dynamic ratio gives this φ, so that the marker and the chart's token
     # axis always agree; that axis (K̄ · φ / φ_ref) is the single-image rule, so several views,
@@ -147,8 +148,8 @@ def _dynamic(analysis: Analysis, view: int):
     fig = viz.plot_dynamic_ratio(phi, refs, would, mean_budget=analysis.budget if single else None, label=marker)
     level = viz.complexity_label(phi, refs)
     if analysis.num_views > 1 and analysis.dynamic:
-        views = ("temporal patches (two frames each)" if clip else
-                 "frames" if analysis.kind == "video" else "views")
+        views = ("temporal patches (two frames each)" if clip and part == "temporal patch" else
+                 "frames" if clip or analysis.kind == "video" else "views")
         total = sum(analysis.budgets)
         # Qwen scales K (per 576 tokens) to its views' size first: name the scaled K′ it shares.
         each = f"K′ = {total // analysis.num_views}" if analysis.feats.rule == "qwen" else str(analysis.budget)
@@ -178,8 +179,14 @@ def summary(analysis: Analysis, view: int = 0) -> str:
            + (", so at this budget nothing is suppressed)" if tau >= 1 else ")"))
     if analysis.feats.rule == "qwen":
         rows, cols = analysis.grid
-        kept = (f"**{k} of {analysis.num_patches} merged tokens kept**{where} ({rows} × {cols} grid, 28 × 28 px each; no "
+        feats = analysis.feats
+        visible = feats.visible
+        received = analysis.num_patches if visible is None else int(visible[view].sum())
+        size = f", {feats.token_px} × {feats.token_px} px each" if feats.token_px else ""
+        kept = (f"**{k} of {received} {feats.token_noun} kept**{where} ({rows} × {cols} grid{size}; no "
                 "CLS token: importance is each token's loading on its PSCA component)")
+        if received < analysis.num_patches:
+            kept += f"; {analysis.num_patches - received} tokens of this view lie in padding the model never receives"
         qwen_nms = (f"{picks} tokens survive NMS (threshold τ = max(18·K′/N, 1)·ρ′ = {tau:.3f}"
                     + (", so nothing is suppressed)" if tau >= 1 else ")"))
         return (f"{kept}: {groups} semantic groups, {qwen_nms}; ρ′ = {float(sel.rho[view]):.3f}. Selected in "
@@ -256,7 +263,7 @@ def frame_chart(analysis: Analysis):
 
 KEPT_CAPTION = ("Bright, outlined cells are the tokens handed to the language model; dimmed ones are dropped (for "
                 "LLaVA-1.5 the picture is seen as 336 × 336 px, 24 × 24 patches; Qwen sees the whole picture at its "
-                "own aspect ratio, one token per 28 × 28 px). Click a patch to see its group, its importance and, for a "
+                "own aspect ratio, one token per 28 × 28 px; the summary under the views says how this model sees it). Click a patch to see its group, its importance and, for a "
                 "dropped one, why; open *Before / after* to lay the picture as the model sees it over the same view. PruneSID chooses from the picture alone (the vision tower's features): the same tokens are kept "
                 "whatever the question; only the answers depend on it.")
 

@@ -29,7 +29,7 @@ class ViewInfo:
     """
 
     image: int
-    kind: str  # "image" | "base" | "crop" | "frame"
+    kind: str  # "image" | "base" | "crop" | "frame" | "temporal patch" (a Qwen clip's two frames)
     box: tuple[float, float, float, float]
     crop_row: int = 0
     crop_col: int = 0

@@ -47,6 +47,14 @@ class EncodedMedia:
     item's ``(t, h, w)`` patch grid); opaque to the pipeline."""
     clip: bool = False
     """The views are the parts of one clip (frames or temporal patches), answered as one video."""
+    map_rows: torch.Tensor | None = None
+    """Long ``[V, N]`` or None (every token received, nothing between them): per token, the row of a
+    crop canvas it lands on (each such row sent ends with a newline token), ``RECEIVED`` (−1) outside
+    any canvas, ``NOT_RECEIVED`` (−2) in padding the model drops (see ``adapters.base``)."""
+    token_noun: str = "tokens"
+    """What the page calls these tokens (``"merged tokens"``, ``"pooled tokens"``)."""
+    token_px: int = 0
+    """Side, in the model's input pixels, of the square one token covers (0: not one square)."""
     layers: tuple[torch.Tensor, ...] = ()
     """Float CPU ``[V, N, D]`` each: per-token features the model injects elsewhere (Qwen3-VL's
     DeepStack features, one tensor per injected decoder layer), pruned with the same rows."""
@@ -59,8 +67,8 @@ class PromptInputs:
     input_ids: torch.Tensor
     """Long ``[1, L]``: one placeholder per visual token handed over."""
     features: dict[str, list[torch.Tensor]]
-    """``{"image": [per picture]}`` or ``{"video": [one clip]}``: the visual tokens in placeholder
-    order, on the model's device and dtype (what ``mm_encoder_outputs`` carries)."""
+    """``{"image": [...]}`` or ``{"video": [...]}``: the visual tokens of each placeholder run, in
+    placeholder order, on the model's device and dtype."""
     positions: torch.Tensor
     """Long: every token's position in the *full* prompt (``[1, L]``, or ``[3, 1, L]`` for M-RoPE):
     kept tokens keep their original places."""
@@ -69,6 +77,9 @@ class PromptInputs:
     visual_tokens: int
     token_id: int
     """The placeholder id the features replace."""
+    features_form: str = "list"
+    """How the family's ``mm_encoder_outputs`` takes them: ``"list"`` (one tensor per run),
+    ``"tensor"`` (``[T, D]``, runs joined) or ``"batched"`` (``[1, T, D]``)."""
     encoder_extra: dict = field(default_factory=dict)
     """More fields of the ``mm_encoder_outputs`` entry (Qwen3-VL: ``deepstack_features``)."""
     forward_extra: dict = field(default_factory=dict)

@@ -13,7 +13,11 @@ bidirectional attention block over each picture's tokens.
   directions (the rest is causal). It builds that block from ``token_type_ids`` (1 on the image
   placeholders), run by run: a pruned prompt's ``token_type_ids`` mark exactly its kept
   placeholders, which stay one contiguous run per picture, so the kept tokens of a picture form
-  one bidirectional block and the dropped ones are simply absent from it.
+  one bidirectional block and the dropped ones are simply absent from it. The sliding-window
+  layers count their window (1,024 on the real checkpoints) in the pruned sequence's slots, so a
+  pruned prompt longer than the window reaches further back in the original than the full one.
+* **Prefill mask.** The pruned prefill is one sequence with gaps in its positions; see
+  :func:`_one_sequence_prefill` for why it is given an all-ones ``attention_mask``.
 """
 from __future__ import annotations
 
@@ -84,7 +88,8 @@ class Gemma3Backend:
         kind = "frame" if frames else "image"
         views = [ViewInfo(i, kind, whole(im)) for i, im in enumerate(images)]
         return EncodedMedia(tokens=tokens.float().cpu(), grid=self.token_grid, views=views,
-                            sources=tuple(range(len(images))), layout=(self.token_grid,) * len(images))
+                            sources=tuple(range(len(images))), layout=(self.token_grid,) * len(images),
+                            token_noun="pooled tokens", token_px=self.model.config.vision_config.image_size // rows)
 
     # --- prompts ------------------------------------------------------------------------------
     def _chat(self, question: str, pictures: int) -> str:
@@ -121,8 +126,7 @@ class Gemma3Backend:
             input_ids=pruned, features={"image": features}, positions=positions[:, index],
             next_position=int(ids.shape[1]), visual_tokens=sum(int(f.shape[0]) for f in features),
             token_id=self.image_token_id, forward_extra={"token_type_ids": self.token_types(pruned)},
-            # Gemma 3's forward takes ``pooler_output`` as one tensor (``.to`` on it), not a list per picture.
-            encoder_extra={"pooler_output": torch.cat(features)})
+            features_form="tensor")  # its forward calls ``.to`` on them: one [T, D] tensor, not a list
 
     def token_types(self, ids: torch.Tensor) -> torch.Tensor:
         """Long, like ``ids``: 1 on the image placeholders, 0 elsewhere (what Gemma 3's processor
@@ -164,10 +168,13 @@ def _one_sequence_prefill(model: torch.nn.Module) -> None:
 
     Gemma 3 builds its attention masks before its language model makes a cache, and transformers
     reads ``position_ids`` with gaps, given without a mask or a cache, as several sequences packed
-    in one row: a pruned prompt (kept tokens at their original positions) would then be cut into
-    independent pieces at every dropped run. An all-ones ``attention_mask`` says it is one
-    sequence; the masks are otherwise unchanged (no padding). Calls that pass a mask (``generate``,
-    scoring) or a cache (decoding) are left as they are. Registered once per model.
+    in one row (``masking_utils.find_packed_sequence_indices``): it would index the mask by
+    position instead of by slot and cut it at every gap. A pruned prompt (kept tokens at their
+    original positions) then fails in the image-block overlay (an IndexError: positions run past
+    the pruned length) or, without images, attends wrongly. An all-ones ``attention_mask`` says it
+    is one sequence; the masks are otherwise unchanged (no padding). Calls that pass a mask
+    (``generate``, scoring) or a cache (decoding) are left as they are. Registered once per model;
+    not needed once :mod:`~prunesid_vlm.positioned_generation` passes that mask to every prefill.
     """
     inner = model.model
     if getattr(inner, "_prunesid_one_sequence", False):
@@ -175,7 +182,8 @@ def _one_sequence_prefill(model: torch.nn.Module) -> None:
 
     def hook(module, args, kwargs):
         ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
-        if args or kwargs.get("attention_mask") is not None or kwargs.get("cache") is not None:
+        given = (kwargs.get(name) is not None for name in ("attention_mask", "cache", "past_key_values"))
+        if args or any(given):
             return None
         if kwargs.get("position_ids") is None or (ids is None and embeds is None):
             return None

@@ -268,9 +268,7 @@ class InternVLBackend:
         return PromptInputs(
             input_ids=ids[:, index], features={"image": features}, positions=positions[:, index],
             next_position=int(ids.shape[1]), visual_tokens=sum(int(f.shape[0]) for f in features),
-            token_id=self.image_token_id,
-            # InternVL's forward takes ``pooler_output`` as one tensor (``.to`` on it), not a list.
-            encoder_extra={"pooler_output": torch.cat(features)})
+            token_id=self.image_token_id, features_form="tensor")  # its forward calls ``.to`` on them
 
     def model_inputs(self, images: Sequence[Image.Image], question: str, frames: bool) -> dict:
         vision = self.processor.frames(images) if frames else self.processor.images(images)

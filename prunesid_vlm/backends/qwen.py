@@ -128,13 +128,14 @@ class QwenBackend:
         if frames:  # temporal patch v covers frames 2v and 2v+1
             step = self.processor.temporal_patch_size
             sources = tuple(min(v * step, len(images) - 1) for v in range(views_count))
-            views = [ViewInfo(0, "frame", whole(images[s])) for s in sources]
+            views = [ViewInfo(0, "temporal patch", whole(images[s])) for s in sources]
         else:
             sources = tuple(range(views_count))
             views = [ViewInfo(i, "image", whole(im)) for i, im in enumerate(images)]
         layers = tuple(layer.float().cpu() for layer in self.extra_layers(out, views_count, n))
         return EncodedMedia(tokens=tokens.cpu(), grid=(h // merge, w // merge), views=views, sources=sources,
-                            layout=((t, h, w),) * (1 if frames else len(images)), clip=frames, layers=layers)
+                            layout=((t, h, w),) * (1 if frames else len(images)), clip=frames, layers=layers,
+                            token_noun="merged tokens", token_px=self.token_side)
 
     # --- prompts ------------------------------------------------------------------------------
     def _positions(self, prompt: dict, grids: torch.Tensor, clip: bool) -> torch.Tensor:
