@@ -55,6 +55,8 @@ def _step(model, input_ids, positions, cache, mm_outputs=None, extra=None):
     kwargs = dict(extra or {})
     if mm_outputs:
         kwargs["mm_encoder_outputs"] = mm_outputs
+    if cache is None:  # a prefill is one sequence: without a mask or a cache, transformers reads the kept
+        kwargs.setdefault("attention_mask", torch.ones_like(input_ids))  # positions' gaps as packed sequences
     out = model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
     return out.logits[:, -1].float(), out.cache
 

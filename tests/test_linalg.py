@@ -6,7 +6,6 @@ assignments, and its vectors up to sign.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -276,17 +275,19 @@ print(json.dumps({"before": before, "after": after, "blas_threads": blas}))
 
 
 def test_import_loads_neither_numba_nor_scipy_and_the_first_solve_limits_blas_once():
-    """The eigensolver's libraries load on its first use; that use holds every BLAS pool to
-    one thread for good, even when it happens on a worker thread."""
+    """The eigensolver's libraries load on its first use (SciPy; numba only for the optional
+    accelerator); that use holds every BLAS pool to one thread for good, even when it happens
+    on a worker thread."""
     report = json.loads(_run(_FRESH_PROCESS).strip().splitlines()[-1])
     assert report["before"] == [], f"import prunesid loaded {report['before']}"
-    assert report["after"] == (["numba", "scipy"] if importlib.util.find_spec("numba") else ["scipy"])
+    assert report["after"] == ["scipy"]  # the default solver is SciPy's: numba is never imported
     assert report["blas_threads"] == [1]
 
 
 _WITHOUT_NUMBA = """
-import json, sys
+import json, os, sys
 sys.modules["numba"] = None  # as if numba were not installed: importing it raises ImportError
+os.environ["PRUNESID_EIGENSOLVER"] = "auto"  # the accelerator asked for, and missing
 import prunesid
 import torch
 status = prunesid.warm_up()
@@ -296,8 +297,9 @@ print(json.dumps({"status": status, "keeps": keeps}))
 """
 
 
-def test_without_numba_selection_falls_back_to_lapack_and_keeps_the_same_tokens(tmp_path):
+def test_without_numba_selection_falls_back_to_lapack_and_keeps_the_same_tokens(tmp_path, monkeypatch):
     pytest.importorskip("numba")  # the comparison needs the accelerated run here
+    monkeypatch.setattr(solve, "SOLVER", "auto")
     pairs = [case_tensors(seed) for seed in (0, 3, 5)]
     batch = (torch.cat([h for h, _ in pairs]), torch.cat([a for _, a in pairs]))
     cases = [(*pairs[0], 16), (*pairs[1], 64), (*batch, 64), (*pairs[2], 192)]
@@ -308,7 +310,25 @@ def test_without_numba_selection_falls_back_to_lapack_and_keeps_the_same_tokens(
     assert report["keeps"] == with_numba
 
 
-def test_warm_up_names_the_solver_in_use():
+def test_warm_up_names_the_solver_in_use(monkeypatch):
+    monkeypatch.setattr(solve, "SOLVER", "library")
+    assert solve.warm_up() == {"solver": "library", "lanczos": "not used (the library solver is chosen)",
+                               "blas_threads": "1"}
     pytest.importorskip("numba")
+    monkeypatch.setattr(solve, "SOLVER", "auto")
     status = solve.warm_up()
-    assert status == {"solver": solve.SOLVER, "lanczos": f"numba {sys.modules['numba'].__version__}", "blas_threads": "1"}
+    assert status == {"solver": "auto", "lanczos": f"numba {sys.modules['numba'].__version__}", "blas_threads": "1"}
+
+
+_LIBRARY_WARM_UP = """
+import json, sys
+import prunesid
+prunesid.warm_up()
+print(json.dumps({"numba": "numba" in sys.modules}))
+"""
+
+
+def test_the_default_warm_up_loads_no_numba():
+    """The app warms the eigensolver at start-up: with the default (library) solver that must not
+    import numba (its import and cached kernel cost most of a second; benchmarks/eigensolver.py)."""
+    assert json.loads(_run(_LIBRARY_WARM_UP).strip().splitlines()[-1]) == {"numba": False}

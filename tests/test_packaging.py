@@ -54,9 +54,11 @@ def test_the_package_depends_on_what_the_requirements_files_list():
     assert normalized(project["dependencies"]) == normalized(runtime)
     evaluation, _ = requirement_lines("requirements-eval.txt")
     assert normalized(project["optional-dependencies"]["eval"]) == normalized(evaluation)
+    accel, _ = requirement_lines("requirements-accel.txt")
+    assert normalized(project["optional-dependencies"]["accel"]) == normalized(accel)
     dev, included = requirement_lines("requirements-dev.txt")
-    assert included == ["requirements.txt", "requirements-eval.txt"]
-    assert normalized(project["optional-dependencies"]["dev"]) == normalized(dev + evaluation)
+    assert included == ["requirements.txt", "requirements-eval.txt", "requirements-accel.txt"]
+    assert normalized(project["optional-dependencies"]["dev"]) == normalized(dev + evaluation + accel)
     assert not {name for name, _, _ in normalized(evaluation)} & {"lmms-eval", "lmms_eval"}  # installed --no-deps
 
 

@@ -12,9 +12,12 @@ whatever the batch, so its Gram matrix is bitwise the same alone or in any batch
 **Eigenvectors (CPU)**, by one of two solvers, named by ``solver=`` or else by
 :data:`SOLVER` (from the environment variable ``PRUNESID_EIGENSOLVER``):
 
-* ``"library"``: SciPy's ``eigh(subset_by_index=..., driver="evr")`` (LAPACK's MRRR
+* ``"library"`` (default): SciPy's ``eigh(subset_by_index=..., driver="evr")`` (LAPACK's MRRR
   driver ``?syevr``), row after row (:mod:`library`). The tests' oracle.
-* ``"auto"`` (default): the same answers by faster means. float32 matrices of PSCA's
+* ``"auto"`` (the optional accelerator, ``pip install ".[accel]"``): the same answers by faster
+  means. It saves at most ~12 ms of a slider redraw and costs ~0.6 s more on a process's first
+  selection (numba's import) and ~210 MB of install (``benchmarks/eigensolver.py``), so it is
+  not the default. float32 matrices of PSCA's
   shape (G ≤ 16 components) go to Lanczos compiled with numba (:mod:`krylov`), which
   stops only once the wanted eigenpairs are converged below float32's own accuracy
   (tested: the library's group assignments on every reference case). Everything else —
@@ -48,8 +51,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOLVERS = ("auto", "library")
-SOLVER: str = os.environ.get("PRUNESID_EIGENSOLVER", "auto")
-"""The CPU eigensolver of calls that name none: ``"auto"`` or ``"library"`` (see above).
+SOLVER: str = os.environ.get("PRUNESID_EIGENSOLVER", "library")
+"""The CPU eigensolver of calls that name none: ``"library"`` or ``"auto"`` (see above).
 Read from ``PRUNESID_EIGENSOLVER`` on import; assign to it to change it for the process."""
 
 KRYLOV_MIN_SIZE = 128
@@ -135,16 +138,18 @@ def _solver_name(solver: str | None) -> str:
 def warm_up() -> dict[str, str]:
     """Prepare the CPU eigensolver now, where a wait is hidden (the app does it while its
     model loads), so the first selection pays for neither: limit the BLAS pools to one
-    thread, and import numba and compile the Lanczos kernel where numba is installed (the
-    first compilation takes seconds; later processes load it from numba's cache).
+    thread, and, when the accelerator is chosen (``"auto"``), import numba and compile the
+    Lanczos kernel where numba is installed (the first compilation takes seconds; later
+    processes load it from numba's cache). The library solver loads no numba.
 
-    Returns what is in use: ``{"solver": "auto" or "library", "lanczos": "numba <version>"
-    or why it is unavailable, "blas_threads": "1"}``. Never raises for want of numba;
+    Returns what is in use: ``{"solver": "library" or "auto", "lanczos": "numba <version>",
+    why it is unavailable, or that it is not used, "blas_threads": "1"}``. Never raises for want of numba;
     raises ValueError when ``PRUNESID_EIGENSOLVER`` names no solver.
     """
     name = _solver_name(None)
     _limit_blas_threads()
-    return {"solver": name, "lanczos": _lanczos_kernel().status, "blas_threads": "1"}
+    lanczos = _lanczos_kernel().status if name == "auto" else "not used (the library solver is chosen)"
+    return {"solver": name, "lanczos": lanczos, "blas_threads": "1"}
 
 
 @lru_cache(maxsize=4)

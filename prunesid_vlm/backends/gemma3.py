@@ -16,8 +16,9 @@ bidirectional attention block over each picture's tokens.
   one bidirectional block and the dropped ones are simply absent from it. The sliding-window
   layers count their window (1,024 on the real checkpoints) in the pruned sequence's slots, so a
   pruned prompt longer than the window reaches further back in the original than the full one.
-* **Prefill mask.** The pruned prefill is one sequence with gaps in its positions; see
-  :func:`_one_sequence_prefill` for why it is given an all-ones ``attention_mask``.
+* **Prefill mask.** The pruned prefill is one sequence with gaps in its positions: without a mask
+  transformers would read the gaps as packed sequences and cut the masks there, so every prefill
+  gets an all-ones ``attention_mask`` (:mod:`~prunesid_vlm.positioned_generation`).
 """
 from __future__ import annotations
 
@@ -52,7 +53,6 @@ class Gemma3Backend:
         if side * side != model.config.mm_tokens_per_image:
             raise ValueError(f"mm_tokens_per_image={model.config.mm_tokens_per_image} is not a square number of tokens")
         self.token_grid = (side, side)
-        _one_sequence_prefill(model)
 
     @staticmethod
     def load_processor(path: str, name: str):
@@ -161,36 +161,3 @@ class Gemma3Backend:
                          "not cropped or padded. Pan-and-scan (extra crops of elongated pictures) is off, as in the "
                          "checkpoint's default.")
         return notes
-
-
-def _one_sequence_prefill(model: torch.nn.Module) -> None:
-    """Make a prefill given ``position_ids`` but no ``attention_mask`` read as one sequence.
-
-    Gemma 3 builds its attention masks before its language model makes a cache, and transformers
-    reads ``position_ids`` with gaps, given without a mask or a cache, as several sequences packed
-    in one row (``masking_utils.find_packed_sequence_indices``): it would index the mask by
-    position instead of by slot and cut it at every gap. A pruned prompt (kept tokens at their
-    original positions) then fails in the image-block overlay (an IndexError: positions run past
-    the pruned length) or, without images, attends wrongly. An all-ones ``attention_mask`` says it
-    is one sequence; the masks are otherwise unchanged (no padding). Calls that pass a mask
-    (``generate``, scoring) or a cache (decoding) are left as they are. Registered once per model;
-    not needed once :mod:`~prunesid_vlm.positioned_generation` passes that mask to every prefill.
-    """
-    inner = model.model
-    if getattr(inner, "_prunesid_one_sequence", False):
-        return
-
-    def hook(module, args, kwargs):
-        ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
-        given = (kwargs.get(name) is not None for name in ("attention_mask", "cache", "past_key_values"))
-        if args or any(given):
-            return None
-        if kwargs.get("position_ids") is None or (ids is None and embeds is None):
-            return None
-        shape = ids.shape if ids is not None else embeds.shape[:2]
-        device = ids.device if ids is not None else embeds.device
-        kwargs["attention_mask"] = torch.ones(shape, dtype=torch.long, device=device)
-        return args, kwargs
-
-    inner.register_forward_pre_hook(hook, with_kwargs=True)
-    inner._prunesid_one_sequence = True
