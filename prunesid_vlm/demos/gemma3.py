@@ -87,7 +87,7 @@ def save_gemma3(folder: Path, vision: dict, text: dict, mm_tokens_per_image: int
     tok = gemma3_tokenizer(folder)
     tok.chat_template = GEMMA3_CHAT_TEMPLATE
     config = gemma3_config(tok, vision, text, mm_tokens_per_image)
-    model = seeded(lambda: Gemma3ForConditionalGeneration(config))
+    model = seeded(lambda: _with_random_projection(Gemma3ForConditionalGeneration(config)))
     end_of_turn = tok.convert_tokens_to_ids(TURN_TOKENS[1])
     generation = model.generation_config
     generation.bos_token_id, generation.pad_token_id = tok.bos_token_id, tok.pad_token_id
@@ -100,6 +100,18 @@ def save_gemma3(folder: Path, vision: dict, text: dict, mm_tokens_per_image: int
                                 image_seq_length=mm_tokens_per_image)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def _with_random_projection(model):
+    """transformers initialises Gemma 3's image projection to zeros (a checkpoint overwrites it), which
+    would hand the language model 256 identical zero tokens: draw it like the other random weights
+    (inside ``seeded``, so from the demos' seed)."""
+    import torch
+
+    weight = model.model.multi_modal_projector.mm_input_projection_weight
+    with torch.no_grad():
+        weight.normal_(0.0, weight.shape[0] ** -0.5)
+    return model
 
 
 def build(folder: Path) -> None:

@@ -1,0 +1,33 @@
+"""Every offline demo of a CLS-free family hands the rule tokens that vary with the picture: a demo
+whose projector gives constant tokens (Gemma 3's image projection starts at zeros in transformers)
+would make every selection the first K tokens in raster order and every test of the pruned prompt
+trivially true."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prunesid_vlm.pipeline import load_pipeline
+from prunesid_vlm.registry import (DEMO_GEMMA3_ID, DEMO_INTERNVL3_ID, DEMO_ONEVISION_ID, DEMO_QWEN25_ID,
+                                   DEMO_QWEN2_ID, DEMO_QWEN3_ID)
+
+
+def picture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    blocks = rng.random((4, 6, 3)).repeat(60, 0).repeat(60, 1)
+    return Image.fromarray((blocks * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("demo", [DEMO_QWEN2_ID, DEMO_QWEN25_ID, DEMO_QWEN3_ID, DEMO_ONEVISION_ID, DEMO_INTERNVL3_ID,
+                                  DEMO_GEMMA3_ID])
+def test_the_demos_tokens_vary_with_the_picture_and_so_does_the_selection(demo, demo_cache):
+    pipe = load_pipeline(demo, device="cpu")
+    first, second = pipe.encode([picture(1)]), pipe.encode([picture(2)])
+    tokens = first.hidden_states[0, 1:]
+    assert float(tokens.std(dim=0).mean()) > 1e-4, f"{demo}: every token of a view is the same"
+    assert not torch.allclose(first.hidden_states, second.hidden_states)
+    keep = [pipe.select(f, 64).keep_row(0) for f in (first, second)]
+    raster = torch.arange(1, keep[0].numel() + 1)
+    assert not torch.equal(keep[0], raster) or not torch.equal(keep[1], raster), f"{demo}: raster-order selections"
