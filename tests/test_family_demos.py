@@ -31,3 +31,25 @@ def test_the_demos_tokens_vary_with_the_picture_and_so_does_the_selection(demo, 
     keep = [pipe.select(f, 64).keep_row(0) for f in (first, second)]
     raster = torch.arange(1, keep[0].numel() + 1)
     assert not torch.equal(keep[0], raster) or not torch.equal(keep[1], raster), f"{demo}: raster-order selections"
+
+
+@pytest.mark.parametrize("demo", [DEMO_QWEN3_ID, DEMO_ONEVISION_ID, DEMO_INTERNVL3_ID, DEMO_GEMMA3_ID])
+def test_the_studies_run_on_every_new_family(demo, demo_cache):
+    """Compare (every runnable method), the stability study and a budget sweep, as the app's tabs run
+    them; the methods a CLS-free tower cannot run are named with a reason."""
+    from prunesid_vlm import studies
+
+    pipe = load_pipeline(demo, device="cpu")
+    image = picture(3)
+    comparison = studies.compare_methods(pipe, [image], 64)
+    feats = pipe.encode([image])
+    runnable = pipe.available_methods(feats)
+    assert "prunesid" in runnable and {"topk", "visionzip"} <= set(pipe.unavailable_methods(feats))
+    assert {run.spec.name for run in comparison.runs} == set(runnable)
+    for run in comparison.runs:
+        handed = studies.handed_tokens(pipe, feats, run.selection)
+        assert 0 < handed < feats.num_views * feats.num_patches, run.spec.name
+    _, stability = studies.stability_of(pipe, [image], 64, [0, 1])
+    assert stability is not None
+    result, generations = studies.sweep(pipe, [image], [16, 64])
+    assert result is not None and sum(generations.values()) == 0  # no question: no answers generated
