@@ -27,8 +27,9 @@ def test_each_small_checkpoint_answers_with_prunesids_tokens(checkpoint, tmp_pat
 
 
 def test_a_tower_without_a_cls_token_is_refused_with_why(tmp_path):
-    """SigLIP towers (llava-interleave-qwen-0.5b, llava-onevision-0.5b) have no CLS token, whose
-    attention is PruneSID's importance: they are left out, and loading one says so."""
+    """A LLaVA-1.5-layout checkpoint with a SigLIP tower (llava-interleave-qwen-0.5b) has no CLS token,
+    whose attention is the LLaVA rule's importance: loading one says so. SigLIP models are listed
+    only in the CLS-free families, whose backends run the CLS-free rule (LLaVA-OneVision, Gemma 3)."""
     from transformers import LlamaConfig, LlavaConfig, SiglipVisionConfig
 
     config = LlavaConfig(vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -38,7 +39,10 @@ def test_a_tower_without_a_cls_token_is_refused_with_why(tmp_path):
     config.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="CLS token"):
         load_pipeline(str(tmp_path), device="cpu")
-    assert not any("siglip" in s.description.lower() for s in list_models())
+    from prunesid_vlm.families import FAMILIES
+
+    siglip = [s for s in list_models() if "siglip" in s.description.lower()]
+    assert siglip and all(FAMILIES[s.family].cls_free for s in siglip)
 
 
 def test_sizes_are_listed_for_real_checkpoints():
