@@ -1,7 +1,7 @@
 """The registry's baselines beside their authors' selection code, on fresh synthetic cases.
 
 For each method and budget: the share of cases where ours keeps exactly the same set of
-patches as the authors' code (``benchmarks/authors_baselines.py``), with the tower states
+patches as the authors' code (``yardsticks/authors_baselines.py``), with the tower states
 in float32 and in bfloat16 (the dtype the authors' code then computes in; ours computes in
 float32 either way). VisPruner is run twice: as published (``argsort`` without a stable
 tie-break) and with a stable sort swapped in, which is this project's rule.
@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.authors_baselines import divprune_reference, visionzip_reference, vispruner_reference  # noqa: E402
+from yardsticks.authors_baselines import divprune_reference, visionzip_reference, vispruner_reference  # noqa: E402
 from prunesid_eval.methods.divprune import divprune_select  # noqa: E402
 from prunesid_eval.methods.visionzip import contextual_count, visionzip_select  # noqa: E402
 from prunesid_eval.methods.vispruner import vispruner_select  # noqa: E402
-from tests.reference_data import cases_module  # noqa: E402
+from yardsticks.reference_data import cases_module  # noqa: E402
 
 FIRST_SEED = 10_000
 """Seeds the tests do not use (they use 0–199)."""

@@ -31,9 +31,9 @@ TARGET_MS = 1000.0
 
 def features(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(hidden [1, 577, 1024], cls_attention [1, 576], where they came from)."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT))
     try:
-        from reference_data import REFERENCE_DIR, cases_module
+        from yardsticks.reference_data import REFERENCE_DIR, cases_module
 
         if (REFERENCE_DIR / "cases.py").is_file():
             hidden, attention = cases_module().make_case(seed)

@@ -5,7 +5,7 @@ Prints ms per image for B in {1, 8} and K in {16, 64, 192} on CLIP-like features
 each sub-image selected with its own budget). All implementations run interleaved, and
 the median of the repetitions is reported, so machine noise hits them alike.
 
-Yardsticks: ``port`` is tests/reference_port.py (the reference's data flow, written for
+Yardsticks: ``port`` is yardsticks/reference_port.py (the reference's data flow, written for
 this project, always available); ``ref code`` is the reference implementation itself, run
 from a checkout you point to with ``--reference-code`` (see reference_code.py).
 ``ours`` runs the default eigensolver (``auto``: the compiled accelerators where
@@ -22,18 +22,18 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.reference_code import load_reference_select  # noqa: E402
+from yardsticks.reference_code import load_reference_select  # noqa: E402
 from prunesid import select_tokens, warm_up  # noqa: E402
 from prunesid._eigen import solve  # noqa: E402
 from prunesid.psca import centred_token_matrix  # noqa: E402
-from tests.reference_port import reference_select  # noqa: E402
+from yardsticks.reference_port import reference_select  # noqa: E402
+from yardsticks.solver import on_solver  # noqa: E402
 
 TARGETS_MS = {(1, 64): 20.0, (8, 64): 100.0}  # issue 3: per call, CPU
 TARGET_SPEEDUP = {"port": {1: 2.0, 8: 3.0}, "code": {1: 4.0, 8: 4.0}}  # issues 3 and 11, by yardstick
@@ -67,26 +67,13 @@ def _time(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _on_solver(name: str, run: Callable[[], object]) -> Callable[[], object]:
-    """``run`` with the process-wide eigensolver set to ``name`` meanwhile."""
-
-    def with_solver() -> object:
-        previous, solve.SOLVER = solve.SOLVER, name
-        try:
-            return run()
-        finally:
-            solve.SOLVER = previous
-
-    return with_solver
-
-
 def compare(batch: int, budget: int, repeats: int, device: torch.device, label: str, reference_code=None) -> dict:
     hidden, attention = clip_like_batch(batch)
     hidden, attention = hidden.to(device), attention.to(device)
     generator = torch.Generator().manual_seed(0)
     runs = {
-        "ours": _on_solver("auto", lambda: select_tokens(hidden, attention, budget)),
-        "library": _on_solver("library", lambda: select_tokens(hidden, attention, budget)),
+        "ours": on_solver("auto", lambda: select_tokens(hidden, attention, budget)),
+        "library": on_solver("library", lambda: select_tokens(hidden, attention, budget)),
         # Same vectorised pipeline with the reference's randomised PCA: isolates what exactness costs.
         "ours_rand": lambda: select_tokens(hidden, attention, budget, pca="randomized", generator=generator),
         "eig": lambda: solve.gram_top_eigenvectors(centred_token_matrix(hidden), max(budget // 4, 1), solver="auto"),

@@ -6,7 +6,7 @@ Both rules, one view (B = 1), K = 64 (the Qwen rule scales it to Kâ€² = round(NÂ
   (``Qwen2VisionTransformerPretrainedModel_prunesid.forward`` of
   ``prunesid/prunesid_qwen/modeling_qwen2_vl.py``);
 * LLaVA rule (``select_tokens``), D = 1,024, against the reference's LLaVA selection
-  (``CLIPVisionTower_PruneSID.forward``, through benchmarks/reference_code.py).
+  (``CLIPVisionTower_PruneSID.forward``, through yardsticks/reference_code.py).
 
 The reference runs from a checkout you point to with ``--reference-code`` (nothing of it is
 vendored); its methods run unchanged on stand-ins for ``self`` (the tower hands back the given
@@ -135,7 +135,7 @@ def runners(rule: str, n: int, budget: int, reference_code: str | None) -> dict[
     else:
         runs = {"ours": lambda: select_tokens(hidden, attention, budget)}
         if reference_code:
-            from benchmarks.reference_code import load_reference_select
+            from yardsticks.reference_code import load_reference_select
 
             reference = load_reference_select(reference_code)
             runs["reference"] = lambda: reference(hidden, attention, budget)

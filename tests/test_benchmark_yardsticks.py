@@ -1,4 +1,4 @@
-"""The selection benchmark's yardsticks: the reference code itself (benchmarks/reference_code.py)
+"""The selection benchmark's yardsticks: the reference code itself (yardsticks/reference_code.py)
 and our selection on the library eigensolver (benchmarks/selection.py)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from benchmarks.reference_code import ENCODER_FILE, load_reference_select
+from yardsticks.reference_code import ENCODER_FILE, load_reference_select
 
 # A stand-in with the reference's calling convention: the selection lives in
 # CLIPVisionTower_PruneSID.forward, which reads the tower's outputs (hidden_states[-2],
@@ -46,9 +46,9 @@ def test_a_missing_checkout_is_named(tmp_path):
 
 
 def test_the_library_run_uses_the_library_solver_and_puts_the_setting_back():
-    from benchmarks.selection import _on_solver  # also imports the port from tests/
     from prunesid._eigen import solve
+    from yardsticks.solver import on_solver
 
     before = solve.SOLVER
-    assert _on_solver("library", lambda: solve.SOLVER)() == "library"
+    assert on_solver("library", lambda: solve.SOLVER)() == "library"
     assert solve.SOLVER == before

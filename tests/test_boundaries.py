@@ -286,3 +286,12 @@ def test_the_batch_tools_use_only_public_doors():
     assert not found, report(found, "prunesid_lmms/, prunesid_report/, prunesid_cli/, evaluate.py, report.py and "
                                     "inllm_study.py may import what the app may (public doors), studio.media for "
                                     "decoding, prunesid_vlm.text_only and .load_options, and no gradio")
+
+
+def test_the_tests_and_the_benchmarks_do_not_import_each_other():
+    """What both measure against lives in ``yardsticks/``: a benchmark is not a test's library, nor
+    a test module a benchmark's."""
+    found = violations(python_files("tests"), in_roots("benchmarks"))
+    found += violations(python_files("benchmarks"), in_roots("tests"))
+    found += violations(python_files("yardsticks"), in_roots("tests", "benchmarks"))
+    assert not found, report(found, "tests/ and benchmarks/ share code only through yardsticks/")

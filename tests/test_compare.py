@@ -32,7 +32,7 @@ from prunesid_eval.published import (
 from viz import figure_to_array
 from viz.compare import comparison_sheet, draw_keep_frequency, method_overlays, plot_budget_sweep, plot_stability
 
-from reference_data import case_tensors, require_reference
+from yardsticks.reference_data import case_tensors, require_reference
 from tests.compare_client import compare_tab_client
 
 

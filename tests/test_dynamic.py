@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prunesid import allocate_budgets, dynamic_budget, information_score, select_tokens
-from tests.reference_data import case_tensors
+from yardsticks.reference_data import case_tensors
 
 
 def flat_and_varied() -> tuple[torch.Tensor, torch.Tensor]:

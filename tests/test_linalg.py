@@ -22,7 +22,7 @@ from prunesid._eigen import library, solve
 from prunesid._eigen.lapack import top_eigenpairs_inplace
 from prunesid._eigen.solve import gram_blocks, gram_matrix, gram_top_eigenvectors, top_eigenvectors
 from prunesid.psca import FLOAT32_MAX_COMPONENTS, centred_token_matrix, principal_components
-from tests.reference_data import REFERENCE_DIR, case_tensors, cases_module, expected_cases
+from yardsticks.reference_data import REFERENCE_DIR, case_tensors, cases_module, expected_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLVERS = ("library", "auto")
@@ -264,7 +264,7 @@ import prunesid
 before = sorted(m for m in ("numba", "scipy") if m in sys.modules)
 import torch
 from threadpoolctl import threadpool_info
-from tests.reference_data import case_tensors
+from yardsticks.reference_data import case_tensors
 hidden, attention = case_tensors(3)
 worker = threading.Thread(target=lambda: prunesid.select_tokens(hidden, attention, 64))  # first use off the main thread, as in the app
 worker.start(); worker.join()

@@ -1,7 +1,7 @@
 """Every registered selection method on the synthetic CLIP-like cases: the shared contract
 (exact token counts, valid distinct indices, one signature) and each rule's defining
 property. VisionZip, DivPrune and VisPruner are also checked against literal ports of
-their public code (``benchmarks/authors_baselines.py``), at budgets where that code runs."""
+their public code (``yardsticks/authors_baselines.py``), at budgets where that code runs."""
 from __future__ import annotations
 
 import json
@@ -20,8 +20,8 @@ from prunesid_eval.methods.topk import topk_select
 from prunesid_eval.methods.visionzip import contextual_count, visionzip_select
 from prunesid_eval.methods.vispruner import vispruner_select
 
-from benchmarks.authors_baselines import divprune_reference, visionzip_reference, vispruner_reference
-from reference_data import case_tensors, require_reference
+from yardsticks.authors_baselines import divprune_reference, visionzip_reference, vispruner_reference
+from yardsticks.reference_data import case_tensors, require_reference
 
 SEEDS = (0, 1, 2)
 BUDGETS = (2, 16, 63, 64, 192, 576, 577)
@@ -330,7 +330,7 @@ def test_native_dtype_reproduces_the_authors_bf16_numerics(budget):
 # ---- CDPruner ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("budget", [16, 64, 128])
 def test_cdpruner_matches_its_public_code(case, budget):
-    from benchmarks.authors_baselines import cdpruner_reference
+    from yardsticks.authors_baselines import cdpruner_reference
     from prunesid_eval.methods.cdpruner import cdpruner_select
 
     hidden, attention = case

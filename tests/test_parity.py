@@ -7,7 +7,7 @@ import torch
 
 from prunesid import select_tokens
 from prunesid.psca import centred_token_matrix
-from tests.reference_data import case_tensors, expected_cases
+from yardsticks.reference_data import case_tensors, expected_cases
 
 
 def _inputs(case: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ def test_every_differing_case_is_a_floating_point_near_tie():
 
 def test_reference_port_reproduces_expected_outputs():
     """The benchmark's yardstick is a faithful model of the reference (exact PCA)."""
-    from tests.reference_port import reference_select
+    from yardsticks.reference_port import reference_select
 
     for case in expected_cases()[::7]:
         hidden, attention = _inputs(case)

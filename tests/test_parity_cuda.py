@@ -12,7 +12,7 @@ import torch
 
 from prunesid import select_tokens
 from tests import test_parity as cpu
-from tests.reference_data import expected_cases
+from yardsticks.reference_data import expected_cases
 
 pytestmark = [
     pytest.mark.cuda,

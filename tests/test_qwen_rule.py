@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunesid import qwen_budget, select_tokens_qwen
-from reference_data import REFERENCE_DIR, cases_module, require_reference
+from yardsticks.reference_data import REFERENCE_DIR, cases_module, require_reference
 
 
 def qwen_cases():

@@ -12,7 +12,7 @@ from prunesid import Selection, select_tokens
 from prunesid.budget import fill_budget, group_bounds, split_budget
 from prunesid.nms import intra_group_nms
 from prunesid.similarity import redundancy, within_group_similarity
-from tests.reference_data import case_tensors
+from yardsticks.reference_data import case_tensors
 
 
 def unit_patches(hidden: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,7 @@ def test_randomized_mode_is_reproducible_with_a_generator_and_varies_without_one
 @pytest.mark.parametrize("budget", [4, 7, 12, 24, 40])
 def test_matches_reference_port_when_both_use_the_same_pca(seed, budget, monkeypatch):
     """NMS, bounds, split, fill and pick agree with the reference data flow on many small cases."""
-    from tests.reference_port import reference_select
+    from yardsticks.reference_port import reference_select
 
     def exact_svd(hidden_states, num_components, **_):
         z = torch.sigmoid(hidden_states[:, 1:].float()).transpose(1, 2)
