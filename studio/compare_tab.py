@@ -37,7 +37,7 @@ from .limits import without_cache_fields
 from .inllm_tab import DEFAULT_BUDGETS as INLLM_BUDGETS
 from .inllm_tab import MAX_BUDGETS as INLLM_MAX_BUDGETS
 from .inllm_tab import build_inllm_tab, combination_view
-from .media import MediaError, load_image
+from prunesid_vlm.media import MediaError, load_image
 
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 24

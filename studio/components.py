@@ -2,10 +2,10 @@
 
 * :class:`SafeImage` / :class:`SafeVideo`: uploads are handed over as file paths *without*
   Gradio opening them, so a corrupt or non-image file reaches our loader
-  (:mod:`studio.media`), which explains the problem, instead of failing inside Gradio.
+  (:mod:`prunesid_vlm.media`), which explains the problem, instead of failing inside Gradio.
   Only a path inside Gradio's upload folder (symlinks resolved) is handed over as it is: any
   other path, whatever the payload's ``meta`` says (Gradio checks only payloads that carry
-  ``meta``), and the app's own written images, come out as a :class:`studio.media.RefusedFile`,
+  ``meta``), and the app's own written images, come out as a :class:`prunesid_vlm.media.RefusedFile`,
   which every loader refuses with one message, whether or not such a file exists.
 * Images the app writes for the page (:func:`png_file`, :func:`mask_png_file`) are named by a
   hash of their content keyed with a secret drawn when the process starts: the same content
@@ -31,7 +31,7 @@ from PIL import Image
 from viz.overlays import group_layer_palette
 
 from . import limits
-from .media import RefusedFile
+from prunesid_vlm.media import RefusedFile
 
 
 _WRITES = {"count": 0}
@@ -78,7 +78,7 @@ def written_folder() -> Path:
 
 def uploaded_path(path) -> str:
     """``path`` as sent, when it names a place inside Gradio's upload folder (symlinks resolved) and
-    outside :func:`written_folder`; else a :class:`~studio.media.RefusedFile` of it.
+    outside :func:`written_folder`; else a :class:`~prunesid_vlm.media.RefusedFile` of it.
 
     The file itself is not looked at, so a refusal never tells whether it exists. An accepted
     upload's modification time is set to now: uploads are swept by the time since their last use

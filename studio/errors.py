@@ -12,7 +12,7 @@ import gradio as gr
 
 from prunesid_vlm.pipeline import ModelLoadError
 
-from .media import MediaError
+from prunesid_vlm.media import MediaError
 
 log = logging.getLogger("prunesid.studio")
 

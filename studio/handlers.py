@@ -38,7 +38,7 @@ from . import views as V
 from .components import png_file, written_folder
 from . import limits
 from .errors import endpoint, guarded, status_line, warn
-from .media import MediaError, browser_preview, load_image, load_video, video_codec  # noqa: F401 (tests)
+from prunesid_vlm.media import MediaError, browser_preview, load_image, load_video, video_codec  # noqa: F401 (tests)
 from .models import MANAGER, ModelManager
 from .session import Analysis
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from studio.media import load_video
+from prunesid_vlm.media import load_video
 
 
 @pytest.fixture(scope="module")

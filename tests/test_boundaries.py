@@ -159,8 +159,9 @@ def studio_may_import(module: str) -> bool:
     if root == "prunesid":
         return module in ("prunesid", "prunesid.result")
     if root == "prunesid_vlm":
-        # The pipeline, and the studies that run on it through its public API only.
-        return module in ("prunesid_vlm", "prunesid_vlm.pipeline", "prunesid_vlm.studies", "prunesid_vlm.combination")
+        # The pipeline, the studies that run on it through its public API only, and media decoding.
+        return module in ("prunesid_vlm", "prunesid_vlm.pipeline", "prunesid_vlm.studies", "prunesid_vlm.combination",
+                          "prunesid_vlm.media")
     return _public(module)  # prunesid_eval and viz: any public module
 
 
@@ -276,7 +277,7 @@ def tool_may_import(module: str) -> bool:
     if module.split(".")[0] == "gradio":
         return False
     if module.split(".")[0] == "studio":
-        return module == "studio.media"
+        return False  # the app's UI: its decoding lives below it, in prunesid_vlm.media
     return (studio_may_import(module) or module in TOOL_DOORS
             or module.split(".")[0] in ("prunesid_lmms", "prunesid_report"))
 
@@ -284,7 +285,7 @@ def tool_may_import(module: str) -> bool:
 def test_the_batch_tools_use_only_public_doors():
     found = violations(python_files(*TOOLS), lambda imp: not tool_may_import(imp.module))
     assert not found, report(found, "prunesid_lmms/, prunesid_report/, prunesid_cli/, evaluate.py, report.py and "
-                                    "inllm_study.py may import what the app may (public doors), studio.media for "
+                                    "inllm_study.py may import what the app may (public doors), prunesid_vlm.media for "
                                     "decoding, prunesid_vlm.text_only and .load_options, and no gradio")
 
 

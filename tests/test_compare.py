@@ -247,7 +247,7 @@ def test_compare_view_with_answers(llava_pipeline, image_path):
 
 
 def test_compare_view_without_answers_and_errors(llava_pipeline, image_path):
-    from studio.media import MediaError
+    from prunesid_vlm.media import MediaError
     from studio.compare_tab import compare_view, parse_budgets, stability_view, sweep_view
 
     get = lambda: llava_pipeline  # noqa: E731

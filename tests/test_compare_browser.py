@@ -126,7 +126,7 @@ def test_the_sweep_and_the_in_llm_study_show_the_counts_handed_over(app_url, lla
     import json
 
     from prunesid_vlm.studies import handed_tokens
-    from studio.media import load_image
+    from prunesid_vlm.media import load_image
     from studio.models import MANAGER
 
     MANAGER.install(llava_pipeline)

@@ -1,4 +1,4 @@
-"""studio.media: every bad input raises MediaError (a ValueError) with a useful message;
+"""prunesid_vlm.media: every bad input raises MediaError (a ValueError) with a useful message;
 odd but valid inputs come out as upright 8-bit RGB with a note."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import media
-from studio.media import MAX_SIDE, MAX_VIDEO_FRAMES, MIN_SIDE, MediaError, load_image, load_video
+from prunesid_vlm import media
+from prunesid_vlm.media import MAX_SIDE, MAX_VIDEO_FRAMES, MIN_SIDE, MediaError, load_image, load_video
 
 ASSETS = Path(__file__).parents[1] / "assets"
 

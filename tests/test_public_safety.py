@@ -35,8 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 httpx = pytest.importorskip("httpx")
 psutil = pytest.importorskip("psutil")
 
-from studio import guard, limits, media  # noqa: E402
-from studio.media import NOT_UPLOADED, MediaError, load_image, load_video  # noqa: E402
+from prunesid_vlm import media  # noqa: E402
+from studio import guard, limits  # noqa: E402
+from prunesid_vlm.media import NOT_UPLOADED, MediaError, load_image, load_video  # noqa: E402
 
 
 # ---- helpers: Gradio 6's protocol over raw HTTP ------------------------------------------------------
