@@ -25,7 +25,7 @@ from studio.components import written_folder  # noqa: E402
 from studio.guard import install as install_guard  # noqa: E402
 from studio.layout import LAUNCH_KWARGS, QUEUE_KWARGS, build_demo  # noqa: E402
 from studio.limits import limit_malloc_arenas  # noqa: E402
-from studio.models import MANAGER  # noqa: E402
+from prunesid_vlm.serving import MANAGER  # noqa: E402
 
 demo = build_demo()
 demo.queue(**QUEUE_KWARGS)

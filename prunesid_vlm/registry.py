@@ -5,7 +5,7 @@ A *family* names the adapter code path (:mod:`prunesid_vlm.families`): ``llava``
 and ``llava_next_video`` (CLIP per frame, 2×2 average-pooled).
 
 Each real checkpoint also states **the GPU memory it needs** (:attr:`ModelSpec.memory_gb`), so a
-public deployment offers only what its hardware holds (``studio.models``): the weights in
+public deployment offers only what its hardware holds (``prunesid_vlm.serving``): the weights in
 bf16/fp16 (2 bytes per parameter) plus a margin for activations — ``ACTIVATION_SHARE`` of the
 weights (the KV cache of a ~4k-token prompt is 0.5 MB per token on a 7B Llama, ≈ 15 % of its
 weights; prefill buffers, the logits) and ``OVERHEAD_GB`` (the CUDA context and the vision tower's

@@ -13,7 +13,7 @@ import gradio as gr
 from . import handlers as H
 from . import limits
 from .components import GroupImage, RawNumber, SafeImage, SafeVideo
-from .models import MANAGER
+from prunesid_vlm.serving import MANAGER
 from .plot_output import ChartPlot
 from . import views as V
 from .views import KEPT_CAPTION, budget_label

@@ -32,7 +32,7 @@ resource benchmark, can set it:
   Gradio wrote and never moved) is removed once it has not changed for this long.
 
 A deployment is *public* when ``SPACE_ID`` is set (Hugging Face Spaces) or ``PRUNESID_PUBLIC=1``
-(:func:`is_public`, the rule of :meth:`studio.models.ModelPolicy.from_env`): then the REST routes
+(:func:`is_public`, the rule of :meth:`prunesid_vlm.serving.ModelPolicy.from_env`): then the REST routes
 that skip the queue are closed (``api_open=False``), and a client's address is read from the first
 entry of ``X-Forwarded-For`` on Spaces (``PRUNESID_FORWARDED_FOR=1`` does the same behind another
 proxy that sets it; never on a server that clients reach directly, where the header is theirs).
@@ -85,7 +85,7 @@ QUEUE_PER_CLIENT_MESSAGE = ("{waiting} requests from your address are already wa
 
 def is_public(environ=None) -> bool:
     """A public deployment: ``SPACE_ID`` set (Hugging Face Spaces) or ``PRUNESID_PUBLIC=1``; the rule
-    of :meth:`studio.models.ModelPolicy.from_env`."""
+    of :meth:`prunesid_vlm.serving.ModelPolicy.from_env`."""
     env = os.environ if environ is None else environ
     return bool(env.get("SPACE_ID")) or env.get("PRUNESID_PUBLIC", "") == "1"
 

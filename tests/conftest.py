@@ -80,7 +80,7 @@ def free_port() -> int:
 def app_url(llava_pipeline):
     """The app launched in-process on loopback with the tiny demo model; its URL."""
     import app
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     MANAGER.install(llava_pipeline)
     app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,

@@ -436,7 +436,7 @@ def test_a_failed_model_switch_is_told_only_to_the_visitor_who_asked(page, app_u
 def test_a_switch_by_one_visitor_is_seen_by_the_other_and_nothing_mixes(page, app_url, tmp_path, llava_pipeline):
     """Visitor B has a picture analysed; visitor A switches the model in the picker. B's page then
     names the new model, and B's next Run analyses the picture again with it and says so."""
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     context, other = new_visitor(page.context.browser)
     try:
@@ -496,7 +496,7 @@ def test_qwen_demo_models_in_the_page(page, app_url, tmp_path, llava_pipeline, m
     then the video example as temporal patches."""
     from PIL import Image
 
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     wide = tmp_path / "wide.png"
     Image.open(ASSETS / "coffee.jpg").convert("RGB").resize((700, 300)).save(wide)

@@ -17,7 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from studio import handlers as H  # noqa: E402
 from studio import views as V  # noqa: E402
 from studio.errors import GENERIC_ERROR  # noqa: E402
-from studio.models import MANAGER, ModelManager  # noqa: E402
+from prunesid_vlm.serving import MANAGER, ModelManager  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CAT = str(ASSETS / "cat.jpg")

@@ -161,7 +161,7 @@ def studio_may_import(module: str) -> bool:
     if root == "prunesid_vlm":
         # The pipeline, the studies that run on it through its public API only, and media decoding.
         return module in ("prunesid_vlm", "prunesid_vlm.pipeline", "prunesid_vlm.studies", "prunesid_vlm.combination",
-                          "prunesid_vlm.media")
+                          "prunesid_vlm.media", "prunesid_vlm.serving")
     return _public(module)  # prunesid_eval and viz: any public module
 
 

@@ -399,7 +399,7 @@ def test_compare_follows_the_explore_tabs_media_video_frames_included(llava_pipe
     video = Path(__file__).resolve().parents[1] / "assets" / "pan_zoom.mp4"
     if not video.exists():
         pytest.skip("assets/pan_zoom.mp4 is not in the checkout")
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     MANAGER.install(llava_pipeline)
     state = dict(zip(H.VIEW_KEYS, H.on_prepare("video", None, str(video), 32, False, 1, None,

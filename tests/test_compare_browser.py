@@ -70,7 +70,7 @@ def shot(page, tmp_path, name: str) -> None:
 
 
 def test_the_compare_table_fits_its_panel_and_shows_every_row(app_url, llava_pipeline, tmp_path):
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     MANAGER.install(llava_pipeline)  # another browser test may have switched models
     with sync_api.sync_playwright() as p:
@@ -127,7 +127,7 @@ def test_the_sweep_and_the_in_llm_study_show_the_counts_handed_over(app_url, lla
 
     from prunesid_vlm.studies import handed_tokens
     from prunesid_vlm.media import load_image
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     MANAGER.install(llava_pipeline)
     image, _ = load_image(str(ASSETS / "cat.jpg"))

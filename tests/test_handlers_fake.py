@@ -11,7 +11,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from fake_pipeline import FakePipeline, fake_image  # noqa: E402
 from studio import handlers as H  # noqa: E402
 from studio.errors import GENERIC_ERROR  # noqa: E402
-from studio.models import MANAGER  # noqa: E402
+from prunesid_vlm.serving import MANAGER  # noqa: E402
 
 
 @pytest.fixture

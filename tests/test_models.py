@@ -13,8 +13,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from prunesid_vlm.pipeline import list_models  # noqa: E402
 from studio import handlers as H  # noqa: E402
-from studio import models as M  # noqa: E402
-from studio.models import MANAGER, OWNER_CHOOSES, ModelManager, ModelPolicy, ModelRefused  # noqa: E402
+from prunesid_vlm import serving as M  # noqa: E402
+from prunesid_vlm.serving import MANAGER, OWNER_CHOOSES, ModelManager, ModelPolicy, ModelRefused  # noqa: E402
 
 CAT = os.path.join(os.path.dirname(__file__), "..", "assets", "cat.jpg")
 PUBLIC = ModelPolicy(public=True, listed=tuple(s.model_id for s in list_models()), gpu_memory_gb=48.0,

@@ -125,7 +125,7 @@ def test_the_memory_table_is_the_registry_s():
 
 
 def test_the_space_section_names_every_owner_setting():
-    from studio import models
+    from prunesid_vlm import serving as models
 
     settings = set(re.findall(r"\"(PRUNESID_[A-Z0-9_]+)\"", (ROOT / "studio" / "limits.py").read_text()))
     settings |= {models.ENV_MODEL, models.ENV_GPU_MEMORY, models.ENV_PUBLIC}

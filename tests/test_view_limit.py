@@ -17,7 +17,7 @@ from fake_pipeline import FakePipeline, fake_image  # noqa: E402
 from prunesid_vlm.pipeline import load_pipeline, select  # noqa: E402
 from prunesid_vlm.registry import DEMO_QWEN2_ID  # noqa: E402
 from studio import handlers as H  # noqa: E402
-from studio.models import MANAGER  # noqa: E402
+from prunesid_vlm.serving import MANAGER  # noqa: E402
 
 
 def picture(height: int, width: int, seed: int = 0) -> Image.Image:

@@ -137,7 +137,7 @@ def _visit(pipe) -> dict:
     """What a visitor does on the Explore and Compare tabs, and what the UI keeps of it."""
     from studio import handlers as H
     from studio.compare_tab import compare_view, stability_view, sweep_view
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     MANAGER.install(pipe)
     image = str(ASSETS / "cat.jpg")
@@ -172,7 +172,7 @@ def _visit(pipe) -> dict:
 def test_the_ui_needs_nothing_that_stays_in_a_gpu_worker(monkeypatch, demo_cache):
     from prunesid_vlm import device
     from prunesid_vlm.pipeline import DEMO_MODEL_ID, load_pipeline
-    from studio.models import MANAGER
+    from prunesid_vlm.serving import MANAGER
 
     previous = MANAGER.loaded
     try:

@@ -21,16 +21,17 @@ upload, a slider or Run.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 
 import prunesid
-from prunesid_vlm.pipeline import (DEMO_MODEL_ID, ModelLoadError, ModelSpec, Pipeline, list_models, load_pipeline,
+from .pipeline import (DEMO_MODEL_ID, ModelLoadError, ModelSpec, Pipeline, list_models, load_pipeline,
                                    offline_default)
 
-from .errors import log
+log = logging.getLogger("prunesid.studio")  # the app's log: this module serves the app
 
 ENV_MODEL = "PRUNESID_MODEL"
 """Environment variable naming the model to load at start (hub id, local folder or demo id)."""
