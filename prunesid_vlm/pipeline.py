@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from prunesid.result import Selection
+from prunesid_eval.methods import list_methods
 
 from .adapters.base import RECEIVED, Adapter, ViewInfo
 from .calibration import Calibration, calibration_files, load_or_compute
@@ -74,8 +75,11 @@ __all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods",
            "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS", "handed_per_view"]
 
-MODEL_OPTION_METHODS = ("divprune", "cdpruner")
-"""Registry methods that measure the projected tokens (and, CDPruner, the question), as their code does."""
+MODEL_OPTION_METHODS = tuple(s.name for s in list_methods() if s.needs_projected or s.needs_question)
+"""Registry methods that need the model's help (the projected tokens; the question's relevance), as
+their registry entries declare."""
+QUESTION_METHODS = tuple(s.name for s in list_methods() if s.needs_question)
+PROJECTED_METHODS = tuple(s.name for s in list_methods() if s.needs_projected)
 
 
 class NoAnswers(ValueError):
@@ -576,7 +580,7 @@ class Pipeline:
             return False
         if feats.media_key not in self._projected:
             return True
-        return "cdpruner" in wanted and question is not None and (
+        return bool(wanted & set(QUESTION_METHODS)) and question is not None and (
             ("relevance", feats.media_key, question) not in self._projected)
 
     @device_action(lambda self, feats, *a, **k: Cost(prefills=2), needed=_options_needed)
@@ -587,11 +591,12 @@ class Pipeline:
         also weighs each token by its relevance to ``question`` (none given: a plain DPP)."""
         wanted = set(methods) if methods is not None else set(MODEL_OPTION_METHODS)
         options: dict[str, dict] = {}
-        if wanted & set(MODEL_OPTION_METHODS):
+        if wanted & set(PROJECTED_METHODS):
             projected = self.projected_patches(feats)
-            options = {name: {"features": projected} for name in wanted & set(MODEL_OPTION_METHODS)}
-        if "cdpruner" in wanted and question is not None:
-            options["cdpruner"]["relevance"] = self.instruction_relevance(feats, question)
+            options = {name: {"features": projected} for name in wanted & set(PROJECTED_METHODS)}
+        if question is not None:
+            for name in wanted & set(QUESTION_METHODS):
+                options.setdefault(name, {})["relevance"] = self.instruction_relevance(feats, question)
         return options
 
     def prepare(self) -> None:
@@ -635,11 +640,12 @@ class Pipeline:
         """Per registry method that cannot run on ``feats`` with this model: why, in a sentence
         (CLS-attention methods on merged tokens without CLS; CDPruner without CLIP's text side)."""
         refused = unavailable_methods(feats)
-        if "cdpruner" not in refused:
-            try:
-                self.text_side()
-            except NoTextTower as err:
-                refused["cdpruner"] = str(err)
+        for name in QUESTION_METHODS:  # they weigh tokens by the question through CLIP's text side
+            if name not in refused:
+                try:
+                    self.text_side()
+                except NoTextTower as err:
+                    refused[name] = str(err)
         return refused
 
     def available_methods(self, feats: EncodedImages) -> list[str]:

@@ -293,7 +293,7 @@ def _select_qwen(feats: EncodedImages, spec, budgets: list[int], options: dict |
         return replace(chosen, method=spec.name).on_tower_axis().cpu()
     if spec.needs_cls_attention:
         raise ValueError(f"{spec.label} is not available for this model: it ranks patches by the CLS token's "
-                         "attention, and Qwen's vision tower has no CLS token.")
+                         "attention, and this model's vision tokens have no CLS token.")
     extra = {}
     parameters = inspect.signature(spec.fn).parameters
     if "keep_cls" in parameters:
@@ -312,7 +312,7 @@ def unavailable_methods(feats: EncodedImages) -> dict[str, str]:
     if feats.rule == "qwen":
         for s in list_methods():
             if s.needs_cls_attention:
-                out[s.name] = ("it ranks patches by the CLS token's attention, and this model's merged tokens have "
+                out[s.name] = ("it ranks patches by the CLS token's attention, and this model's vision tokens have "
                                "no CLS token")
             elif s.needs_question:
                 out[s.name] = ("it weighs patches by CLIP's text–image relevance, and this model's tower is not "

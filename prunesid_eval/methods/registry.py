@@ -54,6 +54,9 @@ class MethodSpec:
     needs_cls_attention: bool = False
     """Whether the method ranks patches by the CLS token's attention (not available on towers
     without a CLS token, e.g. Qwen's merged tokens)."""
+    needs_projected: bool = False
+    """Whether its code measures the tokens after the multimodal projector (what the language model
+    receives): a model pipeline passes them as ``options[name]["features"]``."""
     dynamic: bool = False
     """Whether the method sets each view's budget from its content (the dynamic ratio). A caller
     that knows how views relate (the model pipeline: crops of one image, frames of one clip)
@@ -64,7 +67,7 @@ class MethodSpec:
         return {"name": self.name, "label": self.label, "paper": self.paper, "code_url": self.code_url,
                 "keeps_cls": self.keeps_cls, "merges": self.merges, "randomized": self.randomized,
                 "dynamic": self.dynamic, "needs_cls_attention": self.needs_cls_attention,
-                "needs_question": self.needs_question,
+                "needs_question": self.needs_question, "needs_projected": self.needs_projected,
                 "notes": self.notes, "deviations": list(self.deviations), "versus_code": self.versus_code}
 
 
@@ -135,6 +138,7 @@ METHODS: dict[str, MethodSpec] = {
                          "states (a GPU model): its code, computing in bf16, keeps another set on 97–100 % of cases "
                          "(mean Jaccard 0.42–0.81 at K = 16–192), since bf16 rounds many distances to ties; with "
                          "native_dtype=True ours computes in bf16 too and keeps its exact set."),
+            needs_projected=True,
         ),
         MethodSpec(
             "vispruner", "VisPruner", vispruner.vispruner_select,
@@ -164,6 +168,7 @@ METHODS: dict[str, MethodSpec] = {
              "one image).",
              "Without an instruction, the relevance is 1: a DPP on similarity alone."),
             needs_question=True,
+            needs_projected=True,
             versus_code="Same tokens as its code on every synthetic case tested (tests/test_methods.py).",
         ),
     )
