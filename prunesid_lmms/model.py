@@ -239,7 +239,7 @@ class PruneSIDLmms(lmms):
     def _media(self, doc_to_visual, doc_id, task, split):
         """The sample's pictures, or the frames of its video; None for a sample without either."""
         from prunesid_vlm.pipeline import Frames
-        from studio.media import load_video
+        from prunesid_vlm.media import load_video
 
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         visuals = [v for group in visuals or [] for v in (group if isinstance(group, (list, tuple)) else [group])]
@@ -422,7 +422,7 @@ def _max_frames(max_frames_num, max_num_frames) -> int:
     if len(given) > 1:
         raise ValueError(f"max_frames_num={max_frames_num} and max_num_frames={max_num_frames} disagree")
     frames = given.pop() if given else DEFAULT_MAX_FRAMES
-    from studio.media import MAX_VIDEO_FRAMES
+    from prunesid_vlm.media import MAX_VIDEO_FRAMES
 
     if not 1 <= frames <= MAX_VIDEO_FRAMES:
         raise ValueError(f"max_frames_num must be 1 to {MAX_VIDEO_FRAMES} (the most frames a video is sampled to "

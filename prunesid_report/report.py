@@ -74,7 +74,7 @@ def item_id(path: Path) -> str:
 def load_item(path: Path):
     """``(images, kind)``: one picture, or a clip's sampled frames (the app's media rules)."""
     from prunesid_vlm.pipeline import Frames
-    from studio.media import load_image, load_video  # the app's decoding rules (no Gradio in that module)
+    from prunesid_vlm.media import load_image, load_video  # the app's decoding rules (no Gradio in that module)
 
     if path.suffix.lower() in VIDEO_SUFFIXES:
         frames, _, _, _ = load_video(path, max_frames=MAX_FRAMES)
