@@ -20,6 +20,10 @@ from .adapters.llava_next_video import LlavaNextVideoAdapter
 from .backends.qwen import QwenBackend
 
 
+TOWERS_WITH_CLS = ("clip_vision_model", "dinov2")
+"""Vision towers whose CLS token's attention gives the LLaVA rule's importance."""
+
+
 @dataclass(frozen=True)
 class Family:
     name: str

@@ -12,16 +12,11 @@ from pathlib import Path
 import torch
 
 from .demo_model import cache_root, demo_model_path
-from .families import FAMILIES, adapter_class, family_for_model_type
+from .load_errors import ModelLoadError
+from .families import FAMILIES, TOWERS_WITH_CLS, adapter_class, family_for_model_type
 from .registry import DINOV2_DEMO_ID, ModelSpec, spec_for, tower_only_spec
 
 
-TOWERS_WITH_CLS = ("clip_vision_model", "dinov2")
-"""Vision towers whose CLS token's attention gives PruneSID's importance."""
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message explains why and what to try."""
 
 
 @dataclass
@@ -188,21 +183,6 @@ def frame_processor(path: str, model: torch.nn.Module) -> FrameProcessor:
     size = model.config.vision_config.image_size
     return FrameProcessor(tokenizer, CLIPImageProcessorPil(size={"shortest_edge": size},
                                                            crop_size={"height": size, "width": size}))
-
-
-def qwen_processor(path: str, name: str):
-    """Qwen's tokenizer and image processor (its video processor needs torchvision: clips are
-    patched by :class:`~prunesid_vlm.qwen_processing.QwenProcessor` itself)."""
-    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
-
-    from .qwen_processing import QwenProcessor
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not load the tokenizer and image processor of {name!r}: {err}") from err
-    return QwenProcessor(tokenizer, image_processor)
 
 
 def _not_found_message(name: str, err: Exception) -> str:

@@ -94,8 +94,7 @@ def save_tower_only(spec: ModelSpec, folder: Path) -> None:
     from transformers import AutoConfig, AutoImageProcessor
 
     from .demo_model import LLAVA15_CHAT_TEMPLATE, demo_text_config, demo_tokenizer, seeded
-    from .families import FAMILIES, family_for_model_type
-    from .loading import TOWERS_WITH_CLS
+    from .families import FAMILIES, TOWERS_WITH_CLS, family_for_model_type
 
     checkpoint = spec.model_id[len(TOWER_PREFIX):]
     config = AutoConfig.from_pretrained(checkpoint)

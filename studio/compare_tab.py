@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
@@ -27,17 +26,16 @@ from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
 from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
 from prunesid_vlm import studies
-from prunesid_vlm.pipeline import (RESULT_SCHEMA, Cost, Frames, Pipeline, check_budget, check_question,
-                                   handed_per_view)
+from prunesid_vlm.pipeline import RESULT_SCHEMA, Cost, Pipeline, check_question, handed_per_view
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability, token_parts
 
 from .components import RawNumber, SafeImage
-from .errors import endpoint, message_for, warn
+from .errors import endpoint
 from .limits import without_cache_fields
+from .study_inputs import ANY_PATCHES, MAX_SWEEP_POINTS, failure_text, parse_budgets, reporter, study_media
 from .inllm_tab import DEFAULT_BUDGETS as INLLM_BUDGETS
 from .inllm_tab import MAX_BUDGETS as INLLM_MAX_BUDGETS
 from .inllm_tab import build_inllm_tab, combination_view
-from prunesid_vlm.media import MediaError, load_image
 
 DEFAULT_QUESTION = "What is in this picture? Answer in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 24
@@ -48,10 +46,6 @@ TABLE_COLUMN_WIDTHS = ["15%", "22%", "25%", "10%", "9%", "19%"]
 MAX_REASON_CHARS = 160
 """A reason longer than this is shortened in its table cell (it is given whole under the table)."""
 MAX_SEEDS = 16
-MAX_SWEEP_POINTS = 12
-ANY_PATCHES = 1 << 20
-"""A bound that lets every budget through :func:`parse_budgets` when the media's N is not known yet."""
-
 logger = logging.getLogger(__name__)
 GetPipeline = Callable[[], Pipeline]
 ProgressFn = Callable[..., Any]
@@ -60,35 +54,6 @@ check_methods = studies.check_methods
 
 
 # ---- inputs --------------------------------------------------------------------------------
-def parse_budgets(text: Any, num_patches: int = 576) -> list[int]:
-    """``"16, 64, 192"`` (or a list) → sorted distinct budgets in [2, 1+N]. The studies check the
-    budgets against the media's own N again where they run (one crossing onto the GPU with the
-    encoding), so a caller without features may pass a large ``num_patches``."""
-    items = text if isinstance(text, (list, tuple)) else str(text or "").replace(";", ",").split(",")
-    budgets = sorted({check_budget(str(v).strip(), num_patches) for v in items if str(v).strip()})
-    if not budgets:
-        raise ValueError("Give at least one budget for the sweep, e.g. 16, 64, 192, 576.")
-    if len(budgets) > MAX_SWEEP_POINTS:
-        raise ValueError(f"At most {MAX_SWEEP_POINTS} budgets per sweep, got {len(budgets)}.")
-    return budgets
-
-
-def _media(image: Any, media: Any = None) -> tuple[list, list[str], str]:
-    """``(images, notes, label)``: the media of the Explore tab's current analysis when there is
-    one (an image, or a video's sampled frames), else the image input's file."""
-    if media is not None and getattr(media, "images", None):
-        name = Path(str(media.source)).name
-        label = f"the {len(media.images)} frames sampled from {name}" if media.kind == "video" else name
-        # Frames stay Frames: a clip is compared as the Explore tab analysed it (Qwen: temporal
-        # patches; LLaVA-NeXT: base views only), not as that many separate pictures.
-        images = Frames(media.images) if isinstance(media.images, Frames) else list(media.images)
-        return images, list(media.notes), label
-    if image is None or (isinstance(image, str) and not image):
-        raise MediaError("No image yet: upload one (or pick an example) in the Explore tab.")
-    img, notes = load_image(image)
-    return [img], notes, Path(str(image)).name
-
-
 def method_availability(pipe: Pipeline, feats) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """``(choices, reasons)``: the registry methods ``pipe`` can run on ``feats`` as checkbox
     choices, and why each other one cannot."""
@@ -133,10 +98,6 @@ def context_line(label: str, budget: int, question: str | None, model_id: str) -
     return f"**Compared on** {label} · K = {budget} per view{asked} · model `{model_id}`"
 
 
-def _reporter(progress: ProgressFn | None):
-    return (lambda f, d: progress(f, desc=d)) if progress is not None else None
-
-
 # ---- core steps (raise on bad input) -----------------------------------------------------------
 def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] | None, get_pipeline: GetPipeline,
                  *, answers: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -147,7 +108,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     names = check_methods(methods)
     asked = check_question(question) if answers or (isinstance(question, str) and question.strip()) else None
     question = asked if answers else None  # checked even when unused: one rule for every endpoint
-    images, notes, label = _media(image, media)
+    images, notes, label = study_media(image, media)
     pipe = get_pipeline()
     if question is not None and pipe.answers == "none":
         question = None
@@ -158,7 +119,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     answers_to_make = (1 + len(names)) if question is not None else 0
     cost = pipe.encode_cost(images) + Cost(generations=answers_to_make, new_tokens=int(max_new_tokens), prefills=2)
     out = pipe.run(studies.compare_methods, images, budget, names, question=question,
-                   max_new_tokens=int(max_new_tokens), progress=_reporter(progress), native_dtype=bool(native_dtype),
+                   max_new_tokens=int(max_new_tokens), progress=reporter(progress), native_dtype=bool(native_dtype),
                    instruction=asked, cost=cost)
     model = studies.published_model(pipe)
     pixels = pipe.view_pixels(images, out.feats)[0]
@@ -289,9 +250,9 @@ def stability_view(image: Any, budget: Any, seeds: Any, get_pipeline: GetPipelin
         raise ValueError(f"The number of seeds must be a whole number, got {seeds!r}.") from None
     if not 2 <= count <= MAX_SEEDS:
         raise ValueError(f"Use between 2 and {MAX_SEEDS} seeds, got {count}.")
-    images, _, label = _media(image, media)
+    images, _, label = study_media(image, media)
     pipe = get_pipeline()
-    feats, result = studies.stability_of(pipe, images, budget, range(count), progress=_reporter(progress))
+    feats, result = studies.stability_of(pipe, images, budget, range(count), progress=reporter(progress))
     k = result.num_tokens
     fig = plot_stability(result.jaccard_vs_exact, result.pairwise, result.seeds, exact_repeat=result.exact_repeat,
                          num_tokens=k)
@@ -315,14 +276,14 @@ def sweep_view(image: Any, question: Any, budgets: Any, methods: Sequence[str] |
     names = check_methods(methods)
     asked = check_question(question) if with_model or (isinstance(question, str) and question.strip()) else None
     question = asked if with_model else None
-    images, _, label = _media(image, media)
+    images, _, label = study_media(image, media)
     pipe = get_pipeline()
     if pipe.answers == "none":  # a vision tower alone: feature coverage, no first-token fidelity
         question = None
     points = parse_budgets(budgets, ANY_PATCHES)  # checked against the media's N inside the study
     cost = pipe.encode_cost(images) + Cost(prefills=2 + (len(points) * len(names) + 1 if question else 0))
     result, generations = pipe.run(studies.sweep, images, points, names, question=question,
-                                   progress=_reporter(progress), cost=cost)
+                                   progress=reporter(progress), cost=cost)
     labels = dict(zip(result.methods, result.labels))
     colors = method_colors(list(result.labels))
     coverage = {labels[m]: result.coverage[m] for m in result.methods}
@@ -398,10 +359,7 @@ def _published_text(method: str, k: int, model: str):
 
 
 # ---- UI handlers (never raise) ---------------------------------------------------------------
-def _fail(err: Exception, where: str) -> str:
-    message = message_for(err, where)
-    warn(message)
-    return f"⚠ {message}"
+
 
 
 def on_compare(get_pipeline: GetPipeline):
@@ -412,7 +370,7 @@ def on_compare(get_pipeline: GetPipeline):
                                max_new_tokens=int(max_new_tokens), progress=progress, media=media,
                                native_dtype=bool(native_dtype))
         except Exception as err:  # noqa: BLE001 — shown to the user, logged if unexpected
-            return gr.skip(), gr.skip(), _fail(err, "compare"), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), failure_text(err, "compare"), gr.skip(), gr.skip()
         status = (f"{out['context']}  \nSelection with {len(out['json']['methods'])} methods: "
                   f"{out['selection_ms']:.0f} ms (features cached).")
         if out["full_answer"] is not None:
@@ -425,7 +383,7 @@ def on_compare(get_pipeline: GetPipeline):
 def question_view(image: Any, question: Any, other_question: Any, budget: Any, get_pipeline: GetPipeline, *,
                   media: Any = None) -> dict:
     """PruneSID's and CDPruner's kept tokens for two questions about the same picture."""
-    images, _, label = _media(image, media)
+    images, _, label = study_media(image, media)
     pipe = get_pipeline()
     out = pipe.run(studies.question_sensitivity, images, budget, [question, other_question],
                    cost=pipe.encode_cost(images) + Cost(prefills=3))
@@ -456,7 +414,7 @@ def on_question_sensitivity(get_pipeline: GetPipeline):
         try:
             out = question_view(image, question, other_question, budget, get_pipeline, media=media)
         except Exception as err:  # noqa: BLE001
-            return gr.skip(), _fail(err, "question sensitivity"), gr.skip()
+            return gr.skip(), failure_text(err, "question sensitivity"), gr.skip()
         return out["gallery"], out["markdown"], out["json"]
     handler.__name__ = "on_question_sensitivity"
     return handler
@@ -467,7 +425,7 @@ def on_stability(get_pipeline: GetPipeline):
         try:
             out = stability_view(image, budget, seeds, get_pipeline, progress=progress, media=media)
         except Exception as err:  # noqa: BLE001
-            return gr.skip(), gr.skip(), _fail(err, "stability"), gr.skip()
+            return gr.skip(), gr.skip(), failure_text(err, "stability"), gr.skip()
         return out["overlay"], out["figure"], out["markdown"], out["json"]
     handler.__name__ = "on_stability"
     return handler
@@ -479,7 +437,7 @@ def on_sweep(get_pipeline: GetPipeline):
             out = sweep_view(image, question, budgets, methods, get_pipeline, with_model=bool(with_model),
                              mark=budget, progress=progress, media=media)
         except Exception as err:  # noqa: BLE001
-            return gr.skip(), _fail(err, "sweep"), gr.skip()
+            return gr.skip(), failure_text(err, "sweep"), gr.skip()
         d = out["json"]
         asked = f" · question: “{d['question']}”" if d["question"] else ""
         not_run = "".join(f"  \n{line}" for line in (out["not_run"], out["above_note"]) if line)

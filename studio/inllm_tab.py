@@ -15,6 +15,8 @@ from prunesid_vlm.combination import DEFAULT_BUDGETS, STAGE_KEEP, combination_st
 from prunesid_vlm.pipeline import Cost, check_question
 from viz.combination import plot_combination
 
+from .study_inputs import ANY_PATCHES, failure_text, parse_budgets, reporter, study_media
+
 TABLE_HEADERS = ["variant", "image tokens per layer", "total compression", "prefill FLOPs vs none",
                  "prefill time vs none (spread)", "first-token KL (nats)", "first token"]
 """Whole words only: on a phone the table scrolls sideways (``studio.compare_tab.CSS``) rather than break them."""
@@ -63,10 +65,9 @@ def depth_note(num_layers: int, without_pyramiddrop: str = "") -> str:
 def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, mark: Any = None,
                      media: Any = None, progress=None, repeats: int = REPEATS) -> dict:
     """The study on the visitor's media: ``{"figure", "table", "markdown", "json"}``."""
-    from .compare_tab import ANY_PATCHES, _media, _reporter, parse_budgets
 
     question = check_question(question)
-    images, _, label = _media(image, media)
+    images, _, label = study_media(image, media)
     pipe = get_pipeline()
     num_layers = pipe.in_llm_layers()  # says why before any work on a model it does not cover
     points = parse_budgets(budgets, ANY_PATCHES)  # checked against the media's N inside the study
@@ -76,7 +77,7 @@ def combination_view(image: Any, question: Any, budgets: Any, get_pipeline, *, m
                          f"got {len(points)}.")
     cost = pipe.encode_cost(images) + Cost(prefills=(1 + len(points) * len(kinds)) * 2 * repeats)
     study = pipe.run(combination_study, images, question, points, kinds=kinds, repeats=repeats,
-                     progress=_reporter(progress), cost=cost)
+                     progress=reporter(progress), cost=cost)
     rows = study.rows()
     shown = None
     try:
@@ -133,13 +134,11 @@ def timing_note(rows: list[dict]) -> str:
 
 def on_combination(get_pipeline):
     def handler(image, question, budgets, budget, media=None, progress=gr.Progress()):
-        from .compare_tab import _fail
-
         try:
             out = combination_view(image, question, budgets, get_pipeline, mark=budget, media=media,
                                    progress=progress)
         except Exception as err:  # noqa: BLE001 — shown to the visitor, logged if unexpected
-            return gr.skip(), gr.skip(), _fail(err, "the in-LLM study"), gr.skip()
+            return gr.skip(), gr.skip(), failure_text(err, "the in-LLM study"), gr.skip()
         return out["figure"], out["table"], out["markdown"], out["json"]
     handler.__name__ = "on_combination"
     return handler

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import handlers as H
-from . import limits
+from . import guard, limits
 from .components import GroupImage, RawNumber, SafeImage, SafeVideo
 from prunesid_vlm.serving import MANAGER
 from .plot_output import ChartPlot
@@ -82,7 +82,7 @@ CSS = """
 
 LAUNCH_KWARGS = dict(theme=gr.themes.Default(primary_hue="indigo"), css=CSS, max_file_size=limits.MAX_UPLOAD_BYTES,
                      footer_links=["api", "gradio", "settings"], state_session_capacity=limits.SESSION_CAPACITY,
-                     app_kwargs=limits.app_kwargs())
+                     app_kwargs=guard.app_kwargs())
 """Keyword arguments for ``demo.launch`` (Gradio 6 takes theme and CSS there; ``app_kwargs`` adds
 the request guard of :mod:`studio.guard`: body caps, upload disk use, result streams)."""
 QUEUE_KWARGS = dict(default_concurrency_limit=1, max_size=limits.QUEUE_SIZE, api_open=not limits.is_public())

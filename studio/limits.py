@@ -106,15 +106,6 @@ def without_cache_fields(value):
     return value
 
 
-def app_kwargs() -> dict:
-    """``demo.launch(app_kwargs=...)``: the request guard of :mod:`studio.guard` as FastAPI
-    middleware. (Gradio stores its own lifespan handler in the dict it is given, so a second
-    ``launch`` of the same demo in one process nests Gradio's cache sweeps; harmless.)"""
-    from .guard import app_kwargs as guard_kwargs  # guard imports this module
-
-    return guard_kwargs()
-
-
 def client_address(headers, client, environ=None) -> str:
     """Who sent a request, as far as this server can tell: on Spaces (or with
     ``PRUNESID_FORWARDED_FOR=1``) the first address of ``X-Forwarded-For``, which the proxy in front

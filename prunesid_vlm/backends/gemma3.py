@@ -59,7 +59,7 @@ class Gemma3Backend:
         """``Gemma3Processor`` from the checkpoint's files, with the PIL image processor (no torchvision)."""
         from transformers import AutoTokenizer, Gemma3ImageProcessorPil, Gemma3Processor
 
-        from ..loading import ModelLoadError
+        from ..load_errors import ModelLoadError
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)

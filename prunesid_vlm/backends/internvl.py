@@ -218,7 +218,7 @@ class InternVLBackend:
         needs a video processor, hence torchvision)."""
         from transformers import AutoTokenizer, GotOcr2ImageProcessorPil
 
-        from ..loading import ModelLoadError
+        from ..load_errors import ModelLoadError
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)

@@ -100,7 +100,7 @@ class OnevisionBackend:
     def load_processor(path: str, name: str) -> OnevisionPrompts:
         from transformers import AutoTokenizer, LlavaOnevisionImageProcessorPil
 
-        from ..loading import ModelLoadError
+        from ..load_errors import ModelLoadError
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)

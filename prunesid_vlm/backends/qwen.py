@@ -21,6 +21,7 @@ from PIL import Image
 import prunesid.config
 
 from ..adapters.base import ViewInfo
+from ..load_errors import ModelLoadError
 from .base import EncodedMedia, PromptInputs
 
 VISION_FPS = 2.0
@@ -59,9 +60,16 @@ class QwenBackend:
     def load_processor(path: str, name: str):
         """Qwen's tokenizer and image processor (its video processor needs torchvision: clips are
         patched by :class:`~prunesid_vlm.qwen_processing.QwenProcessor` itself)."""
-        from ..loading import qwen_processor
+        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
-        return qwen_processor(path, name)
+        from ..qwen_processing import QwenProcessor
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"could not load the tokenizer and image processor of {name!r}: {err}") from err
+        return QwenProcessor(tokenizer, image_processor)
 
     def drops_cls(self, view: ViewInfo) -> bool:
         return False

@@ -23,9 +23,7 @@ class Qwen3VLBackend(QwenBackend):
 
     @staticmethod
     def load_processor(path: str, name: str):
-        from ..loading import qwen_processor
-
-        processor = qwen_processor(path, name)
+        processor = QwenBackend.load_processor(path, name)
         processor.frame_timestamps = True
         return processor
 
