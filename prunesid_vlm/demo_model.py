@@ -142,12 +142,10 @@ QWEN_DEMO_MAX_PIXELS = 512 * 28 * 28
 """The Qwen demos see an image at up to 512 merged tokens (the real checkpoints' processors allow more)."""
 
 
-def _qwen(family: str):
-    """A tiny Qwen2-VL / Qwen2.5-VL (2 vision blocks, 2 decoder layers, M-RoPE sections 2/3/3)."""
-    import transformers
-    from transformers import Qwen2VLImageProcessorPil
-
-    from .qwen_processing import QWEN_CHAT_TEMPLATE, QwenProcessor
+def qwen_demo_tokenizer():
+    """The demo tokenizer with Qwen's chat and vision tokens and chat template, and the ids of
+    ``vision_start``, ``vision_end``, ``image_pad`` and ``video_pad``."""
+    from .qwen_processing import QWEN_CHAT_TEMPLATE
 
     tok = demo_tokenizer()
     tok.add_tokens(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -155,6 +153,17 @@ def _qwen(family: str):
     tok.chat_template = QWEN_CHAT_TEMPLATE
     ids = {name: tok.convert_tokens_to_ids(f"<|{name}|>") for name in ("vision_start", "vision_end", "image_pad",
                                                                         "video_pad")}
+    return tok, ids
+
+
+def _qwen(family: str):
+    """A tiny Qwen2-VL / Qwen2.5-VL (2 vision blocks, 2 decoder layers, M-RoPE sections 2/3/3)."""
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .qwen_processing import QwenProcessor
+
+    tok, ids = qwen_demo_tokenizer()
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
                 pad_token_id=tok.pad_token_id,

@@ -5,11 +5,11 @@ tokens covers exactly the kept ones; a replica at google/gemma-3-4b-it's publish
 through ``from_pretrained`` and answers pruned."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import make_image
 from prunesid_vlm.pipeline import load_pipeline, select
 from prunesid_vlm.registry import DEMO_GEMMA3_ID
 
@@ -22,9 +22,7 @@ def gemma(demo_cache):
 
 
 def picture(seed: int = 0, height: int = 60, width: int = 90) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    blocks = rng.random((5, 7, 3)).repeat(height // 5 + 1, 0).repeat(width // 7 + 1, 1)[:height, :width]
-    return Image.fromarray(((0.8 * blocks + 0.2 * rng.random((height, width, 3))) * 255).astype(np.uint8))
+    return make_image(seed, height, width)
 
 
 def _language_model_calls(pipe):

@@ -3,12 +3,12 @@ is the model's own, the pruned prompt hands over exactly the kept tokens at thei
 positions, and the CLS attention maps onto the pixel-shuffled tokens as the shuffle lays them out."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from prunesid_vlm.backends.internvl import InternVLBackend, cls_attention_on_shuffled, tokens_per_tile
+from tests.conftest import make_image
 from prunesid_vlm.pipeline import Frames, load_pipeline, select
 from prunesid_vlm.positioned_generation import first_logits_with_positions
 from prunesid_vlm.registry import DEMO_INTERNVL3_ID
@@ -22,9 +22,7 @@ def internvl(demo_cache):
 
 
 def picture(seed: int = 0, height: int = 300, width: int = 700) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    blocks = rng.random((5, 7, 3)).repeat(height // 5 + 1, 0).repeat(width // 7 + 1, 1)[:height, :width]
-    return Image.fromarray(((0.8 * blocks + 0.2 * rng.random((height, width, 3))) * 255).astype(np.uint8))
+    return make_image(seed, height, width)
 
 
 def _runs(ids: torch.Tensor, token_id: int) -> int:

@@ -6,13 +6,13 @@ crops' padding is never chosen; a replica at llava-onevision-qwen2-0.5b's widths
 ``from_pretrained``."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from prunesid_vlm.adapters.base import NOT_RECEIVED
 from prunesid_vlm.backends.llava_onevision import MAX_CROPS, NEWLINE
+from tests.conftest import make_image
 from prunesid_vlm.pipeline import Frames, load_pipeline
 from prunesid_vlm.registry import DEMO_ONEVISION_ID
 
@@ -25,9 +25,7 @@ def onevision(demo_cache):
 
 
 def picture(seed: int = 0, height: int = 240, width: int = 520) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    blocks = rng.random((5, 7, 3)).repeat(height // 5 + 1, 0).repeat(width // 7 + 1, 1)[:height, :width]
-    return Image.fromarray(((0.8 * blocks + 0.2 * rng.random((height, width, 3))) * 255).astype(np.uint8))
+    return make_image(seed, height, width)
 
 
 def clip(frames: int = 3) -> Frames:
@@ -112,36 +110,18 @@ def test_reruns_are_identical(onevision):
     assert torch.equal(first.selection.keep, again.selection.keep)
 
 
-def save_onevision_05b_replica(folder) -> None:
-    """llava-hf/llava-onevision-qwen2-0.5b-ov-hf's published widths (config.json): SigLIP so400m
-    (hidden 1152, MLP 4304, 16 heads, 384 px, patch 14), Qwen2-0.5B (hidden 896, MLP 4864, 14 heads,
-    2 KV heads); depth cut to 1 layer each; the demo's tokenizer."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessorPil, Qwen2Config, SiglipVisionConfig)
-
-    from prunesid_vlm.backends.llava_onevision import ONEVISION_CHAT_TEMPLATE, OnevisionPrompts
-    from prunesid_vlm.demo_model import demo_tokenizer, seeded
-
-    tok = demo_tokenizer()
-    tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
-    image_processor = LlavaOnevisionImageProcessorPil()
-    vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=1, num_attention_heads=16,
-                                image_size=384, patch_size=14, vision_use_head=False)
-    text = Qwen2Config(vocab_size=len(tok), hidden_size=896, intermediate_size=4864, num_hidden_layers=1,
-                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, bos_token_id=1,
-                       eos_token_id=2, pad_token_id=tok.pad_token_id)
-    config = LlavaOnevisionConfig(vision_config=vision, text_config=text,
-                                  image_token_id=tok.convert_tokens_to_ids("<image>"),
-                                  video_token_id=tok.convert_tokens_to_ids("<video>"),
-                                  image_grid_pinpoints=[list(p) for p in image_processor.image_grid_pinpoints])
-    model = seeded(lambda: LlavaOnevisionForConditionalGeneration(config))
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(folder, max_shard_size="100MB")
-    OnevisionPrompts(tok, image_processor, ONEVISION_CHAT_TEMPLATE).save_pretrained(folder)
+ONEVISION_05B_VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=1, num_attention_heads=16)
+ONEVISION_05B_TEXT = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=1, num_attention_heads=14,
+                          num_key_value_heads=2)
+"""llava-hf/llava-onevision-qwen2-0.5b-ov-hf's published widths (config.json): SigLIP so400m (hidden 1152,
+MLP 4304, 16 heads, 384 px, patch 14), Qwen2-0.5B (hidden 896, MLP 4864, 14 heads, 2 KV heads); depth
+cut to 1 layer each; the demo's tokenizer."""
 
 
 def test_a_replica_at_onevision_05b_widths_loads_and_prunes(tmp_path, demo_cache):
-    save_onevision_05b_replica(tmp_path)
+    from prunesid_vlm.demos.llava_onevision import save_onevision
+
+    save_onevision(tmp_path, ONEVISION_05B_VISION, ONEVISION_05B_TEXT, max_shard_size="100MB")
     pipe = load_pipeline(str(tmp_path), device="cpu")
     assert type(pipe.model).__name__ == "LlavaOnevisionForConditionalGeneration"
     image = picture(6, 200, 380)

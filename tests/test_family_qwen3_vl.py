@@ -4,11 +4,11 @@ M-RoPE positions, with the *same rows* of every DeepStack feature; clips go in a
 temporal patches; a replica at Qwen3-VL-2B's published widths loads through ``from_pretrained``."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import make_image
 from prunesid_vlm.pipeline import Frames, load_pipeline
 from prunesid_vlm.registry import DEMO_QWEN3_ID
 
@@ -21,9 +21,7 @@ def qwen3(demo_cache):
 
 
 def picture(seed: int = 0, height: int = 300, width: int = 460) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    blocks = rng.random((5, 7, 3)).repeat(height // 5 + 1, 0).repeat(width // 7 + 1, 1)[:height, :width]
-    return Image.fromarray(((0.8 * blocks + 0.2 * rng.random((height, width, 3))) * 255).astype(np.uint8))
+    return make_image(seed, height, width)
 
 
 def clip(frames: int = 4) -> Frames:
@@ -119,44 +117,20 @@ def test_reruns_are_identical(qwen3):
     assert torch.equal(first.selection.keep, again.selection.keep)
 
 
-def save_qwen3_vl_2b_replica(folder) -> None:
-    """Qwen/Qwen3-VL-2B-Instruct's published widths (config.json): vision hidden 1024, 16 heads, MLP
-    4096, patch 16, merge 2, out 2048, 2,304 position embeddings; text hidden 2048, MLP 6144, 16 heads,
-    8 KV heads, head_dim 128, M-RoPE sections 24/20/20 interleaved. Depth cut to 2 vision blocks
-    (DeepStack from both) and 1 decoder layer; the demo's tokenizer."""
-    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    from prunesid_vlm.demo_model import demo_tokenizer, seeded
-    from prunesid_vlm.qwen_processing import QWEN_CHAT_TEMPLATE, QwenProcessor
-
-    tok = demo_tokenizer()
-    tok.add_tokens(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                    "<|video_pad|>"], special_tokens=True)
-    tok.chat_template = QWEN_CHAT_TEMPLATE
-    ids = {name: tok.convert_tokens_to_ids(f"<|{name}|>") for name in ("vision_start", "vision_end", "image_pad",
-                                                                        "video_pad")}
-    vision = dict(depth=2, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048, patch_size=16,
-                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
-                  deepstack_visual_indexes=[0, 1])
-    text = dict(vocab_size=len(tok), hidden_size=2048, intermediate_size=6144, num_hidden_layers=1,
-                num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=8192,
-                bos_token_id=1, eos_token_id=2, pad_token_id=tok.pad_token_id,
-                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
-                                 "mrope_interleaved": True})
-    config = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=ids["image_pad"],
-                           video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
-                           vision_end_token_id=ids["vision_end"])
-    model = seeded(lambda: Qwen3VLForConditionalGeneration(config))
-    model.generation_config.bos_token_id, model.generation_config.eos_token_id = 1, 2
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(folder, max_shard_size="100MB")
-    QwenProcessor(tok, Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, min_pixels=64 * 64,
-                                                max_pixels=256 * 32 * 32, image_mean=[0.5] * 3,
-                                                image_std=[0.5] * 3)).save_pretrained(folder)
+QWEN3_VL_2B_VISION = dict(depth=2, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
+                          num_position_embeddings=2304, deepstack_visual_indexes=[0, 1])
+QWEN3_VL_2B_TEXT = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=1, num_attention_heads=16,
+                        num_key_value_heads=8, head_dim=128, max_position_embeddings=8192)
+"""Qwen/Qwen3-VL-2B-Instruct's published widths (config.json): vision hidden 1024, 16 heads, MLP 4096,
+patch 16, merge 2, out 2048, 2,304 position embeddings; text hidden 2048, MLP 6144, 16 heads, 8 KV
+heads, head_dim 128, M-RoPE sections 24/20/20 interleaved. Depth cut to 2 vision blocks (DeepStack from
+both) and 1 decoder layer; the demo's tokenizer."""
 
 
 def test_a_replica_at_qwen3_vl_2b_widths_loads_and_prunes(tmp_path, demo_cache):
-    save_qwen3_vl_2b_replica(tmp_path)
+    from prunesid_vlm.demos.qwen3_vl import save_qwen3_vl
+
+    save_qwen3_vl(tmp_path, QWEN3_VL_2B_VISION, QWEN3_VL_2B_TEXT, [24, 20, 20], 256 * 32 * 32, max_shard_size="100MB")
     pipe = load_pipeline(str(tmp_path), device="cpu")
     assert type(pipe.model).__name__ == "Qwen3VLForConditionalGeneration"
     assert pipe.model.config.text_config.hidden_size == 2048
