@@ -200,6 +200,8 @@ def token_text(out: studies.MethodsComparison, run) -> str:
     if run.name in out.unpruned:
         return f"{counts.total} = every patch (answered unpruned, no CLS)"
     if len(counts.handed) == 1 and not counts.newlines:
+        if out.feats.rule == "qwen" and run.selection.merged_tokens is None:  # no CLS: the tokens themselves
+            return f"{counts.total} = {counts.total} {out.feats.token_noun}"
         return f"{counts.total} = {token_parts(run.selection, 0)}"
     return f"{counts.total} = {counts.breakdown()}"
 

@@ -296,7 +296,7 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
     values["gallery"] = gr.update(value=[(png_file(im), c) for im, c in V.gallery(analysis)], visible=True) if multi else gr.update(value=None, visible=False)
     what = "frame" if analysis.kind == "video" else "view"
     if multi:
-        values["gallery"]["label"] = f"Kept tokens per {what} (crops are views of one picture)" if what == "view" \
+        values["gallery"]["label"] = f"Kept tokens per {what} (the views are parts of one picture)" if what == "view" \
             else "Kept tokens per frame"
     values["frame"] = gr.update(visible=multi, maximum=max(2, analysis.num_views), value=view + 1,
                                 label=f"{what.capitalize()} shown above (1–{analysis.num_views})")

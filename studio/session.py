@@ -77,8 +77,10 @@ class Analysis:
         if self.kind == "video":
             t = f" · t={self.frame_times[frame]:.1f}s" if self.frame_times else ""
             return f"frame {frame + 1}{t}"
-        if info.kind == "crop":
-            return f"crop row {info.crop_row + 1}, col {info.crop_col + 1}"
+        if info.kind in ("crop", "tile"):
+            return f"{info.kind} row {info.crop_row + 1}, col {info.crop_col + 1}"
         if info.kind == "base":
             return "whole image (base view)"
+        if info.kind == "thumbnail":
+            return "whole image (thumbnail)"
         return "image"

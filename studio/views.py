@@ -34,7 +34,7 @@ def budget_label(k: int, num_patches: int = 576) -> str:
     """What the slider says while it moves, before a selection is made: K as set (counting the CLS
     token, as the paper does). The tokens handed over are said once the selection is on screen
     (``studio.handlers.budget_text``): the dynamic ratio and the model's views change them."""
-    return f"K = {int(k)} (CLS included, as the paper counts) · release to select"
+    return f"K = {int(k)} (as the paper counts: per view, with the CLS where there is one) · release to select"
 
 
 def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
@@ -69,7 +69,8 @@ def render(analysis: Analysis, view: int = 0, parts=PARTS) -> dict:
     if "importance" in parts:
         out["importance"] = viz.draw_importance(
             pixels, sel, view, size=DISPLAY, grid_shape=grid, mark_kept=True,
-            title="importance = attention from the CLS token (kept tokens outlined)")
+            title=("importance = loading on its PSCA component (kept tokens outlined)" if analysis.feats.rule == "qwen"
+                   else "importance = attention from the CLS token (kept tokens outlined)"))
     if "group_chart" in parts:
         out["group_chart"] = viz.plot_group_budgets(sel, view)
     if "dynamic" in parts:
@@ -92,7 +93,7 @@ def on_original(analysis: Analysis, view: int) -> np.ndarray:
 
 def _short_label(analysis: Analysis, view: int) -> str:
     info = analysis.views[view]
-    return f"crop {info.crop_row + 1},{info.crop_col + 1}" if info.kind == "crop" else info.kind
+    return f"{info.kind} {info.crop_row + 1},{info.crop_col + 1}" if info.kind in ("crop", "tile") else info.kind
 
 
 def nms_focus(analysis: Analysis, view: int) -> tuple[int, list[tuple[str, int]]]:
@@ -140,6 +141,8 @@ def _dynamic(analysis: Analysis, view: int):
     part = analysis.feats.views[view].kind if clip else ("frame" if analysis.kind == "video" else "image")
     label = f"this {part}"
     would = view_budgets(analysis.feats, analysis.budget, dynamic=True)[view]
+    cls_free = analysis.feats.rule == "qwen"  # K is per 576 tokens, scaled to each view's tokens
+    fixed = view_budgets(analysis.feats, analysis.budget)[view]
     # The chart marks what the dynamic ratio gives this φ, so that the marker and the chart's token
     # axis always agree; that axis (K̄ · φ / φ_ref) is the single-image rule, so several views,
     # which share their total in proportion to φ instead, get no such axis.
@@ -157,11 +160,15 @@ def _dynamic(analysis: Analysis, view: int):
                 f"share {each} × {analysis.num_views} = {total} tokens in proportion to "
                 f"their information φ; {label} (φ = {phi:.3f}, {level} complexity) got **{budget}**.")
     elif analysis.dynamic:
+        scaled = (f"K = round({analysis.budget} × φ / φ_ref) per 576 tokens, scaled to this view's tokens: "
+                  f"**{budget} tokens** instead of {fixed}" if cls_free else
+                  f"Budget = round({analysis.budget} × φ / φ_ref) = **{budget} tokens** instead of {analysis.budget}")
         text = (f"**Dynamic ratio on.** φ = 1 − ρ = {phi:.3f} ({level} complexity; calibration photos' mean "
-                f"φ_ref = {analysis.phi_ref:.3f}). Budget = round({analysis.budget} × φ / φ_ref) = "
-                f"**{budget} tokens** instead of {analysis.budget}.")
+                f"φ_ref = {analysis.phi_ref:.3f}). {scaled}.")
     else:
-        text = (f"**Dynamic ratio off**: every image gets {analysis.budget} tokens. {label.capitalize()} has "
+        gets = (f"this view gets K = {analysis.budget} per 576 tokens, scaled to its tokens: {fixed}" if cls_free else
+                f"every image gets {analysis.budget} tokens")
+        text = (f"**Dynamic ratio off**: {gets}. {label.capitalize()} has "
                 f"φ = {phi:.3f} ({level} complexity); with the dynamic ratio it would get **{would}** tokens.")
     return fig, text + (" *(Random-weight demo model: its φ values are not meaningful.)*"
                         if analysis.random_features else "")
@@ -210,7 +217,8 @@ def nms_note(analysis: Analysis, view: int) -> str:
     sr = viz.selection_row(analysis.selection, view)
     dropped = int((sr.suppressed_by >= 0).sum())
     if sr.tau >= 1 or dropped == 0:
-        return (f"ℹ **NMS does nothing at this budget**: τ = (K/32)·ρ = {sr.tau:.3f}"
+        rule = "max(18·K′/N, 1)·ρ′" if analysis.feats.rule == "qwen" else "(K/32)·ρ"
+        return (f"ℹ **NMS does nothing at this budget**: τ = {rule} = {sr.tau:.3f}"
                 + (" is above 1, and no two patches are more similar than that" if sr.tau >= 1 else
                    ", and no two patches of a group are more similar than that")
                 + ", so no patch is dropped as a near-duplicate: each group keeps its most important patches. "
@@ -258,12 +266,14 @@ def frame_chart(analysis: Analysis):
     if analysis.kind == "video" and analysis.frame_times and len(analysis.frame_times) == analysis.num_views:
         times = analysis.frame_times
     handed = token_counts(analysis.feats, sel).handed  # what each view hands over (a crop's dropped CLS not counted)
-    return viz.plot_frame_budgets([int(v) for v in handed], phis=[float(v) for v in sel.phi], times=times)
+    feats = analysis.feats
+    noun = (feats.views[0].kind if feats.clip else "video frame") if analysis.kind == "video" else "view"
+    return viz.plot_frame_budgets([int(v) for v in handed], phis=[float(v) for v in sel.phi], times=times, noun=noun)
 
 
-KEPT_CAPTION = ("Bright, outlined cells are the tokens handed to the language model; dimmed ones are dropped (for "
-                "LLaVA-1.5 the picture is seen as 336 × 336 px, 24 × 24 patches; Qwen sees the whole picture at its "
-                "own aspect ratio, one token per 28 × 28 px; the summary under the views says how this model sees it). Click a patch to see its group, its importance and, for a "
+KEPT_CAPTION = ("Bright, outlined cells are the tokens handed to the language model; dimmed ones are dropped (the "
+                "grid is the model's own: LLaVA-1.5 sees 336 × 336 px as 24 × 24 patches, other models their own "
+                "views and token sizes; the status and the summary under the views say how this model sees it). Click a patch to see its group, its importance and, for a "
                 "dropped one, why; open *Before / after* to lay the picture as the model sees it over the same view. PruneSID chooses from the picture alone (the vision tower's features): the same tokens are kept "
                 "whatever the question; only the answers depend on it.")
 
@@ -276,8 +286,9 @@ GROUPS_CAPTION = ("Colours are PSCA groups: each patch joins the principal compo
 NMS_CAPTION = ("Inside each group PruneSID takes the most important patch, drops the patches whose cosine similarity to "
                "it is above τ, and repeats. A line joins each dropped near-duplicate to the pick that replaced it; "
                "filled discs are picks that were kept, rings picks the group's budget had no room for.")
-IMPORTANCE_CAPTION = ("Brighter = more attention from the CLS token in the layer the model reads its features from: "
-                      "PruneSID's importance. Kept tokens are outlined. Vision transformers often have a few very "
+IMPORTANCE_CAPTION = ("Brighter = more important to PruneSID: the CLS token's attention in the layer the model reads "
+                      "its features from, or, for a tower without a CLS token (Qwen, LLaVA-OneVision, InternVL3, "
+                      "Gemma 3), each token's loading on its own PSCA component. Kept tokens are outlined. Vision transformers often have a few very "
                       "bright 'artifact' patches; the colour scale is clipped at the 99th percentile.")
 GROUP_CHART_CAPTION = ("Per group: its size, how many of its patches survive NMS (distinct ones), and how many tokens it "
                        "keeps. Groups with more distinct content get more of the budget.")

@@ -202,7 +202,7 @@ def test_upload_run_slide_and_read_every_view(page, app_url, tmp_path):
 
     # While the slider moves, the label says K as set; on release the views are selected again.
     page.fill("#budget input[type=number]", "128")
-    wait_for_text(page, "#budget-label", "K = 128 (CLS included, as the paper counts) · release to select")
+    wait_for_text(page, "#budget-label", "K = 128 (as the paper counts: per view, with the CLS where there is one) · release to select")
     assert md(page, "#summary").startswith("64 tokens kept")  # nothing selected before the release
     page.locator("#budget input[type=number]").press("Tab")  # blur = release
     page.wait_for_function(f"() => ({MD})('#summary').startsWith('128 tokens kept: CLS + 127 of 576 patches')")

@@ -68,7 +68,7 @@ def test_empty_or_huge_questions_are_refused(bad):
 
 def test_the_moving_slider_names_k_and_claims_no_count():
     """While the slider moves nothing is selected yet: the label says K, not what is handed over."""
-    assert V.budget_label(64).startswith("K = 64 (CLS included") and "compression" not in V.budget_label(64)
+    assert V.budget_label(64).startswith("K = 64 (as the paper counts") and "compression" not in V.budget_label(64)
 
 
 def test_every_line_names_the_tokens_handed_over(cat):

@@ -53,3 +53,34 @@ def test_the_studies_run_on_every_new_family(demo, demo_cache):
     assert stability is not None
     result, generations = studies.sweep(pipe, [image], [16, 64])
     assert result is not None and sum(generations.values()) == 0  # no question: no answers generated
+
+
+@pytest.mark.parametrize("demo", [DEMO_QWEN3_ID, DEMO_ONEVISION_ID, DEMO_INTERNVL3_ID, DEMO_GEMMA3_ID])
+def test_the_pages_texts_describe_a_cls_free_family(demo, demo_cache, tmp_path):
+    """What the app writes about a CLS-free model's views names its own rule: no CLS, K′ (not the LLaVA
+    rule's τ = (K/32)·ρ or 'every image gets K'), and the per-group chart counts the kept tokens."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from studio import handlers as H
+    from studio import views as V
+    from prunesid_vlm.serving import MANAGER
+
+    path = tmp_path / "picture.png"
+    picture(4).save(path)
+    previous = MANAGER._pipe  # put back after: other tests share the process-wide manager
+    MANAGER.install(load_pipeline(demo, device="cpu"))
+    try:
+        out = dict(zip(H.VIEW_KEYS, H.on_prepare("image", str(path), None, 64, False, 1, None,
+                                                 progress=H._no_progress)))
+        analysis = out["state"]
+        assert analysis is not None, out["status"]
+        for view in range(analysis.num_views):
+            texts = V.render(analysis, view, parts=("nms", "dynamic"))
+            words = " ".join([str(texts["nms_note"]), str(texts["dynamic_text"]), V.summary(analysis, view)])
+            assert "(K/32)" not in words and "every image gets" not in words and "CLS +" not in words, words
+            chart = V.render(analysis, view, parts=("group_chart",))["group_chart"]
+            kept = int((analysis.selection.keep_row(view) > 0).sum())
+            assert f"({kept} of " in chart.axes[0].get_title()
+    finally:
+        MANAGER._pipe = previous

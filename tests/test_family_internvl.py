@@ -165,8 +165,8 @@ def test_tiles_boxes_cover_the_picture(internvl):
     feats = internvl.encode([image])
     tiles = processor.image_processor.get_number_of_image_patches(height, width, {"crop_to_patches": True})
     assert feats.num_views == tiles == 4  # 3 × 1 tiles + the thumbnail
-    crops = [v for v in feats.views if v.kind == "crop"]
-    assert [v.kind for v in feats.views] == ["crop"] * 3 + ["base"] and feats.sources == (0,) * 4
+    crops = [v for v in feats.views if v.kind == "tile"]
+    assert [v.kind for v in feats.views] == ["tile"] * 3 + ["thumbnail"] and feats.sources == (0,) * 4
     assert feats.views[-1].box == (0.0, 0.0, float(width), float(height))
     assert crops[0].box[0] == 0 and crops[-1].box[2] == width
     assert all(a.box[2] == pytest.approx(b.box[0]) for a, b in zip(crops, crops[1:]))  # side by side

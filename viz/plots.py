@@ -89,7 +89,7 @@ def plot_group_budgets(selection: Selection, row: int = 0, *, max_groups: int = 
     _bars(top, x, sr.group_survivors[:g], 0.55, colors)
     top.set_ylabel("patches", fontsize=FONT_SIZE)
     top.set_title(
-        f"Tokens per PSCA group ({sr.num_tokens - 1} of {sr.num_patches} patches kept)",
+        f"Tokens per PSCA group ({int(np.count_nonzero(sr.kept))} of {sr.num_patches} patches kept)",
         fontsize=FONT_SIZE + 1,
         y=1.0,  # a fixed position: nothing is drawn above the axes (no search for it on each draw)
     )
@@ -242,10 +242,12 @@ def plot_frame_budgets(
     *,
     phis: Sequence[float] | None = None,
     times: Sequence[float] | None = None,
+    noun: str = "video frame",
 ) -> Figure:
     """Tokens given to each sampled video frame (bars), optionally with each frame's
     information score φ (line, right axis). x = frame time in seconds when ``times``
-    is given, else the frame number."""
+    is given, else the frame number. ``noun``: what the bars are (``"view"`` for the crops or
+    tiles of one picture, ``"temporal patch"``)."""
     b = np.asarray(budgets, dtype=np.float64)
     if b.size == 0:
         raise ValueError("need at least one frame budget")
@@ -255,14 +257,16 @@ def plot_frame_budgets(
     bars = ax.bar(x, b, color="#0072B2", width=0.7)
     ax.bar_label(bars, labels=[str(int(v)) for v in b], fontsize=FONT_SIZE - 2, padding=2)
     ax.set_ylabel("tokens", fontsize=FONT_SIZE)
-    ax.set_title(f"Tokens per video frame ({int(b.sum())} in total; busier frames get more)", fontsize=FONT_SIZE + 1)
+    plural = noun.replace("patch", "patches") if noun.endswith("patch") else noun + "s"
+    ax.set_title(f"Tokens per {noun} ({int(b.sum())} in total; busier {plural.split()[-1]} get more)",
+                 fontsize=FONT_SIZE + 1)
     ax.set_xticks(x)
     if times is not None:
         t = np.asarray(times, dtype=np.float64)
         ax.set_xticklabels([f"{v:.1f}s" for v in t])
         ax.set_xlabel("frame time", fontsize=FONT_SIZE)
     else:
-        ax.set_xlabel("frame", fontsize=FONT_SIZE)
+        ax.set_xlabel(noun.split()[-1], fontsize=FONT_SIZE)
     ax.set_ylim(0, b.max() * 1.18)
     _style(ax)
     if phis is not None:

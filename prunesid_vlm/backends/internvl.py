@@ -3,7 +3,7 @@
 * **Views.** A picture is cut into tiles of the tower's size (448 px): the tile grid whose aspect
   ratio is closest to the picture's, with at most ``max_patches`` tiles (the processor's dynamic
   tiling), plus a thumbnail of the whole picture when there is more than one tile. Each tile is one
-  view (``"crop"``, its box the part of the picture it covers; the thumbnail ``"base"``; a picture
+  view (``"tile"``, its box the part of the picture it covers; the ``"thumbnail"``; a picture
   that fits one tile ``"image"``). A clip's frames are one tile each (``"frame"``), as InternVL's
   video processor sends them.
 * **Tokens.** InternViT has a CLS token, but InternVL drops it before the pixel shuffle: the
@@ -87,10 +87,10 @@ def tile_boxes(size: tuple[int, int], cols: int, rows: int, thumbnail: bool
     width, height = size
     if cols * rows == 1:
         return [("image", (0.0, 0.0, float(width), float(height)), 0, 0)]
-    out = [("crop", (c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows), r, c)
+    out = [("tile", (c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows), r, c)
            for r in range(rows) for c in range(cols)]
     if thumbnail:
-        out.append(("base", (0.0, 0.0, float(width), float(height)), 0, 0))
+        out.append(("thumbnail", (0.0, 0.0, float(width), float(height)), 0, 0))
     return out
 
 
@@ -293,7 +293,7 @@ class InternVLBackend:
         tiles = media.layout[0]
         if tiles == 1:
             return [f"{model_id} sees the whole image ({w}×{h} px) resized to one {tile_w}×{tile_h} px tile: {per_tile}."]
-        crops = [v for v in media.views if v.image == 0 and v.kind == "crop"]
+        crops = [v for v in media.views if v.image == 0 and v.kind == "tile"]
         grid_rows, grid_cols = max(v.crop_row for v in crops) + 1, max(v.crop_col for v in crops) + 1
         notes = [f"{model_id} cuts the image ({w}×{h} px, stretched to {grid_cols * tile_w}×{grid_rows * tile_h} px) "
                  f"into {grid_cols} × {grid_rows} tiles of {tile_w} px, the grid closest to its aspect ratio within "
