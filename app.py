@@ -1,6 +1,7 @@
 """PruneSID Studio: see which visual tokens PruneSID keeps for LLaVA, and what it costs.
 
     python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change)
+    python app.py --model demo/tiny-qwen3-vl --port 7861    # python app.py --help: the options
 
 Importing this module builds ``demo`` without loading a model (tests import it). Locally the
 model loads in a background thread once the page is up (or on first use); on a Hugging Face
@@ -13,6 +14,13 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+if __name__ == "__main__":  # the options go to the environment before the app's modules read it
+    import sys
+
+    from prunesid_cli import apply_studio_options
+
+    apply_studio_options(sys.argv[1:])
 
 try:  # ZeroGPU: `spaces` must be imported before anything initialises CUDA
     import spaces  # noqa: F401

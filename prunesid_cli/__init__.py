@@ -30,6 +30,13 @@ def script(name: str) -> ModuleType:
 
 def studio(argv: list[str] | None = None) -> None:
     """``prunesid-studio``: start the app (what ``python app.py`` does)."""
+    apply_studio_options(argv)
+    script("app").main()
+
+
+def apply_studio_options(argv: list[str] | None = None) -> None:
+    """Read ``--host``, ``--port`` and ``--model`` (``--help`` prints them and exits) into the
+    environment the app reads at import: ``prunesid-studio`` and ``python app.py`` take the same."""
     parser = argparse.ArgumentParser(
         prog="prunesid-studio",
         description="PruneSID Studio: see which visual tokens PruneSID keeps, and what it costs, in a browser. "
@@ -47,7 +54,6 @@ def studio(argv: list[str] | None = None) -> None:
     os.environ["GRADIO_SERVER_NAME"], os.environ["GRADIO_SERVER_PORT"] = args.host, str(args.port)
     if args.model:
         os.environ["PRUNESID_MODEL"] = args.model
-    script("app").main()
 
 
 def report(argv: list[str] | None = None) -> int:

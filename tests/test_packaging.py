@@ -253,3 +253,21 @@ def test_lmms_eval_finds_the_installed_model_from_any_folder(installed, tmp_path
     assert done.returncode == 0 and "Error during evaluation" not in log, log[-3000:]
     assert "prunesid_smoke" in log and "first_token_kl" in log
     assert next((tmp_path / "out").rglob("*_results.json")).is_file()
+
+
+def test_python_app_py_takes_the_commands_options(monkeypatch):
+    """``python app.py --model … --port …`` is ``prunesid-studio``'s: the options reach the environment
+    the app reads at import (they were silently ignored before), and ``--help`` lists them."""
+    import subprocess
+    import sys
+
+    from prunesid_cli import apply_studio_options
+
+    for name in ("PRUNESID_MODEL", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    apply_studio_options(["--model", "demo/tiny-gemma3", "--port", "7999"])
+    import os
+
+    assert (os.environ["PRUNESID_MODEL"], os.environ["GRADIO_SERVER_PORT"]) == ("demo/tiny-gemma3", "7999")
+    done = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--model" in done.stdout and "--port" in done.stdout
