@@ -31,19 +31,23 @@ per **semantic group**, **near-duplicates** dropped, more for **busier pictures*
 to the answer."""
 
 ABOUT = """
-**Kept tokens.** The model sees your picture as a 24 × 24 grid of patches (336 × 336 px). Bright, outlined cells
-are the tokens handed to the language model; dimmed cells are dropped. *K* counts the CLS token, as the paper does.
+**Kept tokens.** The model sees your picture on its own grid: LLaVA-1.5 as 24 × 24 patches of 336 × 336 px, other
+models their own views and token sizes (the status line says how the model in use sees it). Bright, outlined cells
+are the tokens handed to the language model; dimmed cells are dropped. *K* counts the CLS token, as the paper does;
+for a tower without one (Qwen, LLaVA-OneVision, InternVL3, Gemma 3) *K* is per 576 tokens, scaled to each view's
+tokens (*K′*), as the reference's Qwen code does.
 
 **Semantic groups (PSCA).** PruneSID splits the patches into ⌊K/4⌋ groups with a principal-component analysis of
 the patch features: each patch joins the component it loads on most. Colours are groups; hover a legend entry to
 see only that group; white dots are kept tokens. Groups are *feature* groups, so one group can be spread over the image.
 
 **NMS.** Inside a group, PruneSID takes the most important patch, drops the patches too similar to it
-(cosine similarity above τ = (K/32)·ρ), and repeats. Each line joins a dropped near-duplicate to the pick that
+(cosine similarity above τ = (K/32)·ρ; without a CLS, τ = max(18·K′/N, 1)·ρ′), and repeats. Each line joins a dropped near-duplicate to the pick that
 replaced it. Filled discs are picks that were kept, rings are picks the group's budget had no room for.
 
-**Importance.** How much the CLS token attends to each patch in the layer LLaVA uses (brighter = more important).
-A few very bright "artifact" patches are common in CLIP; the colour scale is clipped at the 99th percentile.
+**Importance.** How much the CLS token attends to each patch in the layer LLaVA uses (brighter = more important);
+without a CLS token, each token's loading on its own PSCA component. A few very bright "artifact" patches are
+common in CLIP; the colour scale is clipped at the 99th percentile.
 
 **Per-group budget.** For each group: its size, how many distinct patches survive NMS, and how many tokens it keeps.
 Groups with more distinct content get more of the budget.
