@@ -8,7 +8,7 @@ bidirectional attention block over each picture's tokens.
   from (the CLS-free rule). One view per picture; pan-and-scan (extra crops) stays off, as in the
   checkpoints' default.
 * **Positions.** Ordinary 1-D positions: the full prompt's ``0 … L−1``. Kept tokens keep theirs
-  (:func:`~prunesid_vlm.backends.qwen.kept_prompt_index`) and decoding goes on at ``L``.
+  (:func:`~prunesid_vlm.backends.prompt_index.kept_prompt_index`) and decoding goes on at ``L``.
 * **Image attention.** Gemma 3 lets the tokens of one picture attend to each other in both
   directions (the rest is causal). It builds that block from ``token_type_ids`` (1 on the image
   placeholders), run by run: a pruned prompt's ``token_type_ids`` mark exactly its kept
@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..adapters.base import ViewInfo
 from .base import EncodedMedia, PromptInputs
-from .qwen import kept_prompt_index, whole
+from .prompt_index import kept_prompt_index, whole
 
 
 class Gemma3Backend:

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..adapters.base import ViewInfo
 from .base import EncodedMedia, PromptInputs
-from .qwen import _kept_sequence, whole
+from .prompt_index import kept_sequence, whole
 
 INTERNVL_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
@@ -320,4 +320,4 @@ def kept_run_index(is_visual: torch.Tensor, shape: tuple[int, int], runs: Sequen
         offsets.append(torch.cat([kept[v] + (v - first) * n for v in members]))
         order.append(torch.cat([kept[v] + v * n for v in members]))
         first += count
-    return _kept_sequence(is_visual, offsets), order
+    return kept_sequence(is_visual, offsets), order

@@ -32,7 +32,7 @@ from transformers.image_processing_utils import select_best_resolution
 
 from ..adapters.base import NOT_RECEIVED, RECEIVED, ViewInfo
 from .base import EncodedMedia, PromptInputs
-from .qwen import _kept_sequence
+from .prompt_index import kept_sequence
 
 MAX_CROPS = 9
 """Largest crop grid kept from the checkpoint's resolutions (``anyres_max_9`` downsamples above ~9)."""
@@ -230,7 +230,7 @@ class OnevisionBackend:
             token_id = self.image_token_id
         text = self.processor.text(question, len(media.layout), media.clip)
         ids = self._expanded(text, token_id, lengths)
-        index = _kept_sequence(ids[0] == token_id, offsets)
+        index = kept_sequence(ids[0] == token_id, offsets)
         features = [f[o].to(device, dtype) for f, o in zip(full, offsets)]
         return PromptInputs(input_ids=ids[:, index], features={"video" if media.clip else "image": features},
                             positions=index[None], next_position=int(ids.shape[1]),

@@ -23,14 +23,10 @@ import prunesid.config
 from ..adapters.base import ViewInfo
 from ..load_errors import ModelLoadError
 from .base import EncodedMedia, PromptInputs
+from .prompt_index import kept_prompt_index, whole
 
 VISION_FPS = 2.0
 """Frames per second assumed for a clip's temporal positions (Qwen2.5-VL scales them by time)."""
-
-
-def whole(image: Image.Image) -> tuple[float, float, float, float]:
-    """The box of the whole picture: what a dynamic-resolution view covers."""
-    return (0.0, 0.0, float(image.width), float(image.height))
 
 
 class QwenBackend:
@@ -199,43 +195,3 @@ class QwenBackend:
                          f"(the checkpoint allows {self.checkpoint_max_pixels // side ** 2:,}): PruneSID's selection of a "
                          f"larger view would take tens of seconds.")
         return notes
-
-
-def kept_prompt_index(is_visual: torch.Tensor, media: EncodedMedia, kept: list[torch.Tensor] | None
-                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``(index, order)``: the full prompt's indices the pruned prompt keeps (every text token; in
-    each placeholder run the kept tokens, in the order given), and per placeholder run the rows of
-    ``media.tokens`` flattened over views that fill it, in that order.
-
-    One run per view, or one for a whole clip (its views' tokens one after another) when the
-    prompt has a single run for it."""
-    v, n = media.tokens.shape[:2]
-    kept = [torch.arange(n)] * v if kept is None else kept
-    flat = [view * n + k for view, k in enumerate(kept)]
-    if media.clip and len(_run_starts(is_visual)) == 1:
-        return _kept_sequence(is_visual, [torch.cat(flat)]), [torch.cat(flat)]
-    return _kept_sequence(is_visual, list(kept)), flat
-
-
-def _run_starts(is_visual: torch.Tensor) -> list[int]:
-    starts = ((is_visual[1:] & ~is_visual[:-1]).nonzero().flatten() + 1).tolist()
-    return [0] + starts if bool(is_visual[0]) else starts
-
-
-def _kept_sequence(is_visual: torch.Tensor, offsets: list[torch.Tensor]) -> torch.Tensor:
-    """Long: the full prompt's indices that the pruned prompt keeps, in its order — every text
-    token, and in each placeholder run only the kept ones, in the order given by ``offsets``
-    (offsets into that run)."""
-    position = torch.arange(is_visual.numel())
-    starts = _run_starts(is_visual)
-    if len(starts) != len(offsets):
-        raise ValueError(f"the prompt has {len(starts)} placeholder runs for {len(offsets)} media items")
-    ends = ((is_visual[:-1] & ~is_visual[1:]).nonzero().flatten() + 1).tolist()
-    if bool(is_visual[-1]):
-        ends.append(is_visual.numel())
-    pieces, cursor = [], 0
-    for start, end, kept in zip(starts, ends, offsets):
-        pieces += [position[cursor:start], start + kept]
-        cursor = end
-    pieces.append(position[cursor:])
-    return torch.cat(pieces)
