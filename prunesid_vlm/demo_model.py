@@ -84,11 +84,22 @@ def save_demo_model(family: str, folder: Path) -> None:
 
         demo_builder(family)(folder)  # a family's own module under prunesid_vlm.demos
         return
-    model.generation_config.pad_token_id = tok.pad_token_id
-    # Random weights favour the 256 byte-fallback ids, which decode to "�"; keep answers readable.
-    model.generation_config.suppress_tokens = list(range(3, 3 + 256))
+    readable_answers(model, tok.pad_token_id)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def readable_answers(model, pad_token_id: int, *, bos_token_id: int | None = None,
+                     eos_token_id: int | list[int] | None = None) -> None:
+    """The generation settings every random demo shares: its special ids, and the 256 byte-fallback
+    ids suppressed (random weights favour them, and they decode to "�")."""
+    generation = model.generation_config
+    generation.pad_token_id = pad_token_id
+    if bos_token_id is not None:
+        generation.bos_token_id = bos_token_id
+    if eos_token_id is not None:
+        generation.eos_token_id = eos_token_id
+    generation.suppress_tokens = list(range(3, 3 + 256))
 
 
 def demo_text_config(tok):

@@ -134,7 +134,7 @@ def save_dinov2_demo(folder: Path) -> None:
     """Write the demo checkpoint (LLaVA architecture, real DINOv2-small tower, tiny random LM)."""
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from .demo_model import LLAVA15_CHAT_TEMPLATE, demo_text_config, demo_tokenizer, seeded
+    from .demo_model import LLAVA15_CHAT_TEMPLATE, demo_text_config, demo_tokenizer, readable_answers, seeded
 
     tower = dinov2_tower()
     tok = demo_tokenizer()
@@ -143,8 +143,7 @@ def save_dinov2_demo(folder: Path) -> None:
                       vision_feature_layer=FEATURE_LAYER, vision_feature_select_strategy="default")
     model = seeded(lambda: LlavaForConditionalGeneration(cfg))
     model.model.vision_tower.load_state_dict(tower.state_dict())
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.suppress_tokens = list(range(3, 3 + 256))
+    readable_answers(model, tok.pad_token_id)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
                                             image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,

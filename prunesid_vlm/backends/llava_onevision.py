@@ -266,16 +266,25 @@ class OnevisionBackend:
         return ids.repeat_interleave(repeat)[None]
 
     def model_inputs(self, images: Sequence[Image.Image], question: str, frames: bool) -> dict:
-        media = self.encode(images, frames)  # only for the placeholder counts: the model encodes the pixels itself
-        prompt = self.prompt(question, media, None)
-        ids = prompt.input_ids
         if frames:
             pixels = torch.cat([self.processor.image_processor(images=[f], return_tensors="pt")["pixel_values"][0, :1]
                                 for f in images])[None]
+            ids = self._expanded(self.processor.text(question, 1, True), self.video_token_id,
+                                 [len(images) * self._pooled_tokens() + 1])
             return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}
+        # Placeholder counts from the geometry alone: the model encodes the pixels itself.
+        lengths = [self.layout(self._picture_views(im, i)[0].shape[0], (im.height, im.width)).numel()
+                   for i, im in enumerate(images)]
+        ids = self._expanded(self.processor.text(question, len(images), False), self.image_token_id, lengths)
         out = self.processor.image_processor(images=list(images), return_tensors="pt")
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": out["pixel_values"],
                 "image_sizes": out["image_sizes"], "batch_num_images": torch.tensor([len(images)])}
+
+    def _pooled_tokens(self) -> int:
+        """Tokens per frame after the model's own pooling (it interpolates; no tower pass needed)."""
+        width = self.model.config.text_config.hidden_size
+        with torch.inference_mode():
+            return int(self.model.model.apply_pooling(torch.zeros(1, self.side * self.side, width)).shape[1])
 
     def text_ids(self, question: str) -> torch.Tensor:
         text = self.processor.text(question, 0, False)

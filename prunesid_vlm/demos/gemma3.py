@@ -80,7 +80,7 @@ def save_gemma3(folder: Path, vision: dict, text: dict, mm_tokens_per_image: int
     """Build a random Gemma 3 (weights from the demos' seed) and save it with its processor to ``folder``."""
     from transformers import Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
-    from ..demo_model import seeded
+    from ..demo_model import readable_answers, seeded
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,11 +89,8 @@ def save_gemma3(folder: Path, vision: dict, text: dict, mm_tokens_per_image: int
     config = gemma3_config(tok, vision, text, mm_tokens_per_image)
     model = seeded(lambda: _with_random_projection(Gemma3ForConditionalGeneration(config)))
     end_of_turn = tok.convert_tokens_to_ids(TURN_TOKENS[1])
-    generation = model.generation_config
-    generation.bos_token_id, generation.pad_token_id = tok.bos_token_id, tok.pad_token_id
-    generation.eos_token_id = [tok.eos_token_id, end_of_turn]  # as the real one: <eos> or <end_of_turn>
-    # Random weights favour the 256 byte-fallback ids, which decode to "�"; keep answers readable.
-    generation.suppress_tokens = list(range(3, 3 + 256))
+    # eos as the real one's: <eos> or <end_of_turn>
+    readable_answers(model, tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=[tok.eos_token_id, end_of_turn])
     side = int(vision["image_size"])
     image_processor = Gemma3ImageProcessorPil(size={"height": side, "width": side}, do_pan_and_scan=False)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=GEMMA3_CHAT_TEMPLATE,

@@ -38,7 +38,7 @@ def build_model(tok, vision: dict, text: dict, max_patches: int = DEMO_MAX_PATCH
     from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
 
     from ..backends.internvl import CONTEXT_IMAGE, InternVLPrompts
-    from ..demo_model import seeded
+    from ..demo_model import readable_answers, seeded
 
     image_id, im_end = tok.convert_tokens_to_ids(CONTEXT_IMAGE), tok.convert_tokens_to_ids("<|im_end|>")
     text_config = dict(model_type="qwen2", vocab_size=len(tok), bos_token_id=1, eos_token_id=im_end,
@@ -49,10 +49,7 @@ def build_model(tok, vision: dict, text: dict, max_patches: int = DEMO_MAX_PATCH
                          image_seq_length=int(seq), downsample_ratio=ratio, projector_hidden_act="gelu",
                          vision_feature_layer=-1, vision_feature_select_strategy="default")
     model = seeded(lambda: InternVLForConditionalGeneration(cfg))
-    generation = model.generation_config
-    generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = 1, [im_end, 2], tok.pad_token_id
-    # Random weights favour the 256 byte-fallback ids, which decode to "�"; keep answers readable.
-    generation.suppress_tokens = list(range(3, 3 + 256))
+    readable_answers(model, tok.pad_token_id, bos_token_id=1, eos_token_id=[im_end, 2])
     side = cfg.vision_config.image_size[0]
     image_processor = GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=True,
                                                min_patches=1, max_patches=max_patches)

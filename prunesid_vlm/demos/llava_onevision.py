@@ -17,7 +17,7 @@ def save_onevision(folder: Path, vision: dict, text: dict, max_shard_size: str =
                               LlavaOnevisionImageProcessorPil, Qwen2Config, SiglipVisionConfig)
 
     from ..backends.llava_onevision import ONEVISION_CHAT_TEMPLATE, OnevisionPrompts
-    from ..demo_model import demo_tokenizer, seeded
+    from ..demo_model import demo_tokenizer, readable_answers, seeded
 
     tok = demo_tokenizer()
     tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
@@ -31,9 +31,7 @@ def save_onevision(folder: Path, vision: dict, text: dict, max_shard_size: str =
         vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
         image_grid_pinpoints=[list(p) for p in image_processor.image_grid_pinpoints])
     model = seeded(lambda: LlavaOnevisionForConditionalGeneration(config))
-    generation = model.generation_config
-    generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = 1, [2, end], tok.pad_token_id
-    generation.suppress_tokens = list(range(3, 3 + 256))  # byte tokens decode to "�"
+    readable_answers(model, tok.pad_token_id, bos_token_id=1, eos_token_id=[2, end])
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     OnevisionPrompts(tok, image_processor, ONEVISION_CHAT_TEMPLATE).save_pretrained(folder)
 

@@ -20,7 +20,7 @@ def save_qwen3_vl(folder: Path, vision: dict, text: dict, mrope_section: list[in
     weights from the demos' seed, saved with its tokenizer and image processor."""
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from ..demo_model import qwen_demo_tokenizer, seeded
+    from ..demo_model import qwen_demo_tokenizer, readable_answers, seeded
     from ..qwen_processing import QwenProcessor
 
     tok, ids = qwen_demo_tokenizer()
@@ -32,9 +32,7 @@ def save_qwen3_vl(folder: Path, vision: dict, text: dict, mrope_section: list[in
         image_token_id=ids["image_pad"], video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
         vision_end_token_id=ids["vision_end"])
     model = seeded(lambda: Qwen3VLForConditionalGeneration(config))
-    generation = model.generation_config
-    generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = 1, 2, tok.pad_token_id
-    generation.suppress_tokens = list(range(3, 3 + 256))  # byte tokens decode to "�"
+    readable_answers(model, tok.pad_token_id, bos_token_id=1, eos_token_id=2)
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                                min_pixels=64 * 64, max_pixels=max_pixels,
                                                image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
