@@ -67,9 +67,13 @@ def placeholder_runs(input_ids: torch.Tensor, token_id: int) -> list[int]:
     return (ends - starts).tolist()
 
 
-def shrink_placeholders(input_ids: torch.Tensor, token_id: int, full_counts: Sequence[int],
+def resize_placeholders(input_ids: torch.Tensor, token_id: int, full_counts: Sequence[int],
                         kept_counts: Sequence[int]) -> torch.Tensor:
-    """Keep the first ``kept_counts[i]`` placeholders of each image's run; the rest of the prompt is unchanged.
+    """Give each image's placeholder run ``kept_counts[i]`` tokens; the rest of the prompt is unchanged.
+
+    A run shrinks to its first placeholders, or grows by repeating its last one: a method that
+    keeps CLS and merges the dropped patches into extra tokens (VisionZip at K = 1+N) hands over
+    one token more than the model's own path, which drops CLS.
 
     Args:
         input_ids: ``[1, L]`` prompt whose ``token_id`` runs have ``full_counts[i]`` tokens per image, in order.
@@ -79,16 +83,18 @@ def shrink_placeholders(input_ids: torch.Tensor, token_id: int, full_counts: Seq
     """
     ids = input_ids[0]
     is_placeholder = ids == token_id
-    full = torch.as_tensor(list(full_counts), dtype=torch.long)
-    kept = torch.as_tensor(list(kept_counts), dtype=torch.long)
+    full = torch.as_tensor(list(full_counts), dtype=torch.long, device=ids.device)
+    kept = torch.as_tensor(list(kept_counts), dtype=torch.long, device=ids.device)
     if int(is_placeholder.sum()) != int(full.sum()):
         raise ValueError(f"the prompt holds {int(is_placeholder.sum())} placeholders, the images need {int(full.sum())}")
     ordinal = torch.cumsum(is_placeholder.long(), 0) - 1  # index among all placeholders
     starts = torch.cumsum(full, 0) - full
     image = torch.searchsorted(torch.cumsum(full, 0), ordinal.clamp(min=0), right=True).clamp(max=len(full) - 1)
     within = ordinal - starts[image]
-    keep = ~is_placeholder | (within < kept.to(ids.device)[image])
-    return ids[keep][None]
+    repeats = torch.where(is_placeholder, (within < kept[image]).long(), torch.ones_like(ids))
+    last = is_placeholder & (within == full[image] - 1)
+    repeats = repeats + torch.where(last, (kept[image] - full[image]).clamp(min=0), torch.zeros_like(ids))
+    return ids.repeat_interleave(repeats)[None]
 
 
 @dataclass

@@ -42,7 +42,7 @@ from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
 from .generation import (GenerationRun, batched_first_logits, continuation_logprob, greedy_generate, next_token,
-                         placeholder_runs, score_continuation, shrink_placeholders, synchronize)
+                         placeholder_runs, score_continuation, resize_placeholders, synchronize)
 from .device import Cost, cross, in_action, register, zero_gpu
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
@@ -893,9 +893,9 @@ class Pipeline:
         input_ids = self.prompt_inputs(images, question)["input_ids"]
         runs = placeholder_runs(input_ids, self.adapter.image_token_id)
         if runs != [f.shape[0] for f in full]:  # frames as base views: the processor sized them as images
-            input_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, runs, [f.shape[0] for f in full])
+            input_ids = resize_placeholders(input_ids, self.adapter.image_token_id, runs, [f.shape[0] for f in full])
         if selection is not None:
-            input_ids = shrink_placeholders(input_ids, self.adapter.image_token_id, [f.shape[0] for f in full],
+            input_ids = resize_placeholders(input_ids, self.adapter.image_token_id, [f.shape[0] for f in full],
                                             [f.shape[0] for f in visual])
         features = visual if self.adapter.modality == "image" else torch.cat(visual)[None]  # video: [1, T, D]
         return input_ids, features, sum(f.shape[0] for f in visual), project_s

@@ -9,7 +9,7 @@ import torch
 from prunesid import select_tokens
 from prunesid_vlm.features import encode_views
 from prunesid_vlm.fidelity import first_token_kl
-from prunesid_vlm.generation import shrink_placeholders
+from prunesid_vlm.generation import resize_placeholders
 from prunesid_vlm.pipeline import ModelLoadError, list_models, load_pipeline
 
 QUESTION = "What is in the picture?"
@@ -138,12 +138,18 @@ def test_single_image_dynamic_budget_follows_phi(llava_pipeline, images):
     assert len(budgets) == 1 and 8 <= budgets[0] <= 577
 
 
-def test_shrink_placeholders_keeps_the_rest_of_the_prompt():
+def test_resize_placeholders_keeps_the_rest_of_the_prompt():
     ids = torch.tensor([[1, 5, 9, 9, 9, 9, 6, 9, 9, 9, 7]])
-    out = shrink_placeholders(ids, 9, full_counts=[4, 3], kept_counts=[2, 1])
+    out = resize_placeholders(ids, 9, full_counts=[4, 3], kept_counts=[2, 1])
     assert out.tolist() == [[1, 5, 9, 9, 6, 9, 7]]
     with pytest.raises(ValueError, match="placeholders"):
-        shrink_placeholders(ids, 9, full_counts=[4, 4], kept_counts=[2, 1])
+        resize_placeholders(ids, 9, full_counts=[4, 4], kept_counts=[2, 1])
+
+
+def test_resize_placeholders_grows_a_run_by_its_last_placeholder():
+    ids = torch.tensor([[1, 5, 9, 9, 6, 9, 9, 9, 7]])
+    out = resize_placeholders(ids, 9, full_counts=[2, 3], kept_counts=[3, 1])
+    assert out.tolist() == [[1, 5, 9, 9, 9, 6, 9, 7]]
 
 
 def test_first_token_kl():

@@ -29,6 +29,7 @@ from prunesid_eval.published import (
     published_figure,
     published_label,
 )
+from tests.conftest import make_image
 from viz import figure_to_array
 from viz.compare import comparison_sheet, draw_keep_frequency, method_overlays, plot_budget_sweep, plot_stability
 
@@ -668,3 +669,20 @@ def test_a_sweep_past_the_models_tokens_is_swept_once_at_every_token(llava_next_
     d = out["json"]
     assert d["budgets"] == [16, 64, 145] and d["budgets_above_model"] == [192, 576]
     assert any("K = 192, 576 are above this model's 145 tokens per view" in t.get_text() for t in out["figure"].texts)
+
+
+@pytest.mark.parametrize("pipeline_name", ["llava_pipeline", "llava_next_pipeline"])
+def test_every_method_answers_at_the_largest_budget(request, pipeline_name):
+    """K = 1+N: VisionZip keeps CLS and merges into extra tokens, handing over one token more than
+    the model's own path (which drops CLS); the prompt grows to fit instead of crashing."""
+    pipe = request.getfixturevalue(pipeline_name)
+    images = [make_image(41)]
+    feats = pipe.encode(images)
+    budget = 1 + feats.hidden_states.shape[1] - 1
+    methods = pipe.available_methods(feats)
+    selections = [pipe.select(feats, budget, method=m, question="What is this?") for m in methods]
+    logits = pipe.first_token_logits(images, "What is this?", selections)
+    assert len(logits) == len(methods) and all(torch.isfinite(row).all() for row in logits)
+    for method, selection in zip(methods, selections):
+        answer = pipe.answer(images, "What is this?", selection, max_new_tokens=2)
+        assert answer.visual_tokens == pipe.token_counts(feats, selection).total, method
