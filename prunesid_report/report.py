@@ -7,11 +7,20 @@ the answers are the same and the first answer token agrees; the first-token KL (
 tokens handed over; and each run's prefill time (one run each, on this machine: indicative, not a
 benchmark). Items already in ``results.jsonl`` under the same settings are skipped, so an
 interrupted run continues where it stopped.
+
+**Questions with reference answers.** A ``questions.csv`` in the folder (columns ``file``,
+``question``, ``answer``, optional ``kind``; several rows may name one file) replaces the one
+question for the files it names: each row is an item of its own, and every answer, with all tokens
+and with each method's, is also scored against the reference (lowercase, trailing punctuation
+dropped, the whole answer or its first word). The summary then adds accuracy, the accuracy with
+all tokens and the relative accuracy (pruned / all tokens) per method and budget, as papers report
+it. ``benchmarks/shapes_accuracy.py --write-folder`` writes such a folder of shapes scenes.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import string
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,6 +32,7 @@ import numpy as np
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv")
 MAX_FRAMES = 6
+QUESTIONS_FILE = "questions.csv"
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,12 @@ class ItemResult:
     full_tokens: int
     full_prefill_s: float
     points: list[dict] = field(default_factory=list)
+    question: str = ""
+    """The question asked (``questions.csv``'s, else the settings')."""
+    reference: str | None = None
+    """The reference answer from ``questions.csv``, if any."""
+    question_kind: str = ""
+    full_correct: bool | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -63,6 +79,52 @@ def media_files(folder: Path) -> list[Path]:
     if not files:
         raise ValueError(f"{folder} holds no image or video ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
     return files
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One row of ``questions.csv``: a question about one file and its reference answer."""
+
+    question: str
+    answer: str
+    kind: str = ""
+
+
+def load_questions(folder: Path) -> dict[str, list[Asked]]:
+    """``questions.csv`` of ``folder`` by file name (empty without one); a ValueError names a bad row."""
+    from prunesid_vlm.pipeline import check_question
+
+    path = folder / QUESTIONS_FILE
+    if not path.is_file():
+        return {}
+    out: dict[str, list[Asked]] = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"file", "question", "answer"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path.name} needs the columns file, question and answer; {', '.join(sorted(missing))} "
+                             "missing")
+        for line, row in enumerate(reader, start=2):
+            name, answer = (row.get("file") or "").strip(), (row.get("answer") or "").strip()
+            if not (folder / name).is_file() or not name:
+                raise ValueError(f"{path.name}, line {line}: no file {name!r} in {folder}")
+            if not answer:
+                raise ValueError(f"{path.name}, line {line}: the reference answer is empty")
+            out.setdefault(name, []).append(Asked(check_question(row.get("question")), answer,
+                                                  (row.get("kind") or "").strip()))
+    return out
+
+
+def normalise_answer(text: str) -> str:
+    """Lowercase, surrounding whitespace and punctuation dropped: how answers meet references."""
+    return text.strip().lower().strip(string.punctuation + string.whitespace)
+
+
+def answer_matches(answer: str, reference: str) -> bool:
+    """Whether ``answer`` says ``reference``: the whole answer, or its first word (a model that goes on
+    after a one-word answer)."""
+    said, wanted = normalise_answer(answer), normalise_answer(reference)
+    return said == wanted or (said.split() or [""])[0].strip(string.punctuation) == wanted
 
 
 def item_id(path: Path) -> str:
@@ -83,16 +145,20 @@ def load_item(path: Path):
     return [image], "image"
 
 
-def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> ItemResult:
-    """Every (method, budget) point of one item. A method may carry an in-LLM stage
-    (``prunesid+fastv``, ``prunesid+pyramiddrop``) or be FastV alone (``fastv``): see
-    :mod:`prunesid_vlm.combination`."""
+def measure(pipe, images, settings: ReportSettings, item: str, kind: str, asked: Asked | None = None) -> ItemResult:
+    """Every (method, budget) point of one item (``asked``: its own question and reference answer). A
+    method may carry an in-LLM stage (``prunesid+fastv``, ``prunesid+pyramiddrop``) or be FastV alone
+    (``fastv``): see :mod:`prunesid_vlm.combination`."""
     from prunesid_vlm.combination import answer_figures, parse_variant, variant_run
 
+    question = settings.question if asked is None else asked.question
     feats = pipe.encode(images)
-    full = pipe.answer(images, settings.question, max_new_tokens=settings.max_new_tokens)
+    full = pipe.answer(images, question, max_new_tokens=settings.max_new_tokens)
     result = ItemResult(item=item, kind=kind, settings=settings.key(), full_answer=full.text,
-                        full_tokens=full.visual_tokens, full_prefill_s=full.prefill_s)
+                        full_tokens=full.visual_tokens, full_prefill_s=full.prefill_s, question=question,
+                        reference=None if asked is None else asked.answer,
+                        question_kind="" if asked is None else asked.kind,
+                        full_correct=None if asked is None else answer_matches(full.text, asked.answer))
     refused = pipe.unavailable_methods(feats)  # the model's reasons: CDPruner needs CLIP's text side, ...
     staged = any(parse_variant(m)[1] for m in settings.methods)
     num_layers = pipe.in_llm_layers() if staged else 0  # per-layer figures for every point, staged or not
@@ -107,15 +173,16 @@ def measure(pipe, images, settings: ReportSettings, item: str, kind: str) -> Ite
             if reason:
                 result.points.append({"method": method, "budget": budget, "available": False, "reason": reason})
                 continue
-            selection, schedule = variant_run(pipe, feats, method, budget, num_layers, settings.question, made)
-            pruned = pipe.answer(images, settings.question, selection, max_new_tokens=settings.max_new_tokens,
+            selection, schedule = variant_run(pipe, feats, method, budget, num_layers, question, made)
+            pruned = pipe.answer(images, question, selection, max_new_tokens=settings.max_new_tokens,
                                  in_llm=schedule if stage else None)
             result.points.append({
                 "method": method, "budget": budget, "available": True, "tokens": pruned.visual_tokens,
                 "answer": pruned.text, "prefill_s": pruned.prefill_s,
                 "keep": None if selection is None else [selection.keep_row(v).tolist()
                                                         for v in range(selection.batch_size)],
-                **answer_figures(pipe, feats, full, pruned, num_layers)})
+                **answer_figures(pipe, feats, full, pruned, num_layers),
+                **({} if asked is None else {"correct": answer_matches(pruned.text, asked.answer)})})
     return result
 
 
@@ -129,20 +196,25 @@ def run_report(folder: Path, out: Path, settings: ReportSettings, *, pipe=None,
     log = out / "results.jsonl"
     done = {r.item: r for r in read_results(log) if r.settings == settings.key()}
     files = media_files(folder)
-    todo = [p for p in files if item_id(p) not in done]
+    asked = load_questions(folder)
+    # One item per file, or per question of questions.csv about it.
+    items = [(path, key, a) for path in files for key, a in (
+        [(f"{item_id(path)}|{a.question}", a) for a in asked[path.name]] if path.name in asked
+        else [(item_id(path), None)])]
+    todo = [(path, key, a) for path, key, a in items if key not in done]
     if todo:
         pipe = pipe or load_pipeline(settings.model)
         if pipe.answers == "none":
             raise ValueError(f"{pipe.model_id} is a vision tower alone: the report compares answers, pick a model "
                              "that answers (a demo model offline).")
         bar = progress(todo) if progress else todo
-        for path in bar:
+        for path, key, question in bar:
             images, kind = load_item(path)
-            result = measure(pipe, images, settings, item_id(path), kind)
+            result = measure(pipe, images, settings, key, kind, question)
             with log.open("a") as handle:  # one line per finished item: an interruption loses at most one
                 handle.write(result.to_json() + "\n")
             done[result.item] = result
-    results = [done[item_id(p)] for p in files]
+    results = [done[key] for _, key, _ in items]
     write_outputs(results, settings, out, folder, pipe)
     return results
 
@@ -172,6 +244,7 @@ def summarise(results: list[ItemResult], settings: ReportSettings) -> dict:
                 rows[str(budget)] = None
                 continue
             rows[str(budget)] = {
+                **_accuracy(results, method, budget),
                 "items": len(points), "mean_first_token_kl": float(np.mean([p["first_token_kl"] for p in points])),
                 "same_answer_rate": float(np.mean([p["same_answer"] for p in points])),
                 "first_token_agreement": float(np.mean([p["first_token_agrees"] for p in points])),
@@ -181,14 +254,29 @@ def summarise(results: list[ItemResult], settings: ReportSettings) -> dict:
                                          mean_flops_vs_full=float(np.mean([p["flops_vs_full"] for p in points])))
         table[method] = rows
     return {"settings": settings.__dict__, "items": len(results), "per_method": table,
-            "note": ("First-token KL in nats (0 = pruning did not move the model's first answer token); mean_tokens: "
+            "note": ("accuracy, full_accuracy, relative_accuracy (where questions.csv gives reference answers): the "
+                     "share of answers that say the reference with the method's tokens, with all tokens, and their "
+                     "ratio. First-token KL in nats (0 = pruning did not move the model's first answer token); mean_tokens: "
                      "the visual tokens the model received, mean over items (PruneSID-Dyn's differ from the budget); "
                      "prefill times are single runs on this machine.")}
 
 
+def _accuracy(results: list[ItemResult], method: str, budget: int) -> dict:
+    """Accuracy, accuracy with all tokens and relative accuracy over the items with a reference answer
+    that ran at (method, budget); empty when none has one."""
+    pairs = [(p["correct"], r.full_correct) for r in results if r.reference is not None for p in r.points
+             if p["method"] == method and p["budget"] == budget and p.get("available") and "correct" in p]
+    if not pairs:
+        return {}
+    accuracy, full = float(np.mean([c for c, _ in pairs])), float(np.mean([f for _, f in pairs]))
+    return {"scored_items": len(pairs), "accuracy": accuracy, "full_accuracy": full,
+            "relative_accuracy": accuracy / full if full > 0 else None}
+
+
 CSV_COLUMNS = ("item", "kind", "method", "budget", "available", "unavailable_reason", "question", "full_answer",
                "answer", "tokens", "full_tokens", "first_token_kl", "first_token_agrees", "same_answer", "prefill_s",
-               "full_prefill_s", "compression", "flops_vs_full")
+               "full_prefill_s", "compression", "flops_vs_full", "reference", "question_kind", "full_correct",
+               "correct")
 """``results.csv``, one row per item and (method, budget): the question, both answers (``answer``: with
 the method's tokens), the visual tokens each prompt held and the figures; ``unavailable_reason`` says
 why a point did not run on the model."""
@@ -202,10 +290,11 @@ def write_outputs(results: list[ItemResult], settings: ReportSettings, out: Path
         for r in results:
             for p in r.points:
                 writer.writerow([r.item.split("|")[0], r.kind, p["method"], p["budget"], p.get("available"),
-                                 p.get("reason", ""), settings.question, r.full_answer, p.get("answer"),
+                                 p.get("reason", ""), r.question or settings.question, r.full_answer, p.get("answer"),
                                  p.get("tokens"), r.full_tokens, p.get("first_token_kl"), p.get("first_token_agrees"),
                                  p.get("same_answer"), p.get("prefill_s"), r.full_prefill_s, p.get("compression"),
-                                 p.get("flops_vs_full")])
+                                 p.get("flops_vs_full"), r.reference, r.question_kind, r.full_correct,
+                                 p.get("correct")])
     summary = summarise(results, settings)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_fidelity(summary, settings, out / "fidelity.png")
@@ -326,7 +415,7 @@ def plot_worst(results: list[ItemResult], settings: ReportSettings, folder: Path
     for kl, r, p in scored[:count]:
         images, _ = load_item(folder / r.item.split("|")[0])
         feats = pipe.encode(images)
-        selection = _worst_selection(pipe, feats, method, budget, settings.question)
+        selection = _worst_selection(pipe, feats, method, budget, r.question or settings.question)
         pixels = pipe.view_pixels(images, feats)[0]
         if selection is None:
             tile = viz.as_rgb_uint8(pixels)

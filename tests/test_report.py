@@ -63,8 +63,8 @@ def test_an_interrupted_report_continues_without_redoing_finished_items(llava_pi
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
     measured = []
     real = R.measure
-    monkeypatch.setattr(R, "measure", lambda pipe, images, s, item, kind: measured.append(item) or
-                        real(pipe, images, s, item, kind))
+    monkeypatch.setattr(R, "measure", lambda pipe, images, s, item, kind, *asked: measured.append(item) or
+                        real(pipe, images, s, item, kind, *asked))
     results = R.run_report(folder, out, settings(llava_pipeline), pipe=llava_pipeline)
     assert len(results) == 3 and [m.split("|")[0] for m in measured] == ["coffee.jpg", "rocket.jpg"]
     # Other settings do not reuse these results.
@@ -183,3 +183,47 @@ def test_the_plots_name_the_tokens_handed_over_and_say_what_they_show(llava_pipe
     assert "K = 16" in text and "first-token KL" in text and "tokens the model received" in text
     worst = np.asarray(Image.open(out / "worst.png"))
     assert worst.shape[0] > 336 + 40 and (worst[:30] < 100).any()  # dark caption text on the white band on top
+
+
+def test_questions_with_reference_answers_are_items_and_are_scored(llava_pipeline, folder, tmp_path):
+    """questions.csv: one item per row, each answer scored against its reference (the summary adds
+    accuracy, all-token accuracy and their ratio); files it does not name keep the one question."""
+    from PIL import Image
+
+    said = llava_pipeline.answer([Image.open(folder / "cat.jpg").convert("RGB")], "What is it?", max_new_tokens=3).text
+    with (folder / R.QUESTIONS_FILE).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "question", "answer", "kind"])
+        writer.writerow(["cat.jpg", "What is it?", said.upper() + ".", "what"])  # case and punctuation do not count
+        writer.writerow(["cat.jpg", "Is it a dog?", "certainly-not-said", "yes/no"])
+        writer.writerow(["coffee.jpg", "What is it?", "certainly-not-said", "what"])
+    out = tmp_path / "out"
+    results = R.run_report(folder, out, settings(llava_pipeline), pipe=llava_pipeline)
+    assert [(r.item.split("|")[0], r.question) for r in results] == [
+        ("cat.jpg", "What is it?"), ("cat.jpg", "Is it a dog?"), ("coffee.jpg", "What is it?"), ("rocket.jpg", "What?")]
+    assert [r.full_correct for r in results] == [True, False, False, None]
+    assert all("correct" in p for r in results[:3] for p in r.points) and all("correct" not in p for p in results[3].points)
+    summary = json.loads((out / "summary.json").read_text())["per_method"]["prunesid"]["64"]
+    points = [p for r in results[:3] for p in r.points if p["method"] == "prunesid" and p["budget"] == 64]
+    assert summary["scored_items"] == 3 and summary["full_accuracy"] == pytest.approx(1 / 3)
+    assert summary["accuracy"] == pytest.approx(sum(p["correct"] for p in points) / 3)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["question"] for r in rows} == {"What is it?", "Is it a dog?", "What?"}
+    assert {r["reference"] for r in rows if r["item"] == "coffee.jpg"} == {"certainly-not-said"}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("file,question\ncat.jpg,What?\n", "answer missing"),
+    ("file,question,answer\nnope.jpg,What?,cat\n", "no file 'nope.jpg'"),
+    ("file,question,answer\ncat.jpg,What?,\n", "reference answer is empty"),
+    ("file,question,answer\ncat.jpg,,cat\n", "question")])
+def test_a_bad_questions_file_is_refused_clearly(folder, content, message):
+    (folder / R.QUESTIONS_FILE).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        R.load_questions(folder)
+
+
+def test_answers_meet_references_without_case_or_punctuation():
+    assert R.answer_matches("Yes.", "yes") and R.answer_matches("  three ", "Three")
+    assert R.answer_matches("red, I think", "red") and not R.answer_matches("reddish", "red")
+    assert not R.answer_matches("", "red")
