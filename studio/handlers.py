@@ -39,6 +39,7 @@ from .components import png_file, written_folder
 from . import limits
 from .errors import endpoint, guarded, status_line, warn
 from prunesid_vlm.media import MediaError, browser_preview, load_image, load_video, video_codec  # noqa: F401 (tests)
+from prunesid_vlm.registry import spec_for
 from prunesid_vlm.serving import MANAGER, ModelManager
 from .session import Analysis
 
@@ -665,10 +666,10 @@ def banner_text(manager: ModelManager = MANAGER, reason: str | None = None) -> s
 
 def _model_line(s) -> str:
     if s.active is None:
-        if s.requested.startswith("demo/"):
-            return (f"⚠ **Offline demo model** `{s.requested}` (tiny, random weights): its answers and groups are "
-                    "**not meaningful**; they only show how PruneSID and this app work. Pick a LLaVA checkpoint for "
-                    "real results.")
+        spec = spec_for(s.requested)
+        if spec is not None and spec.is_demo:  # what this demo's pictures and answers mean, before it loads
+            return (f"⚠ **Offline demo model** `{s.requested}` (loads on first use): {spec.meaning}. Pick a LLaVA "
+                    "checkpoint for real results.")
         return f"Model **{plain_markdown(s.requested)}** loads on first use."
     why = f" ({plain_markdown(s.fallback_reason)})" if s.fallback_reason else ""
     if s.is_demo:

@@ -366,6 +366,18 @@ def test_demo_banner_is_shown_for_the_demo_model():
     assert "not meaningful" in H.banner_text(MANAGER)
 
 
+def test_before_a_demo_loads_the_banner_says_what_that_demo_means():
+    """Not every demo is random: before first use the banner already says what its pictures and
+    answers mean (it called every demo tiny and random, the real-feature one included)."""
+    from prunesid_vlm.registry import DINOV2_DEMO_MEANING, DINOV2_DEMO_ID, RANDOM_DEMO_MEANING
+
+    manager = ModelManager(DINOV2_DEMO_ID)
+    assert manager.state.active is None
+    banner = H.banner_text(manager)
+    assert DINOV2_DEMO_MEANING in banner and "tiny, random" not in banner and "loads on first use" in banner
+    assert RANDOM_DEMO_MEANING in H.banner_text(ModelManager("demo/tiny-llava-1.5"))
+
+
 def test_unexpected_errors_become_a_short_generic_message(cat, monkeypatch):
     def boom(*_a, **_k):
         raise RuntimeError("internal detail")
