@@ -310,7 +310,7 @@ def test_video_samples_frames_and_shares_the_budget():
     shown = dict(zip(H.VIEW_KEYS, H.on_view(state, 3, "kept")))
     assert "frame 3" in shown["summary"]
     chart = V.render(state, 0)["dynamic_chart"]
-    assert chart.axes[0].get_title() == "How complex is this frame? More varied pictures get more tokens"
+    assert chart.axes[0].get_title() == "How complex is this frame? Varied ones get more tokens"
 
 
 def test_a_clip_browsers_cannot_play_gets_a_playable_preview_and_is_analysed_from_the_original(tmp_path,

@@ -197,7 +197,7 @@ def plot_dynamic_ratio(
     ax.axvline(phi, color="#D55E00", linewidth=2.2)
     level = complexity_label(phi, ref)
     note = ax.annotate(
-        f"{label}: φ = {phi:.3f} ({level} complexity)\n→ {budget} tokens",
+        f"{label}:\nφ = {phi:.3f} ({level} complexity) → {budget} tokens",  # two short lines fit beside any φ
         xy=(phi, ax.get_ylim()[1] * 0.97),
         xytext=(8 if phi < edges.mean() else -8, 0),
         textcoords="offset points",
@@ -215,7 +215,7 @@ def plot_dynamic_ratio(
     ax.set_ylabel(f"reference images (of {ref.size})", fontsize=FONT_SIZE)
     # fixed title position (no per-draw search for the top axis' extent): above the secondary axis
     subject = label.split(",")[0]  # "this frame", "this temporal patch", "this image"
-    title = f"How complex is {subject}? More varied pictures get more tokens"
+    title = f"How complex is {subject}? Varied ones get more tokens"  # fits the width for every subject
     ax.set_title(title, fontsize=FONT_SIZE + 1, y=1.0, pad=35 if secondary else 6)
     ax.yaxis.get_major_locator().set_params(integer=True)
     dynamic = [note]
