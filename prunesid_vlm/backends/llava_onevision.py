@@ -301,8 +301,10 @@ class OnevisionBackend:
         notes = []
         for (h, w), views in media.layout:
             rows, cols = self._crop_grid(h, w)
-            notes.append(f"{model_id} sees the {w}×{h} px picture as a {self.tile} px base view plus {rows}×{cols} "
-                         f"crops, {side}×{side} tokens each; the crops' padding is not handed over.")
+            squeezed = "" if w == h else " (the whole picture squeezed to a square, as the model sees it)"
+            notes.append(f"{model_id} sees the {w}×{h} px picture as a {self.tile} px base view{squeezed} plus "
+                         f"{rows}×{cols} crops that keep its aspect, {side}×{side} tokens each; the crops' padding is "
+                         "not handed over.")
             best_h, best_w = select_best_resolution((h, w), self.checkpoint_pinpoints)
             if (best_h // self.tile) * (best_w // self.tile) > MAX_CROPS:
                 notes.append(f"The checkpoint would cut it into {best_h // self.tile}×{best_w // self.tile} crops and "
