@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -13,6 +14,7 @@ import gradio as gr
 from . import handlers as H
 from . import guard, limits
 from .components import GroupImage, RawNumber, SafeImage, SafeVideo
+from prunesid_vlm.registry import SHAPES_DEMO_ID
 from prunesid_vlm.serving import MANAGER
 from .plot_output import ChartPlot
 from . import views as V
@@ -108,6 +110,9 @@ REDRAW_EVENTS = dict(concurrency_id="redraw", concurrency_limit=REDRAW_CONCURREN
 
 
 def _examples() -> list[list[str]]:
+    """``[path, question]`` per example: the photos, and the shapes-world scenes (one question of each
+    kind, with the reference answer in ``assets/shapes/examples.json``). A model trained on the shapes
+    world starts on its scenes, whose answers it can get right; any other on the photos."""
     questions = {
         "cat.jpg": "What animal is this and what is it doing?",
         "astronaut.jpg": "What is the person wearing?",
@@ -115,7 +120,11 @@ def _examples() -> list[list[str]]:
         "rocket.jpg": "What is happening in this picture?",
         "hubble_deep_field.jpg": "How many galaxies can you see, roughly?",
     }
-    return [[str(ASSETS / name), q] for name, q in questions.items() if (ASSETS / name).exists()]
+    photos = [[str(ASSETS / name), q] for name, q in questions.items() if (ASSETS / name).exists()]
+    listed = ASSETS / "shapes" / "examples.json"
+    scenes = [[str(ASSETS / "shapes" / e["file"]), e["question"]] for e in
+              (json.loads(listed.read_text()) if listed.exists() else []) if (ASSETS / "shapes" / e["file"]).exists()]
+    return scenes + photos if MANAGER.state.requested == SHAPES_DEMO_ID else photos + scenes
 
 
 def build_demo() -> gr.Blocks:

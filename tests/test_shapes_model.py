@@ -47,10 +47,10 @@ def cases(shapes_pipeline):
 def answer_rows(pipe, image, question: str, rows: torch.Tensor) -> str:
     """The greedy answer when the language model is handed ``rows`` (tower states, in this order)
     in the picture's placeholders: the pipeline's own prompt, projector and generation."""
-    from prunesid_vlm.generation import greedy_generate, shrink_placeholders
+    from prunesid_vlm.generation import greedy_generate, resize_placeholders
 
     ids = pipe.prompt_inputs([image], question)["input_ids"]
-    ids = shrink_placeholders(ids, pipe.adapter.image_token_id, [pipe.num_patches], [rows.shape[0]])
+    ids = resize_placeholders(ids, pipe.adapter.image_token_id, [pipe.num_patches], [rows.shape[0]])
     with torch.inference_mode():
         visual = [pipe.adapter.project(rows)]
     run = greedy_generate(pipe.model, ids, visual, max_new_tokens=3)
