@@ -60,7 +60,7 @@ def score_scene(pipe, scene, asked, methods: list[str], budgets: list[int]) -> l
                 points.append((method, budget, sel))
         logits = pipe.first_token_logits(images, q.text, [sel for _, _, sel in points])
         for (method, budget, sel), row in zip(points, logits):
-            predicted = int(row.argmax())
+            predicted = pipe.first_token(row)  # greedy decoding's rule (suppressed tokens never win)
             rows.append({"kind": q.kind, "question": q.text, "answer": q.answer, "method": method, "budget": budget,
                          "tokens": pipe.token_counts(feats, sel).total,
                          "predicted": pipe.processor.tokenizer.decode([predicted]).strip(),

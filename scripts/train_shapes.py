@@ -217,7 +217,16 @@ def train(args) -> dict:
     if gap > 1e-3:
         raise SystemExit("the training path does not compute what the model computes")
 
-    init_projector(model, feats)
+    if args.init_from:
+        from safetensors.torch import load_file
+
+        earlier = load_file(str(Path(args.init_from) / WEIGHTS_FILE))
+        missing = set(trained_state(model)) - set(earlier)
+        if missing:
+            raise SystemExit(f"{args.init_from} lacks {sorted(missing)[:3]}: not weights of this model")
+        model.load_state_dict({k: v.float() for k, v in earlier.items()}, strict=False)
+    else:
+        init_projector(model, feats)
     model.set_attn_implementation("eager")  # the guide reads attention weights (same results as sdpa)
     image_at = torch.nonzero(prefix_t == model.config.image_token_id).flatten()
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
@@ -226,7 +235,7 @@ def train(args) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / args.steps))))
     model.train()
-    order_rng = np.random.default_rng([args.seed, 2])
+    order_rng = np.random.default_rng([args.seed if args.order_seed is None else args.order_seed, 2])
     order: list[int] = []
     curve = []
     train_start = time.perf_counter()
@@ -293,6 +302,7 @@ def save(args, model, tok, curve, features_s, train_s, gap, prompts, prefix, fea
         "wall_seconds": round(features_s + train_s, 1), "cpu_threads": torch.get_num_threads(),
         "training_path_logit_gap": gap, "float16_answer_agreement": agreement,
         "weights_dtype": "float16", "command": " ".join(sys.argv),
+        **({"init_from": json.loads((Path(args.init_from) / CONFIG_FILE).read_text())} if args.init_from else {}),
     }
     (out / CONFIG_FILE).write_text(json.dumps(facts, indent=2) + "\n")
     print(json.dumps(facts, indent=2))
@@ -350,6 +360,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="assets/shapes_llava", help="folder for weights, config and loss curve")
     parser.add_argument("--features-cache", default="/tmp/shapes_features/train.npy",
                         help=".npy file of the tower's states (computed once, reused when seed and count match)")
+    parser.add_argument("--init-from", default=None,
+                        help="a folder of earlier weights (an --out) to go on training from: a second stage, with "
+                             "its own schedule; the projector is then not re-initialised")
+    parser.add_argument("--order-seed", type=int, default=None,
+                        help="the order of pictures and the yes/no questions (default: --seed); a second stage "
+                             "takes another, so that it does not replay the first one's batches")
     train(parser.parse_args(argv))
 
 

@@ -1,7 +1,7 @@
 """``demo/shapes-llava`` truly sees: tests that a random or blind language model cannot pass.
 
 Issue 28 asks for ≥ 85 % with all tokens; the shipped weights (1400 steps on 1100 scenes, on a
-2-core CPU) reach 65 % on 150 fresh scenes (``scripts/eval_shapes.py``), so the ≥ 0.8 test is an
+2-core CPU) reach 65 % on 150 fresh scenes (``benchmarks/shapes_accuracy.py``), so the ≥ 0.8 test is an
 expected failure (strict: it fails loudly once better weights pass it, so the marker goes).
 
 The model is built from the shipped weights (``assets/shapes_llava/``) and the DINOv2-small tower
