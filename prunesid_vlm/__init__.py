@@ -11,6 +11,7 @@ Modules (one job each):
     families          model families: checkpoint type → transformers class and adapter
     adapters/         one adapter per family behind the ``Adapter`` protocol (adapters/base.py)
     registry          known hub ids and the offline demo ids, for the model picker
+    shapes_world      the shapes world's exact rules: scenes drawn with PIL, one-word questions
     demo_model        tiny random-weight LLaVA / NeXT / NeXT-Video checkpoints, built offline once
     loading           ``from_pretrained`` by hub id / folder / demo id; device and dtype; ModelLoadError
     features          one sdpa tower pass → layer −2 states + the CLS attention row (q/k hooks)
@@ -20,7 +21,8 @@ Modules (one job each):
     gpu               the one ZeroGPU boundary
 """
 from .loading import LoadedModel, ModelLoadError, load_model
-from .registry import DEMO_MODEL_ID, DEMO_NEXT_MODEL_ID, DEMO_NEXT_VIDEO_MODEL_ID, KNOWN_MODELS, ModelSpec, list_models
+from .registry import (DEMO_MODEL_ID, DEMO_NEXT_MODEL_ID, DEMO_NEXT_VIDEO_MODEL_ID, KNOWN_MODELS, SHAPES_DEMO_ID, ModelSpec,
+                       list_models, spec_for)
 
 __all__ = ["load_model", "LoadedModel", "ModelLoadError", "list_models", "ModelSpec", "KNOWN_MODELS",
-           "DEMO_MODEL_ID", "DEMO_NEXT_MODEL_ID", "DEMO_NEXT_VIDEO_MODEL_ID"]
+           "DEMO_MODEL_ID", "DEMO_NEXT_MODEL_ID", "DEMO_NEXT_VIDEO_MODEL_ID", "SHAPES_DEMO_ID", "spec_for"]

@@ -39,7 +39,7 @@ from .components import png_file, written_folder
 from . import limits
 from .errors import endpoint, guarded, status_line, warn
 from prunesid_vlm.media import MediaError, browser_preview, load_image, load_video, video_codec  # noqa: F401 (tests)
-from prunesid_vlm.registry import spec_for
+from prunesid_vlm import spec_for
 from prunesid_vlm.serving import MANAGER, ModelManager
 from .session import Analysis
 

@@ -14,7 +14,7 @@ import gradio as gr
 from . import handlers as H
 from . import guard, limits
 from .components import GroupImage, RawNumber, SafeImage, SafeVideo
-from prunesid_vlm.registry import SHAPES_DEMO_ID
+from prunesid_vlm import SHAPES_DEMO_ID
 from prunesid_vlm.serving import MANAGER
 from .plot_output import ChartPlot
 from . import views as V
@@ -109,6 +109,10 @@ order and shows each their place in it."""
 REDRAW_EVENTS = dict(concurrency_id="redraw", concurrency_limit=REDRAW_CONCURRENCY)
 
 
+EXAMPLES_PER_PAGE = 6
+"""One row of thumbnails in the inputs column: a second row would push Run below the first screen."""
+
+
 def _examples() -> list[list[str]]:
     """``[path, question]`` per example: the photos, and the shapes-world scenes (one question of each
     kind, with the reference answer in ``assets/shapes/examples.json``). A model trained on the shapes
@@ -170,10 +174,10 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
             with gr.Tabs():
                 with gr.Tab("Image", id="image") as image_tab:
                     image = SafeImage(examples[0][0] if examples else None, type="filepath", label="Image",
-                                      sources=["upload", "clipboard"], height=180, elem_id="image")
+                                      sources=["upload", "clipboard"], height=150, elem_id="image")
                     if examples:
                         pick = gr.Examples([[path] for path, _ in examples], inputs=[image], label="Or pick one",
-                                           examples_per_page=len(examples), elem_id="examples")
+                                           examples_per_page=EXAMPLES_PER_PAGE, elem_id="examples")
                         pick.dataset.select(H.example_question([q for _, q in examples]), None, question,
                                             queue=False, api_visibility="private")
                 with gr.Tab("Video", id="video") as video_tab:

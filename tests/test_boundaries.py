@@ -30,8 +30,9 @@ PROJECT_PACKAGES = ("prunesid", "prunesid_eval", "prunesid_vlm", "studio", "viz"
                     "prunesid_cli")
 TOOLS = ("prunesid_lmms", "prunesid_report", "prunesid_cli", "evaluate.py", "report.py", "inllm_study.py")
 """The batch tools (lmms-eval model, fidelity report, installed commands): users of the public doors, like the app."""
-TOOL_DOORS = ("prunesid_vlm.text_only", "prunesid_vlm.load_options")
-"""Doors of prunesid_vlm for the batch tools alone: questions without a picture, lmms-eval's loading options."""
+TOOL_DOORS = ("prunesid_vlm.text_only", "prunesid_vlm.load_options", "prunesid_vlm.shapes_world")
+"""Doors of prunesid_vlm for the batch tools alone: questions without a picture, lmms-eval's loading options,
+and the shapes world's scenes and questions (pictures drawn with PIL; no model)."""
 MODEL_AND_UI = ("transformers", "PIL", "cv2", "gradio", "matplotlib")
 HEAVY_ON_IMPORT = ("numba", "scipy", *MODEL_AND_UI)
 """What ``import prunesid`` must not load: the eigensolver imports SciPy and numba on its
@@ -286,7 +287,7 @@ def test_the_batch_tools_use_only_public_doors():
     found = violations(python_files(*TOOLS), lambda imp: not tool_may_import(imp.module))
     assert not found, report(found, "prunesid_lmms/, prunesid_report/, prunesid_cli/, evaluate.py, report.py and "
                                     "inllm_study.py may import what the app may (public doors), prunesid_vlm.media for "
-                                    "decoding, prunesid_vlm.text_only and .load_options, and no gradio")
+                                    "decoding, prunesid_vlm.text_only, .load_options and .shapes_world, and no gradio")
 
 
 def test_the_tests_and_the_benchmarks_do_not_import_each_other():
