@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 ALL = "all"
@@ -102,10 +102,15 @@ def _sd(values: list[float]) -> float:
 
 
 def markdown_table(summary: list[dict], budgets: list[int]) -> str:
-    """Relative accuracy (pruned / full, %) per method and budget over all kinds, ± spread over seeds."""
+    """Relative accuracy (pruned / full, %) per method and budget over all kinds, ± spread over seeds;
+    a cell names the mean number of visual tokens handed over where that is not K."""
     cells = {(s["method"], s["budget"]): s for s in summary if s["kind"] == ALL}
     methods = sorted({m for m, _ in cells}, key=lambda m: (m != "prunesid", m != "prunesid-dyn", m))
     full = next(iter(cells.values()))
+    # all N visual tokens: what a plain method hands over at K = 1 + N (a merging one may add one)
+    # (the commonest largest count over the methods: the dynamic ratio hands over fewer)
+    every = Counter(max(round(float(s["mean_tokens"])) for (m, _), s in cells.items() if m == method)
+                    for method in methods).most_common(1)[0][0]
     lines = [f"All tokens: {100 * full['full_accuracy']:.1f} % ± {100 * full['full_accuracy_sd']:.1f} right "
              f"(mean ± sd over {full['seeds']} seeds).", "",
              "| method | " + " | ".join(f"K = {b}" for b in budgets) + " |",
@@ -114,7 +119,15 @@ def markdown_table(summary: list[dict], budgets: list[int]) -> str:
         row = []
         for b in budgets:
             s = cells.get((method, b))
-            row.append("—" if s is None else f"{100 * s['relative']:.1f} ± {100 * s['relative_sd']:.1f}")
+            if s is None:
+                row.append("—")
+                continue
+            cell = f"{100 * s['relative']:.1f} ± {100 * s['relative_sd']:.1f}"
+            tokens = float(s["mean_tokens"])
+            # the tokens really handed over, where they are neither K nor all of them (the dynamic
+            # ratio, merging methods): K = 1 + N hands over the N patches
+            plain = abs(tokens - b) < 0.5 or (b == every + 1 and abs(tokens - every) < 0.5)
+            row.append(cell if plain else f"{cell} ({tokens:.0f} tok.)")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -126,23 +139,36 @@ def plot(summary: list[dict], path: Path, model: str) -> None:
     import matplotlib.pyplot as plt
 
     kinds = [ALL] + sorted({s["kind"] for s in summary} - {ALL})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.6), sharey=True)
+    methods = sorted({s["method"] for s in summary}, key=lambda m: (not m.startswith("prunesid"), m))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    columns = 4  # two rows of panels, the legend in a panel of its own: nothing drawn over a curve
+    rows = -(-(len(kinds) + 1) // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows), sharey=True, squeeze=False)
+    axes = list(grid.flat)
     for ax, kind in zip(axes, kinds):
-        for method in sorted({s["method"] for s in summary}):
-            pts = sorted((s["mean_tokens"], s["relative"], s["relative_sd"]) for s in summary
+        for method in methods:
+            pts = sorted((float(s["mean_tokens"]), float(s["relative"]), float(s["relative_sd"])) for s in summary
                          if s["method"] == method and s["kind"] == kind)
             if not pts:
                 continue
             x, y, e = zip(*pts)
-            style = dict(lw=2.4, zorder=3) if method.startswith("prunesid") else dict(lw=1.2, alpha=0.8)
-            ax.errorbar(x, [100 * v for v in y], yerr=[100 * v for v in e], label=method, capsize=2, **style)
+            style = dict(lw=2.4, zorder=3) if method.startswith("prunesid") else dict(lw=1.1, alpha=0.85)
+            ax.errorbar(x, [100 * v for v in y], yerr=[100 * v for v in e], label=method, capsize=2, marker=".",
+                        color=colours[method], **style)
         ax.set_xscale("log")
         ax.set_title("all questions" if kind == ALL else kind.replace("_", " "), fontsize=10)
-        ax.set_xlabel("visual tokens handed over")
         ax.axhline(100, color="grey", lw=0.8, ls=":")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("relative accuracy, pruned / all tokens (%)")
-    axes[0].legend(fontsize=7, loc="lower right")
+    for ax in axes[len(kinds) - columns if len(kinds) > columns else 0:len(kinds)]:
+        ax.set_xlabel("visual tokens handed over (mean)")
+    for row in grid:
+        row[0].set_ylabel("relative accuracy (%)")
+    legend = axes[len(kinds)]
+    legend.axis("off")
+    legend.legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=9, frameon=False,
+                  title="method (pruned / all tokens)")
+    for ax in axes[len(kinds) + 1:]:
+        ax.axis("off")
     fig.suptitle(f"{model} on the shapes world: accuracy kept against tokens (mean ± sd over seeds)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -13,8 +13,8 @@ def row(seed, method, budget, kind, correct, tokens=10):
 
 
 def test_relative_accuracy_is_pruned_over_full_per_seed_then_averaged():
-    rows = [row(1, "full", 0, "count", c) for c in (1, 1, 0, 0)] + [row(1, "prunesid", 4, "count", c) for c in (1, 0, 0, 0)]
-    rows += [row(2, "full", 0, "count", c) for c in (1, 1, 1, 1)] + [row(2, "prunesid", 4, "count", c) for c in (1, 1, 0, 0)]
+    rows = [row(1, "full", 0, "count", c) for c in (1, 1, 0, 0)] + [row(1, "prunesid", 4, "count", c, 4) for c in (1, 0, 0, 0)]
+    rows += [row(2, "full", 0, "count", c) for c in (1, 1, 1, 1)] + [row(2, "prunesid", 4, "count", c, 4) for c in (1, 1, 0, 0)]
     summary = {(s["method"], s["budget"], s["kind"]): s for s in A.summarise(rows)}
     cell = summary[("prunesid", 4, A.ALL)]
     assert cell["accuracy"] == pytest.approx(0.375) and cell["full_accuracy"] == pytest.approx(0.75)
@@ -23,6 +23,17 @@ def test_relative_accuracy_is_pruned_over_full_per_seed_then_averaged():
     assert summary[("prunesid", 4, "count")]["relative"] == pytest.approx(0.5)
     table = A.markdown_table(A.summarise(rows), [4])
     assert "| prunesid | 50.0 ± 0.0 |" in table and "All tokens: 75.0 %" in table
+
+
+def test_the_table_names_the_tokens_handed_over_where_they_are_not_k():
+    """K = 4 handing over 7 tokens (the dynamic ratio) is said; K = 1 + N handing over the N patches is not."""
+    rows = []
+    for method, budget, tokens in (("prunesid", 4, 4), ("prunesid-dyn", 4, 7), ("prunesid", 577, 576),
+                                   ("prunesid-dyn", 577, 300), ("random", 577, 576)):
+        rows += [row(1, "full", 0, "count", 1, 576), row(1, method, budget, "count", 1, tokens)]
+    table = A.markdown_table(A.summarise(rows), [4, 577])
+    assert "| prunesid | 100.0 ± 0.0 | 100.0 ± 0.0 |" in table
+    assert "| prunesid-dyn | 100.0 ± 0.0 (7 tok.) | 100.0 ± 0.0 (300 tok.) |" in table, table
 
 
 def test_the_scene_folder_is_the_reports_input(tmp_path):
