@@ -43,3 +43,52 @@ def test_a_shapes_model_starts_on_its_scenes_and_any_other_on_the_photos(monkeyp
     monkeypatch.setattr(MANAGER.state, "requested", SHAPES_DEMO_ID)
     shapes_first = layout._examples()
     assert "/shapes/" in shapes_first[0][0] and sorted(map(tuple, shapes_first)) == sorted(map(tuple, first))
+
+
+# ---- the right answer of an example scene, shown beside the two answers ----------------------
+def test_an_example_scene_is_recognised_by_its_pixels_and_question(tmp_path):
+    from studio.references import reference_answer
+
+    listed = json.loads((SHAPES / "examples.json").read_text())
+    for e in listed:
+        copy = tmp_path / f"upload_{e['file']}"  # the browser's copy, under another name
+        Image.open(SHAPES / e["file"]).save(copy)
+        picture = Image.open(copy)
+        assert reference_answer([picture], e["question"]) == e["answer"]
+        assert reference_answer([picture], "  " + e["question"].upper() + " ") == e["answer"]
+        assert reference_answer([picture], e["question"] + " Answer in a sentence.") is None  # another question
+        touched = np.asarray(picture).copy()
+        touched[0, 0] = 255 - touched[0, 0]
+        assert reference_answer([Image.fromarray(touched)], e["question"]) is None  # another picture
+        assert reference_answer([picture, picture], e["question"]) is None  # not one picture
+
+
+def test_the_reference_line_marks_each_answer():
+    from studio.references import reference_line
+
+    line = reference_line("three", "Three.", "five")
+    assert line.startswith("**Right answer: three**")
+    assert "all tokens: **✓ right**" in line and "PruneSID: **✗ wrong**" in line
+
+
+def test_run_on_an_example_scene_says_which_answer_is_right(tmp_path):
+    """Through the handlers (a fake pipeline: both its answers are wrong words)."""
+    from fake_pipeline import FakePipeline
+    from studio import handlers as H
+
+    previous = MANAGER.loaded
+    MANAGER.install(FakePipeline())
+    try:
+        entry = json.loads((SHAPES / "examples.json").read_text())[0]
+        views = dict(zip(H.VIEW_KEYS, H.on_prepare("image", str(SHAPES / entry["file"]), None, 64, False, 1, None,
+                                                   progress=H._no_progress)))
+        run = dict(zip(H.ANSWER_KEYS, H.on_answer(views["state"], entry["question"], 64, False, 8,
+                                                  progress=H._no_progress)))
+        assert f"**Right answer: {entry['answer']}**" in run["fidelity"]
+        assert run["fidelity"].count("✗ wrong") == 2 and "Fidelity" in run["fidelity"]
+        other = dict(zip(H.ANSWER_KEYS, H.on_answer(views["state"], "What is this?", 64, False, 8,
+                                                    progress=H._no_progress)))
+        assert "Right answer" not in other["fidelity"]
+    finally:
+        if previous is not None:
+            MANAGER.install(previous)

@@ -1,0 +1,61 @@
+"""Reference answers of the app's shapes-world examples, so that a visitor sees which answer is right.
+
+Each example scene is drawn from the world's rules, so its question has one right word
+(``assets/shapes/examples.json``). A picture is recognised by its pixels, not its file name: the
+browser uploads a copy under another name, and an edited or other picture must not inherit an
+answer. The question must be the example's own, unchanged but for case and spaces.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "shapes" / "examples.json"
+
+
+def _pixels_key(image: Image.Image) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(image.convert("RGB"))).tobytes()).hexdigest()
+
+
+def _question_key(question: str) -> str:
+    return " ".join(question.lower().split())
+
+
+@lru_cache(maxsize=1)
+def _references() -> dict[tuple[str, str], str]:
+    if not EXAMPLES.exists():
+        return {}
+    table = {}
+    for entry in json.loads(EXAMPLES.read_text()):
+        path = EXAMPLES.parent / entry["file"]
+        if path.exists():
+            with Image.open(path) as picture:
+                table[(_pixels_key(picture), _question_key(entry["question"]))] = entry["answer"]
+    return table
+
+
+def reference_answer(images: list[Image.Image], question: str) -> str | None:
+    """The right one-word answer when ``images`` is one example scene and ``question`` its question."""
+    if len(images) != 1 or not _references():
+        return None
+    return _references().get((_pixels_key(images[0]), _question_key(question)))
+
+
+def _first_word(answer: str) -> str:
+    words = answer.lower().split()
+    return words[0].strip(string.punctuation) if words else ""
+
+
+def reference_line(reference: str, full_answer: str, pruned_answer: str) -> str:
+    """Markdown: the right answer, and whether each of the two answers has it."""
+    def mark(answer: str) -> str:
+        return "✓ right" if _first_word(answer) == reference else "✗ wrong"
+
+    return (f"**Right answer: {reference}** (this example scene is drawn from the shapes world's rules, so its "
+            f"answer is known) — all tokens: **{mark(full_answer)}**; PruneSID: **{mark(pruned_answer)}**.")
