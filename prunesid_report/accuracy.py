@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import statistics
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 ALL = "all"
@@ -91,6 +91,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         rel = [a / f for a, f in pairs if f > 0]
         out.append({"method": method, "budget": budget, "kind": kind, "seeds": len(pairs),
                     "mean_tokens": statistics.fmean(tokens[(method, budget)]),
+                    "full_tokens": statistics.fmean(tokens[("full", 0)]) if tokens[("full", 0)] else float("nan"),
                     "accuracy": statistics.fmean(acc), "accuracy_sd": _sd(acc),
                     "full_accuracy": statistics.fmean(ref), "full_accuracy_sd": _sd(ref),
                     "relative": statistics.fmean(rel) if rel else float("nan"), "relative_sd": _sd(rel)})
@@ -107,10 +108,6 @@ def markdown_table(summary: list[dict], budgets: list[int]) -> str:
     cells = {(s["method"], s["budget"]): s for s in summary if s["kind"] == ALL}
     methods = sorted({m for m, _ in cells}, key=lambda m: (m != "prunesid", m != "prunesid-dyn", m))
     full = next(iter(cells.values()))
-    # all N visual tokens: what a plain method hands over at K = 1 + N (a merging one may add one)
-    # (the commonest largest count over the methods: the dynamic ratio hands over fewer)
-    every = Counter(max(round(float(s["mean_tokens"])) for (m, _), s in cells.items() if m == method)
-                    for method in methods).most_common(1)[0][0]
     lines = [f"All tokens: {100 * full['full_accuracy']:.1f} % ± {100 * full['full_accuracy_sd']:.1f} right "
              f"(mean ± sd over {full['seeds']} seeds).", "",
              "| method | " + " | ".join(f"K = {b}" for b in budgets) + " |",
@@ -124,9 +121,10 @@ def markdown_table(summary: list[dict], budgets: list[int]) -> str:
                 continue
             cell = f"{100 * s['relative']:.1f} ± {100 * s['relative_sd']:.1f}"
             tokens = float(s["mean_tokens"])
-            # the tokens really handed over, where they are neither K nor all of them (the dynamic
-            # ratio, merging methods): K = 1 + N hands over the N patches
-            plain = abs(tokens - b) < 0.5 or (b == every + 1 and abs(tokens - every) < 0.5)
+            # the tokens really handed over, where they are neither K nor, at K = 1 + N, all N of them
+            # (the dynamic ratio, merging methods); N is what the all-token answers were handed
+            every = float(s.get("full_tokens", "nan"))
+            plain = abs(tokens - b) < 0.5 or (abs(b - 1 - every) < 0.5 and abs(tokens - every) < 0.5)
             row.append(cell if plain else f"{cell} ({tokens:.0f} tok.)")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

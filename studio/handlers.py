@@ -39,7 +39,7 @@ from .components import png_file, written_folder
 from . import limits
 from .errors import endpoint, guarded, status_line, warn
 from prunesid_vlm.media import MediaError, browser_preview, load_image, load_video, video_codec  # noqa: F401 (tests)
-from prunesid_vlm import spec_for
+from prunesid_vlm import SHAPES_DEMO_ID, spec_for
 from prunesid_vlm.serving import MANAGER, ModelManager
 from .references import reference_answer, reference_line
 from .session import Analysis
@@ -595,7 +595,8 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     texts = answer_texts(result, random_answers=pipe.answers == "random")
     reference = reference_answer(state.images, question) if state.kind == "image" else None
     if reference is not None:  # an example scene of the shapes world: which answer is right is known
-        texts["fidelity"] = f"{reference_line(reference, result.full_answer, result.pruned_answer)}\n\n{texts['fidelity']}"
+        line = reference_line(reference, result.full_answer, result.pruned_answer, pipe.model_id == SHAPES_DEMO_ID)
+        texts["fidelity"] = f"{line}\n\n{texts['fidelity']}"
     state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
                                      "texts": texts, "model_id": state.model_id})

@@ -20,7 +20,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "shapes" / "examples
 
 
 def _pixels_key(image: Image.Image) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(image.convert("RGB"))).tobytes()).hexdigest()
+    pixels = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    return f"{pixels.shape}:{hashlib.sha256(pixels.tobytes()).hexdigest()}"  # the same bytes in another shape differ
 
 
 def _question_key(question: str) -> str:
@@ -52,10 +53,15 @@ def _first_word(answer: str) -> str:
     return words[0].strip(string.punctuation) if words else ""
 
 
-def reference_line(reference: str, full_answer: str, pruned_answer: str) -> str:
-    """Markdown: the right answer, and whether each of the two answers has it."""
+def reference_line(reference: str, full_answer: str, pruned_answer: str, one_word_model: bool) -> str:
+    """Markdown: the right answer and, for a model that answers this world with one word (the
+    shapes model), whether each of the two answers is it. Another model's sentence ("There are
+    three objects.") is not marked: the reader compares it."""
+    known = f"**Right answer: {reference}** (this example scene is drawn from the shapes world's rules, so its answer is known)"
+    if not one_word_model:
+        return f"{known}."
+
     def mark(answer: str) -> str:
         return "✓ right" if _first_word(answer) == reference else "✗ wrong"
 
-    return (f"**Right answer: {reference}** (this example scene is drawn from the shapes world's rules, so its "
-            f"answer is known) — all tokens: **{mark(full_answer)}**; PruneSID: **{mark(pruned_answer)}**.")
+    return f"{known} — all tokens: **{mark(full_answer)}**; PruneSID: **{mark(pruned_answer)}**."

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from prunesid_vlm.registry import SHAPES_DEMO_ID
@@ -57,6 +58,8 @@ def test_an_example_scene_is_recognised_by_its_pixels_and_question(tmp_path):
         assert reference_answer([picture], e["question"]) == e["answer"]
         assert reference_answer([picture], "  " + e["question"].upper() + " ") == e["answer"]
         assert reference_answer([picture], e["question"] + " Answer in a sentence.") is None  # another question
+        reshaped = np.asarray(picture).reshape(168, 672, 3)  # the same bytes, another picture
+        assert reference_answer([Image.fromarray(reshaped)], e["question"]) is None
         touched = np.asarray(picture).copy()
         touched[0, 0] = 255 - touched[0, 0]
         assert reference_answer([Image.fromarray(touched)], e["question"]) is None  # another picture
@@ -66,29 +69,37 @@ def test_an_example_scene_is_recognised_by_its_pixels_and_question(tmp_path):
 def test_the_reference_line_marks_each_answer():
     from studio.references import reference_line
 
-    line = reference_line("three", "Three.", "five")
+    line = reference_line("three", "Three.", "five", one_word_model=True)
     assert line.startswith("**Right answer: three**")
     assert "all tokens: **✓ right**" in line and "PruneSID: **✗ wrong**" in line
+    sentence = reference_line("three", "There are three objects.", "3", one_word_model=False)
+    assert sentence.startswith("**Right answer: three**") and "right**" not in sentence and "wrong" not in sentence
 
 
-def test_run_on_an_example_scene_says_which_answer_is_right(tmp_path):
-    """Through the handlers (a fake pipeline: both its answers are wrong words)."""
+@pytest.mark.parametrize("shapes_model", [True, False], ids=["shapes-model", "other-model"])
+def test_run_on_an_example_scene_says_the_right_answer(monkeypatch, shapes_model):
+    """Through the handlers, on a fake pipeline whose answers are wrong words: the right answer is
+    said for any model, the two answers are marked only for the shapes model (one-word answers)."""
     from fake_pipeline import FakePipeline
     from studio import handlers as H
 
-    previous = MANAGER.loaded
-    MANAGER.install(FakePipeline())
+    fake = FakePipeline()
+    if shapes_model:
+        fake.model_id = SHAPES_DEMO_ID
+    previous, requested = MANAGER.loaded, MANAGER.state.requested
+    MANAGER.install(fake)
     try:
         entry = json.loads((SHAPES / "examples.json").read_text())[0]
         views = dict(zip(H.VIEW_KEYS, H.on_prepare("image", str(SHAPES / entry["file"]), None, 64, False, 1, None,
                                                    progress=H._no_progress)))
         run = dict(zip(H.ANSWER_KEYS, H.on_answer(views["state"], entry["question"], 64, False, 8,
                                                   progress=H._no_progress)))
-        assert f"**Right answer: {entry['answer']}**" in run["fidelity"]
-        assert run["fidelity"].count("✗ wrong") == 2 and "Fidelity" in run["fidelity"]
+        assert f"**Right answer: {entry['answer']}**" in run["fidelity"] and "Fidelity" in run["fidelity"]
+        assert run["fidelity"].count("✗ wrong") == (2 if shapes_model else 0)
         other = dict(zip(H.ANSWER_KEYS, H.on_answer(views["state"], "What is this?", 64, False, 8,
                                                     progress=H._no_progress)))
         assert "Right answer" not in other["fidelity"]
     finally:
         if previous is not None:
             MANAGER.install(previous)
+        MANAGER.state.requested = requested

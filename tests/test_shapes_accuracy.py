@@ -34,6 +34,9 @@ def test_the_table_names_the_tokens_handed_over_where_they_are_not_k():
     table = A.markdown_table(A.summarise(rows), [4, 577])
     assert "| prunesid | 100.0 ± 0.0 | 100.0 ± 0.0 |" in table
     assert "| prunesid-dyn | 100.0 ± 0.0 (7 tok.) | 100.0 ± 0.0 (300 tok.) |" in table, table
+    assert "| random | — | 100.0 ± 0.0 |" in table, table
+    only_two = [r for r in rows if r["method"] in ("full", "prunesid-dyn", "random")]  # no majority to lean on
+    assert "| random | — | 100.0 ± 0.0 |" in A.markdown_table(A.summarise(only_two), [4, 577])
 
 
 def test_the_scene_folder_is_the_reports_input(tmp_path):
