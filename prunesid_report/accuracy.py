@@ -120,10 +120,9 @@ def markdown_table(summary: list[dict], budgets: list[int]) -> str:
                 row.append("—")
                 continue
             cell = f"{100 * s['relative']:.1f} ± {100 * s['relative_sd']:.1f}"
-            tokens = float(s["mean_tokens"])
+            tokens, every = s["mean_tokens"], s["full_tokens"]
             # the tokens really handed over, where they are neither K nor, at K = 1 + N, all N of them
             # (the dynamic ratio, merging methods); N is what the all-token answers were handed
-            every = float(s.get("full_tokens", "nan"))
             plain = abs(tokens - b) < 0.5 or (abs(b - 1 - every) < 0.5 and abs(tokens - every) < 0.5)
             row.append(cell if plain else f"{cell} ({tokens:.0f} tok.)")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
@@ -145,7 +144,7 @@ def plot(summary: list[dict], path: Path, model: str) -> None:
     axes = list(grid.flat)
     for ax, kind in zip(axes, kinds):
         for method in methods:
-            pts = sorted((float(s["mean_tokens"]), float(s["relative"]), float(s["relative_sd"])) for s in summary
+            pts = sorted((s["mean_tokens"], s["relative"], s["relative_sd"]) for s in summary
                          if s["method"] == method and s["kind"] == kind)
             if not pts:
                 continue

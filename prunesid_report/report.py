@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import string
 import json
 import math
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from prunesid_eval.answers import answer_matches
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv")
@@ -113,18 +114,6 @@ def load_questions(folder: Path) -> dict[str, list[Asked]]:
             out.setdefault(name, []).append(Asked(check_question(row.get("question")), answer,
                                                   (row.get("kind") or "").strip()))
     return out
-
-
-def normalise_answer(text: str) -> str:
-    """Lowercase, surrounding whitespace and punctuation dropped: how answers meet references."""
-    return text.strip().lower().strip(string.punctuation + string.whitespace)
-
-
-def answer_matches(answer: str, reference: str) -> bool:
-    """Whether ``answer`` says ``reference``: the whole answer, or its first word (a model that goes on
-    after a one-word answer)."""
-    said, wanted = normalise_answer(answer), normalise_answer(reference)
-    return said == wanted or (said.split() or [""])[0].strip(string.punctuation) == wanted
 
 
 def item_id(path: Path) -> str:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import gradio as gr
@@ -17,6 +16,7 @@ from .components import GroupImage, RawNumber, SafeImage, SafeVideo
 from prunesid_vlm import SHAPES_DEMO_ID
 from prunesid_vlm.serving import MANAGER
 from .plot_output import ChartPlot
+from .references import example_scenes
 from . import views as V
 from .views import KEPT_CAPTION, budget_label
 
@@ -125,9 +125,7 @@ def _examples() -> list[list[str]]:
         "hubble_deep_field.jpg": "How many galaxies can you see, roughly?",
     }
     photos = [[str(ASSETS / name), q] for name, q in questions.items() if (ASSETS / name).exists()]
-    listed = ASSETS / "shapes" / "examples.json"
-    scenes = [[str(ASSETS / "shapes" / e["file"]), e["question"]] for e in
-              (json.loads(listed.read_text()) if listed.exists() else []) if (ASSETS / "shapes" / e["file"]).exists()]
+    scenes = [[str(path), question] for path, question, _ in example_scenes()]
     return scenes + photos if MANAGER.state.requested == SHAPES_DEMO_ID else photos + scenes
 
 

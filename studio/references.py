@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from prunesid_eval.answers import answer_matches
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "shapes" / "examples.json"
 
@@ -29,15 +30,20 @@ def _question_key(question: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _references() -> dict[tuple[str, str], str]:
+def example_scenes() -> tuple[tuple[Path, str, str], ...]:
+    """``(picture, question, right answer)`` of each example scene that is present, in the listed order."""
     if not EXAMPLES.exists():
-        return {}
+        return ()
+    listed = [(EXAMPLES.parent / e["file"], e["question"], e["answer"]) for e in json.loads(EXAMPLES.read_text())]
+    return tuple(scene for scene in listed if scene[0].exists())
+
+
+@lru_cache(maxsize=1)
+def _references() -> dict[tuple[str, str], str]:
     table = {}
-    for entry in json.loads(EXAMPLES.read_text()):
-        path = EXAMPLES.parent / entry["file"]
-        if path.exists():
-            with Image.open(path) as picture:
-                table[(_pixels_key(picture), _question_key(entry["question"]))] = entry["answer"]
+    for path, question, answer in example_scenes():
+        with Image.open(path) as picture:
+            table[(_pixels_key(picture), _question_key(question))] = answer
     return table
 
 
@@ -46,11 +52,6 @@ def reference_answer(images: list[Image.Image], question: str) -> str | None:
     if len(images) != 1 or not _references():
         return None
     return _references().get((_pixels_key(images[0]), _question_key(question)))
-
-
-def _first_word(answer: str) -> str:
-    words = answer.lower().split()
-    return words[0].strip(string.punctuation) if words else ""
 
 
 def reference_line(reference: str, full_answer: str, pruned_answer: str, one_word_model: bool) -> str:
@@ -62,6 +63,6 @@ def reference_line(reference: str, full_answer: str, pruned_answer: str, one_wor
         return f"{known}."
 
     def mark(answer: str) -> str:
-        return "✓ right" if _first_word(answer) == reference else "✗ wrong"
+        return "✓ right" if answer_matches(answer, reference) else "✗ wrong"
 
     return f"{known} — all tokens: **{mark(full_answer)}**; PruneSID: **{mark(pruned_answer)}**."
