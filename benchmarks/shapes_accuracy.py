@@ -10,7 +10,9 @@ scored in batched prefills (:meth:`Pipeline.first_token_logits`), the tower runs
 
 Figures, per method, budget and question kind: accuracy with the method's tokens, accuracy with
 all tokens, and the **relative accuracy** pruned / full, as the paper reports it; each a mean over
-the seeds with its spread (the standard deviation of the per-seed figures).
+the seeds with its spread (the standard deviation of the per-seed figures). ``--positions
+original`` hands the kept tokens over at their places in the full prompt instead of LLaVA's
+compact run (``Pipeline.answer``'s ``positions``).
 
     python benchmarks/shapes_accuracy.py --scenes 100 --seeds 2027,2028,2029 --out benchmarks/results/shapes
 
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "shapes")
     parser.add_argument("--write-folder", type=Path, default=None)
+    parser.add_argument("--positions", choices=("compact", "original"), default=None,
+                        help="where pruned prompts put the kept tokens (default: the model's own way; LLaVA: "
+                             "compact, as published). Methods that merge tokens do not run with 'original'")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.write_folder is not None:
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, start = [], time.perf_counter()
     for seed in seeds:
         for index, (scene, asked) in enumerate(scene_questions(seed, args.scenes)):
-            for row in score_scene(pipe, scene, asked, methods, budgets):
+            for row in score_scene(pipe, scene, asked, methods, budgets, args.positions):
                 rows.append({"seed": seed, "scene": index, **row})
             if index % 10 == 9:
                 print(f"seed {seed}: {index + 1}/{args.scenes} scenes, {time.perf_counter() - start:.0f} s", flush=True)

@@ -38,8 +38,13 @@ def answer_ids(pipe, words: set[str]) -> dict[str, int]:
     return {w: i[0] for w, i in ids.items()}
 
 
-def score_scene(pipe, scene, asked, methods: list[str], budgets: list[int]) -> list[dict]:
-    """One row per question and (method, budget), plus the all-tokens row (method ``full``)."""
+def score_scene(pipe, scene, asked, methods: list[str], budgets: list[int], positions: str | None = None
+                ) -> list[dict]:
+    """One row per question and (method, budget), plus the all-tokens row (method ``full``).
+
+    ``positions``: where the pruned prompts put the kept tokens (``pipeline.POSITION_MODES``; None:
+    the model's own way). A selection that hands over merged tokens has no original positions: with
+    ``"original"`` its method is left out."""
     from prunesid_eval.methods.registry import get_method
 
     images = [scene.image]
@@ -51,17 +56,21 @@ def score_scene(pipe, scene, asked, methods: list[str], budgets: list[int]) -> l
     by_question = {m for m in runnable if get_method(m).needs_question}
     # Selections that do not read the question are made once per picture.
     shared = {(m, b): pipe.select(feats, b, method=m) for m in runnable if m not in by_question for b in budgets}
+    positions = pipe.check_positions(positions)
     for q in asked:
         points = [("full", 0, None)]  # every token
         for budget in budgets:  # budget-major: a batch of prefills holds prompts of one length
             for method in runnable:
                 sel = (pipe.select(feats, budget, method=method, question=q.text) if method in by_question
                        else shared[(method, budget)])
+                if positions == "original" and sel.merged_tokens is not None:
+                    continue  # merged tokens sit nowhere in the full prompt
                 points.append((method, budget, sel))
-        logits = pipe.first_token_logits(images, q.text, [sel for _, _, sel in points])
+        logits = pipe.first_token_logits(images, q.text, [sel for _, _, sel in points], positions=positions)
         for (method, budget, sel), row in zip(points, logits):
             predicted = pipe.first_token(row)  # greedy decoding's rule (suppressed tokens never win)
             rows.append({"kind": q.kind, "question": q.text, "answer": q.answer, "method": method, "budget": budget,
+                         "positions": positions,
                          "tokens": pipe.token_counts(feats, sel).total,
                          "predicted": pipe.processor.tokenizer.decode([predicted]).strip(),
                          "correct": int(predicted == ids[q.answer])})

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import replace
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ from prunesid.result import Selection
 from prunesid_eval.methods import list_methods
 
 from .adapters.base import RECEIVED, Adapter, ViewInfo
+from .backends.base import PromptInputs
+from .backends.prompt_index import kept_sequence
 from .calibration import Calibration, calibration_files, load_or_compute
 from .families import adapter_for
 from .features import encode_views
@@ -44,6 +46,7 @@ from .fidelity import first_token_kl
 from .generation import (GenerationRun, batched_first_logits, continuation_logprob, greedy_generate, next_token,
                          placeholder_runs, score_continuation, resize_placeholders, synchronize)
 from .device import Cost, cross, in_action, register, zero_gpu
+from .positioned_generation import continuation_with_positions, first_logits_with_positions, greedy_with_positions
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
@@ -70,10 +73,16 @@ from .rules import (
     view_phis,
 )
 
-__all__ = ["load_pipeline", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "RESULT_SCHEMA", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
+__all__ = ["load_pipeline", "POSITION_MODES", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "RESULT_SCHEMA", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods",
            "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS", "handed_per_view"]
+
+POSITION_MODES = ("compact", "original")
+"""Where a pruned prompt puts its kept visual tokens: ``"compact"``, at consecutive positions (the
+placeholder run shrunk to K tokens, as LLaVA-1.5 and the paper hand them over), or ``"original"``,
+each at the position its patch has in the full prompt (text after the picture too; the reference's
+Qwen path, and an option for LLaVA-1.5). See docs/algorithm.md#positions."""
 
 MODEL_OPTION_METHODS = tuple(s.name for s in list_methods() if s.needs_projected or s.needs_question)
 """Registry methods that need the model's help (the projected tokens; the question's relevance), as
@@ -165,6 +174,21 @@ def nbytes(value) -> int:
     if hasattr(value, "__dataclass_fields__"):
         return sum(nbytes(getattr(value, f)) for f in value.__dataclass_fields__)
     return 0
+
+
+class _Prompt(NamedTuple):
+    """One prompt as the model takes it, with the full prompt it was cut from."""
+
+    input_ids: torch.Tensor
+    """Long ``[1, L]``: placeholders shrunk to the kept tokens."""
+    features: object
+    """As ``mm_encoder_outputs`` takes them (per picture ``[T_i, D]``, or a clip's ``[1, T, D]``)."""
+    visual_tokens: int
+    project_s: float
+    full_ids: torch.Tensor
+    """Long ``[1, L_full]``: the same prompt with every visual token."""
+    selection: Selection | None
+    """The hand-over (None: every token, also when the selection keeps everything)."""
 
 
 class _LRU(OrderedDict):
@@ -657,9 +681,12 @@ class Pipeline:
     @device_action(lambda self, images, *a, max_new_tokens=64, **k: self.encode_cost(images) + Cost(
         generations=1, new_tokens=max_new_tokens))
     def answer(self, images: Sequence[Image.Image], question: str, selection: Selection | None = None, *,
-               max_new_tokens: int = 64, in_llm: InLLMSchedule | None = None) -> Answer:
+               max_new_tokens: int = 64, in_llm: InLLMSchedule | None = None, positions: str | None = None
+               ) -> Answer:
         """Greedy answer with all visual tokens (``selection=None``) or with ``selection``'s, and
         with ``in_llm``'s stages inside the language model when given (see :mod:`.inllm`).
+        ``positions``: where the kept tokens sit (:data:`POSITION_MODES`; None: the family's own way,
+        :attr:`positions_default`).
 
         Cached: once per (media, question, max_new_tokens) for the full answer, and once per
         selection and schedule as well otherwise (a hit comes back with ``cached=True``)."""
@@ -670,7 +697,8 @@ class Pipeline:
         feats = self.encode(images)
         self._check_selection(feats, selection)
         staged = self._has_stages(in_llm)
-        chosen = None if selection is None else selection_key(selection)
+        positions = self.check_positions(positions, selection, staged)
+        chosen = self._slot(selection, positions)
         # The schedule joins the selection's slot: first_token_logits reuses answers by (media, question, slot).
         key = (feats.media_key, question, (chosen, in_llm.key()) if staged else chosen, max_new_tokens)
         with self._lock:
@@ -680,7 +708,7 @@ class Pipeline:
             if staged:
                 made = self._on_model(self._generate_staged, images, feats, question, selection, in_llm, max_new_tokens)
             else:
-                made = self._on_model(self._generate, images, feats, question, selection, max_new_tokens)
+                made = self._on_model(self._generate, images, feats, question, selection, max_new_tokens, positions)
             self._answers.put(key, made)
             return made
 
@@ -689,6 +717,40 @@ class Pipeline:
         if selection is not None and selection.batch_size != feats.num_views:
             raise ValueError(f"The selection has {selection.batch_size} rows but the media has {feats.num_views} "
                              "tower views: select again on these features.")
+
+    # --- where kept tokens sit in a pruned prompt --------------------------------------------
+    positions_default: str = "compact"
+    """Where this family's pruned prompts put the kept tokens unless told (:data:`POSITION_MODES`):
+    LLaVA hands them over as a shorter placeholder run, at consecutive positions, as published."""
+
+    @property
+    def position_modes(self) -> tuple[str, ...]:
+        """The :data:`POSITION_MODES` this model's pruned prompts can take."""
+        return POSITION_MODES if getattr(self.adapter, "run_offsets", None) is not None else (self.positions_default,)
+
+    def check_positions(self, positions: str | None, selection: Selection | None = None, staged: bool = False) -> str:
+        """``positions``, or the family's own way for None; a clear error for one this model or this
+        hand-over cannot take."""
+        if positions is None:
+            return self.positions_default
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {', '.join(POSITION_MODES)}, not {positions!r}")
+        if positions not in self.position_modes:
+            raise ValueError(f"{self.model_id} ({self.family}) puts kept tokens at {self.position_modes[0]} positions "
+                             f"only; {positions} positions are not available for it")
+        if positions != self.positions_default:
+            if staged:
+                raise ValueError("in-LLM stages run with the family's own positions only")
+            if selection is not None and selection.merged_tokens is not None:
+                raise ValueError("this selection hands over merged tokens, which have no position in the full "
+                                 "prompt: original positions need kept tokens only")
+        return positions
+
+    def _slot(self, selection: Selection | None, positions: str) -> str | None:
+        """The caches' name for a hand-over: the selection, and its positions where not the family's own."""
+        if selection is None:
+            return None
+        return selection_key(selection) + ("" if positions == self.positions_default else f"@{positions}")
 
     # --- pruning inside the language model ----------------------------------------------------
     in_llm_styles: tuple[str, ...] = ("fastv", "pyramiddrop")
@@ -778,10 +840,10 @@ class Pipeline:
                        ) -> tuple[dict, int, float]:
         """``staged_generate``'s prompt arguments for ``selection``'s prompt, its visual tokens and
         projection seconds."""
-        input_ids, features, visual_tokens, project_s = self._prompt(images, feats, question, selection)
-        flat = torch.cat(list(features)) if self.adapter.modality == "image" else features[0]
-        return ({"input_ids": input_ids, "features": flat, "token_id": self.adapter.image_token_id},
-                visual_tokens, project_s)
+        made = self._prompt(images, feats, question, selection)
+        flat = torch.cat(list(made.features)) if self.adapter.modality == "image" else made.features[0]
+        return ({"input_ids": made.input_ids, "features": flat, "token_id": self.adapter.image_token_id},
+                made.visual_tokens, made.project_s)
 
     def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                     in_llm: InLLMSchedule, max_new_tokens: int,
@@ -805,20 +867,24 @@ class Pipeline:
                       decode_s=run.decode_s,
                       image_tokens_per_layer=tuple(image_tokens_per_layer))
 
-    @device_action(lambda self, images, question, selections: self.encode_cost(images) + Cost(
+    @device_action(lambda self, images, question, selections, **k: self.encode_cost(images) + Cost(
         prefills=len(selections)))
     def first_token_logits(self, images: Sequence[Image.Image], question: str,
-                           selections: Sequence[Selection | None]) -> list[torch.Tensor]:
+                           selections: Sequence[Selection | None], *, positions: str | None = None
+                           ) -> list[torch.Tensor]:
         """Float32 ``[vocab]`` per selection (``None``: all visual tokens): the first answer token's
         logits, which do not depend on the answer's length — from any cached answer to the same
-        prompt, else from prefill-only forward passes, ``PREFILL_BATCH`` prompts at a time."""
+        prompt, else from prefill-only forward passes, ``PREFILL_BATCH`` prompts at a time.
+        ``positions``: as for :meth:`answer`."""
         self._check_answers()
         question = check_question(question)
         images = check_images(images)
         feats = self.encode(images)
         for sel in selections:
             self._check_selection(feats, sel)
-        prompts = [(feats.media_key, question, None if s is None else selection_key(s)) for s in selections]
+            self.check_positions(positions, sel)
+        positions = self.check_positions(positions)
+        prompts = [(feats.media_key, question, self._slot(s, positions)) for s in selections]
         with self._lock:
             found = {key[:3]: answer.first_logits for key, answer in self._answers.items()}
             found.update(self._first_logits)
@@ -826,7 +892,7 @@ class Pipeline:
             batch = list(todo.items())
             for start in range(0, len(batch), PREFILL_BATCH):
                 chunk = batch[start:start + PREFILL_BATCH]
-                logits = self._on_model(self._prefill_batch, images, feats, question, [s for _, s in chunk])
+                logits = self._on_model(self._prefill_batch, images, feats, question, [s for _, s in chunk], positions)
                 for (prompt, _), row in zip(chunk, logits):
                     found[prompt] = row
                     self._first_logits.put(prompt, row)
@@ -834,8 +900,8 @@ class Pipeline:
 
     @device_action(lambda self, images, *a, **k: self.encode_cost(images) + Cost(prefills=1))
     def loglikelihood(self, images: Sequence[Image.Image], question: str, continuation: str | Sequence[int],
-                      selection: Selection | None = None, *, in_llm: InLLMSchedule | None = None
-                      ) -> tuple[float, bool]:
+                      selection: Selection | None = None, *, in_llm: InLLMSchedule | None = None,
+                      positions: str | None = None) -> tuple[float, bool]:
         """``(log P(continuation | prompt), whether greedy decoding would produce it)``, with all
         visual tokens or ``selection``'s, and ``in_llm``'s stages inside the language model when given
         (the stages drop prompt image tokens; the continuation is scored token by token from the
@@ -853,10 +919,11 @@ class Pipeline:
             raise ValueError("the continuation is empty")
         self._check_selection(feats, selection)
         staged = self._has_stages(in_llm)
+        positions = self.check_positions(positions, selection, staged)
         with self._lock:
             if staged:
                 return self._on_model(self._loglikelihood_staged, images, feats, question, selection, ids, in_llm)
-            return self._on_model(self._loglikelihood, images, feats, question, selection, ids)
+            return self._on_model(self._loglikelihood, images, feats, question, selection, ids, positions)
 
     def _loglikelihood_staged(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                               continuation: torch.Tensor, in_llm: InLLMSchedule) -> tuple[float, bool]:
@@ -865,14 +932,16 @@ class Pipeline:
         return score_continuation(self.model, torch.stack(run.step_logits), continuation[0])
 
     def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                       continuation: torch.Tensor) -> tuple[float, bool]:
+                       continuation: torch.Tensor, positions: str = "compact") -> tuple[float, bool]:
+        if positions == "original":
+            return continuation_with_positions(self.model, self._positioned_prompt(images, feats, question, selection),
+                                               continuation)
         input_ids, features = self._prompt(images, feats, question, selection)[:2]
         return continuation_logprob(self.model, input_ids, features, continuation, modality=self.adapter.modality)
 
-    def _prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
-                ) -> tuple[torch.Tensor, object, int, float]:
-        """``(input_ids, features, visual tokens, projection seconds)`` of one prompt: placeholders
-        shrunk to the kept tokens, features as the model's ``mm_encoder_outputs`` takes them."""
+    def _prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None) -> _Prompt:
+        """One prompt: placeholders shrunk to the kept tokens, features as the model's
+        ``mm_encoder_outputs`` takes them."""
         device = self.loaded.device
         if selection is not None and keeps_everything(feats, selection):
             selection = None  # a budget of 1+N or more: the model's own path, not CLS + every patch
@@ -890,26 +959,55 @@ class Pipeline:
                     lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full, merged), device)
                 # The pruned path pays for the full packing only where it gathers from it (AnyRes crops).
                 project_s = pruned_s + (full_s if getattr(self.adapter, "packs_from_full", False) else 0.0)
-        input_ids = self.prompt_inputs(images, question)["input_ids"]
-        runs = placeholder_runs(input_ids, self.adapter.image_token_id)
+        full_ids = self.prompt_inputs(images, question)["input_ids"]
+        runs = placeholder_runs(full_ids, self.adapter.image_token_id)
         if runs != [f.shape[0] for f in full]:  # frames as base views: the processor sized them as images
-            input_ids = resize_placeholders(input_ids, self.adapter.image_token_id, runs, [f.shape[0] for f in full])
+            full_ids = resize_placeholders(full_ids, self.adapter.image_token_id, runs, [f.shape[0] for f in full])
+        input_ids = full_ids
         if selection is not None:
-            input_ids = resize_placeholders(input_ids, self.adapter.image_token_id, [f.shape[0] for f in full],
+            input_ids = resize_placeholders(full_ids, self.adapter.image_token_id, [f.shape[0] for f in full],
                                             [f.shape[0] for f in visual])
         features = visual if self.adapter.modality == "image" else torch.cat(visual)[None]  # video: [1, T, D]
-        return input_ids, features, sum(f.shape[0] for f in visual), project_s
+        return _Prompt(input_ids, features, sum(f.shape[0] for f in visual), project_s, full_ids, selection)
+
+    def _positioned(self, made: _Prompt, feats: EncodedImages, images: Sequence) -> PromptInputs:
+        """``made`` with each kept token at its patch's position in the full prompt, and the text
+        after the picture where it is in the full prompt (``POSITION_MODES``). The tower's CLS row,
+        which the full prompt does not hold, takes its picture's first patch's position."""
+        token = self.adapter.image_token_id
+        index = torch.arange(made.full_ids.shape[1])
+        if made.selection is not None:  # None: every token kept, the full prompt itself
+            offsets = [self.adapter.run_offsets(made.selection.keep_row(int(v)))
+                       for i in range(len(images)) for v in feats.view_rows(i)]
+            index = kept_sequence(made.full_ids[0] == token, offsets)
+        if index.numel() != made.input_ids.shape[1] or not torch.equal(made.full_ids[0, index], made.input_ids[0]):
+            raise RuntimeError("the positioned prompt does not hold the pruned prompt's tokens")  # a bug, not input
+        return PromptInputs(input_ids=made.input_ids, features={"image": list(made.features)}, positions=index[None],
+                            next_position=int(made.full_ids.shape[1]), visual_tokens=made.visual_tokens, token_id=token)
+
+    def _positioned_prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
+                           ) -> PromptInputs:
+        return self._positioned(self._prompt(images, feats, question, selection), feats, images)
 
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                  max_new_tokens: int) -> Answer:
-        input_ids, features, visual_tokens, project_s = self._prompt(images, feats, question, selection)
-        run = greedy_generate(self.model, input_ids, features, modality=self.adapter.modality,
-                              max_new_tokens=max_new_tokens)
+                  max_new_tokens: int, positions: str = "compact") -> Answer:
+        made = self._prompt(images, feats, question, selection)
+        if positions == "original":
+            run = greedy_with_positions(self.model, self._positioned(made, feats, images), max_new_tokens)
+        else:
+            run = greedy_generate(self.model, made.input_ids, made.features, modality=self.adapter.modality,
+                                  max_new_tokens=max_new_tokens)
         self.stats["full_generations" if selection is None else "pruned_generations"] += 1
-        return self._answer(run, visual_tokens, project_s)
+        return self._answer(run, made.visual_tokens, made.project_s)
 
     def _prefill_batch(self, images, feats: EncodedImages, question: str,
-                       selections: list[Selection | None]) -> torch.Tensor:
+                       selections: list[Selection | None], positions: str = "compact") -> torch.Tensor:
+        if positions == "original":  # one prompt per pass: each keeps its own positions
+            rows = [first_logits_with_positions(self.model, self._positioned_prompt(images, feats, question, sel))
+                    for sel in selections]
+            self.stats["prefills"] += len(rows)
+            self.stats["prefill_batches"] += len(rows)
+            return torch.stack(rows)
         prompts = [self._prompt(images, feats, question, sel)[:2] for sel in selections]
         tokenizer = self.processor.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -922,7 +1020,8 @@ class Pipeline:
         generations=2, new_tokens=max_new_tokens, prefills=2 * self.prefill_repeats + 1))
     def compare(self, images: Sequence[Image.Image], question: str, num_tokens: int = 64, *, dynamic: bool = False,
                 max_new_tokens: int = 64, selection: Selection | SelectFn | None = None,
-                mode: str = "per_view", selection_s: float | None = None, method: str = "prunesid") -> CompareResult:
+                mode: str = "per_view", selection_s: float | None = None, method: str = "prunesid",
+                positions: str | None = None) -> CompareResult:
         """Answer ``question`` about ``images`` with all visual tokens and with ``num_tokens`` per view.
 
         Args:
@@ -936,8 +1035,11 @@ class Pipeline:
                 timings); a selection made here is timed here.
             method: the registry method that selects when no ``selection`` is given (PruneSID by
                 default), with what its code uses from the model (see :meth:`select`).
+            positions: where the kept tokens sit in the pruned prompt (:data:`POSITION_MODES`;
+                None: the family's own way).
         """
         self._check_answers()
+        positions = self.check_positions(positions)
         question = check_question(question)
         images = check_images(images)
         feats = self.encode(images)
@@ -951,18 +1053,18 @@ class Pipeline:
                 chosen = selection(feats.hidden_states, feats.cls_attention, selection_budgets(feats, budgets)).cpu()
             selection, selection_s = chosen, time.perf_counter() - start
         full = self.answer(images, question, None, max_new_tokens=max_new_tokens)
-        pruned = self.answer(images, question, selection, max_new_tokens=max_new_tokens)
-        prefill = self._on_model(self._prefill_medians, images, feats, question, selection)
-        return self.result(feats, full, pruned, selection, selection_s, prefill_s=prefill)
+        pruned = self.answer(images, question, selection, max_new_tokens=max_new_tokens, positions=positions)
+        prefill = self._on_model(self._prefill_medians, images, feats, question, selection, positions)
+        return replace(self.result(feats, full, pruned, selection, selection_s, prefill_s=prefill), positions=positions)
 
     def _prefill_medians(self, images, feats: EncodedImages, question: str,
-                         selection: Selection) -> dict[str, float]:
+                         selection: Selection, positions: str = "compact") -> dict[str, float]:
         """Median seconds of ``prefill_repeats`` prefill-only passes of the full and the pruned prompt,
         their order alternating, after one untimed warm-up pass when this process has not timed one
         yet (the first prefill-only pass pays for kernel selection and allocation, which is not what
         pruning changes; a generation does not warm this path's shapes)."""
         passes = {"full": self._prefill_pass(images, feats, question, None),
-                  "pruned": self._prefill_pass(images, feats, question, selection)}
+                  "pruned": self._prefill_pass(images, feats, question, selection, positions)}
         if not self._warm:
             passes["full"]()
             self._warm = True
@@ -973,8 +1075,11 @@ class Pipeline:
         return {name: float(np.median(t)) for name, t in times.items()}
 
     def _prefill_pass(self, images, feats: EncodedImages, question: str,
-                      selection: Selection | None) -> Callable[[], torch.Tensor]:
+                      selection: Selection | None, positions: str = "compact") -> Callable[[], torch.Tensor]:
         """One prefill-only pass of the prompt made with ``selection`` (``None``: every token), ready to time."""
+        if positions == "original":
+            positioned = self._positioned_prompt(images, feats, question, selection)
+            return lambda: first_logits_with_positions(self.model, positioned)
         prompt = self._prompt(images, feats, question, selection)[:2]
         return lambda: batched_first_logits(self.model, [prompt], modality=self.adapter.modality)
 

@@ -191,6 +191,8 @@ class CompareResult:
     """Prefill-only passes behind each prefill time (their median; 1: the generation's own)."""
     counts: dict[str, TokenCounts] = field(default_factory=dict)
     """Per run (``"full"``, ``"pruned"``): where its visual tokens come from (sums to ``visual_tokens_*``)."""
+    positions: str = "compact"
+    """Where the pruned prompt put its kept tokens (``pipeline.POSITION_MODES``)."""
 
     @property
     def prefill_speedup(self) -> float:
@@ -220,6 +222,7 @@ class CompareResult:
             "model": {"id": self.model_id, "family": self.family, "device": self.device},
             "selection": [self.selection.to_dict(row) for row in range(self.selection.batch_size)],
             "budgets": list(self.budgets),
+            "positions": self.positions,
             "token_counts": {run: counts.to_dict() for run, counts in self.counts.items()},
             "full": self.run_dict("full"),
             "pruned": self.run_dict("pruned"),

@@ -177,15 +177,18 @@ class TokenPipeline(Pipeline):
                  "token_id": prompt.token_id, "positions": prompt.positions, "next_position": prompt.next_position},
                 prompt.visual_tokens, 0.0)
 
+    positions_default = "original"
+    """Kept tokens keep their original positions (1-D or M-RoPE), as the reference's Qwen path does."""
+
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                  max_new_tokens: int) -> Answer:
+                  max_new_tokens: int, positions: str = "original") -> Answer:
         prompt = self.token_prompt(feats, question, selection)
         run = greedy_with_positions(self.model, prompt, max_new_tokens)
         self.stats["full_generations" if selection is None else "pruned_generations"] += 1
         return self._answer(run, prompt.visual_tokens, 0.0)
 
     def _prefill_batch(self, images, feats: EncodedImages, question: str,
-                       selections: list[Selection | None]) -> torch.Tensor:
+                       selections: list[Selection | None], positions: str = "original") -> torch.Tensor:
         rows = []
         for selection in selections:  # one prompt per pass: each keeps its own positions
             rows.append(first_logits_with_positions(self.model, self.token_prompt(feats, question, selection)))
@@ -194,12 +197,12 @@ class TokenPipeline(Pipeline):
         return torch.stack(rows)
 
     def _prefill_pass(self, images, feats: EncodedImages, question: str,
-                      selection: Selection | None) -> Callable[[], torch.Tensor]:
+                      selection: Selection | None, positions: str = "original") -> Callable[[], torch.Tensor]:
         prompt = self.token_prompt(feats, question, selection)
         return lambda: first_logits_with_positions(self.model, prompt)
 
     def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                       continuation: torch.Tensor) -> tuple[float, bool]:
+                       continuation: torch.Tensor, positions: str = "original") -> tuple[float, bool]:
         prompt = self.token_prompt(feats, question, selection)
         return continuation_with_positions(self.model, prompt, continuation)
 

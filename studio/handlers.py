@@ -127,14 +127,17 @@ def reselect(analysis: Analysis, budget: Any, dynamic: bool, shared: bool | None
                    selection=sel, selection_ms=ms)
 
 
-def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: int = 64) -> CompareResult:
-    """Both answers (all tokens vs PruneSID's) for the analysed media, with exactly the selection on screen."""
+def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: int = 64,
+           original_positions: bool = False) -> CompareResult:
+    """Both answers (all tokens vs PruneSID's) for the analysed media, with exactly the selection on screen;
+    ``original_positions``: the kept tokens at their places in the full prompt (else the family's own way)."""
     if analysis.selection is None:
         raise ValueError("Nothing selected yet: pick a budget first.")
     num_tokens, mode = budget_rule(analysis)
     return pipe.compare(analysis.images, check_question(question), num_tokens, dynamic=analysis.dynamic,
                         max_new_tokens=int(max_new_tokens), selection=analysis.selection, mode=mode,
-                        selection_s=analysis.selection_ms / 1000)
+                        selection_s=analysis.selection_ms / 1000,
+                        positions="original" if original_positions else None)
 
 
 def method_analysis(pipe: Pipeline, encoded: Analysis, budget: int, dynamic: bool, method: str) -> Analysis:
@@ -578,7 +581,7 @@ def _empty_answers(message: str) -> tuple:
 
 @guarded(_empty_answers)
 def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool, max_new_tokens: Any = 64,
-              progress=gr.Progress()) -> tuple:
+              original_positions: bool = False, progress=gr.Progress()) -> tuple:
     """Run (second step): answer with all tokens and with PruneSID's, side by side."""
     if state is None:
         raise ValueError("Nothing to answer about yet: upload an image or a video first.")
@@ -591,8 +594,8 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
         values = dict(answer_panel(state), state=state, stale=stale_note(state))
         return tuple(values[k] for k in ANSWER_KEYS)
     progress(0.1, desc="Answering twice: with all visual tokens, then with PruneSID's")
-    result = answer(state, question, pipe, int(max_new_tokens or 64))
-    texts = answer_texts(result, random_answers=pipe.answers == "random")
+    result = answer(state, question, pipe, int(max_new_tokens or 64), bool(original_positions))
+    texts = answer_texts(result, random_answers=pipe.answers == "random", own_positions=pipe.positions_default)
     reference = reference_answer(state.images, question) if state.kind == "image" else None
     if reference is not None:  # an example scene of the shapes world: which answer is right is known
         line = reference_line(reference, result.full_answer, result.pruned_answer, pipe.model_id == SHAPES_DEMO_ID)
@@ -623,8 +626,10 @@ def _cache_note(cached: bool) -> str:
     return " · *cached answer (times from the run that made it)*" if cached else ""
 
 
-def answer_texts(result: CompareResult, random_answers: bool = False) -> dict[str, str]:
-    """Headers, answers, timing lines and the fidelity explanation for the answers panel."""
+def answer_texts(result: CompareResult, random_answers: bool = False, own_positions: str = "compact"
+                 ) -> dict[str, str]:
+    """Headers, answers, timing lines and the fidelity explanation for the answers panel
+    (``own_positions``: the model's own way of placing kept tokens; another is said)."""
     full, pruned = result.timings["full"], result.timings["pruned"]
     total_speedup = full["total_s"] / max(pruned["total_s"], 1e-12)
     agree = "yes" if result.first_token_agrees else "no"
@@ -632,6 +637,8 @@ def answer_texts(result: CompareResult, random_answers: bool = False) -> dict[st
     demo = (" *Demo model: random weights, so these answers are gibberish and only show the mechanics.*"
             if random_answers else "")
     repeats = f" (median of {result.prefill_repeats})" if result.prefill_repeats > 1 else ""
+    placed = (" The kept tokens sat at their original places in the prompt, not packed together as this model's "
+              "published pruned prompt does." if result.positions != own_positions else "")
     return {
         "full_head": f"#### Full{tokens_head(result.counts['full'])}",
         "full_answer": result.full_answer or "(empty answer)",
@@ -648,7 +655,7 @@ def answer_texts(result: CompareResult, random_answers: bool = False) -> dict[st
                      f"first answer word (KL divergence of the first-token distributions; 0 = unchanged). "
                      f"Same first token: **{agree}**; whole answers: **{same}**. Totals include the shared vision "
                      f"tower ({_ms(full['vision_s'])}) and greedy decoding; measured on this machine's "
-                     f"{result.device.upper()}.{demo}"),
+                     f"{result.device.upper()}.{placed}{demo}"),
     }
 
 

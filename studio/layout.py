@@ -203,6 +203,9 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                                                   "the paper's NeXT totals: K = 128 / 64 / 32 → 640 / 320 / 160)",
                                      elem_id="shared")
                 max_new = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens", elem_id="max-new")
+                original_positions = gr.Checkbox(
+                    False, label="Kept tokens keep their places in the prompt (original positions; LLaVA's pruned "
+                                 "prompt, as published, packs them together)", elem_id="original-positions")
         # ---- views and answers ----------------------------------------------------------------------
         with gr.Column(scale=7, min_width=480):
             summary = gr.Markdown("*Upload an image or pick an example to see what PruneSID keeps.*",
@@ -288,7 +291,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
 
     run.click(H.on_prepare, [kind, image, video, budget, dynamic, frame, state, shared], view_out,
               show_progress="minimal", **MODEL_EVENTS, **private
-              ).then(H.on_answer, [state, question, budget, dynamic, max_new], answer_out,
+              ).then(H.on_answer, [state, question, budget, dynamic, max_new, original_positions], answer_out,
                      **MODEL_EVENTS, **private
                      ).then(H.on_load, None, [banner, model], **private)
 

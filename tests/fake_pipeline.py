@@ -30,6 +30,7 @@ class FakePipeline:
     random_features = True
     answers = "random"
     meaning = "a stand-in without a model"
+    positions_default = "compact"
 
     def __init__(self, fail_with: Exception | None = None):
         self.calls: list[tuple[str, object]] = []
@@ -75,7 +76,7 @@ class FakePipeline:
         return select(feats, num_tokens, **kwargs)
 
     def compare(self, images, question, num_tokens=64, *, dynamic=False, max_new_tokens=64, selection=None,
-                mode="per_view", selection_s=None):
+                mode="per_view", selection_s=None, positions=None):
         question = check_question(question)
         k = check_budget(num_tokens)
         self.calls.append(("compare", selection))
@@ -88,7 +89,7 @@ class FakePipeline:
             timings={"full": dict(timing), "pruned": dict(timing)}, fidelity=0.0, first_token_agrees=True,
             same_answer=False, budgets=[int(n) for n in selection.num_tokens], selection=selection,
             model_id=self.model_id, family=self.family, features_cached=True,
-            answers_cached={"full": False, "pruned": False},
+            answers_cached={"full": False, "pruned": False}, positions=positions or self.positions_default,
             counts={"full": TokenCounts(handed=(576,) * len(images), kinds=("image",) * len(images)),
                     "pruned": TokenCounts(handed=tuple(int(n) for n in selection.num_tokens),
                                           kinds=("image",) * len(images))})

@@ -7,7 +7,7 @@ transformers classes of its family; nothing outside :mod:`prunesid_vlm` does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from PIL import Image
@@ -77,6 +77,11 @@ class Adapter(Protocol):
 
     def project(self, rows: torch.Tensor) -> torch.Tensor:
         """``[T, D_vision]`` → ``[T, D_text]`` through the multimodal projector."""
+
+    run_offsets: Callable[[torch.Tensor], torch.Tensor] | None
+    """Kept tower rows of one view → their places in the picture's full placeholder run, for pruned
+    prompts that keep original positions; None where the family hands kept tokens over at compact
+    positions only."""
 
     def full_features(self, hidden: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
         """Per media item: the visual tokens of the model's ordinary path."""

@@ -79,6 +79,12 @@ class LlavaAdapter:
         """Per image ``[576, D_text]``: exactly what ``get_image_features`` returns."""
         return [self.project(h[0, 1:]) for h in hidden]
 
+    def run_offsets(self, keep: torch.Tensor) -> torch.Tensor:
+        """Long: where each kept tower row (``keep``: rows of one view, 0 = CLS) sits in its picture's
+        full placeholder run, for pruned prompts that keep original positions. The CLS row is not
+        in the full run; it takes the first patch's place."""
+        return (keep - 1).clamp(min=0)
+
     def pruned_features(self, hidden: list[torch.Tensor], keep: list[list[torch.Tensor]], image_sizes,
                         full: list[torch.Tensor], merged: list[list[torch.Tensor | None]] | None = None
                         ) -> list[torch.Tensor]:

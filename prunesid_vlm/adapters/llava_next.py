@@ -35,6 +35,9 @@ class LlavaNextAdapter(LlavaAdapter):
     """The pruned path gathers crop tokens from the full path's packed map (see pruned_features)."""
     max_views_per_image = 5
     """The base view and up to four crops (sizes the GPU time asked on ZeroGPU)."""
+    run_offsets = None
+    """Pruned prompts keep compact positions only: kept crop rows land on the packed AnyRes canvas
+    (crops merged, newline tokens added), not one full-run place per tower row."""
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
         """``[V, 3, S, S]`` views of one image (base first, then crops row-major) and where each sits."""

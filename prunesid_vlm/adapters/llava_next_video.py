@@ -23,6 +23,8 @@ class LlavaNextVideoAdapter(LlavaAdapter):
     family = "llava_next_video"
     modality = "video"
     one_clip = True
+    run_offsets = None
+    """Pruned prompts keep compact positions only: the kept rows are pooled frame tokens, one clip run."""
 
     def __init__(self, model: torch.nn.Module, processor):
         super().__init__(model, processor)
