@@ -172,13 +172,16 @@ def check_api_options(method: Any, max_new_tokens: Any) -> tuple[str, int]:
 
 
 def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_new_tokens: Any = 64,
-            manager: ModelManager = MANAGER, method: Any = "prunesid", model: Any = None) -> dict:
+            manager: ModelManager = MANAGER, method: Any = "prunesid", model: Any = None,
+            positions: Any = None) -> dict:
     """The ``/analyze`` endpoint: a method's selection and both answers for one image, as JSON.
 
     One crossing onto the GPU: the pipeline's ``compare`` encodes, selects and answers together;
     the views' data then come from the features it cached. ``model``: locally, switch to it first
-    (as the picker does, for everyone); on a public deployment only the model in use is accepted."""
+    (as the picker does, for everyone); on a public deployment only the model in use is accepted.
+    ``positions``: ``"compact"`` or ``"original"`` (empty: the model's own way; see ``Pipeline.compare``)."""
     k = check_budget(budget)
+    positions = str(positions).strip().lower() if positions not in (None, "") else None
     question = check_question(question)
     method, max_new_tokens = check_api_options(method, max_new_tokens)
     if model not in (None, "") and str(model).strip() != (manager.state.active or manager.state.requested):
@@ -190,7 +193,7 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
     result = None
     if pipe.answers != "none":
         result = pipe.compare(images, question, k, dynamic=bool(dynamic), max_new_tokens=max_new_tokens,
-                              method=method)
+                              method=method, positions=positions)
     encoded = encode(pipe, "image", source, images, notes, None)  # cached by the crossing above
     if result is None:  # a vision tower alone: the selection is all there is
         analysis = method_analysis(pipe, encoded, k, dynamic, method)
@@ -830,7 +833,8 @@ _kept_tokens_endpoint = endpoint(lambda image, budget, method, dynamic: kept_tok
 
 def analyze_endpoint(image: str | None, question: str | None, budget: float | int | None,
                      method: str | None = "prunesid", dynamic: bool | None = False,
-                     max_new_tokens: float | int | None = 64, model: str | None = "") -> dict:
+                     max_new_tokens: float | int | None = 64, model: str | None = "",
+                     positions: str | None = "") -> dict:
     """``/analyze`` (gradio_client): expected problems become a ``gr.Error`` with the message.
 
     Args:
@@ -842,10 +846,13 @@ def analyze_endpoint(image: str | None, question: str | None, budget: float | in
         dynamic: PruneSID's information-aware dynamic ratio.
         max_new_tokens: the longest answer, in tokens (1 … 256).
         model: the model to use (empty: the one in use); on a public Space only the Space's.
+        positions: where the kept tokens sit in the pruned prompt: ``compact`` (LLaVA's published
+            hand-over) or ``original`` (their places in the full prompt); empty: the model's own way.
     """
-    return _analyze_endpoint(image, question, budget, method, dynamic, max_new_tokens, model)
+    return _analyze_endpoint(image, question, budget, method, dynamic, max_new_tokens, model, positions)
 
 
 _analyze_endpoint = endpoint(
-    lambda image, question, budget, method, dynamic, max_new_tokens, model: limits.without_cache_fields(
-        analyze(image, question, budget, bool(dynamic), max_new_tokens, method=method, model=model)), "analyze")
+    lambda image, question, budget, method, dynamic, max_new_tokens, model, positions: limits.without_cache_fields(
+        analyze(image, question, budget, bool(dynamic), max_new_tokens, method=method, model=model,
+                positions=positions)), "analyze")

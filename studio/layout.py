@@ -347,12 +347,14 @@ def _api(demo: gr.Blocks) -> None:
         api_max_new = RawNumber(label=f"max_new_tokens: the longest answer, in tokens (1 … {H.MAX_API_NEW_TOKENS})",
                                 precision=0, value=64)
         api_model = gr.Textbox("", label="model: the model to use; empty = the one in use (a public Space's only)")
+        api_positions = gr.Textbox("", label="positions: where kept tokens sit in the pruned prompt: compact "
+                                             "(LLaVA's, as published) or original; empty = the model's own way")
         api_out = gr.JSON(label="result: JSON, see docs/result-schema.md")
         api_picture = gr.Image(format="png", label="kept tokens drawn on the picture", type="filepath")
         api_button = gr.Button("analyze")
         picture_button = gr.Button("kept_tokens")
     api_button.click(H.analyze_endpoint, [api_image, api_question, api_budget, api_method, api_dynamic, api_max_new,
-                                          api_model], api_out, api_name="analyze",
+                                          api_model, api_positions], api_out, api_name="analyze",
                      api_description="A method's selection and both answers (all visual tokens vs the kept ones) for "
                                      "one image, as JSON (schema: docs/result-schema.md).",
                      **MODEL_EVENTS)

@@ -27,7 +27,7 @@ def test_analyze_is_public_and_the_ui_events_are_not(client):
     assert {"/analyze", "/kept_tokens", "/compare"} <= set(endpoints)
     assert not any(name.startswith("/on_") for name in endpoints)  # the page's own events stay private
     params = [p["parameter_name"] for p in endpoints["/analyze"]["parameters"]]
-    assert params == ["image", "question", "budget", "method", "dynamic", "max_new_tokens", "model"]
+    assert params == ["image", "question", "budget", "method", "dynamic", "max_new_tokens", "model", "positions"]
     for p in endpoints["/analyze"]["parameters"]:  # every parameter says what it is
         assert p["label"].startswith(p["parameter_name"] + ": ") and len(p["label"]) > 30, p["label"]
 
@@ -42,6 +42,18 @@ def test_analyze_returns_selection_and_both_answers(client):
     assert result["full"]["visual_tokens"] == 576 and result["pruned"]["visual_tokens"] == 64
     assert isinstance(result["full"]["answer"], str) and isinstance(result["pruned"]["answer"], str)
     assert result["prefill"]["speedup"] > 0 and "first_token_kl_nats" in result["fidelity"]
+
+
+def test_analyze_hands_kept_tokens_over_at_their_original_positions_when_asked(client):
+    from gradio_client import handle_file
+
+    cat = handle_file(str(ASSETS / "cat.jpg"))
+    placed = client.predict(cat, "What is this?", 64, "prunesid", False, 8, "", "original", api_name="/analyze")
+    packed = client.predict(cat, "What is this?", 64, "prunesid", False, 8, api_name="/analyze")
+    assert (placed["positions"], packed["positions"]) == ("original", "compact")
+    assert placed["pruned"]["visual_tokens"] == packed["pruned"]["visual_tokens"] == 64
+    with pytest.raises(Exception, match="Positions must be one of compact, original"):
+        client.predict(cat, "What?", 64, "prunesid", False, 8, "", "sideways", api_name="/analyze")
 
 
 @pytest.mark.parametrize("budget, message", [(999, "between 2 and 577"), (1, "between 2 and 577")])

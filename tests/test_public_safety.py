@@ -56,8 +56,8 @@ def fn(app_url):
 
 
 def analyze_data(image, question: str = "q", budget: int = 64) -> list:
-    """The seven values /analyze takes, as a raw client sends them (Gradio needs every one)."""
-    return [image, question, budget, "prunesid", False, 16, ""]
+    """The eight values /analyze takes, as a raw client sends them (Gradio needs every one)."""
+    return [image, question, budget, "prunesid", False, 16, "", ""]
 
 
 def join(url: str, fn_index: int, data: list, session_hash: str | None = None, headers=None) -> httpx.Response:
