@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(summary)
     table = markdown_table(summary, budgets)
     (args.out / "table.md").write_text(table)
-    plot(summary, args.out / "accuracy.png", pipe.model_id)
+    placed = pipe.check_positions(args.positions)
+    plot(summary, args.out / "accuracy.png", f"{pipe.model_id}, kept tokens at {placed} positions")
     print(table)
     print(f"{len(rows)} answers in {time.perf_counter() - start:.0f} s; written to {args.out}")
     return 0

