@@ -26,7 +26,7 @@ COLUMNS = ["variant", "in_llm", "mean_image_tokens", "compression", "prefill_gfl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("media", type=Path, help="an image or a video")
-    parser.add_argument("--model", default=None, help="hub id, folder or demo id (default: the app's start-up model)")
+    parser.add_argument("--model", default=None, help="hub id, folder or demo id (default: $PRUNESID_MODEL, else the offline photo-features demo)")
     parser.add_argument("--question", default="Describe the picture in one sentence.")
     parser.add_argument("--budgets", default="192,128,64,32,16", help="PruneSID budgets per view")
     parser.add_argument("--repeats", type=int, default=3, help="prefills per variant at least (more while they take under a second in all; the median is reported)")
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from prunesid_report.report import load_item
     from prunesid_vlm.combination import combination_study
-    from prunesid_vlm.pipeline import check_budget, load_pipeline, offline_default
+    from prunesid_vlm.pipeline import check_budget, load_pipeline, offline_photos_default
     from viz import figure_to_array
     from viz.combination import plot_combination
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.media.is_file():
             raise ValueError(f"{args.media} is not a file")
         images, _ = load_item(args.media)
-        pipe = load_pipeline(args.model or os.environ.get("PRUNESID_MODEL") or offline_default(), device=args.device)
+        pipe = load_pipeline(args.model or os.environ.get("PRUNESID_MODEL") or offline_photos_default(), device=args.device)
         study = combination_study(pipe, images, args.question, budgets, repeats=args.repeats)
     except ValueError as err:
         print(f"inllm_study: {err}", file=sys.stderr)

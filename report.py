@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--out", type=Path, default=Path("report"))
-    parser.add_argument("--model", default=None, help="hub id, folder or demo id (default: the app's start-up model)")
+    parser.add_argument("--model", default=None, help="hub id, folder or demo id (default: $PRUNESID_MODEL, else the offline photo-features demo)")
     parser.add_argument("--methods", default="prunesid,prunesid-dyn,visionzip,divprune,random",
                         help="registry names; a name+fastv or name+pyramiddrop adds pruning inside the language model "
                              "after it, and fastv alone is FastV keeping as many tokens as PruneSID's budget")
@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from prunesid_vlm.combination import parse_variant
     from prunesid_report.report import ReportSettings, run_report
-    from prunesid_vlm.pipeline import check_budget, check_question, offline_default
+    from prunesid_vlm.pipeline import check_budget, check_question, offline_photos_default
 
     try:
         methods = tuple(_label(*parse_variant(m)) for m in args.methods.split(",") if m.strip())
         budgets = tuple(sorted({check_budget(b.strip()) for b in args.budgets.split(",") if b.strip()}))
-        settings = ReportSettings(model=args.model or os.environ.get("PRUNESID_MODEL") or offline_default(),
+        settings = ReportSettings(model=args.model or os.environ.get("PRUNESID_MODEL") or offline_photos_default(),
                                   methods=methods, budgets=budgets, question=check_question(args.question),
                                   max_new_tokens=args.max_new_tokens)
         results = run_report(args.folder, args.out, settings, progress=lambda items: tqdm(items, desc="items"))

@@ -16,7 +16,8 @@ compact run (``Pipeline.answer``'s ``positions``).
 
     python benchmarks/shapes_accuracy.py --scenes 100 --seeds 2027,2028,2029 --out benchmarks/results/shapes
 
-Writes ``answers.csv`` (one row per question, method and budget), ``summary.csv``, ``table.md``
+Writes ``answers.csv`` (one row per question, method and budget), ``summary.csv``,
+``count_objects_answers.csv`` (how often each count was said and is right), ``table.md``
 (the README's table) and ``accuracy.png``. ``--write-folder DIR`` instead writes the scenes of the
 first seed as PNG files with ``questions.csv`` beside them: the fidelity report's input
 (``python report.py DIR --model demo/shapes-llava``), which then scores answers against the
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from prunesid_eval.methods.registry import METHODS
-    from prunesid_report.accuracy import markdown_table, plot, scene_questions, score_scene, summarise
+    from prunesid_report.accuracy import answer_counts, markdown_table, plot, scene_questions, score_scene, summarise
     from prunesid_vlm.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model)
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
+    with (args.out / "count_objects_answers.csv").open("w", newline="") as handle:
+        counts = answer_counts(rows, "count_objects")
+        writer = csv.DictWriter(handle, fieldnames=list(counts[0]))
+        writer.writeheader()
+        writer.writerows(counts)
     table = markdown_table(summary, budgets)
     (args.out / "table.md").write_text(table)
     placed = pipe.check_positions(args.positions)

@@ -5,10 +5,11 @@ placeholders, so the language model sees them at consecutive positions whatever 
 from. This study asks the shapes model (``demo/shapes-llava``, trained on full token sets) the same
 questions with PruneSID's kept tokens both ways, through the pipeline's ``positions`` option:
 ``"compact"`` (as published) and ``"original"`` (each kept patch at its place in the full prompt,
-the text after the picture too; CLS, which the full prompt does not hold, at the first patch's).
+in their patches' order, the text after the picture too; CLS, which the full prompt does not
+hold, first, at the first patch's).
 Scored by the first answer token, as ``benchmarks/shapes_accuracy.py`` scores.
 
-    python benchmarks/shapes_positions.py --scenes 150 --seed 2027 --budgets 16,64,192
+    python benchmarks/shapes_positions.py --scenes 150 --seed 2027 --budgets 4,64,192
 
 Prints a Markdown table of accuracy (%) per budget, positions and question kind.
 """
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=150)
     parser.add_argument("--seed", type=int, default=2027, help="scene seed (not a training seed: 0, 1, 2)")
-    parser.add_argument("--budgets", default="16,64,192")
+    parser.add_argument("--budgets", default="4,64,192")
     parser.add_argument("--model", default="demo/shapes-llava")
     args = parser.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]

@@ -85,6 +85,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for kind in (r["kind"], ALL):
             per_seed[(r["seed"], r["method"], r["budget"], kind)].append(r["correct"])
     full = {(seed, kind): statistics.fmean(v) for (seed, method, _, kind), v in per_seed.items() if method == "full"}
+    placed = ",".join(sorted({str(r.get("positions", "")) for r in rows})) or ""  # one run, one way
     tokens: dict[tuple, list[int]] = defaultdict(list)
     for r in rows:
         tokens[(r["method"], r["budget"])].append(r["tokens"])
@@ -98,13 +99,27 @@ def summarise(rows: list[dict]) -> list[dict]:
         acc = [a for a, _ in pairs]
         ref = [f for _, f in pairs]
         rel = [a / f for a, f in pairs if f > 0]
-        out.append({"method": method, "budget": budget, "kind": kind, "seeds": len(pairs),
+        out.append({"method": method, "budget": budget, "kind": kind, "positions": placed, "seeds": len(pairs),
                     "mean_tokens": statistics.fmean(tokens[(method, budget)]),
                     "full_tokens": statistics.fmean(tokens[("full", 0)]) if tokens[("full", 0)] else float("nan"),
                     "accuracy": statistics.fmean(acc), "accuracy_sd": _sd(acc),
                     "full_accuracy": statistics.fmean(ref), "full_accuracy_sd": _sd(ref),
                     "relative": statistics.fmean(rel) if rel else float("nan"), "relative_sd": _sd(rel)})
     return out
+
+
+def answer_counts(rows: list[dict], kind: str) -> list[dict]:
+    """Per (method, budget) and answer word of ``kind``'s questions: how often the model said it and
+    how often it is the right one (what a skewed count, e.g. every picture called crowded, looks like)."""
+    said: dict[tuple, int] = defaultdict(int)
+    right: dict[tuple, int] = defaultdict(int)
+    for r in rows:
+        if r["kind"] == kind:
+            said[(r["method"], r["budget"], r["predicted"])] += 1
+            right[(r["method"], r["budget"], r["answer"])] += 1
+    keys = sorted(set(said) | set(right), key=lambda k: (k[0], int(k[1]), k[2]))
+    return [{"method": m, "budget": b, "kind": kind, "answer": w, "said": said[(m, b, w)], "right": right[(m, b, w)]}
+            for m, b, w in keys]
 
 
 def _sd(values: list[float]) -> float:

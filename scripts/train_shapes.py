@@ -250,7 +250,7 @@ def train(args) -> dict:
         x = torch.from_numpy(np.stack([feats[i] for i in picked]))
         logits, attention = answer_logits(model, prefix_t, x, owners, suffixes, positions, attentions=True)
         per_token = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-        weights = torch.tensor([args.kind_weight.get(q.kind, 1.0) for _, q in items]).repeat_interleave(2)
+        weights = torch.tensor([args.kind_weight.get(q.kind, 1.0) for _, q in items]).repeat_interleave(targets.shape[1])
         answer_loss = (per_token * weights).sum() / weights.sum()  # the plain mean when no kind is weighted
         guides = [target_patches(scenes[picked[b]], q) for b, q in items]
         rows = [r for r, g in enumerate(guides) if g is not None]
@@ -298,7 +298,9 @@ def save(args, model, tok, curve, features_s, train_s, gap, prompts, prefix, fea
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 4 % linear warm-up, cosine decay, clip 1.0",
         "loss": "cross-entropy on the answer word and </s>, all questions of each picture (the curve and final_loss)"
                 f" + {GUIDE_WEIGHT} x attention guide (last layer, head 0, answer position -> the asked objects' patches)",
-        **({"kind_weight": args.kind_weight} if args.kind_weight else {}),
+        **({"kind_weight": args.kind_weight,
+            "kind_weight_note": "the curve and final_loss are this weighted mean, not comparable with an unweighted run's"}
+           if args.kind_weight else {}),
         "final_loss": round(sum(c[1] for c in tail) / len(tail), 4),
         "final_answer_accuracy": round(sum(c[2] for c in tail) / len(tail), 4),
         "features_seconds": round(features_s, 1), "train_seconds": round(train_s, 1),
@@ -373,7 +375,18 @@ def main(argv=None) -> None:
                         help="weight of one question kind's answers in the loss (default 1), e.g. color_of_shape=3; "
                              "the loss is then the weighted mean")
     args = parser.parse_args(argv)
-    args.kind_weight = {k: float(w) for k, w in (item.split("=", 1) for item in args.kind_weight)}
+    from prunesid_vlm.shapes_world import KINDS
+
+    weights = {}
+    for item in args.kind_weight:
+        kind, _, weight = item.partition("=")
+        if kind not in KINDS or not weight:
+            parser.error(f"--kind-weight takes KIND=W with KIND one of {', '.join(KINDS)}, not {item!r}")
+        try:
+            weights[kind] = float(weight)
+        except ValueError:
+            parser.error(f"--kind-weight {item!r}: {weight!r} is not a number")
+    args.kind_weight = weights
     train(args)
 
 

@@ -25,13 +25,15 @@ import gradio as gr
 from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
 from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
-from prunesid_vlm import studies
+from prunesid_eval.answers import answer_matches
+from prunesid_vlm import SHAPES_DEMO_ID, studies
 from prunesid_vlm.pipeline import RESULT_SCHEMA, Cost, Pipeline, check_question, handed_per_view
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability, token_parts
 
 from .components import RawNumber, SafeImage
 from .errors import endpoint
 from .limits import without_cache_fields
+from .references import reference_answer
 from .study_inputs import ANY_PATCHES, MAX_SWEEP_POINTS, failure_text, parse_budgets, reporter, study_media
 from .inllm_tab import DEFAULT_BUDGETS as INLLM_BUDGETS
 from .inllm_tab import MAX_BUDGETS as INLLM_MAX_BUDGETS
@@ -130,9 +132,16 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
                               grid_shape=out.feats.grid or pipe.grid, legend=False, handed=handed, detail=False)
     table, rows = [], []
     full_counts = pipe.token_counts(out.feats)
+    # An example scene of the shapes world has one right word; the shapes model's one-word answers are marked.
+    reference = reference_answer(images, question) if question is not None else None
+    judged = reference is not None and pipe.model_id == SHAPES_DEMO_ID
+
+    def answer_cell(answer: str) -> str:
+        return f"{answer} {'✓' if answer_matches(answer, reference) else '✗'}" if judged else answer
+
     for r, count in zip(out.runs, handed):
         res = out.results.get(r.name)
-        table.append([r.label, token_text(out, r), res.pruned_answer if res else "—",
+        table.append([r.label, token_text(out, r), answer_cell(res.pruned_answer) if res else "—",
                       f"{res.fidelity:.3f}" if res else "—", f"{1000 * r.seconds:.1f}",
                       paper_text(r.name, r.published, out.paper_budget)])
         row = r.to_dict()
@@ -143,6 +152,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
                     "published": NOT_REPORTED if r.published is None else r.published.to_dict(),
                     "published_at_tokens": out.paper_budget,
                     "answer": res.pruned_answer if res else None,
+                    "right": answer_matches(res.pruned_answer, reference) if res and judged else None,
                     "first_token_agrees": res.first_token_agrees if res else None})
         row.update(schema_fields(out, r, res, full_counts))
         rows.append(row)
@@ -161,7 +171,7 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
         "selection_ms_all_methods": 1000 * out.selection_s, "methods": rows, "generations": out.generations,
         "published_model": MODEL_LABELS[model], "published_budgets": published_budgets(model),
         "published_at_tokens": out.paper_budget, "published": published_table(model), "notes": notes,
-        "unavailable": dict(out.unavailable), "views": views,
+        "unavailable": dict(out.unavailable), "views": views, "reference_answer": reference,
     }
     if unavailable:
         summary["notes"] = summary["notes"] + [unavailable]
@@ -171,6 +181,9 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
         context += f" · {views} views: the pictures show the first, the counts are over all of them"
     if unavailable:
         context += f"  \n{unavailable}"
+    if reference is not None:
+        full_mark = f" (all tokens: {answer_cell(out.full_answer)})" if judged else ""
+        context += f"  \n**Right answer: {reference}**{full_mark}: this example scene is drawn from the shapes world's rules."
     return {"gallery": gallery, "table": table, "json": summary, "full_answer": out.full_answer,
             "full_tokens": out.full_tokens, "selection_ms": 1000 * out.selection_s,
             "notes": table_notes(out, model, [r.spec for r in out.runs]),

@@ -189,6 +189,7 @@ def analyze(image: Any, question: Any, budget: Any, dynamic: bool = False, max_n
         if outcome.problem:
             raise ValueError(outcome.problem)
     pipe = manager.current()
+    positions = pipe.check_positions(positions)  # before the picture is read: a wrong value costs nothing
     images, notes, _, source = load_media("image", image, None)
     result = None
     if pipe.answers != "none":
@@ -604,6 +605,7 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
         line = reference_line(reference, result.full_answer, result.pruned_answer, pipe.model_id == SHAPES_DEMO_ID)
         texts["fidelity"] = f"{line}\n\n{texts['fidelity']}"
     state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
+                                     "positions": result.positions,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
                                      "texts": texts, "model_id": state.model_id})
     values = dict(texts, state=state, stale=stale_note(state))

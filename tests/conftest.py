@@ -78,11 +78,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def app_url(llava_pipeline):
-    """The app launched in-process on loopback with the tiny demo model; its URL."""
-    import app
+    """The app launched in-process on loopback with the tiny demo model; its URL. The model is
+    installed before the page is built: the page orders its examples for the model in use (the
+    offline default, the shapes model, would start on its scenes)."""
     from prunesid_vlm.serving import MANAGER
 
     MANAGER.install(llava_pipeline)
+    import app
     app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                     **app.LAUNCH_KWARGS)
     yield app.demo.local_url

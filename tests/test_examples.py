@@ -103,3 +103,25 @@ def test_run_on_an_example_scene_says_the_right_answer(monkeypatch, shapes_model
         if previous is not None:
             MANAGER.install(previous)
         MANAGER.state.requested = requested
+
+
+def test_compare_marks_each_methods_answer_on_an_example_scene(demo_cache):
+    """The Compare tab on an example scene with the shapes model: the right word is said, and each
+    method's one-word answer is marked by whether it is that word."""
+    from prunesid_vlm.dinov2_demo import WHEEL, available
+    from prunesid_vlm.pipeline import load_pipeline
+    from studio.compare_tab import compare_view
+
+    if not available():
+        pytest.skip(f"demo/shapes-llava's tower comes from {WHEEL}, which is not installed")
+    pipe = load_pipeline(SHAPES_DEMO_ID, device="cpu")
+    entry = json.loads((SHAPES / "examples.json").read_text())[0]
+    out = compare_view(str(SHAPES / entry["file"]), entry["question"], 64, ["prunesid", "grid", "random"],
+                       lambda: pipe, max_new_tokens=4)
+    assert f"**Right answer: {entry['answer']}**" in out["context"]
+    assert out["json"]["reference_answer"] == entry["answer"]
+    for row, method in zip(out["table"], out["json"]["methods"]):
+        assert method["right"] == (method["answer"].strip().lower() == entry["answer"])
+        assert row[2] == f"{method['answer']} {'✓' if method['right'] else '✗'}"
+    other = compare_view(str(SHAPES / entry["file"]), "What is this?", 64, ["prunesid"], lambda: pipe, max_new_tokens=4)
+    assert "Right answer" not in other["context"] and other["json"]["methods"][0]["right"] is None

@@ -27,7 +27,7 @@ QUESTION = "What is in the picture?"
 
 def _prompt(pipe, image, selection=None):
     feats = pipe.encode([image])
-    ids, features, visual, _ = pipe._prompt([image], feats, QUESTION, selection)
+    ids, features, visual = pipe._prompt([image], feats, QUESTION, selection)[:3]
     return ids, features, torch.cat(list(features))
 
 

@@ -47,6 +47,23 @@ def test_original_positions_equal_the_full_prompt_with_the_dropped_patches_maske
     assert not torch.allclose(compact, reference, atol=1e-3)  # the positions are what differs
 
 
+def test_kept_tokens_go_in_their_patches_order_whatever_the_selections_order(llava_pipeline):
+    """PruneSID lists kept tokens group by group; at original positions they are handed over in their
+    patches' order, so the prompt is the full one with the dropped patches taken out, CLS in front."""
+    pipe, image = llava_pipeline, make_image(17)
+    feats = pipe.encode([image])
+    selection = pipe.select(feats, 64)
+    keep = selection.keep_row(0)
+    assert not torch.equal(keep[1:], keep[1:].sort().values)  # group order is not raster order
+    shuffled = dataclasses.replace(selection, keep=torch.cat([keep[:1], keep[1:].flip(0)])[None])
+    one, other = pipe.first_token_logits([image], QUESTION, [selection, shuffled], positions="original")
+    assert torch.allclose(one, other, atol=1e-5)  # the listing order does not matter, the places do
+    without_cls = _without_cls_in_raster_order(selection)
+    unsorted = dataclasses.replace(without_cls, keep=without_cls.keep.flip(1))
+    assert torch.allclose(*pipe.first_token_logits([image], QUESTION, [without_cls, unsorted], positions="original"),
+                          atol=1e-5)
+
+
 def test_generation_continues_at_the_full_prompts_next_position(llava_pipeline):
     """The answer's first token logits are the prefill's, and greedy decoding goes on after the
     full prompt's last position (every token kept: the same answer as the model's ``generate``)."""
@@ -87,12 +104,16 @@ def test_what_cannot_keep_original_positions_says_so(llava_pipeline, llava_next_
         pipe.answer([image], QUESTION, selection, positions="shuffled")
     merged = pipe.select(feats, 32, method="visionzip")
     assert merged.merged_tokens is not None
-    with pytest.raises(ValueError, match="merged tokens"):
+    with pytest.raises(ValueError, match="VisionZip selection merges tokens"):
         pipe.answer([image], QUESTION, merged, positions="original")
-    with pytest.raises(ValueError, match="in-LLM stages"):
+    with pytest.raises(ValueError, match="inside the language model runs with compact positions only"):
         pipe.answer([image], QUESTION, selection, positions="original", in_llm=InLLMSchedule.fastv(1, 0.5))
-    with pytest.raises(ValueError, match="compact positions only"):
+    with pytest.raises(ValueError, match="compact positions only: LLaVA-NeXT packs the kept crop tokens"):
         llava_next_pipeline.answer([image], QUESTION, None, positions="original")
+    before = pipe.stats["full_generations"]
+    with pytest.raises(ValueError, match="merges tokens"):  # refused before the full answer is generated
+        pipe.compare([image], QUESTION, 32, method="visionzip", positions="original")
+    assert pipe.stats["full_generations"] == before
 
 
 def test_cls_free_families_keep_original_positions_only(demo_cache):

@@ -36,8 +36,9 @@ class LlavaNextAdapter(LlavaAdapter):
     max_views_per_image = 5
     """The base view and up to four crops (sizes the GPU time asked on ZeroGPU)."""
     run_offsets = None
-    """Pruned prompts keep compact positions only: kept crop rows land on the packed AnyRes canvas
-    (crops merged, newline tokens added), not one full-run place per tower row."""
+    positions_limit = ("LLaVA-NeXT packs the kept crop tokens onto its AnyRes canvas (crops merged, a newline "
+                       "token per row), where a kept token has no single place of the full prompt")
+    """Why pruned prompts keep compact positions only (said when original ones are asked for)."""
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, list[ViewInfo]]:
         """``[V, 3, S, S]`` views of one image (base first, then crops row-major) and where each sits."""

@@ -24,7 +24,8 @@ class LlavaNextVideoAdapter(LlavaAdapter):
     modality = "video"
     one_clip = True
     run_offsets = None
-    """Pruned prompts keep compact positions only: the kept rows are pooled frame tokens, one clip run."""
+    positions_limit = "LLaVA-NeXT-Video hands over pooled frame tokens as one clip run"
+    """Why pruned prompts keep compact positions only (said when original ones are asked for)."""
 
     def __init__(self, model: torch.nn.Module, processor):
         super().__init__(model, processor)
