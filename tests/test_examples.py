@@ -39,6 +39,9 @@ def test_the_scenes_are_the_worlds_own_drawings():
 
 
 def test_a_shapes_model_starts_on_its_scenes_and_any_other_on_the_photos(monkeypatch):
+    from prunesid_vlm.registry import DEMO_MODEL_ID
+
+    monkeypatch.setattr(MANAGER.state, "requested", DEMO_MODEL_ID)  # the offline default is the shapes model now
     first = layout._examples()
     assert first[0][0].endswith("cat.jpg") and sum("/shapes/" in path for path, _ in first) == len(KINDS)
     monkeypatch.setattr(MANAGER.state, "requested", SHAPES_DEMO_ID)
