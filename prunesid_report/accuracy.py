@@ -63,8 +63,10 @@ def score_scene(pipe, scene, asked, methods: list[str], budgets: list[int], posi
             for method in runnable:
                 sel = (pipe.select(feats, budget, method=method, question=q.text) if method in by_question
                        else shared[(method, budget)])
-                if positions == "original" and sel.merged_tokens is not None:
-                    continue  # merged tokens sit nowhere in the full prompt
+                try:
+                    pipe.check_positions(positions, sel)  # the pipeline's rule: merged tokens have no original place
+                except ValueError:
+                    continue
                 points.append((method, budget, sel))
         logits = pipe.first_token_logits(images, q.text, [sel for _, _, sel in points], positions=positions)
         for (method, budget, sel), row in zip(points, logits):
@@ -85,7 +87,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for kind in (r["kind"], ALL):
             per_seed[(r["seed"], r["method"], r["budget"], kind)].append(r["correct"])
     full = {(seed, kind): statistics.fmean(v) for (seed, method, _, kind), v in per_seed.items() if method == "full"}
-    placed = ",".join(sorted({str(r.get("positions", "")) for r in rows})) or ""  # one run, one way
+    placed = ",".join(sorted({str(r.get("positions", "")) for r in rows}))  # one run, one way
     tokens: dict[tuple, list[int]] = defaultdict(list)
     for r in rows:
         tokens[(r["method"], r["budget"])].append(r["tokens"])

@@ -26,14 +26,14 @@ from prunesid_eval.compare import DEFAULT_STABILITY_SEEDS, DEFAULT_SWEEP_BUDGETS
 from prunesid_eval.methods import get_method, list_methods
 from prunesid_eval.published import MODEL_LABELS, NOT_REPORTED, published_budgets, published_figure, published_table
 from prunesid_eval.answers import answer_matches
-from prunesid_vlm import SHAPES_DEMO_ID, studies
+from prunesid_vlm import studies
 from prunesid_vlm.pipeline import RESULT_SCHEMA, Cost, Pipeline, check_question, handed_per_view
 from viz.compare import draw_keep_frequency, method_colors, method_overlays, plot_budget_sweep, plot_stability, token_parts
 
 from .components import RawNumber, SafeImage
 from .errors import endpoint
 from .limits import without_cache_fields
-from .references import reference_answer
+from .references import judges_answers, mark, reference_answer
 from .study_inputs import ANY_PATCHES, MAX_SWEEP_POINTS, failure_text, parse_budgets, reporter, study_media
 from .inllm_tab import DEFAULT_BUDGETS as INLLM_BUDGETS
 from .inllm_tab import MAX_BUDGETS as INLLM_MAX_BUDGETS
@@ -134,10 +134,10 @@ def compare_view(image: Any, question: Any, budget: Any, methods: Sequence[str] 
     full_counts = pipe.token_counts(out.feats)
     # An example scene of the shapes world has one right word; the shapes model's one-word answers are marked.
     reference = reference_answer(images, question) if question is not None else None
-    judged = reference is not None and pipe.model_id == SHAPES_DEMO_ID
+    judged = reference is not None and judges_answers(pipe.model_id)
 
     def answer_cell(answer: str) -> str:
-        return f"{answer} {'✓' if answer_matches(answer, reference) else '✗'}" if judged else answer
+        return f"{answer} {mark(answer, reference)}" if judged else answer
 
     for r, count in zip(out.runs, handed):
         res = out.results.get(r.name)

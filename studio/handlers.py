@@ -39,9 +39,9 @@ from .components import png_file, written_folder
 from . import limits
 from .errors import endpoint, guarded, status_line, warn
 from prunesid_vlm.media import MediaError, browser_preview, load_image, load_video, video_codec  # noqa: F401 (tests)
-from prunesid_vlm import SHAPES_DEMO_ID, spec_for
+from prunesid_vlm import spec_for
 from prunesid_vlm.serving import MANAGER, ModelManager
-from .references import reference_answer, reference_line
+from .references import judges_answers, reference_answer, reference_line
 from .session import Analysis
 
 MAX_FRAMES = 6
@@ -602,10 +602,9 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     texts = answer_texts(result, random_answers=pipe.answers == "random", own_positions=pipe.positions_default)
     reference = reference_answer(state.images, question) if state.kind == "image" else None
     if reference is not None:  # an example scene of the shapes world: which answer is right is known
-        line = reference_line(reference, result.full_answer, result.pruned_answer, pipe.model_id == SHAPES_DEMO_ID)
+        line = reference_line(reference, result.full_answer, result.pruned_answer, judges_answers(pipe.model_id))
         texts["fidelity"] = f"{line}\n\n{texts['fidelity']}"
     state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
-                                     "positions": result.positions,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
                                      "texts": texts, "model_id": state.model_id})
     values = dict(texts, state=state, stale=stale_note(state))

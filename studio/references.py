@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from prunesid_eval.answers import answer_matches
+from prunesid_vlm import SHAPES_DEMO_ID
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "shapes" / "examples.json"
 
@@ -54,6 +55,17 @@ def reference_answer(images: list[Image.Image], question: str) -> str | None:
     return _references().get((_pixels_key(images[0]), _question_key(question)))
 
 
+def judges_answers(model_id: str) -> bool:
+    """Whether a model's answers are marked against the reference word: the shapes model answers this
+    world with one word; another model's sentence ("There are three objects.") is left to the reader."""
+    return model_id == SHAPES_DEMO_ID
+
+
+def mark(answer: str, reference: str) -> str:
+    """``"✓"`` when ``answer`` says the reference word, else ``"✗"``."""
+    return "✓" if answer_matches(answer, reference) else "✗"
+
+
 def reference_line(reference: str, full_answer: str, pruned_answer: str, one_word_model: bool) -> str:
     """Markdown: the right answer and, for a model that answers this world with one word (the
     shapes model), whether each of the two answers is it. Another model's sentence ("There are
@@ -62,7 +74,8 @@ def reference_line(reference: str, full_answer: str, pruned_answer: str, one_wor
     if not one_word_model:
         return f"{known}."
 
-    def mark(answer: str) -> str:
-        return "✓ right" if answer_matches(answer, reference) else "✗ wrong"
+    def judged(answer: str) -> str:
+        sign = mark(answer, reference)
+        return f"{sign} {'right' if sign == '✓' else 'wrong'}"
 
-    return f"{known} — all tokens: **{mark(full_answer)}**; PruneSID: **{mark(pruned_answer)}**."
+    return f"{known} — all tokens: **{judged(full_answer)}**; PruneSID: **{judged(pruned_answer)}**."
