@@ -222,8 +222,8 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     """Greedy answer with ``features`` (``[T, D]``, the visual tokens in placeholder order) and the
     in-LLM ``schedule``; with ``prefill_only``, only the first answer token's logits.
 
-    ``positions`` (``[3, 1, L]``) and ``next_position``: a Qwen VL prompt's M-RoPE positions and where
-    its first generated token goes (without them, positions are 0 … L − 1 and then L).
+    ``positions`` (``[1, L]``, or ``[3, 1, L]`` for Qwen VL's M-RoPE) and ``next_position``: the
+    prompt's positions and where its first generated token goes (without them, 0 … L − 1 and then L).
 
     ``forced``: teacher-forced tokens fed in place of the greedy choices (no stop at EOS), with the
     logits that predict each kept — what scoring a continuation needs."""
@@ -238,7 +238,7 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     if window is not None and input_ids.shape[1] + max_new_tokens > window:
         raise ValueError(f"This language model attends within a window of {window} tokens and the prompt has "
                          f"{input_ids.shape[1]}: the staged loop reproduces full attention only.")
-    mrope = positions is not None
+    mrope = positions is not None and positions.dim() == 3
     renumber = schedule.style == "pyramiddrop" and schedule.active
     if mrope and renumber:
         raise ValueError("PyramidDrop renumbers the kept tokens' positions from 0, which is defined for 1-D "
@@ -249,7 +249,7 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
     hidden = _embed(model, input_ids, features.to(device), token_id)
     origin = torch.arange(input_ids.shape[1], device=device)  # prompt index of every row still present
     # [3, L] M-RoPE positions or [L]; the last axis is the sequence either way.
-    positions = positions[:, 0].to(device) if mrope else origin
+    positions = origin if positions is None else positions[:, 0].to(device) if mrope else positions[0].to(device)
     next_position = int(input_ids.shape[1]) if next_position is None else int(next_position)
     cache = DynamicCache(config=lm.config)
     image_counts, token_counts, kept_after, offsets = [], [], {}, []

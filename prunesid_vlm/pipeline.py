@@ -43,10 +43,9 @@ from .calibration import Calibration, calibration_files, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import (GenerationRun, batched_first_logits, continuation_logprob, greedy_generate, next_token,
-                         placeholder_runs, score_continuation, resize_placeholders, synchronize)
+from .generation import GenerationRun, next_token, placeholder_runs, score_continuation, resize_placeholders, synchronize
 from .device import Cost, cross, in_action, register, zero_gpu
-from .positioned_generation import continuation_with_positions, first_logits_with_positions, greedy_with_positions
+from .positioned_generation import continuation_with_positions, first_logits_of, first_logits_with_positions, greedy_with_positions
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import DEMO_MODEL_ID, DINOV2_DEMO_ID, SHAPES_DEMO_ID, ModelSpec, list_models
@@ -841,12 +840,12 @@ class Pipeline:
 
     def _staged_inputs(self, images, feats: EncodedImages, question: str, selection: Selection | None
                        ) -> tuple[dict, int, float]:
-        """``staged_generate``'s prompt arguments for ``selection``'s prompt, its visual tokens and
-        projection seconds."""
-        made = self._prompt(images, feats, question, selection)
-        flat = torch.cat(list(made.features)) if self.adapter.modality == "image" else made.features[0]
-        return ({"input_ids": made.input_ids, "features": flat, "token_id": self.adapter.image_token_id},
-                made.visual_tokens, made.project_s)
+        """``staged_generate``'s prompt arguments for ``selection``'s prompt (the family's own positions:
+        stages are refused with others), its visual tokens and projection seconds."""
+        prompt, project_s = self._hand_over(images, feats, question, selection, self.positions_default)
+        return ({"input_ids": prompt.input_ids, "features": torch.cat(next(iter(prompt.features.values()))),
+                 "token_id": prompt.token_id, "positions": prompt.positions, "next_position": prompt.next_position},
+                prompt.visual_tokens, project_s)
 
     def _staged_run(self, images, feats: EncodedImages, question: str, selection: Selection | None,
                     in_llm: InLLMSchedule, max_new_tokens: int,
@@ -936,12 +935,9 @@ class Pipeline:
         return score_continuation(self.model, torch.stack(run.step_logits), continuation[0])
 
     def _loglikelihood(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                       continuation: torch.Tensor, positions: str = "compact") -> tuple[float, bool]:
-        if positions == "original":
-            return continuation_with_positions(self.model, self._positioned_prompt(images, feats, question, selection)[0],
-                                               continuation)
-        input_ids, features = self._prompt(images, feats, question, selection)[:2]
-        return continuation_logprob(self.model, input_ids, features, continuation, modality=self.adapter.modality)
+                       continuation: torch.Tensor, positions: str) -> tuple[float, bool]:
+        return continuation_with_positions(self.model, self._hand_over(images, feats, question, selection, positions)[0],
+                                           continuation)
 
     def _prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None) -> _Prompt:
         """One prompt: placeholders shrunk to the kept tokens, features as the model's
@@ -993,39 +989,37 @@ class Pipeline:
         return PromptInputs(input_ids=made.input_ids, features={self.adapter.modality: features}, positions=index[None],
                             next_position=int(made.full_ids.shape[1]), visual_tokens=made.visual_tokens, token_id=token)
 
-    def _positioned_prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
-                           ) -> tuple[PromptInputs, float]:
-        """The prompt with the kept tokens at their original positions, and the projection's seconds."""
+    def _hand_over(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                   positions: str) -> tuple[PromptInputs, float]:
+        """The prompt the language model gets with ``selection`` (None: every token), and the
+        projection's seconds. ``positions`` (:data:`POSITION_MODES`): ``"compact"``, the shortened
+        prompt at consecutive positions as the model's own forward numbers it (LLaVA's published
+        hand-over), or ``"original"``, the kept tokens where the full prompt has them (:meth:`_positioned`).
+        Every answer, prefill and score goes through this one object."""
         made = self._prompt(images, feats, question, selection)
-        return self._positioned(made, feats, images), made.project_s
+        if positions == "original":
+            return self._positioned(made, feats, images), made.project_s
+        length = int(made.input_ids.shape[1])
+        return PromptInputs(input_ids=made.input_ids, features={self.adapter.modality: list(made.features)},
+                            positions=torch.arange(length)[None], next_position=length,
+                            visual_tokens=made.visual_tokens, token_id=self.adapter.image_token_id,
+                            features_form="list" if self.adapter.modality == "image" else "batched"), made.project_s
 
     def _generate(self, images, feats: EncodedImages, question: str, selection: Selection | None,
-                  max_new_tokens: int, positions: str = "compact") -> Answer:
-        if positions == "original":
-            prompt, project_s = self._positioned_prompt(images, feats, question, selection)
-            run, visual_tokens = greedy_with_positions(self.model, prompt, max_new_tokens), prompt.visual_tokens
-        else:
-            made = self._prompt(images, feats, question, selection)
-            run = greedy_generate(self.model, made.input_ids, made.features, modality=self.adapter.modality,
-                                  max_new_tokens=max_new_tokens)
-            visual_tokens, project_s = made.visual_tokens, made.project_s
+                  max_new_tokens: int, positions: str) -> Answer:
+        prompt, project_s = self._hand_over(images, feats, question, selection, positions)
+        run = greedy_with_positions(self.model, prompt, max_new_tokens)
         self.stats["full_generations" if selection is None else "pruned_generations"] += 1
-        return self._answer(run, visual_tokens, project_s)
+        return self._answer(run, prompt.visual_tokens, project_s)
 
     def _prefill_batch(self, images, feats: EncodedImages, question: str,
-                       selections: list[Selection | None], positions: str = "compact") -> torch.Tensor:
-        if positions == "original":  # one prompt per pass: each keeps its own positions
-            rows = [first_logits_with_positions(self.model, self._positioned_prompt(images, feats, question, sel)[0])
-                    for sel in selections]
-            self.stats["prefills"] += len(rows)
-            self.stats["prefill_batches"] += len(rows)
-            return torch.stack(rows)
-        prompts = [self._prompt(images, feats, question, sel)[:2] for sel in selections]
+                       selections: list[Selection | None], positions: str) -> torch.Tensor:
+        prompts = [self._hand_over(images, feats, question, sel, positions)[0] for sel in selections]
         tokenizer = self.processor.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        logits = batched_first_logits(self.model, prompts, modality=self.adapter.modality, pad_token_id=pad)
+        logits, passes = first_logits_of(self.model, prompts, pad_token_id=pad)
         self.stats["prefills"] += len(prompts)
-        self.stats["prefill_batches"] += 1
+        self.stats["prefill_batches"] += passes
         return logits
 
     @device_action(lambda self, images, *a, max_new_tokens=64, **k: self.encode_cost(images) + Cost(
@@ -1071,7 +1065,7 @@ class Pipeline:
         return self.result(feats, full, pruned, selection, selection_s, prefill_s=prefill, positions=positions)
 
     def _prefill_medians(self, images, feats: EncodedImages, question: str,
-                         selection: Selection, positions: str = "compact") -> dict[str, float]:
+                         selection: Selection, positions: str) -> dict[str, float]:
         """Median seconds of ``prefill_repeats`` prefill-only passes of the full and the pruned prompt,
         their order alternating, after one untimed warm-up pass when this process has not timed one
         yet (the first prefill-only pass pays for kernel selection and allocation, which is not what
@@ -1088,13 +1082,10 @@ class Pipeline:
         return {name: float(np.median(t)) for name, t in times.items()}
 
     def _prefill_pass(self, images, feats: EncodedImages, question: str,
-                      selection: Selection | None, positions: str = "compact") -> Callable[[], torch.Tensor]:
+                      selection: Selection | None, positions: str) -> Callable[[], torch.Tensor]:
         """One prefill-only pass of the prompt made with ``selection`` (``None``: every token), ready to time."""
-        if positions == "original":
-            positioned = self._positioned_prompt(images, feats, question, selection)[0]
-            return lambda: first_logits_with_positions(self.model, positioned)
-        prompt = self._prompt(images, feats, question, selection)[:2]
-        return lambda: batched_first_logits(self.model, [prompt], modality=self.adapter.modality)
+        prompt = self._hand_over(images, feats, question, selection, positions)[0]
+        return lambda: first_logits_with_positions(self.model, prompt)
 
     def result(self, feats: EncodedImages, full: Answer, pruned: Answer, selection: Selection,
                selection_s: float = 0.0, prefill_s: dict[str, float] | None = None, positions: str | None = None

@@ -117,3 +117,43 @@ def continuation_with_positions(model: torch.nn.Module, prompt: PromptInputs, co
                 mm_encoder_outputs=encoder_outputs(prompt), **extra)
     start = prompt.input_ids.shape[1]
     return score_continuation(model, out.logits[0, start - 1: start - 1 + continuation.shape[1]], continuation[0])
+
+
+def batchable(prompts: list[PromptInputs]) -> bool:
+    """Whether ``prompts`` can share one forward pass: the same kind of positions and features, and
+    nothing per prompt beyond ids, features and positions (no extra encoder fields or forward
+    arguments, which have no batched form here)."""
+    first = prompts[0]
+    return all(not p.encoder_extra and not p.forward_extra and p.features_form == first.features_form
+               and p.positions.dim() == first.positions.dim() and list(p.features) == list(first.features)
+               for p in prompts)
+
+
+@torch.inference_mode()
+def first_logits_of(model: torch.nn.Module, prompts: list[PromptInputs], pad_token_id: int = 0
+                    ) -> tuple[torch.Tensor, int]:
+    """Float32 ``[P, vocab]``: each prompt's first answer token's logits, and the forward passes
+    taken — one for all when :func:`batchable`, else one per prompt.
+
+    In one pass the prompts are left-padded to the longest (masked, padding at position 0), each
+    keeping its own positions, so each row's last position is its prompt's end; the model puts
+    the prompts' features into their placeholders in order."""
+    if len(prompts) == 1 or not batchable(prompts):
+        return torch.stack([first_logits_with_positions(model, p) for p in prompts]), len(prompts)
+    device = model.device
+    length = max(p.input_ids.shape[1] for p in prompts)
+    lead = prompts[0].positions.shape[:-2]  # () for 1-D positions, (3,) for M-RoPE
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    positions = torch.zeros((*lead, len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        size = prompt.input_ids.shape[1]
+        input_ids[row, length - size:] = prompt.input_ids[0]
+        mask[row, length - size:] = 1
+        positions[..., row, length - size:] = prompt.positions[..., 0, :]
+    joined = PromptInputs(input_ids=input_ids, positions=positions, next_position=0, token_id=prompts[0].token_id,
+                          visual_tokens=sum(p.visual_tokens for p in prompts), features_form=prompts[0].features_form,
+                          features={kind: [f for p in prompts for f in p.features[kind]] for kind in prompts[0].features})
+    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                mm_encoder_outputs=encoder_outputs(joined), logits_to_keep=1)
+    return out.logits[:, -1].float().cpu(), 1

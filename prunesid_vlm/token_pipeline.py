@@ -169,20 +169,13 @@ class TokenPipeline(Pipeline):
         kept = None if selection is None else [selection.keep_row(v) - 1 for v in range(feats.num_views)]
         return self.backend.prompt(question, _media_of(feats), kept)
 
-    def _staged_inputs(self, images, feats: EncodedImages, question: str, selection: Selection | None
-                       ) -> tuple[dict, int, float]:
-        prompt = self.token_prompt(feats, question, selection)
-        return ({"input_ids": prompt.input_ids, "features": torch.cat(next(iter(prompt.features.values()))),
-                 "token_id": prompt.token_id, "positions": prompt.positions, "next_position": prompt.next_position},
-                prompt.visual_tokens, 0.0)
-
     positions_default = "original"
     """Kept tokens keep their original positions (1-D or M-RoPE), as the reference's Qwen path does:
     the pipeline's positioned path answers, prefills and scores every prompt (:class:`Pipeline`)."""
 
-    def _positioned_prompt(self, images, feats: EncodedImages, question: str, selection: Selection | None
-                           ) -> tuple[PromptInputs, float]:
-        return self.token_prompt(feats, question, selection), 0.0  # the tokens need no projection
+    def _hand_over(self, images, feats: EncodedImages, question: str, selection: Selection | None,
+                   positions: str) -> tuple[PromptInputs, float]:
+        return self.token_prompt(feats, question, selection), 0.0  # original positions; no projection
 
     def prompt_inputs(self, images: Sequence[Image.Image], question: str) -> dict:
         """The model's ordinary inputs: what ``model.generate(**inputs)`` takes for the unpruned answer."""

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prunesid_vlm.generation import greedy_generate, next_token
+from prunesid_vlm.generation import next_token
+from tests.generate_reference import greedy_generate
 from prunesid_vlm.inllm import (
     NO_STAGES,
     InLLMSchedule,

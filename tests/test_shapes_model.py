@@ -48,7 +48,8 @@ def cases(shapes_pipeline):
 def answer_rows(pipe, image, question: str, rows: torch.Tensor) -> str:
     """The greedy answer when the language model is handed ``rows`` (tower states, in this order)
     in the picture's placeholders: the pipeline's own prompt, projector and generation."""
-    from prunesid_vlm.generation import greedy_generate, resize_placeholders
+    from prunesid_vlm.generation import resize_placeholders
+    from tests.generate_reference import greedy_generate
 
     ids = pipe.prompt_inputs([image], question)["input_ids"]
     ids = resize_placeholders(ids, pipe.adapter.image_token_id, [pipe.num_patches], [rows.shape[0]])
