@@ -1,0 +1,41 @@
+"""One hand-over object for every family: first-token logits of several prompts in one batched
+forward pass equal each prompt's own prefill, whatever its positions (LLaVA compact or original,
+Qwen's M-RoPE), and the pass count says what was batched."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_image
+from prunesid_vlm.pipeline import load_pipeline
+from prunesid_vlm.positioned_generation import batchable, first_logits_with_positions
+from prunesid_vlm.registry import DEMO_QWEN2_ID
+
+QUESTION = "What is in the picture?"
+
+
+def _batched_equals_single(pipe, image, positions):
+    feats = pipe.encode([image])
+    selections = [None, pipe.select(feats, 64), pipe.select(feats, 16, method="random", seed=3)]
+    prompts = [pipe._hand_over([image], feats, QUESTION, s, positions or pipe.positions_default)[0] for s in selections]
+    assert batchable(prompts)
+    assert len({p.input_ids.shape[1] for p in prompts}) == 3  # different lengths: left padding is exercised
+    before = pipe.stats["prefill_batches"]
+    batched = pipe.first_token_logits([image], QUESTION, selections, positions=positions)
+    assert pipe.stats["prefill_batches"] - before == 1
+    for prompt, row in zip(prompts, batched):
+        torch.testing.assert_close(row, first_logits_with_positions(pipe.model, prompt), rtol=1e-4, atol=1e-4)
+    return prompts
+
+
+@pytest.mark.parametrize("positions", ["compact", "original"])
+def test_llava_prompts_batch_with_either_positions(llava_pipeline, positions):
+    prompts = _batched_equals_single(llava_pipeline, make_image(21), positions)
+    gaps = [bool((p.positions[0].diff() > 1).any()) for p in prompts[1:]]
+    assert gaps == [positions == "original"] * 2  # original positions skip the dropped patches
+
+
+def test_qwen_prompts_batch_with_their_mrope_positions(demo_cache):
+    qwen = load_pipeline(DEMO_QWEN2_ID, device="cpu")
+    prompts = _batched_equals_single(qwen, make_image(22, 280, 420), None)
+    assert prompts[0].positions.dim() == 3  # [3, 1, L]
