@@ -573,6 +573,31 @@ def on_question(state: Analysis | None, question: Any) -> tuple:
     return tuple(values[k] for k in ANSWER_PANEL + ("stale",))
 
 
+def on_positions(state: Analysis | None, original_positions: bool) -> str:
+    """The original-positions box was ticked or cleared: the answers shown were made one way, Run
+    would make them the other way; the note says so (it clears when the box is back)."""
+    a = state.answered if state is not None else None
+    if a is None or "positions" not in a:
+        return stale_note(state)
+    wanted = "original" if original_positions else a["own_positions"]
+    if wanted == a["positions"]:
+        return stale_note(state)
+    return (f"⚠ *The answers shown put PruneSID's kept tokens at {a['positions']} positions; press **Run** to "
+            f"answer with them at {wanted} positions.*")
+
+
+def positions_choice() -> dict:
+    """The original-positions box, shown only for a model whose pruned prompts can take either
+    placement (LLaVA-1.5): the CLS-free families always keep original positions and LLaVA-NeXT
+    cannot, so for them the box would do nothing or be refused. Hidden, it is cleared. Left as it
+    is while the start-up model is still loading (this never waits for it)."""
+    pipe = MANAGER.loaded
+    if pipe is None:
+        return gr.skip()
+    offered = len(pipe.position_modes) > 1
+    return gr.update(visible=offered) if offered else gr.update(visible=False, value=False)
+
+
 def _no_progress(*_args, **_kwargs):
     return None
 
@@ -606,7 +631,8 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
         texts["fidelity"] = f"{line}\n\n{texts['fidelity']}"
     state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
-                                     "texts": texts, "model_id": state.model_id})
+                                     "texts": texts, "model_id": state.model_id, "positions": result.positions,
+                                     "own_positions": pipe.positions_default})
     values = dict(texts, state=state, stale=stale_note(state))
     return tuple(values[k] for k in ANSWER_KEYS)
 

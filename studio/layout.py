@@ -293,7 +293,8 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
               show_progress="minimal", **MODEL_EVENTS, **private
               ).then(H.on_answer, [state, question, budget, dynamic, max_new, original_positions], answer_out,
                      **MODEL_EVENTS, **private
-                     ).then(H.on_load, None, [banner, model], **private)
+                     ).then(H.on_load, None, [banner, model], **private
+                            ).then(H.positions_choice, None, original_positions, queue=False, **private)
 
     view_tabs = dict(kept=tab_kept, original=tab_original, groups=tab_groups, nms=tab_nms, importance=tab_importance,
                      group_chart=tab_group_chart, dynamic=tab_dynamic)
@@ -321,7 +322,11 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
     question.change(H.on_question, [state, question], answer_panel + [stale], queue=False, show_progress="hidden",
                     **private)
     model.input(H.on_model_change, [model, state], [banner, model] + view_out, show_progress="full",
-                **MODEL_EVENTS, **private)
+                **MODEL_EVENTS, **private
+                ).then(H.positions_choice, None, original_positions, queue=False, **private)
+    demo.load(H.positions_choice, None, original_positions, queue=False, **private)
+    original_positions.input(H.on_positions, [state, original_positions], stale, queue=False,
+                             show_progress="hidden", **private)
     return (image, question, budget, state), model
 
 

@@ -31,6 +31,7 @@ class FakePipeline:
     answers = "random"
     meaning = "a stand-in without a model"
     positions_default = "compact"
+    position_modes = ("compact", "original")
 
     def __init__(self, fail_with: Exception | None = None):
         self.calls: list[tuple[str, object]] = []

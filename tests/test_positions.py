@@ -143,3 +143,33 @@ def test_the_app_answers_with_original_positions_when_asked_and_says_so(llava_pi
     said = H.answer_texts(placed, own_positions=pipe.positions_default)["fidelity"]
     assert "original places" in said
     assert "original places" not in H.answer_texts(packed, own_positions=pipe.positions_default)["fidelity"]
+
+
+def test_the_positions_box_shows_for_llava_only_and_marks_answers_made_the_other_way(llava_pipeline, demo_cache):
+    from studio import handlers as H
+    from prunesid_vlm.serving import MANAGER
+    from prunesid_vlm.pipeline import load_pipeline
+    from prunesid_vlm.registry import DEMO_QWEN2_ID
+    from studio.session import Analysis
+
+    before = MANAGER.current() if MANAGER.state.active else None
+    try:
+        MANAGER.install(llava_pipeline)
+        assert H.positions_choice() == {"__type__": "update", "visible": True}
+        pipe, image = llava_pipeline, make_image(17)
+        feats = pipe.encode([image])
+        analysis = Analysis(kind="image", source="x.png", model_id=pipe.model_id, is_demo=True, images=[image],
+                            feats=feats, view_pixels=pipe.view_pixels([image], feats), grid=pipe.grid,
+                            reference_phis=[], budget=32, selection=pipe.select(feats, 32))
+        assert H.on_positions(analysis, True) == H.stale_note(analysis)  # nothing answered: nothing to mark
+        answered = dict(zip(H.ANSWER_KEYS, H.on_answer(analysis, QUESTION, 32, False, 4, False,
+                                                       progress=H._no_progress)))["state"]
+        assert answered.answered["positions"] == "compact"
+        ticked = H.on_positions(answered, True)
+        assert "at compact positions" in ticked and "at original positions" in ticked
+        assert H.on_positions(answered, False) == H.stale_note(answered) == ""  # back as answered: no mark
+
+        MANAGER.install(load_pipeline(DEMO_QWEN2_ID, device="cpu"))
+        assert H.positions_choice() == {"__type__": "update", "visible": False, "value": False}
+    finally:
+        MANAGER.install(before or llava_pipeline)
