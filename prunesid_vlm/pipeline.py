@@ -43,8 +43,9 @@ from .calibration import Calibration, calibration_files, load_or_compute
 from .families import adapter_for
 from .features import encode_views
 from .fidelity import first_token_kl
-from .generation import GenerationRun, next_token, placeholder_runs, score_continuation, resize_placeholders, synchronize
+from .generation import GenerationRun, next_token, placeholder_runs, score_continuation, resize_placeholders
 from .device import Cost, cross, in_action, register, zero_gpu
+from .timing import clocked, rotated_rounds
 from .positioned_generation import continuation_with_positions, first_logits_of, first_logits_with_positions, greedy_with_positions
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
@@ -529,11 +530,8 @@ class Pipeline:
         prepare = self.adapter.preprocess_frame if frames else self.adapter.preprocess
         pixels, views = zip(*(prepare(im) for im in images))
         counts = [p.shape[0] for p in pixels]
-        synchronize(self.loaded.device)
-        start = time.perf_counter()
-        hidden, cls = self.adapter.postprocess(*encode_views(self.model, torch.cat(pixels)))
-        synchronize(self.loaded.device)
-        vision_s = time.perf_counter() - start
+        (hidden, cls), vision_s = clocked(
+            lambda: self.adapter.postprocess(*encode_views(self.model, torch.cat(pixels))), self.loaded.device)
         hidden = hidden.cpu()
         rows = [None if frames else self.adapter.map_rows(c, (im.height, im.width)) for c, im in zip(counts, images)]
         phi = view_phis(hidden, _received(_joined_map_rows(rows, counts, self.num_patches)))
@@ -821,22 +819,14 @@ class Pipeline:
     def _time_staged_prefills(self, images, feats: EncodedImages, question: str,
                               variants: list[tuple[Selection | None, InLLMSchedule]], repeats: int,
                               min_seconds: float, max_repeats: int, progress: Callable[[float, str], None]):
-        inputs = [self._staged_inputs(images, feats, question, selection)[0] for selection, _ in variants]
-        runs: list[StagedRun | None] = [None] * len(variants)
-        timings: list[list[float]] = [[] for _ in variants]
-        planned, started, passes = max(1, repeats), time.perf_counter(), 0
-        while passes < planned or (passes < max_repeats and time.perf_counter() - started < min_seconds):
-            elapsed = (time.perf_counter() - started) / min_seconds if min_seconds > 0 else 0.0
-            progress(min(0.99, max(passes / planned, elapsed)),
-                     f"timing pass {passes + 1} over {len(variants)} variants")
-            order = list(range(len(variants)))
-            order = order[passes % len(order):] + order[:passes % len(order)]  # each variant leads once in turn
-            for index in order:
-                runs[index] = staged_generate(self.model, schedule=variants[index][1], prefill_only=True,
-                                              **inputs[index])
-                timings[index].append(runs[index].prefill_s)
-            passes += 1
-        return runs, timings, passes
+        def prefill(inputs: dict, schedule: InLLMSchedule):
+            run = staged_generate(self.model, schedule=schedule, prefill_only=True, **inputs)
+            return run, run.prefill_s  # the loop's own clock: its prefill, not the call around it
+
+        passes = [functools.partial(prefill, self._staged_inputs(images, feats, question, selection)[0], in_llm)
+                  for selection, in_llm in variants]  # each prompt built once, before the rounds
+        return rotated_rounds(passes, repeats=repeats, min_seconds=min_seconds, max_repeats=max_repeats,
+                              progress=progress)
 
     def _staged_inputs(self, images, feats: EncodedImages, question: str, selection: Selection | None
                        ) -> tuple[dict, int, float]:
@@ -949,13 +939,13 @@ class Pipeline:
         rows = [feats.view_rows(i) for i in media]
         hidden = [feats.hidden_states[r].to(device) for r in rows]
         with torch.inference_mode():
-            full, full_s = _timed(lambda: self.adapter.full_features(hidden, feats.image_sizes), device)
+            full, full_s = clocked(lambda: self.adapter.full_features(hidden, feats.image_sizes), device)
             visual, project_s = full, full_s
             if selection is not None:
                 keep = [[selection.keep_row(int(v)) for v in r] for r in rows]
                 merged = None if selection.merged_tokens is None else [[_merged_row(selection, int(v)) for v in r]
                                                                        for r in rows]
-                visual, pruned_s = _timed(
+                visual, pruned_s = clocked(
                     lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full, merged), device)
                 # The pruned path pays for the full packing only where it gathers from it (AnyRes crops).
                 project_s = pruned_s + (full_s if getattr(self.adapter, "packs_from_full", False) else 0.0)
@@ -1070,16 +1060,14 @@ class Pipeline:
         their order alternating, after one untimed warm-up pass when this process has not timed one
         yet (the first prefill-only pass pays for kernel selection and allocation, which is not what
         pruning changes; a generation does not warm this path's shapes)."""
-        passes = {"full": self._prefill_pass(images, feats, question, None, positions),  # one code path for both
-                  "pruned": self._prefill_pass(images, feats, question, selection, positions)}
+        device = self.loaded.device
+        passes = [functools.partial(clocked, self._prefill_pass(images, feats, question, chosen, positions), device)
+                  for chosen in (None, selection)]  # one code path for both
         if not self._warm:
-            passes["full"]()
+            passes[0]()
             self._warm = True
-        times: dict[str, list[float]] = {"full": [], "pruned": []}
-        for repeat in range(self.prefill_repeats):
-            for name in ("full", "pruned") if repeat % 2 == 0 else ("pruned", "full"):
-                times[name].append(_timed(passes[name], self.loaded.device)[1])
-        return {name: float(np.median(t)) for name, t in times.items()}
+        _, seconds, _ = rotated_rounds(passes, repeats=self.prefill_repeats, max_repeats=self.prefill_repeats)
+        return {"full": float(np.median(seconds[0])), "pruned": float(np.median(seconds[1]))}
 
     def _prefill_pass(self, images, feats: EncodedImages, question: str,
                       selection: Selection | None, positions: str) -> Callable[[], torch.Tensor]:
@@ -1199,14 +1187,6 @@ def _merged_row(sel: Selection, row: int) -> torch.Tensor:
     """``[M_row, D]``: a row's merged tokens (its budget minus its kept indices; padding dropped)."""
     count = int(sel.num_tokens[row]) - sel.keep_row(row).numel()
     return sel.merged_tokens[row, :count]
-
-
-def _timed(fn, device):
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return out, time.perf_counter() - start
 
 
 def _timing(vision_s: float, selection_s: float, run: Answer) -> dict[str, float]:

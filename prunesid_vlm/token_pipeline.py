@@ -16,7 +16,6 @@ Nothing here names a family: what differs lives in the backend.
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ from PIL import Image
 from prunesid.result import Selection
 
 from .backends.base import EncodedMedia, PromptInputs, TokenBackend
-from .generation import synchronize
+from .timing import clocked
 from .pipeline import EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key, device_action
 from .rules import Frames, check_images, information_score, keeps_everything, view_phis
 
@@ -132,12 +131,9 @@ class TokenPipeline(Pipeline):
             token_noun=media.token_noun, token_px=media.token_px)
 
     def _encode_media(self, images: list[Image.Image], frames: bool) -> tuple[EncodedMedia, float]:
-        synchronize(self.loaded.device)
-        start = time.perf_counter()
-        media = self.backend.encode(images, frames)
-        synchronize(self.loaded.device)
+        media, seconds = clocked(lambda: self.backend.encode(images, frames), self.loaded.device)
         self.stats["tower_images"] += len(images)
-        return media, time.perf_counter() - start
+        return media, seconds
 
     def view_pixels(self, images: Sequence[Image.Image], feats: EncodedImages,
                     side: int = TOWER_VIEW_SIDE) -> list[np.ndarray]:
