@@ -6,19 +6,25 @@ and scripts use; everything else here is behind it.
 
 Modules (one job each):
     pipeline          Pipeline: encode, budgets, select, answer, compare; caches, lock, GPU boundary
+    predictor         MediaPredictor (``pipe.media(images)``): encode once, select and answer many times
+    token_pipeline    the same Pipeline over a CLS-free family's backend
     results           EncodedImages, Answer, CompareResult (CPU data only)
     studies           methods side by side, stability and budget sweeps on a loaded model
-    families          model families: checkpoint type → transformers class and adapter
-    adapters/         one adapter per family behind the ``Adapter`` protocol (adapters/base.py)
+    families          model families: checkpoint type → transformers class and adapter or backend
+    adapters/         CLS towers (LLaVA-1.5, NeXT, NeXT-Video) behind the ``Adapter`` protocol
+    backends/         CLS-free families behind the ``TokenBackend`` protocol; ``PromptInputs``
     registry          known hub ids and the offline demo ids, for the model picker
     shapes_world      the shapes world's exact rules: scenes drawn with PIL, one-word questions
-    demo_model        tiny random-weight LLaVA / NeXT / NeXT-Video checkpoints, built offline once
+    demo_model, demos/  tiny random-weight checkpoints of every family, built offline once
     loading           ``from_pretrained`` by hub id / folder / demo id; device and dtype; ModelLoadError
     features          one sdpa tower pass → layer −2 states + the CLS attention row (q/k hooks)
-    generation        placeholder shrinking, greedy generate via ``mm_encoder_outputs``, stage timings
+    generation        placeholder runs, greedy choice as ``generate`` makes it, continuation scores
+    positioned_generation  greedy decoding, (batched) prefill and scoring of a ``PromptInputs``
+    inllm             pruning inside the language model (FastV, PyramidDrop): the staged loop
+    timing            the side-by-side timing harness behind every reported speed
     fidelity          KL of the first answer token (full ‖ pruned)
     calibration       the calibration images and their φ (φ_ref for the single-image dynamic ratio)
-    gpu               the one ZeroGPU boundary
+    device            the one ZeroGPU boundary
 """
 from .loading import LoadedModel, ModelLoadError, load_model
 from .registry import (DEMO_MODEL_ID, DEMO_NEXT_MODEL_ID, DEMO_NEXT_VIDEO_MODEL_ID, KNOWN_MODELS, SHAPES_DEMO_ID, ModelSpec,

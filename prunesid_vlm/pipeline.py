@@ -46,6 +46,7 @@ from .fidelity import first_token_kl
 from .generation import GenerationRun, next_token, placeholder_runs, score_continuation, resize_placeholders
 from .device import Cost, cross, in_action, register, zero_gpu
 from .timing import clocked, rotated_rounds
+from .predictor import MediaPredictor
 from .positioned_generation import continuation_with_positions, first_logits_of, first_logits_with_positions, greedy_with_positions
 from .inllm import InLLMSchedule, StagedRun, language_model_layers, prefill_flops, staged_generate
 from .loading import LoadedModel, ModelLoadError, load_model
@@ -73,7 +74,7 @@ from .rules import (
     view_phis,
 )
 
-__all__ = ["load_pipeline", "POSITION_MODES", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "RESULT_SCHEMA", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
+__all__ = ["load_pipeline", "MediaPredictor", "POSITION_MODES", "load_pipeline_or_demo", "Pipeline", "Cost", "nbytes", "RESULT_SCHEMA", "EncodedImages", "CompareResult", "Answer", "TokenCounts", "Frames",
            "DEMO_MODEL_ID", "DINOV2_DEMO_ID", "offline_default", "offline_photos_default", "NoAnswers", "ModelLoadError", "ModelSpec", "list_models", "check_budget", "check_question",
            "view_budgets", "selection_budgets", "select", "token_counts", "budget_patches", "available_methods",
            "unavailable_methods", "unseen_note", "MAX_QUESTION_CHARS", "handed_per_view"]
@@ -538,6 +539,12 @@ class Pipeline:
         self.stats["tower_images"] += len(images)
         return {key: (h, a, v, vision_s * len(v) / sum(counts), p, m) for key, h, a, p, v, m in
                 zip(keys, hidden.split(counts), cls.cpu().split(counts), phi.split(counts), views, rows)}, vision_s
+
+    def media(self, images: Sequence[Image.Image]) -> MediaPredictor:
+        """``images`` encoded once and bound to this pipeline: select and answer about them many times
+        without passing them again (:class:`~prunesid_vlm.predictor.MediaPredictor`)."""
+        images = check_images(images)
+        return MediaPredictor(self, images, self.encode(images))
 
     def media_notes(self, feats: EncodedImages) -> list[str]:
         """Sentences on what the model does not see as the visitor might expect: the part of an
