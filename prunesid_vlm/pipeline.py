@@ -22,13 +22,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import replace
 from typing import Callable, Hashable, NamedTuple, Sequence
 
+import cachetools
 import numpy as np
 import torch
 from PIL import Image
@@ -192,42 +194,27 @@ class _Prompt(NamedTuple):
     """The hand-over (None: every token, also when the selection keeps everything)."""
 
 
-class _LRU(OrderedDict):
-    """Least recently used first out, bounded by entries and by bytes. While ``journal`` is a
-    list, every entry put is also appended to it (what a crossing hands back to the caller)."""
+class _LRU(cachetools.LRUCache):
+    """Least recently used first out (cachetools' ``LRUCache``), bounded by bytes (``max_bytes``, as
+    :func:`nbytes` counts them) and by entries (``size``). An entry larger than the byte bound on its
+    own is not kept. While ``journal`` is a list, every entry put is also appended to it (what a
+    crossing hands back to the caller)."""
 
     def __init__(self, size: int, max_bytes: int | None = None):
-        super().__init__()
+        super().__init__(maxsize=math.inf if max_bytes is None else max_bytes, getsizeof=nbytes)
         self.size = size
-        self.max_bytes = max_bytes
-        self.bytes = 0
         self.journal: list | None = None
-        self._sizes: dict = {}
 
-    def get_fresh(self, key: Hashable):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return None
-
-    def put(self, key: Hashable, value, keep: int = 0) -> None:
-        if key in self:
-            self.bytes -= self._sizes.pop(key, 0)
-        self[key] = value
-        self.move_to_end(key)
-        self._sizes[key] = size = nbytes(value)
-        self.bytes += size
+    def put(self, key: Hashable, value) -> None:
+        try:
+            self[key] = value  # evicts the least recently used entries until the bytes fit
+        except ValueError:  # too large alone: not cached (an older value under the key goes too)
+            self.pop(key, None)
+            return
+        while len(self) > self.size:
+            self.popitem()
         if self.journal is not None:
             self.journal.append((key, value))
-        while len(self) > max(self.size, keep) or (
-                self.max_bytes is not None and self.bytes > self.max_bytes and len(self) > max(1, keep)):
-            old, _ = self.popitem(last=False)
-            self.bytes -= self._sizes.pop(old, 0)
-
-    def clear(self) -> None:
-        super().clear()
-        self._sizes.clear()
-        self.bytes = 0
 
 
 class Pipeline:
@@ -503,7 +490,7 @@ class Pipeline:
         frames = isinstance(images, Frames) and self.adapter.frame_views_differ
         keys = self._feature_keys(images)
         with self._lock:
-            known = {k: self._features.get_fresh(k) for k in set(keys) if k in self._features}
+            known = {k: self._features.get(k) for k in set(keys) if k in self._features}
             missing = [i for i, k in enumerate(keys) if k not in known]
             vision_s = 0.0
             if missing:
@@ -511,7 +498,7 @@ class Pipeline:
                                                [keys[i] for i in missing], frames)
                 known.update(new)
             for k in keys:
-                self._features.put(k, known[k], keep=len(known))
+                self._features.put(k, known[k])
             entries = [known[k] for k in keys]
         media = (lambda i: 0) if self.one_clip else (lambda i: i)  # frames of a clip share one run
         views = [ViewInfo(media(i), v.kind, v.box, v.crop_row, v.crop_col) for i, e in enumerate(entries) for v in e[2]]
@@ -588,7 +575,7 @@ class Pipeline:
     def projected_patches(self, feats: EncodedImages) -> torch.Tensor:
         """Float32 CPU ``[V, N, D_text]``: every view's patch rows through the projector (cached)."""
         with self._lock:
-            hit = self._projected.get_fresh(feats.media_key)
+            hit = self._projected.get(feats.media_key)
             if hit is None:
                 hit = self._on_model(self._project_patches, feats.hidden_states)
                 self._projected.put(feats.media_key, hit)
@@ -656,7 +643,7 @@ class Pipeline:
         question = check_question(question)
         key = ("relevance", feats.media_key, question)
         with self._lock:
-            hit = self._projected.get_fresh(key)
+            hit = self._projected.get(key)
             if hit is None:
                 side = self.text_side()
                 tower = self.model.model.vision_tower
@@ -706,7 +693,7 @@ class Pipeline:
         # The schedule joins the selection's slot: first_token_logits reuses answers by (media, question, slot).
         key = (feats.media_key, question, (chosen, in_llm.key()) if staged else chosen, max_new_tokens)
         with self._lock:
-            hit = self._answers.get_fresh(key)
+            hit = self._answers.get(key)
             if hit is not None:
                 return replace(hit, cached=True)
             if staged:

@@ -112,7 +112,7 @@ class TokenPipeline(Pipeline):
         phi_ref = self.phi_ref
         key = self._media_key(images, frames)
         with self._lock:
-            hit = self._features.get_fresh(key)
+            hit = self._features.get(key)
             cached = hit is not None
             if not cached:
                 hit = self._on_model(self._encode_media, images, frames)

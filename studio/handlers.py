@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
+import cachetools
 import gradio as gr
 import numpy as np
 
@@ -772,10 +772,9 @@ __all__ = [n for n in dir() if n.startswith(("on_", "check_", "load_media", "enc
                                               "analyze", "banner_text", "stale_note"))] + ["VIEW_KEYS", "ANSWER_KEYS"]
 
 
-PREVIEWS: "OrderedDict[str, str]" = OrderedDict()
+PREVIEWS: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
 """Player previews made for clips browsers cannot play, each mapped to the upload it shows (the
 video input then holds the preview; what is analysed and answered is always the original)."""
-MAX_PREVIEWS = 256
 
 
 def original_of(video: str | None) -> str | None:
@@ -794,9 +793,7 @@ def _preview_for(state: Analysis | None, source: str) -> tuple[Any, str | None]:
         return gr.skip(), None
     if preview is None:
         return gr.skip(), None
-    PREVIEWS[str(preview)] = source
-    while len(PREVIEWS) > MAX_PREVIEWS:
-        PREVIEWS.popitem(last=False)
+    PREVIEWS[str(preview)] = source  # the least recently used goes past maxsize
     return str(preview), note
 
 

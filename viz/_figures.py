@@ -5,8 +5,8 @@ Plain matplotlib: Agg rendering, no pyplot state, nothing about how a figure is 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
+import cachetools
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
@@ -32,9 +32,9 @@ class DynamicRatioFigure(Figure):
     it again with a new key, or with ``None`` to always draw in full.
     """
 
-    _backgrounds: "OrderedDict[tuple, object]" = OrderedDict()
+    _backgrounds: cachetools.LRUCache = cachetools.LRUCache(maxsize=32)
+    """Agg buffers of the static artists, by key, size and resolution (shared by every figure)."""
     _lock = threading.Lock()
-    MAX_BACKGROUNDS = 32
 
     _key = None
     _dynamic: tuple = ()
@@ -48,9 +48,7 @@ class DynamicRatioFigure(Figure):
             return super().draw(renderer)
         key = (self._key, self.dpi, tuple(self.bbox.bounds), renderer.width, renderer.height)
         with self._lock:
-            background = self._backgrounds.get(key)
-            if background is not None:
-                self._backgrounds.move_to_end(key)
+            background = self._backgrounds.get(key)  # a hit becomes the most recently used
         if background is None:
             visible = [a.get_visible() for a in self._dynamic]
             for a in self._dynamic:
@@ -62,9 +60,7 @@ class DynamicRatioFigure(Figure):
                     a.set_visible(v)
             background = renderer.copy_from_bbox(self.bbox)
             with self._lock:
-                self._backgrounds[key] = background
-                while len(self._backgrounds) > self.MAX_BACKGROUNDS:
-                    self._backgrounds.popitem(last=False)
+                self._backgrounds[key] = background  # the least recently used goes past maxsize
         else:
             renderer.restore_region(background)
         for a in sorted(self._dynamic, key=lambda a: a.get_zorder()):  # matplotlib's drawing order
