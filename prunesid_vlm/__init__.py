@@ -5,7 +5,8 @@ all or only the kept visual tokens. :mod:`prunesid_vlm.pipeline` is the one door
 and scripts use; everything else here is behind it.
 
 Modules (one job each):
-    pipeline          Pipeline: encode, budgets, select, answer, compare; caches, lock, GPU boundary
+    pipeline          the public door: load_pipeline (picks the class), the names scripts and the app use
+    base_pipeline     Pipeline: encode, budgets, select, answer, compare; caches, lock, GPU boundary
     predictor         MediaPredictor (``pipe.media(images)``): encode once, select and answer many times
     token_pipeline    the same Pipeline over a CLS-free family's backend
     results           EncodedImages, Answer, CompareResult (CPU data only)

@@ -27,12 +27,22 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Pipeline
+from typing import Any, Callable, ContextManager, Protocol
 
 log = logging.getLogger("prunesid_vlm")
+
+
+class Pipeline(Protocol):
+    """What a crossing needs of a pipeline (:class:`prunesid_vlm.pipeline.Pipeline` is one; named
+    here rather than imported, since the pipeline imports this module)."""
+
+    device_token: str
+    billions: float
+
+    def cache_seed(self, media: Any) -> dict: ...
+    def recording(self, seed: dict, local: bool) -> ContextManager[dict]: ...
+    def apply_journal(self, journal: dict) -> None: ...
+    def after_fork(self) -> None: ...
 
 MIN_GPU_SECONDS = 15
 """What every crossing asks of ZeroGPU at least: a fresh worker moves the model onto its GPU first."""

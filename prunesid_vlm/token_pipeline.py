@@ -26,7 +26,8 @@ from prunesid.result import Selection
 
 from .backends.base import EncodedMedia, PromptInputs, TokenBackend
 from .timing import clocked
-from .pipeline import EncodedImages, Pipeline, TOWER_VIEW_SIDE, _image_key, device_action
+from .base_pipeline import Pipeline, TOWER_VIEW_SIDE, _image_key, device_action
+from .results import EncodedImages
 from .rules import Frames, check_images, information_score, keeps_everything, view_phis
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prunesid_vlm.pipeline import _LRU
+from prunesid_vlm.base_pipeline import _LRU
 
 
 def _tensor(kib: int) -> torch.Tensor:

@@ -499,7 +499,7 @@ def test_select_gives_divprune_and_cdpruner_what_their_code_uses(llava_pipeline)
 def test_cdpruner_is_unavailable_when_clips_text_tower_cannot_be_loaded(deep_llava_pipeline, monkeypatch):
     """A CLIP-L/336 tower whose CLIP text side cannot be downloaded (offline, nothing cached): CDPruner
     is left out of the available methods with the reason, and the load is tried once, not per call."""
-    import prunesid_vlm.pipeline as pipeline_module
+    import prunesid_vlm.base_pipeline as pipeline_module
     from prunesid_vlm.pipeline import Pipeline
     from prunesid_vlm.relevance import NoTextTower
 
