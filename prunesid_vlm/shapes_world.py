@@ -116,14 +116,15 @@ def draw_objects(objects: tuple[ShapeObject, ...], background: str) -> Image.Ima
     return image
 
 
-def _place(rng: np.random.Generator, count: int) -> tuple[ShapeObject, ...] | None:
+def _place(rng: np.random.Generator, count: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+           ) -> tuple[ShapeObject, ...] | None:
     """``count`` objects with their gaps, or None when one found no place in ``PLACE_TRIES`` draws."""
     placed: list[ShapeObject] = []
     colors = tuple(COLORS)
     for _ in range(count):
         shape = SHAPES[rng.integers(len(SHAPES))]
         color = colors[rng.integers(len(colors))]
-        side = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+        side = int(rng.integers(sides[0], sides[1] + 1))
         high = SIZE - MARGIN - side + 1  # exclusive: x0 + side ≤ SIZE − MARGIN
         # All tries' positions at once; the first that keeps its gaps wins.
         xs, ys = rng.integers(MARGIN, high, size=(2, PLACE_TRIES))
@@ -137,19 +138,28 @@ def _place(rng: np.random.Generator, count: int) -> tuple[ShapeObject, ...] | No
     return tuple(placed)
 
 
-def draw_scene(rng: np.random.Generator) -> Scene:
-    """One scene drawn from ``rng`` (same generator state, same scene)."""
+TRAINING_SIDES = (14, 120)
+"""The widest side range a training scene may take (``draw_scenes(sides=...)``): a patch, and six
+objects still placeable."""
+
+
+def draw_scene(rng: np.random.Generator, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Scene:
+    """One scene drawn from ``rng`` (same generator state, same scene). ``sides``: the objects' side
+    range, the world's 40–90 px unless a training run widens it (:data:`TRAINING_SIDES`)."""
     background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     count = int(rng.integers(1, MAX_OBJECTS + 1))
-    while (objects := _place(rng, count)) is None:
+    while (objects := _place(rng, count, sides)) is None:
         pass  # crowded: draw the whole scene again (rare with sides ≤ 90)
     return Scene(draw_objects(objects, background), objects, background)
 
 
-def draw_scenes(seed: int, count: int) -> list[Scene]:
-    """``count`` scenes from one generator seeded with ``seed``."""
+def draw_scenes(seed: int, count: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> list[Scene]:
+    """``count`` scenes from one generator seeded with ``seed`` (``sides``: see :func:`draw_scene`)."""
+    low, high = TRAINING_SIDES
+    if not low <= sides[0] <= sides[1] <= high:
+        raise ValueError(f"object sides must lie within {low}–{high} px (smallest first), not {sides[0]}–{sides[1]}")
     rng = np.random.default_rng(seed)
-    return [draw_scene(rng) for _ in range(count)]
+    return [draw_scene(rng, sides) for _ in range(count)]
 
 
 def questions(scene: Scene, rng: np.random.Generator) -> list[Question]:

@@ -13,27 +13,29 @@ from pathlib import Path
 
 import numpy as np
 
-from prunesid_vlm.shapes_world import draw_scenes
+from prunesid_vlm.shapes_world import MAX_SIDE, MIN_SIDE, draw_scenes
 
 BATCH = 8
 
 
-def feature_meta(seed: int, count: int) -> dict:
-    return {"seed": seed, "scenes": count, "tower": "demo/dinov2-small-llava", "layer": -2, "shape": [count, 577, 384]}
+def feature_meta(seed: int, count: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> dict:
+    meta = {"seed": seed, "scenes": count, "tower": "demo/dinov2-small-llava", "layer": -2, "shape": [count, 577, 384]}
+    return meta if tuple(sides) == (MIN_SIDE, MAX_SIDE) else dict(meta, sides=list(sides))
 
 
-def scene_features(seed: int, count: int, path: Path, log=print) -> np.ndarray:
-    """``[count, 577, 384]`` float32 states of ``draw_scenes(seed, count)``, read from ``path`` when it
-    holds them (its ``.json`` names seed and count), else computed and written there first."""
+def scene_features(seed: int, count: int, path: Path, log=print, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+                   ) -> np.ndarray:
+    """``[count, 577, 384]`` float32 states of ``draw_scenes(seed, count, sides)``, read from ``path``
+    when it holds them (its ``.json`` names seed, count and sides), else computed and written there first."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
-    meta = feature_meta(seed, count)
+    meta = feature_meta(seed, count, sides)
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == meta:
         return np.load(path, mmap_mode="r")
     from prunesid_vlm.pipeline import DINOV2_DEMO_ID, load_pipeline
 
     pipe = load_pipeline(DINOV2_DEMO_ID, device="cpu")
-    scenes = draw_scenes(seed, count)
+    scenes = draw_scenes(seed, count, sides)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Resumable: rows are written batch by batch and the count of finished rows kept beside them.
     tmp, progress = path.with_name(path.name + ".part.npy"), path.with_name(path.name + ".progress")

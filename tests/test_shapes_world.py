@@ -156,3 +156,14 @@ def test_one_per_kind_picks_one_of_each_present_kind(seed):
     picked = one_per_kind(qs, rng)
     assert [q.kind for q in picked] == [k for k in KINDS if any(q.kind == k for q in qs)]
     assert all(q in qs for q in picked)
+
+
+def test_a_training_run_may_widen_the_sides_and_the_rule_stays_the_default():
+    from prunesid_vlm.shapes_world import MAX_SIDE, MIN_SIDE, TRAINING_SIDES
+
+    ruled, named = draw_scenes(31, 12), draw_scenes(31, 12, (MIN_SIDE, MAX_SIDE))
+    assert [s.objects for s in ruled] == [s.objects for s in named]
+    wide = [o.side for s in draw_scenes(31, 40, (20, 120)) for o in s.objects]
+    assert min(wide) < MIN_SIDE and max(wide) > MAX_SIDE and 20 <= min(wide) and max(wide) <= 120
+    with pytest.raises(ValueError, match="object sides"):
+        draw_scenes(31, 1, (TRAINING_SIDES[0] - 1, 90))
