@@ -184,16 +184,22 @@ class _LRU(cachetools.LRUCache):
         self.size = size
         self.journal: list | None = None
 
-    def put(self, key: Hashable, value) -> None:
+    def put(self, key: Hashable, value, keep: int = 0) -> None:
+        """Cache ``value``; the entry bound gives way to ``keep`` (the entries one call puts together,
+        e.g. every frame of a clip, which must not evict each other)."""
         try:
             self[key] = value  # evicts the least recently used entries until the bytes fit
         except ValueError:  # too large alone: not cached (an older value under the key goes too)
             self.pop(key, None)
             return
-        while len(self) > self.size:
+        while len(self) > max(self.size, keep):
             self.popitem()
         if self.journal is not None:
             self.journal.append((key, value))
+
+    def peek_items(self) -> list[tuple[Hashable, object]]:
+        """Every entry, without marking any as used (reading a cache to carry or search it is not a use)."""
+        return [(key, cachetools.Cache.__getitem__(self, key)) for key in list(self)]
 
 
 class Pipeline:
@@ -264,7 +270,7 @@ class Pipeline:
             return key in keys
 
         with self._lock:
-            seed = {name: [(k, v) for k, v in cache.items() if about(k)] for name, cache in self._caches().items()}
+            seed = {name: [(k, v) for k, v in cache.peek_items() if about(k)] for name, cache in self._caches().items()}
             seed["calibration"] = self._calibration
         return seed
 
@@ -477,7 +483,7 @@ class Pipeline:
                                                [keys[i] for i in missing], frames)
                 known.update(new)
             for k in keys:
-                self._features.put(k, known[k])
+                self._features.put(k, known[k], keep=len(known))
             entries = [known[k] for k in keys]
         media = (lambda i: 0) if self.one_clip else (lambda i: i)  # frames of a clip share one run
         views = [ViewInfo(media(i), v.kind, v.box, v.crop_row, v.crop_col) for i, e in enumerate(entries) for v in e[2]]
@@ -852,8 +858,8 @@ class Pipeline:
             self._check_selection(feats, sel)
         prompts = [(feats.media_key, question, self._slot(s, positions)) for s in selections]
         with self._lock:
-            found = {key[:3]: answer.first_logits for key, answer in self._answers.items()}
-            found.update(self._first_logits)
+            found = {key[:3]: answer.first_logits for key, answer in self._answers.peek_items()}
+            found.update(self._first_logits.peek_items())
             todo = {p: s for p, s in zip(prompts, selections) if p not in found}
             batch = list(todo.items())
             for start in range(0, len(batch), PREFILL_BATCH):

@@ -275,7 +275,7 @@ def staged_generate(model: torch.nn.Module, input_ids: torch.Tensor, features: t
         image_counts.append(int(is_image.sum()))
         token_counts.append(int(hidden.shape[1]))
         # Decoding shift of this layer: nonzero only where PyramidDrop renumbered (1-D positions).
-        offsets.append(int(input_ids.shape[1]) - int(positions[-1]) - 1 if renumber else 0)
+        offsets.append(next_position - 1 - int(positions[-1]) if renumber else 0)
         hidden = layer(hidden, attention_mask=_causal_mask(lm.config, hidden.shape[1], hidden.dtype, device),
                        position_ids=None if mrope else positions[None], cache=cache, use_cache=True,
                        position_embeddings=(cos, sin))

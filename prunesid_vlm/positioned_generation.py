@@ -10,6 +10,7 @@ exactly ``generate``'s greedy path (tested per family).
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -65,25 +66,42 @@ def _forward_extra(prompt: PromptInputs, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prompt.forward_extra.items()}
 
 
+def greedy_processors(model: torch.nn.Module, input_ids: torch.Tensor):
+    """The logits processors ``generate`` applies in a greedy search with the model's own generation
+    config (repetition penalty, n-gram blocking, a minimum length, suppressed or biased tokens, …;
+    the sampling-only ones never apply), built by ``generate``'s own helpers so that a checkpoint's
+    settings act here as they do there."""
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample, config.num_beams = False, 1
+    model._prepare_special_tokens(config, True, device=input_ids.device)
+    return model._get_logits_processor(generation_config=config, input_ids_seq_length=input_ids.shape[1],
+                                       encoder_input_ids=input_ids, device=input_ids.device, model_kwargs={})
+
+
 @torch.inference_mode()
 def greedy_with_positions(model: torch.nn.Module, prompt: PromptInputs, max_new_tokens: int = 64) -> GenerationRun:
-    """Greedy answer to ``prompt``; generated tokens go at ``prompt.next_position``, + 1, …"""
+    """Greedy answer to ``prompt``; generated tokens go at ``prompt.next_position``, + 1, …; the
+    generation config's logits processors act on each choice (:func:`greedy_processors`), the first
+    logits are reported raw (as ``generate(output_logits=True)`` does)."""
     device = model.device
+    sequence = prompt.input_ids.to(device)
+    processors = greedy_processors(model, sequence)
     synchronize(device)
     start = time.perf_counter()
-    logits, cache = _step(model, prompt.input_ids.to(device), prompt.positions.to(device), None,
+    logits, cache = _step(model, sequence, prompt.positions.to(device), None,
                           encoder_outputs(prompt), _forward_extra(prompt, device))
     synchronize(device)
     prefill_end = time.perf_counter()
     first = logits[0].cpu()
     tokens, eos = [], eos_ids(model)
     for step in range(max_new_tokens):
-        token = next_token(model, logits)
+        token = next_token(model, processors(sequence, logits) if processors else logits)
         tokens.append(token)
         if token in eos or step == max_new_tokens - 1:
             break
+        sequence = torch.cat([sequence, sequence.new_tensor([[token]])], dim=1)
         position = _positions_from(prompt, prompt.next_position + step, 1).to(device)
-        logits, cache = _step(model, torch.tensor([[token]], device=device), position, cache)
+        logits, cache = _step(model, sequence[:, -1:], position, cache)
     synchronize(device)
     end = time.perf_counter()
     return GenerationRun(tokens=torch.tensor(tokens, dtype=torch.long), first_logits=first,

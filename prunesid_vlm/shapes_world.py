@@ -139,8 +139,9 @@ def _place(rng: np.random.Generator, count: int, sides: tuple[int, int] = (MIN_S
 
 
 TRAINING_SIDES = (14, 120)
-"""The widest side range a training scene may take (``draw_scenes(sides=...)``): a patch, and six
-objects still placeable."""
+"""The widest side range a training scene may take (``draw_scenes(sides=...)``): from a patch to 120
+px, with the smallest side at most the world's 90 px, so that six objects still find their places
+(only four of 110 px or more fit the canvas)."""
 
 
 def draw_scene(rng: np.random.Generator, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Scene:
@@ -156,8 +157,9 @@ def draw_scene(rng: np.random.Generator, sides: tuple[int, int] = (MIN_SIDE, MAX
 def draw_scenes(seed: int, count: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> list[Scene]:
     """``count`` scenes from one generator seeded with ``seed`` (``sides``: see :func:`draw_scene`)."""
     low, high = TRAINING_SIDES
-    if not low <= sides[0] <= sides[1] <= high:
-        raise ValueError(f"object sides must lie within {low}–{high} px (smallest first), not {sides[0]}–{sides[1]}")
+    if not (low <= sides[0] <= sides[1] <= high and sides[0] <= MAX_SIDE):
+        raise ValueError(f"object sides must lie within {low}–{high} px (smallest first, at most {MAX_SIDE}), "
+                         f"not {sides[0]}–{sides[1]}")
     rng = np.random.default_rng(seed)
     return [draw_scene(rng, sides) for _ in range(count)]
 

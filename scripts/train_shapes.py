@@ -385,8 +385,10 @@ def main(argv=None) -> None:
         args.sides = (MIN_SIDE, MAX_SIDE) if args.sides is None else tuple(int(v) for v in args.sides.split(","))
     except ValueError:
         parser.error(f"--sides takes MIN,MAX in px, not {args.sides!r}")
-    if len(args.sides) != 2 or not TRAINING_SIDES[0] <= args.sides[0] <= args.sides[1] <= TRAINING_SIDES[1]:
-        parser.error(f"--sides takes MIN,MAX with {TRAINING_SIDES[0]} <= MIN <= MAX <= {TRAINING_SIDES[1]}")
+    if len(args.sides) != 2 or not (TRAINING_SIDES[0] <= args.sides[0] <= args.sides[1] <= TRAINING_SIDES[1]
+                                    and args.sides[0] <= MAX_SIDE):
+        parser.error(f"--sides takes MIN,MAX with {TRAINING_SIDES[0]} <= MIN <= {MAX_SIDE} and MIN <= MAX <= "
+                     f"{TRAINING_SIDES[1]}")
 
     weights = {}
     for item in args.kind_weight:

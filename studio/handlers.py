@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -134,10 +135,12 @@ def answer(analysis: Analysis, question: Any, pipe: Pipeline, max_new_tokens: in
     if analysis.selection is None:
         raise ValueError("Nothing selected yet: pick a budget first.")
     num_tokens, mode = budget_rule(analysis)
+    # A box left ticked for a model that cannot take original positions (it was switched meanwhile) asks
+    # for the model's own way rather than for a refusal.
+    wanted = "original" if original_positions and "original" in pipe.position_modes else None
     return pipe.compare(analysis.images, check_question(question), num_tokens, dynamic=analysis.dynamic,
                         max_new_tokens=int(max_new_tokens), selection=analysis.selection, mode=mode,
-                        selection_s=analysis.selection_ms / 1000,
-                        positions="original" if original_positions else None)
+                        selection_s=analysis.selection_ms / 1000, positions=wanted)
 
 
 def method_analysis(pipe: Pipeline, encoded: Analysis, budget: int, dynamic: bool, method: str) -> Analysis:
@@ -319,7 +322,14 @@ def _view_outputs(analysis: Analysis, view: int, status: Any, parts=V.PARTS) -> 
 
 def _answered_here(analysis: Analysis | None) -> bool:
     a = analysis.answered if analysis is not None else None
-    return a is not None and a["setting"] == analysis.setting
+    return a is not None and a["setting"] == analysis.setting and not _positions_differ(analysis)
+
+
+def _positions_differ(analysis: Analysis) -> bool:
+    """Whether Run would now place the kept tokens otherwise than the shown answers did (the box moved)."""
+    a = analysis.answered
+    return (a is not None and analysis.positions_wanted is not None and "positions" in a
+            and analysis.positions_wanted != a["positions"])
 
 
 def stale_note(analysis: Analysis | None) -> str:
@@ -332,6 +342,9 @@ def stale_note(analysis: Analysis | None) -> str:
     if _answered_here(analysis):
         return ""
     a = analysis.answered
+    if a["setting"] == analysis.setting:  # only the placement differs
+        return (f"⚠ *The answers shown put PruneSID's kept tokens at {a['positions']} positions; press **Run** to "
+                f"answer with them at {analysis.positions_wanted} positions.*")
     made = f"{a['tokens']} tokens" + (f" (dynamic ratio, K = {a['budget']})" if a["dynamic"] else "")
     if a["setting"][2]:
         made += " shared over all views"
@@ -357,8 +370,10 @@ def answer_panel(analysis: Analysis | None, question: str | None = None) -> dict
     if not same_question or a.get("model_id", analysis.model_id) != analysis.model_id:
         return empty
     texts = a["texts"]
+    made = (f"at {a['positions']} positions" if a["setting"] == analysis.setting  # only the placement differs
+            else f"with {a['tokens']} visual tokens")
     return dict(empty, full_head=texts["full_head"], full_answer=texts["full_answer"], full_stats=texts["full_stats"],
-                pruned_head=f"#### PruneSID · ⚠ made with {a['tokens']} visual tokens, not this setting's",
+                pruned_head=f"#### PruneSID · ⚠ made {made}, not this setting's",
                 pruned_answer=texts["pruned_answer"],
                 pruned_stats="*Press **Run** for the answer with the tokens the views show now.*")
 
@@ -573,17 +588,15 @@ def on_question(state: Analysis | None, question: Any) -> tuple:
     return tuple(values[k] for k in ANSWER_PANEL + ("stale",))
 
 
-def on_positions(state: Analysis | None, original_positions: bool) -> str:
-    """The original-positions box was ticked or cleared: the answers shown were made one way, Run
-    would make them the other way; the note says so (it clears when the box is back)."""
-    a = state.answered if state is not None else None
-    if a is None or "positions" not in a:
-        return stale_note(state)
-    wanted = "original" if original_positions else a["own_positions"]
-    if wanted == a["positions"]:
-        return stale_note(state)
-    return (f"⚠ *The answers shown put PruneSID's kept tokens at {a['positions']} positions; press **Run** to "
-            f"answer with them at {wanted} positions.*")
+def on_positions(state: Analysis | None, original_positions: bool) -> tuple:
+    """The original-positions box was ticked or cleared: remembered with the visitor's analysis, so
+    that the answers shown are marked as made the other way until Run (and unmarked when the box is
+    back), whatever moves in between."""
+    if state is None or state.answered is None or "positions" not in state.answered:
+        return gr.skip(), gr.skip()
+    wanted = "original" if original_positions else state.answered["own_positions"]
+    state = replace(state, positions_wanted=wanted)
+    return state, stale_note(state)
 
 
 def positions_choice() -> dict:
@@ -632,7 +645,7 @@ def on_answer(state: Analysis | None, question: Any, budget: Any, dynamic: bool,
     state = replace(state, answered={"setting": state.setting, "budget": state.budget, "dynamic": state.dynamic,
                                      "question": check_question(question), "tokens": result.visual_tokens_pruned,
                                      "texts": texts, "model_id": state.model_id, "positions": result.positions,
-                                     "own_positions": pipe.positions_default})
+                                     "own_positions": pipe.positions_default}, positions_wanted=result.positions)
     values = dict(texts, state=state, stale=stale_note(state))
     return tuple(values[k] for k in ANSWER_KEYS)
 
@@ -774,12 +787,17 @@ __all__ = [n for n in dir() if n.startswith(("on_", "check_", "load_media", "enc
 
 PREVIEWS: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
 """Player previews made for clips browsers cannot play, each mapped to the upload it shows (the
-video input then holds the preview; what is analysed and answered is always the original)."""
+video input then holds the preview; what is analysed and answered is always the original).
+Visitors' handlers share it from several threads: every use holds ``_PREVIEWS_LOCK``."""
+_PREVIEWS_LOCK = threading.Lock()
 
 
 def original_of(video: str | None) -> str | None:
     """The upload a video input's value stands for (itself, or the clip a preview was made of)."""
-    return PREVIEWS.get(str(video), video) if video else video
+    if not video:
+        return video
+    with _PREVIEWS_LOCK:
+        return PREVIEWS.get(str(video), video)
 
 
 def _preview_for(state: Analysis | None, source: str) -> tuple[Any, str | None]:
@@ -793,7 +811,8 @@ def _preview_for(state: Analysis | None, source: str) -> tuple[Any, str | None]:
         return gr.skip(), None
     if preview is None:
         return gr.skip(), None
-    PREVIEWS[str(preview)] = source  # the least recently used goes past maxsize
+    with _PREVIEWS_LOCK:
+        PREVIEWS[str(preview)] = source  # the least recently used goes past maxsize
     return str(preview), note
 
 
@@ -803,7 +822,7 @@ def on_media(kind: str):
 
     def handler(source: str | None, budget: Any, dynamic: bool, state: Analysis | None,
                 shared: bool = False, progress=gr.Progress()) -> tuple:
-        if source and str(source) in PREVIEWS:  # the preview this handler put in the player
+        if source and original_of(source) != source:  # the preview this handler put in the player
             return (kind,) + tuple(gr.skip() for _ in VIEW_KEYS) + (gr.skip(),)
         if not source:  # removed: nothing on the page may belong to a picture that is gone
             if state is None or state.kind != kind:

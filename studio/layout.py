@@ -325,7 +325,7 @@ def _explore_tab(demo: gr.Blocks, banner: gr.Markdown):
                 **MODEL_EVENTS, **private
                 ).then(H.positions_choice, None, original_positions, queue=False, **private)
     demo.load(H.positions_choice, None, original_positions, queue=False, **private)
-    original_positions.input(H.on_positions, [state, original_positions], stale, queue=False,
+    original_positions.input(H.on_positions, [state, original_positions], [state, stale], queue=False,
                              show_progress="hidden", **private)
     return (image, question, budget, state), model
 

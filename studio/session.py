@@ -44,6 +44,7 @@ class Analysis:
     nms_group: int | None = None  # the group the NMS view shows in full (None: the one with most duplicates; -1: all)
     # Set by the last answer:
     answered: dict | None = None  # {"setting": Analysis.setting, "question": str, "tokens": int, "texts": {...}}
+    positions_wanted: str | None = None  # where Run would put the kept tokens now (the box), None: the model's way
 
     @property
     def setting(self) -> tuple[int, bool, bool]:

@@ -33,3 +33,30 @@ def test_an_entry_larger_than_the_bound_is_not_kept_and_puts_are_journaled():
     cache.journal = None
     cache.put("y", 1)
     assert "y" in cache and cache.get("missing") is None
+
+
+def test_one_calls_entries_do_not_evict_each_other_and_reading_is_not_using():
+    cache = _LRU(size=2)
+    for name in "abcd":
+        cache.put(name, name, keep=4)  # one call's four entries: the entry bound gives way
+    assert set(cache) == set("abcd")
+    cache.put("e", "e")
+    assert set(cache) == {"d", "e"}  # the bound again, least recently used first
+    cache.get("d")
+    assert dict(cache.peek_items()) == {"d": "d", "e": "e"}
+    cache.put("f", "f")
+    assert set(cache) == {"d", "f"}  # peeking did not make e recent; the get made d recent
+
+
+def test_a_batch_larger_than_the_feature_cache_is_encoded_once(llava_pipeline):
+    from conftest import make_image
+
+    from prunesid_vlm.pipeline import FEATURE_CACHE_SIZE
+
+    pipe = llava_pipeline
+    pipe.clear_caches()
+    pictures = [make_image(300 + i, 48, 48) for i in range(FEATURE_CACHE_SIZE + 4)]
+    pipe.encode(pictures)
+    towers = pipe.stats["tower_images"]
+    assert all(pipe.encode(pictures).cached)
+    assert pipe.stats["tower_images"] == towers

@@ -39,3 +39,25 @@ def test_qwen_prompts_batch_with_their_mrope_positions(demo_cache):
     qwen = load_pipeline(DEMO_QWEN2_ID, device="cpu")
     prompts = _batched_equals_single(qwen, make_image(22, 280, 420), None)
     assert prompts[0].positions.dim() == 3  # [3, 1, L]
+
+
+@pytest.mark.parametrize("model_id", ["llava", DEMO_QWEN2_ID])
+def test_the_checkpoints_generation_settings_act_as_in_generate(model_id, llava_pipeline, demo_cache):
+    """A repetition penalty and n-gram blocking in the generation config change the answer, and the
+    pipeline's decoding applies them exactly as the model's own greedy ``generate``."""
+    pipe = llava_pipeline if model_id == "llava" else load_pipeline(model_id, device="cpu")
+    image, question = make_image(23, 280, 420), "Which settings shape this answer?"
+    inputs = pipe.prompt_inputs([image], question)
+    config = pipe.model.generation_config
+    saved = (config.repetition_penalty, config.no_repeat_ngram_size)
+    plain = pipe.model.generate(**inputs, do_sample=False, max_new_tokens=12)[0, inputs["input_ids"].shape[1]:]
+    try:
+        config.repetition_penalty, config.no_repeat_ngram_size = 3.0, 1
+        expected = pipe.model.generate(**inputs, do_sample=False, max_new_tokens=12)[0, inputs["input_ids"].shape[1]:]
+        answer = pipe.answer([image], question, None, max_new_tokens=12)
+    finally:
+        config.repetition_penalty, config.no_repeat_ngram_size = saved
+        pipe.clear_caches()
+    assert expected.tolist() != plain.tolist()  # the settings matter for this prompt
+    assert list(answer.tokens) == expected.tolist()
+    assert len(set(answer.tokens)) == len(answer.tokens)  # no token twice (n-gram size 1)

@@ -149,7 +149,7 @@ def test_the_positions_box_shows_for_llava_only_and_marks_answers_made_the_other
     from studio import handlers as H
     from prunesid_vlm.serving import MANAGER
     from prunesid_vlm.pipeline import load_pipeline
-    from prunesid_vlm.registry import DEMO_QWEN2_ID
+    from prunesid_vlm.registry import DEMO_NEXT_MODEL_ID, DEMO_QWEN2_ID
     from studio.session import Analysis
 
     before = MANAGER.current() if MANAGER.state.active else None
@@ -161,15 +161,30 @@ def test_the_positions_box_shows_for_llava_only_and_marks_answers_made_the_other
         analysis = Analysis(kind="image", source="x.png", model_id=pipe.model_id, is_demo=True, images=[image],
                             feats=feats, view_pixels=pipe.view_pixels([image], feats), grid=pipe.grid,
                             reference_phis=[], budget=32, selection=pipe.select(feats, 32))
-        assert H.on_positions(analysis, True) == H.stale_note(analysis)  # nothing answered: nothing to mark
+        skip = H.on_positions(analysis, True)  # nothing answered: nothing to mark
+        assert [v == {"__type__": "update"} for v in skip] == [True, True]
         answered = dict(zip(H.ANSWER_KEYS, H.on_answer(analysis, QUESTION, 32, False, 4, False,
                                                        progress=H._no_progress)))["state"]
-        assert answered.answered["positions"] == "compact"
-        ticked = H.on_positions(answered, True)
+        assert answered.answered["positions"] == "compact" and answered.positions_wanted == "compact"
+        ticked_state, ticked = H.on_positions(answered, True)
         assert "at compact positions" in ticked and "at original positions" in ticked
-        assert H.on_positions(answered, False) == H.stale_note(answered) == ""  # back as answered: no mark
+        # The mark stays whatever redraws in between (the slider away and back), and the panel says why.
+        assert H.stale_note(H.reselect(H.reselect(ticked_state, 64, False), 32, False)) == ticked
+        assert "made at compact positions" in H.answer_panel(ticked_state)["pruned_head"]
+        cleared_state, cleared = H.on_positions(ticked_state, False)
+        assert cleared == H.stale_note(cleared_state) == ""  # back as answered: no mark
+        assert H.answer_panel(cleared_state)["pruned_answer"] == answered.answered["texts"]["pruned_answer"]
 
-        MANAGER.install(load_pipeline(DEMO_QWEN2_ID, device="cpu"))
+        MANAGER.install(load_pipeline(DEMO_NEXT_MODEL_ID, device="cpu"))
         assert H.positions_choice() == {"__type__": "update", "visible": False, "value": False}
+        # A box left ticked when the model changed asks for the model's own way, not for a refusal.
+        next_pipe, picture = MANAGER.current(), make_image(18)
+        feats = next_pipe.encode([picture])
+        on_next = Analysis(kind="image", source="y.png", model_id=next_pipe.model_id, is_demo=True, images=[picture],
+                           feats=feats, view_pixels=next_pipe.view_pixels([picture], feats), grid=next_pipe.grid,
+                           reference_phis=[], budget=32, selection=next_pipe.select(feats, 32))
+        assert H.answer(on_next, QUESTION, next_pipe, 2, original_positions=True).positions == "compact"
+        MANAGER.install(load_pipeline(DEMO_QWEN2_ID, device="cpu"))
+        assert H.positions_choice()["visible"] is False
     finally:
         MANAGER.install(before or llava_pipeline)

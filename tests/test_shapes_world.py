@@ -165,5 +165,7 @@ def test_a_training_run_may_widen_the_sides_and_the_rule_stays_the_default():
     assert [s.objects for s in ruled] == [s.objects for s in named]
     wide = [o.side for s in draw_scenes(31, 40, (20, 120)) for o in s.objects]
     assert min(wide) < MIN_SIDE and max(wide) > MAX_SIDE and 20 <= min(wide) and max(wide) <= 120
-    with pytest.raises(ValueError, match="object sides"):
-        draw_scenes(31, 1, (TRAINING_SIDES[0] - 1, 90))
+    for refused in ((TRAINING_SIDES[0] - 1, 90), (MAX_SIDE + 1, 120), (60, 50)):
+        with pytest.raises(ValueError, match="object sides"):
+            draw_scenes(31, 1, refused)
+    assert len(draw_scenes(3, 20, (MAX_SIDE, TRAINING_SIDES[1]))) == 20  # the largest allowed still places six

@@ -196,8 +196,8 @@ class InternVLBackend:
     grid = None
     num_patches = 0
     in_llm_styles: tuple[str, ...] = ()
-    in_llm_limits = ("its kept tokens keep their original 1-D positions, and the staged in-LLM loop takes explicit "
-                     "positions only in the 3-D (M-RoPE) shape, so FastV and PyramidDrop are not run on it.")
+    in_llm_limits = ("its kept tokens keep their original 1-D positions, and the staged in-LLM loop is not tested "
+                     "on this family's language model with them, so FastV and PyramidDrop are not run on it.")
 
     def __init__(self, model: torch.nn.Module, processor: InternVLPrompts):
         self.model = model
