@@ -41,6 +41,7 @@ SIZE = 336
 MARGIN = 4
 GAP = 4
 MIN_SIDE, MAX_SIDE = 40, 90
+WORLD_SIDES = (MIN_SIDE, MAX_SIDE)
 MAX_OBJECTS = 6
 CENTRE = SIZE / 2
 """``left`` when an object's centre x is below this, else ``right``."""
@@ -116,7 +117,7 @@ def draw_objects(objects: tuple[ShapeObject, ...], background: str) -> Image.Ima
     return image
 
 
-def _place(rng: np.random.Generator, count: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+def _place(rng: np.random.Generator, count: int, sides: tuple[int, int] = WORLD_SIDES
            ) -> tuple[ShapeObject, ...] | None:
     """``count`` objects with their gaps, or None when one found no place in ``PLACE_TRIES`` draws."""
     placed: list[ShapeObject] = []
@@ -144,7 +145,7 @@ px, with the smallest side at most the world's 90 px, so that six objects still 
 (only four of 110 px or more fit the canvas)."""
 
 
-def draw_scene(rng: np.random.Generator, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Scene:
+def draw_scene(rng: np.random.Generator, sides: tuple[int, int] = WORLD_SIDES) -> Scene:
     """One scene drawn from ``rng`` (same generator state, same scene). ``sides``: the objects' side
     range, the world's 40–90 px unless a training run widens it (:data:`TRAINING_SIDES`)."""
     background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
@@ -154,12 +155,19 @@ def draw_scene(rng: np.random.Generator, sides: tuple[int, int] = (MIN_SIDE, MAX
     return Scene(draw_objects(objects, background), objects, background)
 
 
-def draw_scenes(seed: int, count: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> list[Scene]:
-    """``count`` scenes from one generator seeded with ``seed`` (``sides``: see :func:`draw_scene`)."""
+def check_sides(sides: tuple[int, ...]) -> tuple[int, int]:
+    """``sides`` as ``(smallest, largest)`` when a scene can be drawn with them (:data:`TRAINING_SIDES`,
+    the smallest at most ``MAX_SIDE``); a ``ValueError`` saying the range otherwise."""
     low, high = TRAINING_SIDES
-    if not (low <= sides[0] <= sides[1] <= high and sides[0] <= MAX_SIDE):
-        raise ValueError(f"object sides must lie within {low}–{high} px (smallest first, at most {MAX_SIDE}), "
-                         f"not {sides[0]}–{sides[1]}")
+    if len(sides) != 2 or not (low <= sides[0] <= sides[1] <= high and sides[0] <= MAX_SIDE):
+        raise ValueError(f"object sides must be two numbers within {low}–{high} px (smallest first, at most "
+                         f"{MAX_SIDE}), not {'–'.join(map(str, sides))}")
+    return int(sides[0]), int(sides[1])
+
+
+def draw_scenes(seed: int, count: int, sides: tuple[int, int] = WORLD_SIDES) -> list[Scene]:
+    """``count`` scenes from one generator seeded with ``seed`` (``sides``: see :func:`draw_scene`)."""
+    sides = check_sides(sides)
     rng = np.random.default_rng(seed)
     return [draw_scene(rng, sides) for _ in range(count)]
 

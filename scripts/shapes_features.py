@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from prunesid_vlm.shapes_world import MAX_SIDE, MIN_SIDE, draw_scenes
+from prunesid_vlm.shapes_world import WORLD_SIDES, draw_scenes
 
 BATCH = 8
 
 
-def feature_meta(seed: int, count: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> dict:
+def feature_meta(seed: int, count: int, sides: tuple[int, int] = WORLD_SIDES) -> dict:
     meta = {"seed": seed, "scenes": count, "tower": "demo/dinov2-small-llava", "layer": -2, "shape": [count, 577, 384]}
-    return meta if tuple(sides) == (MIN_SIDE, MAX_SIDE) else dict(meta, sides=list(sides))
+    return meta if tuple(sides) == WORLD_SIDES else dict(meta, sides=list(sides))
 
 
-def scene_features(seed: int, count: int, path: Path, log=print, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+def scene_features(seed: int, count: int, path: Path, log=print, sides: tuple[int, int] = WORLD_SIDES
                    ) -> np.ndarray:
     """``[count, 577, 384]`` float32 states of ``draw_scenes(seed, count, sides)``, read from ``path``
     when it holds them (its ``.json`` names seed, count and sides), else computed and written there first."""

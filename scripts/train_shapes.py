@@ -379,16 +379,16 @@ def main(argv=None) -> None:
                         help="the training scenes' object sides in px (default: the world's 40,90); a wider range "
                              "makes the share of object tokens a poor clue to the count (evaluation keeps the rule)")
     args = parser.parse_args(argv)
-    from prunesid_vlm.shapes_world import KINDS, MAX_SIDE, MIN_SIDE, TRAINING_SIDES
+    from prunesid_vlm.shapes_world import KINDS, WORLD_SIDES, check_sides
 
     try:
-        args.sides = (MIN_SIDE, MAX_SIDE) if args.sides is None else tuple(int(v) for v in args.sides.split(","))
+        numbers = WORLD_SIDES if args.sides is None else tuple(int(v) for v in args.sides.split(","))
     except ValueError:
         parser.error(f"--sides takes MIN,MAX in px, not {args.sides!r}")
-    if len(args.sides) != 2 or not (TRAINING_SIDES[0] <= args.sides[0] <= args.sides[1] <= TRAINING_SIDES[1]
-                                    and args.sides[0] <= MAX_SIDE):
-        parser.error(f"--sides takes MIN,MAX with {TRAINING_SIDES[0]} <= MIN <= {MAX_SIDE} and MIN <= MAX <= "
-                     f"{TRAINING_SIDES[1]}")
+    try:
+        args.sides = check_sides(numbers)  # the world's own rule for a training range
+    except ValueError as err:
+        parser.error(f"--sides: {err}")
 
     weights = {}
     for item in args.kind_weight:
