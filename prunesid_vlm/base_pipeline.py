@@ -90,6 +90,9 @@ FIRST_LOGITS_CACHE_SIZE = 128
 """First-token logit rows kept from prefill-only passes (one vocabulary-sized row each)."""
 PROJECTION_CACHE_SIZE = 4
 """Media whose projected patch tokens stay cached (DivPrune prunes those)."""
+PROMPT_IDS_CACHE_SIZE = 32
+"""Full prompts' ids kept per (media, question): the processor runs once for all the selections
+answered, prefilled or scored about them."""
 PREFILL_REPEATS = 3
 """Prefill-only passes per run behind a reported prefill time (the median; full and pruned alternate);
 ``PRUNESID_PREFILL_REPEATS`` sets it, and on ZeroGPU, where every second counts against the
@@ -215,6 +218,7 @@ class Pipeline:
         self._answers = _LRU(ANSWER_CACHE_SIZE, CACHE_BYTES["answers"])
         self._projected = _LRU(PROJECTION_CACHE_SIZE, CACHE_BYTES["projected"])
         self._first_logits = _LRU(FIRST_LOGITS_CACHE_SIZE, CACHE_BYTES["first_logits"])
+        self._full_ids = _LRU(PROMPT_IDS_CACHE_SIZE)  # derived from the processor alone: not carried across crossings
         self._calibration: Calibration | None = None
         self._warm = False  # this process has run a timed prefill pass (the first pays for kernels and buffers)
         self._text_side = None
@@ -403,6 +407,7 @@ class Pipeline:
             self._answers.clear()
             self._projected.clear()
             self._first_logits.clear()
+            self._full_ids.clear()
 
     @contextlib.contextmanager
     def model_work(self):
@@ -928,7 +933,10 @@ class Pipeline:
                     lambda: self.adapter.pruned_features(hidden, keep, feats.image_sizes, full, merged), device)
                 # The pruned path pays for the full packing only where it gathers from it (AnyRes crops).
                 project_s = pruned_s + (full_s if getattr(self.adapter, "packs_from_full", False) else 0.0)
-        full_ids = self.prompt_inputs(images, question)["input_ids"]
+        full_ids = self._full_ids.get((feats.media_key, question))
+        if full_ids is None:  # the processor's ids depend on the media and the question only
+            full_ids = self.prompt_inputs(images, question)["input_ids"]
+            self._full_ids.put((feats.media_key, question), full_ids)
         runs = placeholder_runs(full_ids, self.adapter.image_token_id)
         if runs != [f.shape[0] for f in full]:  # frames as base views: the processor sized them as images
             full_ids = resize_placeholders(full_ids, self.adapter.image_token_id, runs, [f.shape[0] for f in full])

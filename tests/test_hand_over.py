@@ -61,3 +61,21 @@ def test_the_checkpoints_generation_settings_act_as_in_generate(model_id, llava_
     assert expected.tolist() != plain.tolist()  # the settings matter for this prompt
     assert list(answer.tokens) == expected.tolist()
     assert len(set(answer.tokens)) == len(answer.tokens)  # no token twice (n-gram size 1)
+
+
+def test_the_processor_runs_once_per_media_and_question(llava_pipeline, monkeypatch):
+    pipe, image = llava_pipeline, make_image(24)
+    feats = pipe.encode([image])
+    calls = []
+    own = pipe.prompt_inputs
+    monkeypatch.setattr(pipe, "prompt_inputs", lambda images, question: calls.append(question) or own(images, question))
+    selections = [None, pipe.select(feats, 64), pipe.select(feats, 16)]
+    expected = [first_logits_with_positions(pipe.model, pipe._hand_over([image], feats, "Once?", s, "compact")[0])
+                for s in selections]
+    batched = pipe.first_token_logits([image], "Once?", selections)
+    pipe.answer([image], "Once?", pipe.select(feats, 32), max_new_tokens=2, positions="original")
+    assert calls == ["Once?"]  # three prompts, a batch and an answer: the ids were made once
+    for row, single in zip(batched, expected):
+        torch.testing.assert_close(row, single, rtol=1e-4, atol=1e-4)
+    pipe.first_token_logits([image], "Twice?", [selections[1]])
+    assert calls == ["Once?", "Twice?"]
